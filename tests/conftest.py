@@ -1,0 +1,32 @@
+"""Shared pytest fixtures: where the parity fixtures live, and a skip when they are absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARITY_DIR = REPO_ROOT.parent / "shared" / "parity"
+
+
+def _parity_subdir(name: str) -> Path:
+    path = PARITY_DIR / name
+    if not path.is_dir():
+        pytest.skip(
+            f"parity fixtures not found at {path}: they ship in ../shared/parity beside the "
+            "project checkout (developer and CI machines only)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def resshift_parity_dir() -> Path:
+    """../shared/parity/resshift_tiny: official ResShift outputs with random tiny weights."""
+    return _parity_subdir("resshift_tiny")
+
+
+@pytest.fixture(scope="session")
+def swinir_parity_dir() -> Path:
+    """../shared/parity/swinir_lw_x4: official SwinIR lightweight x4 outputs with random weights."""
+    return _parity_subdir("swinir_lw_x4")
