@@ -1,0 +1,212 @@
+"""The params.yaml schema: typed, validated, overridable with ``key.sub=value``.
+
+Every knob lives in params.yaml; the models below carry no defaults on purpose, so a value can
+only come from that file (or an explicit override) and never from a default hidden in code.
+Errors name the offending key and the file so a user can fix them without reading this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be read or does not fit the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CompressionParams(_Section):
+    codec: Literal["zstd", "blosc"]
+    level: Annotated[int, Field(ge=1, le=9)]
+
+
+class DataParams(_Section):
+    hr_dir: Path
+    lr_dir: Path | None
+    scale: Literal[4]
+    lr_tile: PositiveInt
+    stride: PositiveInt
+    small_images: Literal["pad", "skip"]
+    val_images: NonNegativeInt
+    shard_size: PositiveInt
+    compression: CompressionParams
+    skip_bad: bool
+    workers: PositiveInt
+    prepared_dir: Path
+
+    @field_validator("lr_tile")
+    @classmethod
+    def _tile_fits_teacher(cls, value: int) -> int:
+        # ResShift's UNet needs latents (= LR tiles) that are multiples of 64 to avoid padding,
+        # so every tile runs in one batch with no per-tile reflect padding.
+        if value % 64:
+            raise ValueError(
+                f"must be a multiple of 64 (ResShift works on 64-px LR blocks), got {value}"
+            )
+        return value
+
+
+class TeacherParams(_Section):
+    version: str = Field(
+        description="ResShift preset (v1, v2, v3) or path to an official YAML config"
+    )
+    unet_weights: str
+    autoencoder_weights: str
+    weights_dir: Path | None
+    random_weights: bool
+    steps: PositiveInt
+    seed: int
+    rng: Literal["per-sample", "official"]
+    precision: Literal["fp32", "bf16", "fp16"]
+    batch_size: PositiveInt
+    dwt: bool
+    store: Path
+
+
+class KDLossParams(_Section):
+    kind: Literal["dwt", "dwt_uniform", "pixel_l1", "fft", "dtcwt"]
+    levels: Annotated[int, Field(ge=1, le=4)]
+    wavelet: str
+    weights: dict[Literal["lf", "mf", "hf"], NonNegativeFloat]
+    final_weight: NonNegativeFloat
+    schedule: Literal["linear", "constant"]
+
+    @field_validator("weights")
+    @classmethod
+    def _all_groups(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = {"lf", "mf", "hf"} - set(value)
+        if missing:
+            raise ValueError(f"needs lf, mf and hf; missing {sorted(missing)}")
+        return value
+
+    @field_validator("wavelet")
+    @classmethod
+    def _known_wavelet(cls, value: str) -> str:
+        import pywt
+
+        if value not in pywt.wavelist(kind="discrete"):
+            raise ValueError(
+                f"unknown discrete wavelet {value!r}; see pywt.wavelist(kind='discrete')"
+            )
+        return value
+
+
+class DistillParams(_Section):
+    student: str
+    iterations: PositiveInt
+    batch_size: PositiveInt
+    patch_size: PositiveInt
+    lr: PositiveFloat
+    betas: tuple[float, float]
+    weight_decay: NonNegativeFloat
+    milestones: list[PositiveInt]
+    gamma: PositiveFloat
+    grad_clip: NonNegativeFloat
+    ema_decay: Annotated[float, Field(ge=0, lt=1)]
+    kd: KDLossParams
+    augment: bool
+    shuffle_buffer: PositiveInt
+    num_workers: NonNegativeInt
+    precision: Literal["fp32", "bf16"]
+    compile: bool
+    seed: int
+    val_every: PositiveInt
+    checkpoint_every: PositiveInt
+    keep_last: PositiveInt
+    out_dir: Path
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_multiple_of_window(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (SwinIR window size), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _milestones_sorted(self) -> DistillParams:
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        return self
+
+
+class Params(_Section):
+    data: DataParams
+    teacher: TeacherParams
+    distill: DistillParams
+
+    @model_validator(mode="after")
+    def _patch_fits_tile(self) -> Params:
+        if self.distill.patch_size > self.data.lr_tile:
+            raise ValueError(
+                f"distill.patch_size ({self.distill.patch_size}) must not exceed data.lr_tile "
+                f"({self.data.lr_tile}): patches are cropped inside cached tiles"
+            )
+        return self
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, like dvc exp -S."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section of params")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(
+                f"override {item!r}: unknown key {key!r} (check spelling in params.yaml)"
+            )
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def _format_validation_error(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: {error.error_count()} invalid value(s):"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        if item["type"] == "missing":
+            lines.append(f"  {key}: missing; add it to {path} (see the documented params.yaml)")
+        elif item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; remove it or check its spelling")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
+    """Read and validate params.yaml; raise ConfigError naming the file and key on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"params file {path} not found; pass --params PATH") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, teacher, distill, ...)")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, path)) from exc
+
+
+def section_dict(section: BaseModel) -> dict[str, Any]:
+    """A JSON-friendly dict of a params section, for provenance records."""
+    return section.model_dump(mode="json")

@@ -1,0 +1,76 @@
+"""params.yaml holds every knob: it validates, overrides apply, errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dtkd_pipeline.config import ConfigError, load_params
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repository_params_yaml_validates_with_paper_defaults() -> None:
+    params = load_params(REPO_PARAMS)
+    assert params.teacher.steps == 15
+    assert params.distill.kd.kind == "dwt"
+    assert params.distill.kd.levels == 2
+    assert params.distill.kd.wavelet == "haar"
+    assert params.distill.kd.weights == {"lf": 1.0, "mf": 2.0, "hf": 1.0}
+    assert params.distill.kd.schedule == "linear"
+
+
+def test_override_sets_nested_key_with_yaml_typed_value() -> None:
+    params = load_params(REPO_PARAMS, ["distill.kd.weights.mf=3", "teacher.dwt=true"])
+    assert params.distill.kd.weights["mf"] == 3.0
+    assert params.teacher.dwt is True
+
+
+def test_unknown_override_key_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"distill\.kd\.wavlet"):
+        load_params(REPO_PARAMS, ["distill.kd.wavlet=db2"])
+
+
+def test_missing_key_error_names_key_and_file(tmp_path: Path) -> None:
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    del raw["distill"]["ema_decay"]
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert "distill.ema_decay: missing" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_invalid_values_are_reported_with_their_keys(tmp_path: Path) -> None:
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    raw["data"]["lr_tile"] = 100
+    raw["distill"]["kd"]["wavelet"] = "nonsense"
+    raw["teacher"]["typo_key"] = 1
+    with pytest.raises(ConfigError) as info:
+        load_params(_write(tmp_path, raw))
+    message = str(info.value)
+    assert "data.lr_tile" in message and "multiple of 64" in message
+    assert "distill.kd.wavelet" in message
+    assert "teacher.typo_key: unknown key" in message
+
+
+def test_patch_larger_than_tile_is_refused() -> None:
+    with pytest.raises(ConfigError, match="patch_size"):
+        load_params(REPO_PARAMS, ["distill.patch_size=128"])
+
+
+def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
