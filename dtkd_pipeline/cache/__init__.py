@@ -1,0 +1,60 @@
+"""Tile stores shared by stage one (teacher cache) and stage two (training).
+
+`TileStore` is a sharded, checksummed Zarr v3 store with per-shard completion records, provenance,
+a coordinator lock and verification; see store.py for the on-disk contract.
+"""
+
+from .errors import (
+    CacheError,
+    IncompleteShardError,
+    ProvenanceMismatchError,
+    StoreLayoutError,
+    StoreLockedError,
+)
+from .layout import (
+    DWT_GROUP,
+    FORMAT_VERSION,
+    HR,
+    KIND_PREPARED,
+    KIND_TEACHER,
+    LR,
+    TEACHER,
+    TILE_OFFSET,
+    TILE_SOURCE,
+    ArraySpec,
+    Compression,
+    StoreLayout,
+    prepared_arrays,
+    teacher_arrays,
+)
+from .lock import StoreLock
+from .provenance import PREPARED_FINGERPRINT, SOURCES
+from .store import TileStore, VerifyReport, content_checksum
+
+__all__ = [
+    "DWT_GROUP",
+    "FORMAT_VERSION",
+    "HR",
+    "KIND_PREPARED",
+    "KIND_TEACHER",
+    "LR",
+    "PREPARED_FINGERPRINT",
+    "SOURCES",
+    "TEACHER",
+    "TILE_OFFSET",
+    "TILE_SOURCE",
+    "ArraySpec",
+    "CacheError",
+    "Compression",
+    "IncompleteShardError",
+    "ProvenanceMismatchError",
+    "StoreLayout",
+    "StoreLayoutError",
+    "StoreLock",
+    "StoreLockedError",
+    "TileStore",
+    "VerifyReport",
+    "content_checksum",
+    "prepared_arrays",
+    "teacher_arrays",
+]

@@ -1,0 +1,23 @@
+"""Exceptions raised by the tile stores; each message says what to do next."""
+
+from __future__ import annotations
+
+
+class CacheError(RuntimeError):
+    """Base class for every tile-store error."""
+
+
+class StoreLockedError(CacheError):
+    """Another process holds the coordinator lock of a store."""
+
+
+class IncompleteShardError(CacheError):
+    """A read touched a shard whose completion record is absent (never written or invalidated)."""
+
+
+class ProvenanceMismatchError(CacheError):
+    """A store was built with settings that differ from the requested ones."""
+
+
+class StoreLayoutError(CacheError):
+    """A path is not a tile store, or its layout does not fit the request."""

@@ -1,0 +1,541 @@
+"""Zarr v3 tile store: sharded, checksummed per-tile arrays with per-shard completion records.
+
+On-disk layout of a store directory:
+
+    zarr.json           group; attributes {"dtkd_layout": ..., "provenance": ...}
+    <array>/zarr.json   one array per `ArraySpec` (e.g. lr, hr, teacher, dwt/LL2)
+    <array>/c/<k>/0/... shard k of that array (tiles [k*S, min((k+1)*S, N)))
+    _done/<k>.json      completion record of shard k: tile range and sha256 of each array's bytes
+    .lock               coordinator lock (see lock.py)
+
+Guarantees:
+
+- Creation is atomic: the skeleton (metadata, attributes, lock) is built in `<path>.tmp-<pid>` and
+  renamed into place, so a crash never leaves a half-initialised store at `<path>`.
+- A shard is written whole by one writer, and its completion record is written (atomically, by
+  rename) only after all of its arrays. Reads of a shard without a record raise
+  `IncompleteShardError`, so an unwritten tile never reads back as zeros.
+- Corruption is caught twice: a crc32c codec on every tile chunk (zarr raises on read) and the
+  sha256 in the completion record (`verify()`), which also catches bytes that decode cleanly.
+
+Concurrency: writers of *different* shards may run in different processes (dask workers); each opens
+the store with `TileStore.open(path, mode="r+")` and does not take the lock. The coordinator process
+that creates or resumes the run holds the lock (`create` / `open_or_create`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+
+from .errors import CacheError, IncompleteShardError, StoreLayoutError
+from .layout import FORMAT_VERSION, ArraySpec, StoreLayout
+from .lock import LOCK_NAME, StoreLock
+from .provenance import ABSENT, SOURCES, diff_fields, fingerprint_of, mismatch_error, to_json_value
+
+LAYOUT_ATTR = "dtkd_layout"
+PROVENANCE_ATTR = "provenance"
+DONE_DIR = "_done"
+_PARTIAL_SUFFIX = ".partial"  # zarr's LocalStore writes `<key>.<uuid>.partial` then renames
+
+
+def content_checksum(tiles: np.ndarray) -> str:
+    """sha256 of the C-order bytes of an array, as stored (dtype and shape fixed by the layout)."""
+    return hashlib.sha256(np.ascontiguousarray(tiles).data).hexdigest()
+
+
+@dataclass
+class VerifyReport:
+    """Result of `TileStore.verify`: shards to recompute, by index."""
+
+    path: Path
+    n_shards: int
+    missing: list[int] = field(default_factory=list)
+    corrupt: dict[int, str] = field(default_factory=dict)
+    partial_files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt
+
+    @property
+    def bad_shards(self) -> list[int]:
+        return sorted(set(self.missing) | set(self.corrupt))
+
+    def __str__(self) -> str:
+        complete = self.n_shards - len(self.bad_shards)
+        lines = [f"{self.path}: {complete}/{self.n_shards} shards complete and intact"]
+        if self.missing:
+            lines.append(f"  missing shards: {self.missing}")
+        for shard, reason in sorted(self.corrupt.items()):
+            lines.append(f"  corrupt shard {shard}: {reason}")
+        if self.partial_files:
+            lines.append(f"  leftover partial writes: {len(self.partial_files)} file(s)")
+        return "\n".join(lines)
+
+
+class TileStore:
+    """A tile store on the local filesystem. Build with `create`, `open` or `open_or_create`."""
+
+    def __init__(
+        self,
+        path: Path,
+        group: zarr.Group,
+        layout: StoreLayout,
+        provenance: dict[str, Any],
+        writable: bool,
+        lock: StoreLock | None,
+    ) -> None:
+        self.path = path
+        self.layout = layout
+        self._provenance = provenance
+        self._group = group
+        self._writable = writable
+        self._lock = lock
+        self._arrays: dict[str, zarr.Array] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(
+        cls,
+        path: Path | str,
+        layout: StoreLayout,
+        provenance: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> TileStore:
+        """Create an empty store (all shards missing), holding its lock; returns it writable."""
+        path = Path(path)
+        provenance_json = to_json_value(dict(provenance))
+        _remove_dead_siblings(path)
+        old_lock: StoreLock | None = None
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(
+                    f"{path} already exists: rerun with --overwrite or delete {path}"
+                )
+            _refuse_unless_store(path)
+            old_lock = StoreLock(path).acquire()  # never delete a store another run is filling
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        lock = StoreLock(tmp).acquire()
+        try:
+            _build_skeleton(tmp, layout, provenance_json)
+            trash = None
+            if old_lock is not None:
+                trash = path.with_name(f"{path.name}.trash-{os.getpid()}")
+                os.rename(path, trash)
+            os.rename(tmp, path)
+            # The open descriptor follows the renamed inode, so the lock is held throughout.
+            lock.path = path / LOCK_NAME
+            if trash is not None:
+                shutil.rmtree(trash)
+        except BaseException:
+            lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            if old_lock is not None:
+                old_lock.release()
+        return cls._open(path, mode="r+", lock=lock)
+
+    @classmethod
+    def open(
+        cls, path: Path | str, mode: Literal["r", "r+"] = "r", *, lock: bool = False
+    ) -> TileStore:
+        """Open an existing store. `lock=True` takes the coordinator lock (fails fast if held)."""
+        path = Path(path)
+        store_lock = StoreLock(path).acquire() if lock else None
+        try:
+            return cls._open(path, mode=mode, lock=store_lock)
+        except BaseException:
+            if store_lock is not None:
+                store_lock.release()
+            raise
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: Path | str,
+        layout: StoreLayout,
+        provenance: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> TileStore:
+        """Resume a store built with identical layout and provenance, or create it.
+
+        A store built with other settings raises `ProvenanceMismatchError` naming every differing
+        field; `overwrite=True` deletes it and starts afresh.
+        """
+        path = Path(path)
+        if overwrite or not path.exists():
+            return cls.create(path, layout, provenance, overwrite=overwrite)
+        store = cls.open(path, mode="r+", lock=True)
+        try:
+            store.check_layout(layout)
+            store.check_provenance(provenance, exact=True)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def _open(cls, path: Path, mode: str, lock: StoreLock | None) -> TileStore:
+        if not (path / "zarr.json").is_file():
+            raise StoreLayoutError(f"{path} is not a tile store (no zarr.json)")
+        group = zarr.open_group(path, mode=mode)
+        attrs = group.attrs.asdict()
+        if LAYOUT_ATTR not in attrs:
+            raise StoreLayoutError(
+                f"{path} is a Zarr group but not a dtkd tile store (no {LAYOUT_ATTR!r} attribute)"
+            )
+        layout = StoreLayout.from_json(attrs[LAYOUT_ATTR])
+        if layout.format_version != FORMAT_VERSION:
+            raise StoreLayoutError(
+                f"{path} has store format {layout.format_version}, this code reads format "
+                f"{FORMAT_VERSION}: rerun with --overwrite or delete {path}"
+            )
+        return cls(path, group, layout, dict(attrs.get(PROVENANCE_ATTR, {})), mode == "r+", lock)
+
+    def close(self) -> None:
+        """Release the lock if held; the store stays readable through this object."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> TileStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"TileStore({str(self.path)!r}, kind={self.layout.kind!r}, "
+            f"n_tiles={self.n_tiles}, shards={self.n_shards}x{self.layout.shard_size})"
+        )
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._provenance))
+
+    @property
+    def kind(self) -> str:
+        return self.layout.kind
+
+    @property
+    def n_tiles(self) -> int:
+        return self.layout.n_tiles
+
+    @property
+    def n_shards(self) -> int:
+        return self.layout.n_shards
+
+    @property
+    def names(self) -> list[str]:
+        return self.layout.names
+
+    def check_provenance(self, expected: Mapping[str, Any], *, exact: bool = False) -> None:
+        """Raise `ProvenanceMismatchError` naming each field of `expected` that differs.
+
+        `exact=True` also reports fields stored but not requested (used when resuming).
+        """
+        requested = to_json_value(dict(expected))
+        differences = diff_fields(self._provenance, requested)
+        if exact:
+            differences += [
+                (key, self._provenance[key], ABSENT)
+                for key in self._provenance
+                if key not in requested
+            ]
+        if differences:
+            raise mismatch_error(self.path, f"{self.kind} store", differences)
+
+    def check_layout(self, layout: StoreLayout) -> None:
+        differences = diff_fields(self.layout.to_json(), layout.to_json(), "layout")
+        if differences:
+            raise mismatch_error(self.path, f"{self.kind} store", differences)
+
+    def fingerprint(self) -> str:
+        """Content fingerprint: layout + provenance `sources` + every shard's checksums.
+
+        Requires a complete store (a fingerprint of a partial store would change as it fills).
+        """
+        missing = self.missing_shards()
+        if missing:
+            raise IncompleteShardError(
+                f"{self.path}: cannot fingerprint an incomplete store; "
+                f"{len(missing)} shard(s) missing, first {missing[:8]}"
+            )
+        checksums = [self._read_record(k)["sha256"] for k in range(self.n_shards)]
+        return fingerprint_of(self.layout.to_json(), self._provenance.get(SOURCES), checksums)
+
+    # ------------------------------------------------------------------ completion state
+
+    def _record_path(self, shard_index: int) -> Path:
+        return self.path / DONE_DIR / f"{shard_index}.json"
+
+    def _read_record(self, shard_index: int) -> dict[str, Any]:
+        return json.loads(self._record_path(shard_index).read_text())
+
+    def is_complete(self, shard_index: int) -> bool:
+        self.layout.shard_range(shard_index)  # range check
+        return self._record_path(shard_index).is_file()
+
+    def completed_shards(self) -> list[int]:
+        done_dir = self.path / DONE_DIR
+        found = {int(p.stem) for p in done_dir.glob("*.json") if p.stem.isdigit()}
+        return sorted(k for k in found if k < self.n_shards)
+
+    def missing_shards(self) -> list[int]:
+        completed = set(self.completed_shards())
+        return [k for k in range(self.n_shards) if k not in completed]
+
+    def _require_complete(self, shard_index: int) -> None:
+        if not self.is_complete(shard_index):
+            start, stop = self.layout.shard_range(shard_index)
+            raise IncompleteShardError(
+                f"shard {shard_index} (tiles {start}..{stop - 1}) of {self.path} is not "
+                "complete: it was never written, its writer failed, or it was invalidated. "
+                "Resume the stage that fills this store, or run "
+                f"`dtkd-pipeline verify-cache {self.path} --repair`."
+            )
+
+    # ------------------------------------------------------------------ writing
+
+    def _array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self.layout.spec(name)  # clear KeyError for unknown names
+            array = self._group[name]
+            if self._writable:
+                # Runtime config is not persisted, so it is set again on every open: an all-zero
+                # tile must still be stored, or it would be indistinguishable from a missing one.
+                array = array.with_config({"write_empty_chunks": True})
+            self._arrays[name] = array
+        return self._arrays[name]
+
+    def write_shard(self, shard_index: int, tiles: Mapping[str, np.ndarray]) -> dict[str, str]:
+        """Write every array of shard `shard_index` whole, then its completion record.
+
+        `tiles[name]` has shape (stop - start, *tile_shape). Rewriting a complete shard first
+        withdraws its record, so a crash mid-rewrite leaves it missing, never stale.
+        Returns the content checksums recorded.
+        """
+        if not self._writable:
+            raise PermissionError(f"{self.path} was opened read-only; open it with mode='r+'")
+        start, stop = self.layout.shard_range(shard_index)
+        unknown = sorted(set(tiles) - set(self.names))
+        absent = sorted(set(self.names) - set(tiles))
+        if unknown or absent:
+            raise ValueError(
+                f"write_shard({shard_index}) needs exactly the arrays {self.names}; "
+                f"missing {absent}, unknown {unknown}"
+            )
+        prepared = {
+            spec.name: _conform(spec, tiles[spec.name], stop - start, shard_index)
+            for spec in self.layout.arrays
+        }
+        self._record_path(shard_index).unlink(missing_ok=True)
+        for name, data in prepared.items():
+            self._array(name)[start:stop] = data
+        checksums = {name: content_checksum(data) for name, data in prepared.items()}
+        record = {"shard": shard_index, "start": start, "stop": stop, "sha256": checksums}
+        _write_json_atomic(self._record_path(shard_index), record)
+        return checksums
+
+    def invalidate_shard(self, shard_index: int) -> None:
+        """Withdraw a shard's completion record, then delete its data, so it is recomputed."""
+        if not self._writable:
+            raise PermissionError(f"{self.path} was opened read-only; open it with mode='r+'")
+        self.layout.shard_range(shard_index)
+        self._record_path(shard_index).unlink(missing_ok=True)
+        for name in self.names:
+            self.shard_file(name, shard_index).unlink(missing_ok=True)
+
+    def shard_file(self, name: str, shard_index: int) -> Path:
+        """Path of the file holding shard `shard_index` of array `name` (may not exist yet)."""
+        spec = self.layout.spec(name)
+        coords = (shard_index,) + (0,) * len(spec.tile_shape)
+        key = self._group[name].metadata.encode_chunk_key(coords)
+        return self.path / name / key
+
+    def remove_partial_files(self) -> list[Path]:
+        """Delete leftovers of interrupted zarr writes (they would pollute DVC directory hashes)."""
+        leftovers = sorted(self.path.rglob(f"*{_PARTIAL_SUFFIX}"))
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        return leftovers
+
+    # ------------------------------------------------------------------ reading
+
+    def read_shard(
+        self, shard_index: int, names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """All tiles of a complete shard, one read per array: {name: (stop-start, *tile_shape)}."""
+        self._require_complete(shard_index)
+        start, stop = self.layout.shard_range(shard_index)
+        return {name: self._array(name)[start:stop] for name in (names or self.names)}
+
+    def read_tiles(
+        self, indices: Iterable[int], names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Tiles at arbitrary indices, stacked in the given order; every shard must be complete."""
+        index_list = [int(i) for i in indices]
+        for shard_index in sorted({self.layout.shard_of(i) for i in index_list}):
+            self._require_complete(shard_index)
+        out: dict[str, np.ndarray] = {}
+        for name in names or self.names:
+            spec = self.layout.spec(name)
+            array = self._array(name)
+            # Per-tile reads: batched fancy selections on sharded arrays are ~10x slower in 3.1.
+            stacked = np.empty((len(index_list), *spec.tile_shape), dtype=spec.dtype)
+            for row, index in enumerate(index_list):
+                stacked[row] = array[index]
+            out[name] = stacked
+        return out
+
+    def read_tile(self, index: int, name: str) -> np.ndarray:
+        return self.read_tiles([index], [name])[name][0]
+
+    # ------------------------------------------------------------------ verification
+
+    def verify(self, shards: Iterable[int] | None = None) -> VerifyReport:
+        """Decode every complete shard and compare with its recorded checksums."""
+        report = VerifyReport(self.path, self.n_shards)
+        for shard_index in shards if shards is not None else range(self.n_shards):
+            if not self.is_complete(shard_index):
+                report.missing.append(shard_index)
+                continue
+            problem = self._shard_problem(shard_index)
+            if problem is not None:
+                report.corrupt[shard_index] = problem
+        report.partial_files = [
+            str(p.relative_to(self.path)) for p in self.path.rglob(f"*{_PARTIAL_SUFFIX}")
+        ]
+        return report
+
+    def _shard_problem(self, shard_index: int) -> str | None:
+        start, stop = self.layout.shard_range(shard_index)
+        try:
+            record = self._read_record(shard_index)
+            recorded = record["sha256"]
+            if (record["start"], record["stop"]) != (start, stop):
+                return f"completion record covers tiles {record['start']}..{record['stop']}"
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"unreadable completion record ({error})"
+        for name in self.names:
+            try:
+                data = self._array(name)[start:stop]
+            except ValueError as error:  # zarr's crc32c codec raises ValueError on mismatch
+                return f"{name}: codec checksum failed ({error})"
+            if content_checksum(data) != recorded.get(name):
+                return f"{name}: content checksum differs from the completion record"
+        return None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _build_skeleton(root: Path, layout: StoreLayout, provenance: dict[str, Any]) -> None:
+    group = zarr.create_group(
+        root, attributes={LAYOUT_ATTR: layout.to_json(), PROVENANCE_ATTR: provenance}
+    )
+    for spec in layout.arrays:
+        group.create_array(
+            spec.name,
+            shape=(layout.n_tiles, *spec.tile_shape),
+            dtype=spec.dtype,
+            chunks=(1, *spec.tile_shape),
+            shards=(layout.shard_size, *spec.tile_shape),
+            compressors=layout.compression.codecs(),
+            fill_value=0,
+            config={"write_empty_chunks": True},
+        )
+    (root / DONE_DIR).mkdir()
+
+
+def _conform(spec: ArraySpec, data: np.ndarray, n_rows: int, shard_index: int) -> np.ndarray:
+    array = np.asarray(data)
+    expected_shape = (n_rows, *spec.tile_shape)
+    if array.shape != expected_shape:
+        raise ValueError(
+            f"shard {shard_index} of {spec.name!r}: expected shape {expected_shape}, "
+            f"got {array.shape}"
+        )
+    target = np.dtype(spec.dtype)
+    if array.dtype != target:
+        # Floats may be narrowed (float32 subbands -> float16); integers must match exactly,
+        # since a silent wrap-around of pixel values would be cached for good.
+        if not (array.dtype.kind == "f" and target.kind == "f"):
+            raise TypeError(
+                f"shard {shard_index} of {spec.name!r}: expected dtype {target}, got {array.dtype}"
+            )
+        array = array.astype(target)
+    return np.ascontiguousarray(array)
+
+
+def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _refuse_unless_store(path: Path) -> None:
+    """Overwrite deletes a directory tree: only ever one that is a Zarr store (or empty)."""
+    if path.is_dir() and ((path / "zarr.json").is_file() or not any(path.iterdir())):
+        return
+    raise StoreLayoutError(
+        f"refusing to overwrite {path}: it is not a Zarr store; move or delete it by hand"
+    )
+
+
+def _remove_dead_siblings(path: Path) -> None:
+    """Remove `<name>.tmp-<pid>` / `<name>.trash-<pid>` left by creators that have since died."""
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    for sibling in parent.iterdir():
+        stem, _, pid_text = sibling.name.rpartition("-")
+        if stem not in (f"{path.name}.tmp", f"{path.name}.trash") or not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+__all__ = [
+    "DONE_DIR",
+    "CacheError",
+    "TileStore",
+    "VerifyReport",
+    "content_checksum",
+]

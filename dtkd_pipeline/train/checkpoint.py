@@ -1,0 +1,92 @@
+"""Training checkpoints: atomic writes, keep-last-k plus best, every RNG state for exact resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file beside ``path`` and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every generator a training step may touch: Python, NumPy, torch CPU and all CUDA devices."""
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class CheckpointManager:
+    """``iter_<n>.pt`` files in one folder: the newest ``keep_last`` kept, plus best.pt."""
+
+    def __init__(self, folder: Path, keep_last: int) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+
+    def iterations(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        found = (CHECKPOINT_PATTERN.match(p.name) for p in self.folder.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def path_for(self, iteration: int) -> Path:
+        return self.folder / f"iter_{iteration:08d}.pt"
+
+    def latest(self) -> Path | None:
+        iterations = self.iterations()
+        return self.path_for(iterations[-1]) if iterations else None
+
+    def save(self, state: dict[str, Any], iteration: int, is_best: bool = False) -> Path:
+        path = self.path_for(iteration)
+        atomic_torch_save(state, path)
+        if is_best:
+            atomic_torch_save(state, self.folder / "best.pt")
+        for old in self.iterations()[: -self.keep_last]:
+            self.path_for(old).unlink(missing_ok=True)
+        return path
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        path = self.latest()
+        if path is None:
+            return None
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise RuntimeError(
+                f"checkpoint {path} cannot be read ({exc}); delete it to resume from the "
+                "previous one, or delete the folder to start over"
+            ) from exc

@@ -1,0 +1,35 @@
+"""Exponential moving average of a model's weights (the SwinIR/KAIR "E" model, decay 0.999)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class ModelEMA:
+    """Keeps ``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        source = dict(model.named_parameters())
+        for name, param in self.module.named_parameters():
+            param.lerp_(source[name].detach(), 1.0 - self.decay)
+        source_buffers = dict(model.named_buffers())
+        for name, buffer in self.module.named_buffers():
+            buffer.copy_(source_buffers[name])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)

@@ -1,0 +1,263 @@
+"""The distillation training loop: L1(student, GT) + lambda(t) * L_KD(student, teacher).
+
+Read top to bottom like nanoGPT's train.py: set-up (DDP, model, EMA, optimiser, data), resume from
+the newest checkpoint, then one loop that steps, logs, validates and checkpoints. Every piece of
+state that influences later iterations (weights, EMA, optimiser, LR schedule, every RNG, the data
+position) is checkpointed, so a killed and resumed run ends with exactly the weights of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from dtkd_pipeline.config import DistillParams, section_dict
+from dtkd_pipeline.losses import DistillationObjective, build_kd_loss
+from dtkd_pipeline.student import build_student
+from dtkd_pipeline.train.checkpoint import CheckpointManager, restore_rng_states, rng_states
+from dtkd_pipeline.train.dataset import (
+    LoaderSettings,
+    ShardStreamDataset,
+    batch_to_float,
+    make_loader,
+)
+from dtkd_pipeline.train.ema import ModelEMA
+
+Validator = Callable[[nn.Module], dict[str, float]]
+Logger = Callable[[int, dict[str, float]], None]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN/inf; the message says where the debugging state was saved."""
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Where a run reads from and writes to; everything else comes from DistillParams."""
+
+    prepared_store: Path
+    teacher_store: Path
+    out_dir: Path
+    use_cached_dwt: bool
+    provenance: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None) -> DistributedContext:
+    """One process per GPU under torchrun (WORLD_SIZE > 1), otherwise a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        local_rank = int(os.environ["LOCAL_RANK"])
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            return DistributedContext(dist.get_rank(), world_size, torch.device("cuda", local_rank))
+        return DistributedContext(dist.get_rank(), world_size, torch.device("cpu"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DistributedContext(0, 1, torch.device(device))
+
+
+def _infinite_batches(dataset: ShardStreamDataset, pin: bool) -> Iterator[tuple[dict, int]]:
+    """Yield (batch, batches consumed so far in the current epoch's iterator), epoch after epoch."""
+    while True:
+        for consumed, batch in enumerate(make_loader(dataset, pin_memory=pin), start=1):
+            yield batch, consumed
+        dataset.set_epoch(dataset.epoch + 1)
+
+
+def _save_debug_state(out_dir: Path, iteration: int, model: nn.Module, batch: dict) -> Path:
+    path = out_dir / f"diverged_iter_{iteration:08d}.pt"
+    torch.save({"iteration": iteration, "model": model.state_dict(), "batch": batch}, path)
+    return path
+
+
+def train(
+    cfg: DistillParams,
+    run: TrainingRun,
+    ctx: DistributedContext,
+    validate: Validator | None = None,
+    log: Logger | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) to ``cfg.iterations``; returns the final state (model, EMA, params)."""
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(
+            f"distill.batch_size ({cfg.batch_size}) must be divisible by the {ctx.world_size} ranks"
+        )
+    torch.manual_seed(cfg.seed + ctx.rank)
+    device = ctx.device
+
+    # -- model, EMA, optimiser, schedule, objective
+    model = build_student(cfg.student).to(device)
+    ema = ModelEMA(model, cfg.ema_decay)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
+    kd = cfg.kd
+    weights = (kd.weights["lf"], kd.weights["mf"], kd.weights["hf"])
+    objective = DistillationObjective(
+        build_kd_loss(kd.kind, levels=kd.levels, wavelet=kd.wavelet, weights=weights),
+        final_weight=kd.final_weight,
+        total_iterations=cfg.iterations,
+        schedule=kd.schedule,
+    )
+    train_model: nn.Module = model
+    if cfg.compile:
+        train_model = torch.compile(model)
+    if ctx.world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.precision == "bf16" and device.type == "cuda"
+        else nullcontext()
+    )
+
+    # -- data: each rank streams its own shards
+    dataset = ShardStreamDataset(
+        run.prepared_store,
+        run.teacher_store,
+        dwt=run.use_cached_dwt,
+        settings=LoaderSettings(
+            patch_size=cfg.patch_size,
+            batch_size=cfg.batch_size // ctx.world_size,
+            shuffle_buffer=cfg.shuffle_buffer,
+            augment=cfg.augment,
+            seed=cfg.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            num_workers=cfg.num_workers,
+        ),
+    )
+
+    # -- resume
+    checkpoints = CheckpointManager(run.out_dir / "checkpoints", cfg.keep_last)
+    state = checkpoints.load_latest(map_location=device)
+    iteration, best_psnr = 0, -math.inf
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        dataset.load_state_dict(state["data"][ctx.rank] if ctx.world_size > 1 else state["data"])
+        restore_rng_states(state["rng"])
+        iteration, best_psnr = state["iteration"], state["best_psnr"]
+        if ctx.is_main:
+            tqdm.write(f"resuming from {checkpoints.latest()} at iteration {iteration}")
+
+    def checkpoint_state(data_position: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "data": data_position,
+            "rng": rng_states(),
+            "iteration": iteration,
+            "best_psnr": best_psnr,
+            "arch": cfg.student,
+            "params": section_dict(cfg),
+            "provenance": dict(run.provenance),
+        }
+
+    # -- the loop
+    batches = _infinite_batches(dataset, pin=device.type == "cuda")
+    model.train()
+    bar = tqdm(total=cfg.iterations, initial=iteration, desc="distill", disable=not ctx.is_main)
+    while iteration < cfg.iterations:
+        batch, consumed = next(batches)
+        data = batch_to_float(batch, device, non_blocking=True)
+        with autocast:
+            sr = train_model(data["lr"])
+        parts = objective(
+            sr.float(),
+            data["hr"],
+            data["teacher"],
+            iteration=iteration,
+            teacher_subbands=data.get("dwt"),
+        )
+        if not torch.isfinite(parts["total"]):
+            debug = _save_debug_state(run.out_dir, iteration, model, batch)
+            raise TrainingDivergedError(
+                f"loss is {parts['total'].item()} at iteration {iteration} (task "
+                f"{parts['task'].item():.4g}, kd {parts['kd'].item():.4g}); model and batch saved "
+                f"to {debug}; the last good checkpoint {checkpoints.latest()} is untouched. "
+                "Lower distill.lr, set distill.grad_clip, or use distill.precision=fp32"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema.update(model)
+        iteration += 1
+        bar.update(1)
+
+        if ctx.is_main and log is not None:
+            log(
+                iteration,
+                {
+                    "train/loss": parts["total"].item(),
+                    "train/task_l1": parts["task"].item(),
+                    "train/kd": parts["kd"].item(),
+                    "train/lambda": float(parts["lambda"]),
+                    "train/lr": scheduler.get_last_lr()[0],
+                },
+            )
+        is_best = False
+        if (
+            validate is not None
+            and ctx.is_main
+            and (iteration % cfg.val_every == 0 or iteration == cfg.iterations)
+        ):
+            metrics = validate(ema.module)
+            is_best = metrics["psnr_y"] > best_psnr
+            best_psnr = max(best_psnr, metrics["psnr_y"])
+            bar.set_postfix(psnr_y=f"{metrics['psnr_y']:.2f}")
+            if log is not None:
+                log(iteration, {f"val/{k}": v for k, v in metrics.items()})
+        if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+            position = dataset.state_dict(consumed)
+            if ctx.world_size > 1:
+                gathered: list[Any] = [None] * ctx.world_size
+                dist.all_gather_object(gathered, position)
+                position = gathered
+            if ctx.is_main:
+                checkpoints.save(checkpoint_state(position), iteration, is_best=is_best)
+    bar.close()
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "arch": cfg.student,
+        "iteration": iteration,
+        "best_psnr": best_psnr,
+        "params": section_dict(cfg),
+        "provenance": dict(run.provenance),
+    }

@@ -1,0 +1,277 @@
+"""Tile store contract: round trips, completion, corruption, provenance, lock, fingerprint."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from dtkd_pipeline.cache import (
+    KIND_PREPARED,
+    KIND_TEACHER,
+    Compression,
+    IncompleteShardError,
+    ProvenanceMismatchError,
+    StoreLayout,
+    StoreLayoutError,
+    StoreLockedError,
+    TileStore,
+    prepared_arrays,
+    teacher_arrays,
+)
+
+N_TILES, SHARD, TILE, SCALE = 10, 4, 8, 4  # 3 shards, the last holding 2 tiles
+PROVENANCE = {"scale": SCALE, "tile_size": TILE, "sources": [{"name": "a.png", "sha256": "ab"}]}
+DWT_SHAPES = {"LL2": (3, 8, 8), "LH1": (3, 16, 16)}
+
+
+def prepared_layout(codec: str = "zstd") -> StoreLayout:
+    return StoreLayout(
+        KIND_PREPARED, N_TILES, SHARD, prepared_arrays(TILE, SCALE), Compression(codec, 3)
+    )
+
+
+def prepared_tiles(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    hr = TILE * SCALE
+    return {
+        "lr": rng.integers(0, 256, (N_TILES, 3, TILE, TILE), dtype=np.uint8),
+        "hr": rng.integers(0, 256, (N_TILES, 3, hr, hr), dtype=np.uint8),
+        "tile_source": rng.integers(0, 5, N_TILES, dtype=np.int32),
+        "tile_offset": rng.integers(0, 500, (N_TILES, 2), dtype=np.int32),
+    }
+
+
+def shard_slice(tiles: dict[str, np.ndarray], shard: int) -> dict[str, np.ndarray]:
+    start, stop = shard * SHARD, min((shard + 1) * SHARD, N_TILES)
+    return {name: data[start:stop] for name, data in tiles.items()}
+
+
+def filled_prepared(path: Path, seed: int = 0, codec: str = "zstd") -> TileStore:
+    store = TileStore.create(path, prepared_layout(codec), PROVENANCE)
+    tiles = prepared_tiles(seed)
+    for shard in (2, 0, 1):  # order must not matter
+        store.write_shard(shard, shard_slice(tiles, shard))
+    return store
+
+
+@pytest.mark.parametrize("codec", ["zstd", "blosc"])
+def test_prepared_round_trip_is_bit_identical(tmp_path: Path, codec: str) -> None:
+    store = filled_prepared(tmp_path / "train.zarr", codec=codec)
+    tiles = prepared_tiles()
+    assert store.completed_shards() == [0, 1, 2] and store.missing_shards() == []
+    last = store.read_shard(2)
+    assert last["hr"].shape == (2, 3, TILE * SCALE, TILE * SCALE)  # partial last shard
+    for name, data in tiles.items():
+        assert np.array_equal(np.concatenate([store.read_shard(k)[name] for k in range(3)]), data)
+    picked = [9, 0, 5, 5]
+    got = store.read_tiles(picked)
+    for name, data in tiles.items():
+        assert got[name].dtype == data.dtype and np.array_equal(got[name], data[picked])
+    reopened = TileStore.open(tmp_path / "train.zarr")
+    assert reopened.provenance == PROVENANCE and reopened.kind == KIND_PREPARED
+    assert np.array_equal(reopened.read_tile(7, "lr"), tiles["lr"][7])
+
+
+def test_teacher_round_trip_with_dwt(tmp_path: Path) -> None:
+    layout = StoreLayout(KIND_TEACHER, N_TILES, SHARD, teacher_arrays(TILE * SCALE, DWT_SHAPES))
+    store = TileStore.create(tmp_path / "teacher.zarr", layout, {"steps": 15})
+    rng = np.random.default_rng(1)
+    teacher = rng.integers(0, 256, (N_TILES, 3, TILE * SCALE, TILE * SCALE), dtype=np.uint8)
+    bands = {n: rng.normal(size=(N_TILES, *s)).astype(np.float16) for n, s in DWT_SHAPES.items()}
+    for shard in range(3):
+        start, stop = shard * SHARD, min((shard + 1) * SHARD, N_TILES)
+        tiles = {"teacher": teacher[start:stop]}
+        tiles |= {f"dwt/{n}": b[start:stop].astype(np.float32) for n, b in bands.items()}
+        store.write_shard(shard, tiles)
+    assert np.array_equal(
+        np.concatenate([store.read_shard(k)["teacher"] for k in range(3)]), teacher
+    )
+    for name, data in bands.items():
+        got = store.read_tiles(range(N_TILES), [f"dwt/{name}"])[f"dwt/{name}"]
+        assert got.dtype == np.float16 and np.array_equal(got.view(np.uint16), data.view(np.uint16))
+    assert isinstance(zarr.open_group(tmp_path / "teacher.zarr", mode="r")["dwt"], zarr.Group)
+
+
+def test_incomplete_shard_raises_instead_of_zeros(tmp_path: Path) -> None:
+    store = TileStore.create(tmp_path / "s.zarr", prepared_layout(), PROVENANCE)
+    tiles = prepared_tiles()
+    store.write_shard(0, shard_slice(tiles, 0))
+    assert store.missing_shards() == [1, 2]
+    with pytest.raises(IncompleteShardError, match=r"shard 1 \(tiles 4\.\.7\)"):
+        store.read_tiles([1, 5])
+    with pytest.raises(IncompleteShardError, match="shard 2"):
+        store.read_shard(2)
+    store.invalidate_shard(0)
+    with pytest.raises(IncompleteShardError, match="verify-cache"):
+        store.read_tile(0, "lr")
+    with pytest.raises(IncompleteShardError, match="incomplete store"):
+        store.fingerprint()
+    report = store.verify()
+    assert report.missing == [0, 1, 2] and not report.ok
+
+
+def test_write_shard_validates_input(tmp_path: Path) -> None:
+    store = TileStore.create(tmp_path / "s.zarr", prepared_layout(), PROVENANCE)
+    tiles = shard_slice(prepared_tiles(), 2)
+    with pytest.raises(ValueError, match="expected shape"):
+        store.write_shard(1, tiles)  # shard 1 holds 4 tiles, this slice 2
+    with pytest.raises(TypeError, match="expected dtype uint8"):
+        store.write_shard(2, tiles | {"lr": tiles["lr"].astype(np.int64)})
+    with pytest.raises(ValueError, match="missing"):
+        store.write_shard(2, {"lr": tiles["lr"]})
+    with pytest.raises(PermissionError):
+        TileStore.open(tmp_path / "s.zarr").write_shard(2, tiles)
+    assert store.completed_shards() == []
+
+
+def test_verify_finds_flipped_bytes_and_rewrite_restores_them(tmp_path: Path) -> None:
+    store = filled_prepared(tmp_path / "s.zarr")
+    shard_file = store.shard_file("hr", 1)
+    assert shard_file.relative_to(store.path).parts[:2] == ("hr", "c")
+    original = shard_file.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 3] ^= 0xFF
+    shard_file.write_bytes(bytes(damaged))
+
+    report = store.verify()
+    assert report.missing == [] and list(report.corrupt) == [1]
+    assert "hr" in report.corrupt[1] and "checksum" in report.corrupt[1]
+    assert "corrupt shard 1" in str(report)
+
+    store.invalidate_shard(1)
+    assert store.missing_shards() == [1] and not shard_file.exists()
+    store.write_shard(1, shard_slice(prepared_tiles(), 1))
+    assert store.verify().ok
+    assert shard_file.read_bytes() == original
+
+
+def test_verify_catches_content_that_decodes_cleanly(tmp_path: Path) -> None:
+    store = filled_prepared(tmp_path / "s.zarr")
+    # A writer that bypasses write_shard: valid chunks (codec checksums pass), wrong content.
+    raw = zarr.open_group(tmp_path / "s.zarr", mode="r+")["lr"]
+    raw[0] = np.zeros((3, TILE, TILE), np.uint8)
+    report = store.verify()
+    assert list(report.corrupt) == [0] and "content checksum" in report.corrupt[0]
+
+
+def test_provenance_mismatch_names_each_field(tmp_path: Path) -> None:
+    path = tmp_path / "teacher.zarr"
+    layout = StoreLayout(KIND_TEACHER, N_TILES, SHARD, teacher_arrays(TILE * SCALE))
+    stored = {"teacher": "resshift-v3", "steps": 15, "seed": 7, "precision": "fp32"}
+    TileStore.create(path, layout, stored).close()
+    store = TileStore.open(path)
+    store.check_provenance({"steps": 15, "seed": 7})  # a matching subset passes
+    with pytest.raises(ProvenanceMismatchError) as caught:
+        store.check_provenance({"steps": 4, "seed": 7, "precision": "bf16", "rng": "per-sample"})
+    message = str(caught.value)
+    assert "steps: stored 15, requested 4" in message
+    assert "precision: stored 'fp32', requested 'bf16'" in message
+    assert "rng: stored <absent>, requested 'per-sample'" in message
+    assert "seed" not in message
+    assert f"--overwrite or delete {path}" in message
+
+
+def test_open_or_create_resumes_refuses_and_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    tiles = prepared_tiles()
+    with TileStore.open_or_create(path, prepared_layout(), PROVENANCE) as store:
+        store.write_shard(0, shard_slice(tiles, 0))
+    with TileStore.open_or_create(path, prepared_layout(), PROVENANCE) as resumed:
+        assert resumed.completed_shards() == [0]  # resume keeps finished work
+    changed = PROVENANCE | {"scale": 2}
+    with pytest.raises(ProvenanceMismatchError, match="scale: stored 4, requested 2"):
+        TileStore.open_or_create(path, prepared_layout(), changed)
+    with pytest.raises(ProvenanceMismatchError, match=r"layout\.compression\.codec"):
+        TileStore.open_or_create(path, prepared_layout("blosc"), PROVENANCE)
+    with TileStore.open_or_create(path, prepared_layout(), changed, overwrite=True) as fresh:
+        assert fresh.completed_shards() == [] and fresh.provenance["scale"] == 2
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        TileStore.create(path, prepared_layout(), PROVENANCE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # no tmp/trash left
+
+
+def test_failed_creation_leaves_nothing(tmp_path: Path) -> None:
+    bad = StoreLayout(
+        KIND_PREPARED, N_TILES, SHARD, prepared_arrays(TILE, SCALE), Compression("lz9")
+    )
+    with pytest.raises(ValueError, match="unknown compressor"):
+        TileStore.create(tmp_path / "s.zarr", bad, PROVENANCE)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("precious")
+    with pytest.raises(StoreLayoutError, match="refusing to overwrite"):
+        TileStore.create(tmp_path / "notes", prepared_layout(), PROVENANCE, overwrite=True)
+    assert (tmp_path / "notes" / "keep.txt").exists()
+
+
+def test_second_process_fails_fast_on_lock(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    holder = TileStore.create(path, prepared_layout(), PROVENANCE)  # holds the lock
+    script = (
+        "import sys\n"
+        "from dtkd_pipeline.cache import TileStore, StoreLockedError\n"
+        "try:\n"
+        f"    TileStore.open({str(path)!r}, mode='r+', lock=True)\n"
+        "except StoreLockedError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr
+    assert time.perf_counter() - started < 20
+    assert f"PID {os.getpid()}" in result.stdout and str(path) in result.stdout
+    with pytest.raises(StoreLockedError):  # flock is per open file, so this process too
+        TileStore.open(path, mode="r+", lock=True)
+    assert TileStore.open(path).missing_shards() == [0, 1, 2]  # readers take no lock
+    holder.close()
+    TileStore.open(path, mode="r+", lock=True).close()
+
+
+def test_lock_released_when_holder_dies(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    TileStore.create(path, prepared_layout(), PROVENANCE).close()
+    script = (
+        "import os\nfrom dtkd_pipeline.cache import TileStore\n"
+        f"TileStore.open({str(path)!r}, mode='r+', lock=True)\nos._exit(1)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=False)
+    TileStore.open(path, mode="r+", lock=True).close()
+
+
+def _write_one_shard(path: str, shard: int) -> None:
+    TileStore.open(path, mode="r+").write_shard(shard, shard_slice(prepared_tiles(), shard))
+
+
+def test_processes_writing_distinct_shards(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    coordinator = TileStore.create(path, prepared_layout(), PROVENANCE)
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_one_shard, args=(str(path), k)) for k in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert coordinator.verify().ok
+    assert np.array_equal(coordinator.read_tiles(range(N_TILES))["hr"], prepared_tiles()["hr"])
+
+
+def test_fingerprint_is_stable_and_content_sensitive(tmp_path: Path) -> None:
+    first = filled_prepared(tmp_path / "a.zarr").fingerprint()
+    assert first == TileStore.open(tmp_path / "a.zarr").fingerprint()
+    assert first == filled_prepared(tmp_path / "b.zarr").fingerprint()  # path-independent
+    assert first != filled_prepared(tmp_path / "c.zarr", seed=1).fingerprint()
+    store = TileStore.open(tmp_path / "b.zarr", mode="r+")
+    tiles = shard_slice(prepared_tiles(), 1)
+    tiles["lr"] = tiles["lr"].copy()
+    tiles["lr"][0, 0, 0, 0] ^= 1
+    store.write_shard(1, tiles)
+    assert store.fingerprint() != first
