@@ -1,0 +1,106 @@
+"""Stage 2, distill: train the SwinIR-small student against GT and the cached teacher outputs.
+
+Checks that the teacher cache was built with this params' teacher settings, trains with
+``dtkd_pipeline.train.loop`` (resuming from the newest checkpoint if one exists), logs curves with
+dvclive, and writes ``<out_dir>/student.pt`` holding the EMA weights, the params and the cache's
+provenance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dtkd_pipeline.cache import KIND_TEACHER, TileStore
+from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
+from dtkd_pipeline.config import Params
+from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, ImagePairs, evaluate_pairs
+from dtkd_pipeline.train.checkpoint import atomic_torch_save
+from dtkd_pipeline.train.loop import TrainingRun, setup_distributed, train
+from stages.prepare_data import TRAIN_STORE, VAL_DIR
+
+STUDENT_FILE = "student.pt"
+DVCLIVE_DIR = "dvclive"
+
+
+def _teacher_provenance(params: Params) -> dict[str, Any]:
+    """Open the teacher store, refuse it if it does not fit params, return its provenance."""
+    path = params.teacher.store
+    if not path.exists():
+        raise FileNotFoundError(
+            f"teacher cache {path} does not exist; run `dtkd-pipeline cache-teacher` first"
+        )
+    with TileStore.open(path) as store:
+        if store.kind != KIND_TEACHER:
+            raise ValueError(f"{path} is a {store.kind} store, not a teacher cache")
+        store.check_provenance(teacher_params_provenance(params.teacher))
+        missing = store.missing_shards()
+        if missing:
+            raise ValueError(
+                f"teacher cache {path} is incomplete ({len(missing)} shard(s) missing, first "
+                f"{missing[:8]}); rerun `dtkd-pipeline cache-teacher` to finish it"
+            )
+        return store.provenance
+
+
+class _DvcLiveLogger:
+    """dvclive curves; ``dvcyaml=None`` because dvc.yaml already declares metrics and plots."""
+
+    def __init__(self, folder: Path, resume: bool) -> None:
+        from dvclive import Live
+
+        self.live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, resume=resume)
+
+    def __call__(self, iteration: int, values: dict[str, float]) -> None:
+        self.live.step = iteration
+        for name, value in values.items():
+            self.live.log_metric(name, value)
+        self.live.make_summary()
+
+    def close(self) -> None:
+        self.live.end()
+
+
+def run(params: Params, device: str | None = None) -> Path:
+    cfg = params.distill
+    provenance = _teacher_provenance(params)
+    ctx = setup_distributed(device)
+    out_dir = cfg.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Cached subbands replace the teacher's DWT only where they are exactly equal to it (Haar).
+    use_cached_dwt = (
+        params.teacher.dwt
+        and cfg.kd.kind in ("dwt", "dwt_uniform")
+        and cfg.kd.wavelet == "haar"
+        and cfg.kd.levels <= 2
+    )
+    run_spec = TrainingRun(
+        prepared_store=params.data.prepared_dir / TRAIN_STORE,
+        teacher_store=params.teacher.store,
+        out_dir=out_dir,
+        use_cached_dwt=use_cached_dwt,
+        provenance={"teacher_cache": provenance, "teacher_store": str(params.teacher.store)},
+    )
+
+    logger = validate = None
+    if ctx.is_main:
+        pairs = ImagePairs.from_folder(params.data.prepared_dir / VAL_DIR)
+        metrics = FullReferenceMetrics(scale=params.data.scale, device=ctx.device)
+
+        def validate(model: torch.nn.Module) -> dict[str, float]:
+            return evaluate_pairs(model, pairs, metrics, ctx.device)
+
+        resume = (out_dir / "checkpoints").is_dir()
+        logger = _DvcLiveLogger(out_dir / DVCLIVE_DIR, resume=resume)
+    try:
+        final = train(cfg, run_spec, ctx, validate=validate, log=logger)
+    finally:
+        if logger is not None:
+            logger.close()
+    path = out_dir / STUDENT_FILE
+    if ctx.is_main:
+        atomic_torch_save(final, path)
+        print(f"student (EMA weights) -> {path}; best val PSNR-Y {final['best_psnr']:.2f} dB")
+    return path

@@ -1,0 +1,267 @@
+"""Stage 1a, prepare: HR images -> fixed-size LR/HR training tiles (train.zarr) + whole-image val/.
+
+1. List the HR folder and split off the last ``data.val_images`` images (sorted) for validation.
+2. Decode every image in parallel (dask) and plan its tiles; unreadable files are collected and
+   reported together, and unless ``skip_bad`` nothing is written.
+3. Cut tiles (LR by MATLAB bicubic x4, or from a paired LR folder) and write them shard by shard.
+
+Everything is built in ``<prepared_dir>.tmp-<pid>`` and renamed into place at the end, so an
+interrupted run never leaves a half-written data set behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+from dask.callbacks import Callback
+from tqdm.auto import tqdm
+
+from dtkd_pipeline import __version__
+from dtkd_pipeline.cache import (
+    HR,
+    KIND_PREPARED,
+    LR,
+    SOURCES,
+    TILE_OFFSET,
+    TILE_SOURCE,
+    Compression,
+    StoreLayout,
+    TileStore,
+    prepared_arrays,
+)
+from dtkd_pipeline.config import DataParams, Params
+from dtkd_pipeline.images import (
+    ImageReadError,
+    bicubic_downscale_x4,
+    list_images,
+    modcrop,
+    read_image,
+    to_uint8,
+    write_image,
+)
+from dtkd_pipeline.tiles import TilePlan, cut_tiles, pad_bottom_right, plan_tiles
+
+TRAIN_STORE = "train.zarr"
+VAL_DIR = "val"
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """A decoded HR image and its LR counterpart, both uint8 HxWx3, LR exactly 1/scale of HR."""
+
+    name: str
+    hr: np.ndarray
+    lr: np.ndarray
+
+
+class _TqdmCallback(Callback):
+    """Advance a tqdm bar as dask finishes tasks (runs in the scheduling process)."""
+
+    def __init__(self, bar: tqdm) -> None:
+        super().__init__()
+        self._bar = bar
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        self._bar.update(1)
+
+
+def _paired_lr_path(hr_path: Path, lr_dir: Path) -> Path:
+    matches = [p for p in list_images(lr_dir) if p.stem == hr_path.stem]
+    if not matches:
+        raise ImageReadError(f"{hr_path}: no LR image with stem {hr_path.stem!r} in {lr_dir}")
+    return matches[0]
+
+
+def load_pair(hr_path: Path, lr_dir: Path | None, scale: int) -> ImagePair:
+    """Decode one HR image and make (or read) its LR; errors name the file."""
+    hr = read_image(hr_path).rgb
+    if lr_dir is None:
+        lr, hr = bicubic_downscale_x4(hr)
+    else:
+        lr_path = _paired_lr_path(hr_path, lr_dir)
+        lr = read_image(lr_path).rgb
+        hr = modcrop(hr, scale)
+        expected = (hr.shape[0] // scale, hr.shape[1] // scale)
+        if lr.shape[:2] != expected:
+            raise ImageReadError(
+                f"{lr_path}: LR is {lr.shape[1]}x{lr.shape[0]} but {hr_path} needs "
+                f"{expected[1]}x{expected[0]} (HR / {scale}); fix the pair or drop data.lr_dir"
+            )
+    return ImagePair(hr_path.name, to_uint8(hr), to_uint8(lr))
+
+
+def _probe(hr_path: Path, data: DataParams) -> TilePlan | ImageReadError | None:
+    """Decode and plan one image; a read problem is returned (not raised) to be reported in bulk."""
+    try:
+        pair = load_pair(hr_path, data.lr_dir, data.scale)
+    except ImageReadError as exc:
+        return exc
+    return plan_tiles(*pair.lr.shape[:2], data.lr_tile, data.stride, data.small_images)
+
+
+def _tiles_of(hr_path: Path, data: DataParams, plan: TilePlan) -> tuple[np.ndarray, np.ndarray]:
+    pair = load_pair(hr_path, data.lr_dir, data.scale)
+    lr = pad_bottom_right(pair.lr, plan.pad_bottom, plan.pad_right)
+    hr = pad_bottom_right(pair.hr, plan.pad_bottom * data.scale, plan.pad_right * data.scale)
+    return (
+        cut_tiles(lr, plan.offsets, data.lr_tile),
+        cut_tiles(hr, plan.offsets, data.lr_tile, scale=data.scale),
+    )
+
+
+def _compute(tasks: list[Any], data: DataParams, desc: str) -> list[Any]:
+    scheduler = "sync" if data.workers == 1 else "processes"
+    with tqdm(total=len(tasks), desc=desc, unit="img") as bar, _TqdmCallback(bar):
+        return list(dask.compute(*tasks, scheduler=scheduler, num_workers=data.workers))
+
+
+def _check_inputs(data: DataParams) -> tuple[list[Path], list[Path]]:
+    if not data.hr_dir.is_dir():
+        raise ImageReadError(f"data.hr_dir {data.hr_dir} is not a folder; point it at HR images")
+    if data.lr_dir is not None and not data.lr_dir.is_dir():
+        raise ImageReadError(f"data.lr_dir {data.lr_dir} is not a folder (or set it to null)")
+    paths = list_images(data.hr_dir)
+    if not paths:
+        raise ImageReadError(
+            f"data.hr_dir {data.hr_dir} holds no images (png, jpg, jpeg, webp, tif, tiff, bmp)"
+        )
+    if data.val_images >= len(paths):
+        raise ImageReadError(
+            f"data.val_images={data.val_images} leaves no training image among the "
+            f"{len(paths)} in {data.hr_dir}; lower it or add images"
+        )
+    split = len(paths) - data.val_images
+    return paths[:split], paths[split:]
+
+
+def _iter_tiles(
+    paths: list[Path], plans: list[TilePlan], data: DataParams
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[tuple[int, int]]]]:
+    """Tiles image by image, decoded in parallel batches so memory stays bounded."""
+    batch = max(1, 2 * data.workers)
+    with tqdm(total=len(paths), desc="tiling", unit="img") as bar:
+        for start in range(0, len(paths), batch):
+            chunk = list(range(start, min(start + batch, len(paths))))
+            tasks = [dask.delayed(_tiles_of)(paths[i], data, plans[i]) for i in chunk]
+            scheduler = "sync" if data.workers == 1 else "processes"
+            results = dask.compute(*tasks, scheduler=scheduler, num_workers=data.workers)
+            for i, (lr, hr) in zip(chunk, results, strict=True):
+                yield i, lr, hr, plans[i].offsets
+                bar.update(1)
+
+
+def _write_train_store(
+    path: Path, paths: list[Path], plans: list[TilePlan], data: DataParams
+) -> int:
+    n_tiles = sum(len(plan.offsets) for plan in plans)
+    layout = StoreLayout(
+        kind=KIND_PREPARED,
+        n_tiles=n_tiles,
+        shard_size=data.shard_size,
+        arrays=prepared_arrays(data.lr_tile, data.scale),
+        compression=Compression(data.compression.codec, data.compression.level),
+    )
+    provenance = {
+        SOURCES: [p.name for p in paths],
+        "scale": data.scale,
+        "lr_tile": data.lr_tile,
+        "stride": data.stride,
+        "small_images": data.small_images,
+        "lr_source": "paired" if data.lr_dir is not None else "matlab-bicubic",
+        "package_version": __version__,
+    }
+    pending: dict[str, list[np.ndarray]] = {LR: [], HR: [], TILE_SOURCE: [], TILE_OFFSET: []}
+    shard = 0
+
+    def flush(store: TileStore, count: int) -> None:
+        nonlocal pending, shard
+        store.write_shard(shard, {k: np.stack(v[:count]) for k, v in pending.items()})
+        pending = {k: v[count:] for k, v in pending.items()}
+        shard += 1
+
+    with TileStore.create(path, layout, provenance) as store:
+        for image_index, lr, hr, offsets in _iter_tiles(paths, plans, data):
+            pending[LR].extend(lr)
+            pending[HR].extend(hr)
+            pending[TILE_SOURCE].extend(np.full(len(offsets), image_index, np.int32))
+            pending[TILE_OFFSET].extend(np.asarray(offsets, np.int32))
+            while len(pending[LR]) >= data.shard_size:
+                flush(store, data.shard_size)
+        if pending[LR]:
+            flush(store, len(pending[LR]))
+    if shard != layout.n_shards:
+        raise RuntimeError(f"wrote {shard} of {layout.n_shards} shards; tiling was inconsistent")
+    return n_tiles
+
+
+def _write_val(folder: Path, paths: list[Path], data: DataParams) -> None:
+    (folder / "hr").mkdir(parents=True)
+    (folder / "lr").mkdir(parents=True)
+    for path in tqdm(paths, desc="validation images", unit="img"):
+        pair = load_pair(path, data.lr_dir, data.scale)
+        write_image(folder / "hr" / f"{path.stem}.png", pair.hr)
+        write_image(folder / "lr" / f"{path.stem}.png", pair.lr)
+
+
+def run(params: Params, skip_bad: bool | None = None) -> Path:
+    """Build ``<prepared_dir>/train.zarr`` and ``<prepared_dir>/val/``; returns prepared_dir."""
+    data = params.data
+    skip_bad = data.skip_bad if skip_bad is None else skip_bad
+    started = time.perf_counter()
+    train_paths, val_paths = _check_inputs(data)
+
+    probes = _compute(
+        [dask.delayed(_probe)(p, data) for p in train_paths + val_paths], data, "checking images"
+    )
+    bad = {
+        p: r
+        for p, r in zip(train_paths + val_paths, probes, strict=True)
+        if isinstance(r, Exception)
+    }
+    if bad and not skip_bad:
+        listing = "\n".join(f"  {exc}" for exc in bad.values())
+        raise ImageReadError(
+            f"{len(bad)} unreadable image(s); nothing was written. Fix or remove them, or rerun "
+            f"with --skip-bad (data.skip_bad: true):\n{listing}"
+        )
+    for exc in bad.values():
+        tqdm.write(f"skipping: {exc}")
+    kept = [(p, r) for p, r in zip(train_paths, probes, strict=False) if p not in bad]
+    skipped_small = [p.name for p, plan in kept if plan is None]
+    kept = [(p, plan) for p, plan in kept if plan is not None]
+    val_paths = [p for p in val_paths if p not in bad]
+    if not kept:
+        raise ImageReadError(
+            f"no training tiles: every training image in {data.hr_dir} was unreadable or smaller "
+            f"than one {data.lr_tile}-px LR tile (data.small_images=skip)"
+        )
+
+    final = data.prepared_dir
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        paths = [p for p, _ in kept]
+        n_tiles = _write_train_store(tmp / TRAIN_STORE, paths, [plan for _, plan in kept], data)
+        _write_val(tmp / VAL_DIR, val_paths, data)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    elapsed = time.perf_counter() - started
+    print(
+        f"prepared {n_tiles} tiles from {len(kept)} images (+{len(val_paths)} validation) in "
+        f"{elapsed:.1f}s -> {final / TRAIN_STORE}"
+        + (f"; skipped {len(bad)} unreadable" if bad else "")
+        + (f"; skipped {len(skipped_small)} too small: {skipped_small}" if skipped_small else "")
+    )
+    return final

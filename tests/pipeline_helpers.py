@@ -1,0 +1,55 @@
+"""Test building blocks: synthetic HR images and params re-rooted in tmp dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from dtkd_pipeline.config import Params, load_params
+from dtkd_pipeline.images import write_image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_hr_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
+    """Smooth colour fields with some texture, so bicubic LR and SR losses are non-trivial."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index, (height, width) in enumerate(sizes):
+        yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+        phase = rng.uniform(0, 2 * np.pi, 3)
+        freq = rng.uniform(3, 12, 3)
+        rgb = np.stack(
+            [0.5 + 0.4 * np.sin(freq[c] * (xx + yy * (c + 1)) + phase[c]) for c in range(3)], -1
+        )
+        rgb += rng.normal(0, 0.03, rgb.shape)
+        paths.append(write_image(folder / f"img{index:02d}.png", np.clip(rgb, 0, 1)))
+    return paths
+
+
+def tiny_params(tmp_path: Path, hr_dir: Path, overrides: list[str] | None = None) -> Params:
+    """The repository params.yaml, re-rooted in tmp_path and shrunk to test size."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    base = [
+        f"data.hr_dir={hr_dir}",
+        f"data.prepared_dir={tmp_path / 'prepared'}",
+        "data.shard_size=2",
+        "data.workers=1",
+        f"teacher.store={tmp_path / 'cache' / 'teacher.zarr'}",
+        f"distill.out_dir={tmp_path / 'models'}",
+        "distill.student=swinir-tiny-x4",
+        "distill.patch_size=16",
+        "distill.batch_size=2",
+        "distill.iterations=6",
+        "distill.milestones=[4]",
+        "distill.val_every=3",
+        "distill.checkpoint_every=3",
+        "distill.shuffle_buffer=4",
+    ]
+    return load_params(path, base + list(overrides or []))

@@ -1,0 +1,184 @@
+"""Stage two trains for real, resumes bit-exactly after SIGKILL, and refuses a mismatched cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dtkd_pipeline.cache import (
+    HR,
+    KIND_TEACHER,
+    PREPARED_FINGERPRINT,
+    TEACHER,
+    ProvenanceMismatchError,
+    StoreLayout,
+    TileStore,
+    teacher_arrays,
+)
+from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
+from dtkd_pipeline.config import Params
+from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
+from stages import distill, prepare_data
+from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
+
+
+def build_stores(params: Params) -> None:
+    """prepare-data on synthetic images, then a teacher store whose 'teacher' is a blurred HR."""
+    prepare_data.run(params)
+    prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
+    hr_shape = prepared.layout.spec(HR).tile_shape
+    layout = StoreLayout(
+        kind=KIND_TEACHER,
+        n_tiles=prepared.n_tiles,
+        shard_size=prepared.layout.shard_size,
+        arrays=teacher_arrays(hr_shape[1]),
+    )
+    provenance = {
+        **teacher_params_provenance(params.teacher),
+        PREPARED_FINGERPRINT: prepared.fingerprint(),
+    }
+    with TileStore.create(params.teacher.store, layout, provenance) as store:
+        for shard in range(layout.n_shards):
+            hr = prepared.read_shard(shard, [HR])[HR].astype(np.float32)
+            teacher = (hr + np.roll(hr, 1, axis=-1) + np.roll(hr, 1, axis=-2)) / 3
+            store.write_shard(shard, {TEACHER: np.round(teacher).astype(np.uint8)})
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Params:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 320), (256, 256)])
+    built = tiny_params(tmp_path, hr_dir)
+    build_stores(built)
+    return built
+
+
+def _run(params: Params, out_dir: Path, **updates: object) -> dict:
+    cfg = params.distill.model_copy(update={"out_dir": out_dir, **updates})
+    spec = TrainingRun(
+        prepared_store=params.data.prepared_dir / prepare_data.TRAIN_STORE,
+        teacher_store=params.teacher.store,
+        out_dir=out_dir,
+        use_cached_dwt=False,
+        provenance={},
+    )
+    return train(cfg, spec, DistributedContext(0, 1, torch.device("cpu")))
+
+
+def test_training_decreases_task_and_kd_losses(params: Params, tmp_path: Path) -> None:
+    history: list[dict[str, float]] = []
+    cfg = params.distill.model_copy(
+        update={"iterations": 40, "milestones": [30], "lr": 1e-3, "out_dir": tmp_path / "m"}
+    )
+    spec = TrainingRun(
+        prepared_store=params.data.prepared_dir / prepare_data.TRAIN_STORE,
+        teacher_store=params.teacher.store,
+        out_dir=tmp_path / "m",
+        use_cached_dwt=False,
+        provenance={},
+    )
+    train(
+        cfg, spec, DistributedContext(0, 1, torch.device("cpu")), log=lambda i, v: history.append(v)
+    )
+    task = [h["train/task_l1"] for h in history]
+    kd = [h["train/kd"] for h in history]
+    assert np.mean(task[-8:]) < 0.7 * np.mean(task[:8])
+    assert np.mean(kd[-8:]) < 0.7 * np.mean(kd[:8])
+    lambdas = [h["train/lambda"] for h in history]
+    assert lambdas[0] == 0.0 and lambdas[-1] == pytest.approx(39 / 40)
+
+
+_KILL_SCRIPT = """
+import os, signal, sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_distill import _run
+from dtkd_pipeline.config import load_params
+from pathlib import Path
+import dtkd_pipeline.train.loop as loop
+
+params = load_params({params!r}, {overrides!r})
+original = loop.CheckpointManager.save
+def save_then_die(self, state, iteration, is_best=False):
+    path = original(self, state, iteration, is_best)
+    if iteration == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+loop.CheckpointManager.save = save_then_die
+_run(params, Path({out!r}))
+"""
+
+
+def test_resume_after_sigkill_gives_identical_weights(params: Params, tmp_path: Path) -> None:
+    straight = _run(params, tmp_path / "straight")
+
+    resumed_dir = tmp_path / "resumed"
+    overrides = [
+        f"data.hr_dir={params.data.hr_dir}",
+        f"data.prepared_dir={params.data.prepared_dir}",
+        f"teacher.store={params.teacher.store}",
+        "distill.student=swinir-tiny-x4",
+        "distill.patch_size=16",
+        "distill.batch_size=2",
+        "distill.iterations=6",
+        "distill.milestones=[4]",
+        "distill.val_every=3",
+        "distill.checkpoint_every=3",
+        "distill.shuffle_buffer=4",
+    ]
+    script = _KILL_SCRIPT.format(
+        root=str(REPO_ROOT),
+        params=str(tmp_path / "params.yaml"),
+        overrides=overrides,
+        out=str(resumed_dir),
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert sorted(p.name for p in (resumed_dir / "checkpoints").iterdir()) == ["iter_00000003.pt"]
+
+    resumed = _run(params, resumed_dir)
+    for key in ("model", "ema"):
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -> None:
+    other = params.model_copy(
+        update={"teacher": params.teacher.model_copy(update={"steps": 4, "seed": 7})}
+    )
+    with pytest.raises(ProvenanceMismatchError) as info:
+        distill.run(other, device="cpu")
+    message = str(info.value)
+    assert "steps" in message and "seed" in message and "--overwrite" in message
+
+
+def test_nan_loss_stops_with_debug_state_and_keeps_last_checkpoint(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "nan"
+    _run(params, out, iterations=3)
+    last_good = (out / "checkpoints" / "iter_00000003.pt").read_bytes()
+
+    from dtkd_pipeline.losses import DistillationObjective
+
+    original = DistillationObjective.forward
+
+    def poisoned(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        parts = original(self, *args, **kwargs)
+        parts["total"] = parts["total"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(DistillationObjective, "forward", poisoned)
+    from dtkd_pipeline.train.loop import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError, match="iteration 3"):
+        _run(params, out, iterations=6)
+    assert (out / "checkpoints" / "iter_00000003.pt").read_bytes() == last_good
+    assert (out / "diverged_iter_00000003.pt").is_file()
+    assert os.environ.get("WORLD_SIZE", "1") == "1"

@@ -1,0 +1,90 @@
+"""prepare-data tiles HR images into aligned LR/HR stores, splits validation, refuses bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
+from dtkd_pipeline.images import ImageReadError, bicubic_downscale_x4, read_image, to_uint8
+from stages import prepare_data
+from tests.pipeline_helpers import make_hr_images, tiny_params
+
+
+def test_tiles_are_aligned_with_bicubic_lr_of_their_source(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    paths = make_hr_images(hr_dir, [(300, 260), (256, 256), (200, 210)])
+    params = tiny_params(tmp_path, hr_dir)
+    prepared = prepare_data.run(params)
+
+    with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
+        assert store.missing_shards() == []
+        # 300x260 HR -> 75x65 LR -> starts {0, 11} x {0, 1}: 4 tiles; 256x256 -> 64x64: 1 tile
+        assert store.n_tiles == 5
+        tiles = store.read_tiles(range(store.n_tiles))
+        assert store.provenance["sources"] == [paths[0].name, paths[1].name]
+    for lr_tile, hr_tile, source, (y, x) in zip(
+        tiles[LR], tiles[HR], tiles[TILE_SOURCE], tiles[TILE_OFFSET], strict=True
+    ):
+        lr, hr = bicubic_downscale_x4(read_image(paths[source]).rgb)
+        np.testing.assert_array_equal(
+            lr_tile, to_uint8(lr[y : y + 64, x : x + 64]).transpose(2, 0, 1)
+        )
+        np.testing.assert_array_equal(
+            hr_tile, to_uint8(hr[4 * y : 4 * y + 256, 4 * x : 4 * x + 256]).transpose(2, 0, 1)
+        )
+    val = sorted(p.name for p in (prepared / "val" / "lr").iterdir())
+    assert val == ["img02.png"]
+    assert read_image(prepared / "val" / "hr" / "img02.png").rgb.shape == (200, 208, 3)
+
+
+def test_small_images_padded_or_skipped(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(160, 300), (256, 256), (100, 100)])
+    padded = prepare_data.run(tiny_params(tmp_path / "a", hr_dir))
+    with TileStore.open(padded / prepare_data.TRAIN_STORE) as store:
+        assert store.n_tiles == 2 + 1  # 40x75 LR padded to 64x75 -> 2 tiles
+    skipped = prepare_data.run(tiny_params(tmp_path / "b", hr_dir, ["data.small_images=skip"]))
+    with TileStore.open(skipped / prepare_data.TRAIN_STORE) as store:
+        assert store.n_tiles == 1
+
+
+def test_corrupt_image_fails_before_writing_anything(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256), (256, 256)])
+    (hr_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (hr_dir / "notes.jpg").write_text("not an image")
+    params = tiny_params(tmp_path, hr_dir)
+    with pytest.raises(ImageReadError) as info:
+        prepare_data.run(params)
+    message = str(info.value)
+    assert "broken.png" in message and "notes.jpg" in message and "--skip-bad" in message
+    assert not params.data.prepared_dir.exists()
+    assert not list(tmp_path.glob("prepared*"))
+
+
+def test_skip_bad_skips_and_continues(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256), (256, 256)])
+    (hr_dir / "a_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    prepared = prepare_data.run(tiny_params(tmp_path, hr_dir), skip_bad=True)
+    with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
+        assert store.provenance["sources"] == ["img00.png", "img01.png"]
+
+
+def test_empty_or_missing_folder_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ImageReadError, match="holds no images"):
+        prepare_data.run(tiny_params(tmp_path, empty))
+    with pytest.raises(ImageReadError, match="not a folder"):
+        prepare_data.run(tiny_params(tmp_path, tmp_path / "nowhere"))
+
+
+def test_validation_split_must_leave_training_images(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256)])
+    with pytest.raises(ImageReadError, match="val_images"):
+        prepare_data.run(tiny_params(tmp_path, hr_dir))
