@@ -1,0 +1,211 @@
+"""The ``dtkd-pipeline`` command line: each command reads params and calls one stage in ``stages/``.
+
+Library errors that a user can fix (bad params, missing weights, unreadable images, a cache that
+does not match) are printed as one clear message with exit code 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Diffusion-to-transformer distillation for x4 SR: cache a ResShift teacher, train SwinIR.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+ParamsOption = Annotated[
+    Path, typer.Option("--params", "-p", help="Pipeline parameters (see params.yaml).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-S", help="Override a param, e.g. -S distill.iterations=100 (repeatable)."
+    ),
+]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that carry a complete, user-facing message."""
+    from dtkd_pipeline.cache.store import CacheError
+    from dtkd_pipeline.config import ConfigError
+    from dtkd_pipeline.images import ImageReadError
+    from dtkd_pipeline.teacher import TeacherCheckpointError
+    from dtkd_pipeline.weights import WeightsError
+
+    return (ConfigError, WeightsError, ImageReadError, TeacherCheckpointError, CacheError)
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except _user_errors() as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _params(path: Path, overrides: list[str] | None):
+    from dtkd_pipeline.config import load_params
+
+    return load_params(path, overrides or [])
+
+
+@app.command("prepare-data")
+def prepare_data(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    skip_bad: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-bad/--no-skip-bad", help="Skip unreadable images (default: data.skip_bad)."
+        ),
+    ] = None,
+) -> None:
+    """Stage 1a: tile HR images (and MATLAB-bicubic LR) into data/prepared/train.zarr + val/."""
+    from stages import prepare_data as stage
+
+    _run(lambda: stage.run(_params(params, overrides), skip_bad=skip_bad))
+
+
+@app.command("cache-teacher")
+def cache_teacher(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Diffusion steps; must equal teacher.steps / the checkpoint's."),
+    ] = None,
+    dwt: Annotated[
+        bool | None, typer.Option("--dwt/--no-dwt", help="Also store 2-level DWT subbands.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete an existing store and start over.")
+    ] = False,
+    weights_dir: Annotated[
+        Path | None, typer.Option(help="Folder with the official .pth files (offline use).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="dask.distributed scheduler address: one task per shard.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+) -> None:
+    """Stage 1b: run the ResShift teacher once per tile into data/cache/teacher.zarr (resumable)."""
+    from stages import cache_teacher as stage
+
+    extra = list(overrides or [])
+    if steps is not None:
+        extra.append(f"teacher.steps={steps}")
+    if dwt is not None:
+        extra.append(f"teacher.dwt={str(dwt).lower()}")
+    if weights_dir is not None:
+        extra.append(f"teacher.weights_dir={weights_dir}")
+    _run(
+        lambda: stage.run(
+            _params(params, extra), overwrite=overwrite, scheduler=scheduler, device=device
+        )
+    )
+
+
+@app.command("verify-cache")
+def verify_cache(
+    path: Annotated[Path, typer.Argument(help="A teacher store, e.g. data/cache/teacher.zarr.")],
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    repair: Annotated[bool, typer.Option(help="Recompute corrupt or missing shards.")] = False,
+    device: Annotated[str | None, typer.Option(help="Device for --repair.")] = None,
+) -> None:
+    """Check every shard's checksum and completion flag; exit 1 when any is corrupt or missing."""
+    from stages import cache_teacher as stage
+
+    ok = _run(lambda: stage.verify(path, _params(params, overrides), repair=repair, device=device))
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("distill")
+def distill(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+) -> None:
+    """Stage 2: train the SwinIR-small student against GT and the teacher cache (resumable)."""
+    from stages import distill as stage
+
+    _run(lambda: stage.run(_params(params, overrides), device=device))
+
+
+@app.command("teacher-sr")
+def teacher_sr(
+    inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the x4 PNG outputs.")],
+    version: Annotated[
+        str, typer.Option(help="ResShift preset v1, v2, v3 or an official YAML.")
+    ] = "v1",
+    steps: Annotated[
+        int | None, typer.Option(help="Must equal the preset's trained steps.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Noise seed (official default 12345).")] = 12345,
+    chop_size: Annotated[int, typer.Option(help="LR chop size for large images.")] = 512,
+    chop_stride: Annotated[
+        int | None, typer.Option(help="LR chop stride (default: 7/8 of size).")
+    ] = None,
+    weights_dir: Annotated[Path | None, typer.Option(help="Folder with the .pth files.")] = None,
+    unet: Annotated[str | None, typer.Option(help="UNet weight name or path.")] = None,
+    autoencoder: Annotated[str | None, typer.Option(help="VQGAN weight name or path.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
+) -> None:
+    """Super-resolve images with the ResShift teacher alone (official sampler, official RNG)."""
+    from dtkd_pipeline.teacher.folder import super_resolve_paths
+
+    _run(
+        lambda: super_resolve_paths(
+            inputs,
+            out_dir,
+            version=version,
+            steps=steps,
+            seed=seed,
+            chop_size=chop_size,
+            chop_stride=chop_stride,
+            weights_dir=weights_dir,
+            unet=unet,
+            autoencoder=autoencoder,
+            device=device,
+            precision=precision,
+        )
+    )
+
+
+@app.command("weights")
+def weights(
+    download: Annotated[
+        list[str] | None, typer.Option(help="Download (and verify) these named weights.")
+    ] = None,
+    weights_dir: Annotated[Path | None, typer.Option(help="Target folder.")] = None,
+) -> None:
+    """List the known official checkpoints and where they are (or would be) stored."""
+    from dtkd_pipeline import weights as registry
+
+    def action() -> None:
+        target = registry.weights_dir(weights_dir)
+        for name in download or []:
+            typer.echo(f"{name}: {registry.resolve_weights(name, weights_dir=weights_dir)}")
+        for spec in registry.list_weights():
+            present = "present" if (target / spec.filename).exists() else "absent"
+            typer.echo(f"{spec.name:24s} {present:8s} {target / spec.filename}  <- {spec.url}")
+
+    _run(action)
+
+
+def main() -> None:
+    app(prog_name="dtkd-pipeline")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Stage 1b, cache-teacher: run the ResShift teacher once per LR tile into ``teacher.zarr``.
+
+- Weights are resolved first, so an offline machine stops at once with the URL, the expected path
+  and the ``--weights-dir`` alternative, before anything is written.
+- The store's provenance (teacher settings, checkpoint hashes, prepared-store fingerprint) must
+  match to resume; only shards without a completion record are computed.
+- Noise is per sample, seeded from (seed, tile index), so a shard's bytes do not depend on batch
+  size, on which worker computes it, or on whether the run was resumed.
+- Locally the device computes shard k+1 while a writer thread compresses and writes shard k. With
+  ``--scheduler`` each missing shard is one dask task on a GPU worker (one writer per shard).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dtkd_pipeline import __version__
+from dtkd_pipeline.cache import (
+    KIND_PREPARED,
+    KIND_TEACHER,
+    LR,
+    PREPARED_FINGERPRINT,
+    TEACHER,
+    CacheError,
+    Compression,
+    StoreLayout,
+    TileStore,
+    teacher_arrays,
+)
+from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
+from dtkd_pipeline.config import Params, TeacherParams
+from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_names
+from dtkd_pipeline.teacher import Teacher, load_teacher, random_teacher, resolve_config
+from dtkd_pipeline.weights import resolve_weights
+from stages.prepare_data import TRAIN_STORE
+
+DWT_LEVELS = 2  # the paper's J; cached subbands are Haar, exact under patch cropping
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_steps(teacher: TeacherParams) -> None:
+    """Refuse a step count other than the checkpoint's before any weights are touched."""
+    trained = resolve_config(teacher.version).diffusion.steps
+    if teacher.steps != trained:
+        raise CacheError(
+            f"--steps {teacher.steps} (teacher.steps) does not match ResShift "
+            f"{teacher.version}, which was trained for {trained} steps; its checkpoints only work "
+            f"with their own step count. Use --steps {trained}, or choose another teacher.version"
+        )
+
+
+def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
+    if teacher.random_weights:
+        return random_teacher(teacher.version, seed=0, device=device, precision=teacher.precision)
+    unet = resolve_weights(teacher.unet_weights, weights_dir=teacher.weights_dir)
+    autoencoder = resolve_weights(teacher.autoencoder_weights, weights_dir=teacher.weights_dir)
+    return load_teacher(
+        teacher.version,
+        unet=unet,
+        autoencoder=autoencoder,
+        device=device,
+        precision=teacher.precision,
+    )
+
+
+def store_provenance(teacher: Teacher, params: Params, prepared_fingerprint: str) -> dict[str, Any]:
+    recorded = teacher.provenance()
+    return {
+        **teacher_params_provenance(params.teacher),
+        PREPARED_FINGERPRINT: prepared_fingerprint,
+        "teacher_name": recorded["teacher"],
+        "checkpoint_sha256": recorded["checkpoint_sha256"],
+        "kappa": recorded["kappa"],
+        "scale": recorded["scale"],
+        "device_type": teacher.device.type,  # outputs are bit-stable per device type, not across
+        "package_version": __version__,
+    }
+
+
+def store_layout(prepared: TileStore, params: Params) -> StoreLayout:
+    hr_size = prepared.layout.spec(LR).tile_shape[1] * params.data.scale
+    dwt_shapes = None
+    if params.teacher.dwt:
+        dwt_shapes = {
+            name: (3, hr_size >> int(name[2:]), hr_size >> int(name[2:]))
+            for name in subband_names(DWT_LEVELS)
+        }
+    return StoreLayout(
+        kind=KIND_TEACHER,
+        n_tiles=prepared.n_tiles,
+        shard_size=prepared.layout.shard_size,
+        arrays=teacher_arrays(hr_size, dwt_shapes),
+        compression=Compression(params.data.compression.codec, params.data.compression.level),
+    )
+
+
+def compute_shard(
+    teacher: Teacher, prepared: TileStore, shard: int, params: Params, bar: tqdm | None = None
+) -> dict[str, np.ndarray]:
+    """The teacher's uint8 outputs (and float16 subbands) for every tile of one shard."""
+    tp = params.teacher
+    start, stop = prepared.layout.shard_range(shard)
+    lr = prepared.read_shard(shard, [LR])[LR]
+    outputs: dict[str, list[np.ndarray]] = {}
+    for first in range(0, stop - start, tp.batch_size):
+        batch = torch.from_numpy(lr[first : first + tp.batch_size]).float().div_(255.0)
+        ids = list(range(start + first, start + first + len(batch)))
+        sr = teacher.sample(batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps)
+        sr_u8 = (sr.clamp(0, 1) * 255).round_()
+        outputs.setdefault(TEACHER, []).append(sr_u8.to(torch.uint8).cpu().numpy())
+        if tp.dwt:
+            # Subbands of the stored (quantised) image, so they equal the DWT stage two would
+            # compute from the uint8 teacher tile.
+            bands = dwt_subbands(sr_u8.float().div_(255.0), levels=DWT_LEVELS, wavelet="haar")
+            for name, band in bands.items():
+                key = f"dwt/{name}"
+                outputs.setdefault(key, []).append(band.half().cpu().numpy())
+        if bar is not None:
+            bar.update(len(batch))
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def _open_prepared(params: Params) -> TileStore:
+    path = params.data.prepared_dir / TRAIN_STORE
+    if not path.exists():
+        raise CacheError(f"prepared store {path} not found; run `dtkd-pipeline prepare-data` first")
+    prepared = TileStore.open(path)
+    if prepared.kind != KIND_PREPARED:
+        raise CacheError(f"{path} is a {prepared.kind} store, not a prepared tile store")
+    return prepared
+
+
+def _fill_locally(
+    store: TileStore, prepared: TileStore, teacher: Teacher, params: Params, shards: list[int]
+) -> None:
+    tiles = sum(np.subtract(*reversed(prepared.layout.shard_range(k))) for k in shards)
+    pending: Future[Any] | None = None
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
+        tqdm(total=int(tiles), desc="teacher", unit="tile", smoothing=0.1) as bar,
+    ):
+        for shard in shards:
+            arrays = compute_shard(teacher, prepared, shard, params, bar)
+            if pending is not None:
+                pending.result()  # at most one shard in flight: bounded memory, errors surface
+            pending = writer.submit(store.write_shard, shard, arrays)
+        if pending is not None:
+            pending.result()
+
+
+_WORKER_TEACHERS: dict[str, Teacher] = {}
+
+
+def _dask_shard_task(params_json: str, store_path: str, shard: int) -> int:
+    """One dask task: compute one shard on this worker's device and write it (sole writer)."""
+    from distributed import get_worker
+
+    from dtkd_pipeline.config import Params as ParamsModel
+
+    params = ParamsModel.model_validate_json(params_json)
+    if params_json not in _WORKER_TEACHERS:  # load the teacher once per worker process
+        name = get_worker().name
+        gpus = torch.cuda.device_count()
+        index = int(name) % gpus if gpus and str(name).isdigit() else 0
+        device = torch.device("cuda", index) if gpus else torch.device("cpu")
+        _WORKER_TEACHERS[params_json] = build_teacher(params.teacher, device)
+    teacher = _WORKER_TEACHERS[params_json]
+    prepared = _open_prepared(params)
+    with TileStore.open(store_path, mode="r+") as store:
+        store.write_shard(shard, compute_shard(teacher, prepared, shard, params))
+    return shard
+
+
+def _fill_with_dask(store: TileStore, params: Params, shards: list[int], address: str) -> None:
+    from distributed import Client, as_completed
+
+    with Client(address) as client:
+        has_gpus = any(
+            "GPU" in (w.get("resources") or {}) for w in client.scheduler_info()["workers"].values()
+        )
+        resources = {"GPU": 1} if has_gpus else None
+        futures = [
+            client.submit(
+                _dask_shard_task,
+                params.model_dump_json(),
+                str(store.path),
+                shard,
+                key=f"teacher-shard-{shard}",
+                resources=resources,
+                pure=False,
+            )
+            for shard in shards
+        ]
+        tiles_per_shard = store.layout.shard_size
+        with tqdm(total=len(shards) * tiles_per_shard, desc="teacher", unit="tile") as bar:
+            for future in as_completed(futures):
+                future.result()
+                bar.update(tiles_per_shard)
+
+
+def _summary(store: TileStore, tiles: int, seconds: float) -> str:
+    stored = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    raw = sum(spec.tile_nbytes for spec in store.layout.arrays) * store.n_tiles
+    rate = tiles / seconds if seconds > 0 else float("inf")
+    return (
+        f"teacher cache {store.path}: computed {tiles} tiles in {seconds:.1f}s "
+        f"({rate:.2f} tiles/s); {store.n_tiles} tiles stored in {stored / 1e6:.1f} MB, compression {raw / stored:.2f}x"
+    )
+
+
+def run(
+    params: Params,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+    device: str | None = None,
+) -> Path:
+    """Fill (or resume) the teacher store; returns its path."""
+    check_steps(params.teacher)
+    prepared = _open_prepared(params)
+    missing_prepared = prepared.missing_shards()
+    if missing_prepared:
+        raise CacheError(
+            f"prepared store {prepared.path} is incomplete ({len(missing_prepared)} shards "
+            "missing); rerun `dtkd-pipeline prepare-data`"
+        )
+    teacher = build_teacher(params.teacher, pick_device(device))
+    provenance = store_provenance(teacher, params, prepared.fingerprint())
+    layout = store_layout(prepared, params)
+    started = time.perf_counter()
+    with TileStore.open_or_create(
+        params.teacher.store, layout, provenance, overwrite=overwrite
+    ) as store:
+        store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
+        shards = store.missing_shards()
+        todo = sum(np.subtract(*reversed(layout.shard_range(k))) for k in shards)
+        if shards and scheduler:
+            del teacher  # the workers load their own copies
+            _fill_with_dask(store, params, shards, scheduler)
+        elif shards:
+            _fill_locally(store, prepared, teacher, params, shards)
+        remaining = store.missing_shards()
+        if remaining:
+            raise CacheError(f"{store.path}: shards {remaining[:8]} still missing after the run")
+        print(_summary(store, int(todo), time.perf_counter() - started))
+    return params.teacher.store
+
+
+def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:
+    prepared = _open_prepared(params)
+    teacher = build_teacher(params.teacher, pick_device(device))
+    expected = store_provenance(teacher, params, prepared.fingerprint())
+    store.check_provenance(expected, exact=True)
+    for shard in shards:
+        store.invalidate_shard(shard)
+    _fill_locally(store, prepared, teacher, params, list(shards))
+
+
+def verify(path: Path, params: Params, repair: bool = False, device: str | None = None) -> bool:
+    """Print a verification report; with ``repair`` recompute bad shards. True when intact."""
+    with TileStore.open(path, mode="r+" if repair else "r", lock=repair) as store:
+        report = store.verify()
+        prepared = _open_prepared(params)
+        stored_fp = store.provenance.get(PREPARED_FINGERPRINT)
+        fingerprint_ok = stored_fp == prepared.fingerprint()
+        print(report)
+        if not fingerprint_ok:
+            print(
+                f"  provenance: built from a different prepared store than {prepared.path} "
+                "(fingerprint differs); rebuild with `dtkd-pipeline cache-teacher --overwrite`"
+            )
+        if repair and report.bad_shards:
+            print(f"repairing shards {report.bad_shards}")
+            _recompute(store, params, report.bad_shards, device)
+            report = store.verify()
+            print(report)
+        return report.ok and fingerprint_ok

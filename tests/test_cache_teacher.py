@@ -1,0 +1,202 @@
+"""cache-teacher computes every tile exactly once, resumes bit-identically, verifies and repairs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dtkd_pipeline.cache import TEACHER, CacheError, ProvenanceMismatchError, TileStore
+from dtkd_pipeline.config import Params
+from dtkd_pipeline.losses.wavelet import dwt_subbands
+from dtkd_pipeline.teacher import Teacher
+from dtkd_pipeline.weights import WeightsError
+from stages import cache_teacher, prepare_data
+from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
+
+TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
+TEACHER_OVERRIDES = [
+    f"teacher.version={TINY_TEACHER}",
+    "teacher.random_weights=true",
+    "teacher.steps=2",
+    "teacher.batch_size=2",
+    "data.shard_size=1",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("prepared")
+    hr_dir = root / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256), (256, 320), (256, 256)])
+    prepare_data.run(tiny_params(root, hr_dir, TEACHER_OVERRIDES))
+    return root
+
+
+def params_for(prepared_root: Path, tmp_path: Path, extra: list[str] | None = None) -> Params:
+    overrides = [
+        *TEACHER_OVERRIDES,
+        f"data.prepared_dir={prepared_root / 'prepared'}",
+        f"teacher.store={tmp_path / 'teacher.zarr'}",
+        *(extra or []),
+    ]
+    return tiny_params(tmp_path, prepared_root / "hr", overrides)
+
+
+def teacher_bytes(path: Path) -> np.ndarray:
+    with TileStore.open(path) as store:
+        return store.read_tiles(range(store.n_tiles), [TEACHER])[TEACHER]
+
+
+def test_store_holds_teacher_output_of_every_tile(prepared_root: Path, tmp_path: Path) -> None:
+    params = params_for(prepared_root, tmp_path, ["teacher.dwt=true"])
+    path = cache_teacher.run(params, device="cpu")
+    with TileStore.open(path) as store:
+        assert store.missing_shards() == [] and store.n_tiles == 4
+        provenance = store.provenance
+        assert provenance["steps"] == 2 and provenance["rng"] == "per-sample"
+        assert provenance["teacher_name"].endswith("RANDOM-WEIGHTS")
+        tiles = store.read_tiles(range(4))
+    with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
+        assert provenance["prepared_fingerprint"] == prepared.fingerprint()
+        lr = torch.from_numpy(prepared.read_tiles([1, 2], ["lr"])["lr"]).float() / 255
+    teacher = cache_teacher.build_teacher(params.teacher, torch.device("cpu"))
+    expected = teacher.sample(lr, seed=params.teacher.seed, sample_ids=[1, 2])
+    expected_u8 = (expected * 255).round().to(torch.uint8).numpy()
+    assert np.abs(tiles[TEACHER][1:3].astype(int) - expected_u8).max() <= 1
+    bands = dwt_subbands(torch.from_numpy(tiles[TEACHER]).float() / 255, levels=2)
+    for name, band in bands.items():
+        np.testing.assert_allclose(tiles[f"dwt/{name}"], band.half().numpy(), atol=0)
+
+
+_KILL_AFTER_FIRST_SHARD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from dtkd_pipeline.cache import TileStore
+from dtkd_pipeline.config import load_params
+from stages import cache_teacher
+
+original = TileStore.write_shard
+def write_then_die(self, shard, tiles):
+    result = original(self, shard, tiles)
+    if shard == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+TileStore.write_shard = write_then_die
+cache_teacher.run(load_params({params!r}, {overrides!r}), device="cpu")
+"""
+
+
+def test_sigkilled_run_resumes_to_identical_bytes_without_recomputing(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = cache_teacher.run(params_for(prepared_root, tmp_path / "straight"), device="cpu")
+
+    params = params_for(prepared_root, tmp_path / "killed")
+    overrides = [
+        *TEACHER_OVERRIDES,
+        f"data.prepared_dir={prepared_root / 'prepared'}",
+        f"teacher.store={params.teacher.store}",
+        f"data.hr_dir={prepared_root / 'hr'}",
+    ]
+    script = _KILL_AFTER_FIRST_SHARD.format(
+        root=str(REPO_ROOT), params=str(tmp_path / "killed" / "params.yaml"), overrides=overrides
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    with TileStore.open(params.teacher.store) as store:
+        done_before = store.completed_shards()
+    assert 1 in done_before and len(done_before) < 4
+
+    sampled_ids: list[int] = []
+    original = Teacher.sample
+
+    def counting(self: Teacher, lr: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        sampled_ids.extend(kwargs["sample_ids"])  # type: ignore[arg-type]
+        return original(self, lr, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Teacher, "sample", counting)
+    cache_teacher.run(params, device="cpu")
+    assert sorted(sampled_ids) == [i for i in range(4) if i not in done_before]
+    np.testing.assert_array_equal(teacher_bytes(params.teacher.store), teacher_bytes(straight))
+
+
+def test_verify_names_corrupt_shard_and_repair_restores_bytes(
+    prepared_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = params_for(prepared_root, tmp_path)
+    path = cache_teacher.run(params, device="cpu")
+    before = teacher_bytes(path)
+    with TileStore.open(path) as store:
+        shard_file = store.shard_file(TEACHER, 2)
+    data = bytearray(shard_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard_file.write_bytes(bytes(data))
+
+    assert cache_teacher.verify(path, params) is False
+    assert "corrupt shard 2" in capsys.readouterr().out
+    assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
+    np.testing.assert_array_equal(teacher_bytes(path), before)
+
+
+def test_resume_with_other_settings_is_refused_by_field(
+    prepared_root: Path, tmp_path: Path
+) -> None:
+    cache_teacher.run(params_for(prepared_root, tmp_path), device="cpu")
+    changed = params_for(prepared_root, tmp_path, ["teacher.seed=1", "teacher.rng=official"])
+    with pytest.raises(ProvenanceMismatchError) as info:
+        cache_teacher.run(changed, device="cpu")
+    message = str(info.value)
+    assert "seed: stored 12345, requested 1" in message
+    assert "rng" in message and "--overwrite" in message
+
+
+def test_wrong_step_count_is_refused_before_any_work(prepared_root: Path, tmp_path: Path) -> None:
+    params = params_for(prepared_root, tmp_path, ["teacher.steps=15"])
+    with pytest.raises(CacheError, match="trained for 2 steps"):
+        cache_teacher.run(params, device="cpu")
+    assert not params.teacher.store.exists()
+
+
+def test_offline_weights_stop_at_once_with_url_path_and_alternative(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DTKD_MIRROR", "http://127.0.0.1:9")  # discard port: connection refused
+    params = params_for(
+        prepared_root,
+        tmp_path,
+        [
+            "teacher.version=v1",
+            "teacher.random_weights=false",
+            "teacher.steps=15",
+            f"teacher.weights_dir={tmp_path / 'weights'}",
+        ],
+    )
+    with pytest.raises(WeightsError) as info:
+        cache_teacher.run(params, device="cpu")
+    message = str(info.value)
+    assert "resshift_realsrx4_s15_v1.pth" in message
+    assert str(tmp_path / "weights") in message and "--weights-dir" in message
+    assert not params.teacher.store.exists()
+
+
+@pytest.mark.slow
+def test_dask_scheduler_fills_the_same_store_as_a_local_run(
+    prepared_root: Path, tmp_path: Path
+) -> None:
+    from distributed import LocalCluster
+
+    local = cache_teacher.run(params_for(prepared_root, tmp_path / "local"), device="cpu")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        fanned = cache_teacher.run(
+            params_for(prepared_root, tmp_path / "dask"), scheduler=cluster.scheduler_address
+        )
+    # Workers run torch with another intra-op thread count, which reorders float reductions:
+    # outputs agree to the last uint8 step, bit-identity holds per process configuration.
+    diff = np.abs(teacher_bytes(fanned).astype(int) - teacher_bytes(local).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
