@@ -217,7 +217,8 @@ def _summary(store: TileStore, tiles: int, seconds: float) -> str:
     rate = tiles / seconds if seconds > 0 else float("inf")
     return (
         f"teacher cache {store.path}: computed {tiles} tiles in {seconds:.1f}s "
-        f"({rate:.2f} tiles/s); {store.n_tiles} tiles stored in {stored / 1e6:.1f} MB, compression {raw / stored:.2f}x"
+        f"({rate:.2f} tiles/s); {store.n_tiles} tiles stored in {stored / 1e6:.1f} MB, "
+        f"compression {raw / stored:.2f}x"
     )
 
 
