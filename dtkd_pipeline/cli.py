@@ -94,6 +94,10 @@ def cache_teacher(
         str | None, typer.Option(help="dask.distributed scheduler address: one task per shard.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    rebuild_on_change: Annotated[
+        bool,
+        typer.Option(help="Rebuild a store made with other settings instead of refusing (DVC)."),
+    ] = False,
 ) -> None:
     """Stage 1b: run the ResShift teacher once per tile into data/cache/teacher.zarr (resumable)."""
     from stages import cache_teacher as stage
@@ -107,7 +111,11 @@ def cache_teacher(
         extra.append(f"teacher.weights_dir={weights_dir}")
     _run(
         lambda: stage.run(
-            _params(params, extra), overwrite=overwrite, scheduler=scheduler, device=device
+            _params(params, extra),
+            overwrite=overwrite,
+            scheduler=scheduler,
+            device=device,
+            rebuild_on_change=rebuild_on_change,
         )
     )
 
@@ -133,11 +141,19 @@ def distill(
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    restart_on_change: Annotated[
+        bool,
+        typer.Option(help="Start over when checkpoints were made with other params (DVC)."),
+    ] = False,
 ) -> None:
     """Stage 2: train the SwinIR-small student against GT and the teacher cache (resumable)."""
     from stages import distill as stage
 
-    _run(lambda: stage.run(_params(params, overrides), device=device))
+    _run(
+        lambda: stage.run(
+            _params(params, overrides), device=device, restart_on_change=restart_on_change
+        )
+    )
 
 
 @app.command("teacher-sr")

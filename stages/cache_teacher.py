@@ -31,7 +31,9 @@ from dtkd_pipeline.cache import (
     TEACHER,
     CacheError,
     Compression,
+    ProvenanceMismatchError,
     StoreLayout,
+    StoreLayoutError,
     TileStore,
     teacher_arrays,
 )
@@ -227,8 +229,13 @@ def run(
     overwrite: bool = False,
     scheduler: str | None = None,
     device: str | None = None,
+    rebuild_on_change: bool = False,
 ) -> Path:
-    """Fill (or resume) the teacher store; returns its path."""
+    """Fill (or resume) the teacher store; returns its path.
+
+    A store built with other settings is refused, or with ``rebuild_on_change`` (how dvc.yaml
+    runs the stage after a teacher param changed) deleted and rebuilt.
+    """
     check_steps(params.teacher)
     prepared = _open_prepared(params)
     missing_prepared = prepared.missing_shards()
@@ -241,9 +248,16 @@ def run(
     provenance = store_provenance(teacher, params, prepared.fingerprint())
     layout = store_layout(prepared, params)
     started = time.perf_counter()
-    with TileStore.open_or_create(
-        params.teacher.store, layout, provenance, overwrite=overwrite
-    ) as store:
+    try:
+        store = TileStore.open_or_create(
+            params.teacher.store, layout, provenance, overwrite=overwrite
+        )
+    except (ProvenanceMismatchError, StoreLayoutError) as exc:
+        if not rebuild_on_change:
+            raise
+        print(f"{exc}\n-> settings changed: rebuilding {params.teacher.store} from scratch")
+        store = TileStore.create(params.teacher.store, layout, provenance, overwrite=True)
+    with store:
         store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
         shards = store.missing_shards()
         todo = sum(np.subtract(*reversed(layout.shard_range(k))) for k in shards)

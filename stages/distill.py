@@ -8,16 +8,18 @@ provenance.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dtkd_pipeline.cache import KIND_TEACHER, TileStore
+from dtkd_pipeline.cache.provenance import diff_fields
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
-from dtkd_pipeline.config import Params
+from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, ImagePairs, evaluate_pairs
-from dtkd_pipeline.train.checkpoint import atomic_torch_save
+from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
 from dtkd_pipeline.train.loop import TrainingRun, setup_distributed, train
 from stages.prepare_data import TRAIN_STORE, VAL_DIR
 
@@ -63,9 +65,38 @@ class _DvcLiveLogger:
         self.live.end()
 
 
-def run(params: Params, device: str | None = None) -> Path:
+def _reconcile_checkpoints(
+    params: Params, provenance: dict[str, Any], restart_on_change: bool
+) -> None:
+    """Resume only checkpoints made with these params and this cache; otherwise refuse/restart."""
+    cfg = params.distill
+    latest = CheckpointManager(cfg.out_dir / "checkpoints", cfg.keep_last).latest()
+    if latest is None:
+        return
+    saved = torch.load(latest, map_location="cpu", weights_only=False)
+    differences = diff_fields(
+        {"params": saved["params"], "teacher_cache": saved["provenance"].get("teacher_cache")},
+        {"params": section_dict(cfg), "teacher_cache": provenance},
+    )
+    if not differences:
+        return
+    listing = "\n".join(
+        f"  {key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences
+    )
+    if not restart_on_change:
+        raise ConfigError(
+            f"checkpoints in {cfg.out_dir / 'checkpoints'} were made with other settings:\n"
+            f"{listing}\nDelete that folder to start over (or pass --restart-on-change)"
+        )
+    print(f"settings changed since the last checkpoint, starting over:\n{listing}")
+    shutil.rmtree(cfg.out_dir / "checkpoints")
+    shutil.rmtree(cfg.out_dir / DVCLIVE_DIR, ignore_errors=True)
+
+
+def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
     cfg = params.distill
     provenance = _teacher_provenance(params)
+    _reconcile_checkpoints(params, provenance, restart_on_change)
     ctx = setup_distributed(device)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from dtkd_pipeline.cache import (
     teacher_arrays,
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
-from dtkd_pipeline.config import Params
+from dtkd_pipeline.config import ConfigError, Params
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from stages import distill, prepare_data
 from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
@@ -182,3 +182,18 @@ def test_nan_loss_stops_with_debug_state_and_keeps_last_checkpoint(
     assert (out / "checkpoints" / "iter_00000003.pt").read_bytes() == last_good
     assert (out / "diverged_iter_00000003.pt").is_file()
     assert os.environ.get("WORLD_SIZE", "1") == "1"
+
+
+def test_checkpoints_from_other_params_are_refused_or_restarted(params: Params) -> None:
+    small = params.model_copy(
+        update={"distill": params.distill.model_copy(update={"iterations": 3, "val_every": 3})}
+    )
+    distill.run(small, device="cpu")
+    changed = small.model_copy(update={"distill": small.distill.model_copy(update={"lr": 1e-3})})
+    with pytest.raises(ConfigError, match=r"params\.lr: checkpoint 0\.0002, now 0\.001"):
+        distill.run(changed, device="cpu")
+    path = distill.run(changed, device="cpu", restart_on_change=True)
+    final = torch.load(path, weights_only=False)
+    assert final["params"]["lr"] == 1e-3 and final["iteration"] == 3
+    assert final["provenance"]["teacher_cache"]["steps"] == params.teacher.steps
+    assert (params.distill.out_dir / "dvclive" / "metrics.json").is_file()
