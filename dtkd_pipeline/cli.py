@@ -36,10 +36,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dtkd_pipeline.cache.store import CacheError
     from dtkd_pipeline.config import ConfigError
     from dtkd_pipeline.images import ImageReadError
-    from dtkd_pipeline.teacher import TeacherCheckpointError
+    from dtkd_pipeline.student import StudentWeightsError
+    from dtkd_pipeline.teacher import TeacherCheckpointError, TeacherConfigError
     from dtkd_pipeline.weights import WeightsError
 
-    return (ConfigError, WeightsError, ImageReadError, TeacherCheckpointError, CacheError)
+    return (
+        ConfigError,
+        WeightsError,
+        ImageReadError,
+        TeacherCheckpointError,
+        TeacherConfigError,
+        StudentWeightsError,
+        CacheError,
+        FileNotFoundError,
+    )
 
 
 def _run(action: Callable[[], Any]) -> Any:

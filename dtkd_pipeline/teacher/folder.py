@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dtkd_pipeline.images import ImageReadError, list_images, read_image, write_image
-from dtkd_pipeline.teacher.config import resolve_config
+from dtkd_pipeline.teacher.config import TeacherConfigError, resolve_config
 from dtkd_pipeline.teacher.factory import load_teacher
 from dtkd_pipeline.weights import resolve_weights
 
@@ -57,12 +57,14 @@ def super_resolve_paths(
     paths = _inputs(inputs)
     trained = resolve_config(version).diffusion.steps
     if steps is not None and steps != trained:
-        raise ValueError(
+        raise TeacherConfigError(
             f"--steps {steps}: ResShift {version} was trained for {trained} steps and only works "
             f"with them; drop --steps or pass --steps {trained}"
         )
     if unet is None and version not in VERSION_WEIGHTS:
-        raise ValueError(f"--version {version} is a config file: pass --unet with its weights")
+        raise TeacherConfigError(
+            f"--version {version} is a config file: pass --unet with its weights"
+        )
     unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
     vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

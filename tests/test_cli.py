@@ -1,0 +1,87 @@
+"""The CLI turns user mistakes into one message with exit 1; its reference stays current."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from dtkd_pipeline.cli import app
+from dtkd_pipeline.images import read_image, write_image
+from dtkd_pipeline.teacher import build_teacher_networks
+from tests.pipeline_helpers import REPO_ROOT
+
+TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
+runner = CliRunner()
+
+
+def test_invalid_params_exit_1_with_key_named_and_no_traceback(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["prepare-data", "-S", "data.lr_tile=100"])
+    assert result.exit_code == 1
+    assert "data.lr_tile" in result.output and "multiple of 64" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_prepared_store_is_explained(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "cache-teacher",
+            "-S",
+            f"data.prepared_dir={tmp_path}",
+            "-S",
+            "teacher.random_weights=true",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "run `dtkd-pipeline prepare-data` first" in result.output
+
+
+def test_teacher_sr_writes_x4_png_per_image(tmp_path: Path) -> None:
+    unet, vq = build_teacher_networks(TINY_TEACHER)
+    torch.save(unet.state_dict(), tmp_path / "unet.pth")
+    torch.save({"state_dict": vq.state_dict()}, tmp_path / "vq.pth")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    write_image(inputs / "a.png", rng.random((40, 48, 3)))
+    write_image(inputs / "b.png", rng.random((64, 64)))  # gray input becomes RGB
+    result = runner.invoke(
+        app,
+        [
+            "teacher-sr", str(inputs), str(tmp_path / "out"),
+            "--version", str(TINY_TEACHER),
+            "--unet", str(tmp_path / "unet.pth"),
+            "--autoencoder", str(tmp_path / "vq.pth"),
+            "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert read_image(tmp_path / "out" / "a.png").rgb.shape == (160, 192, 3)
+    assert read_image(tmp_path / "out" / "b.png").rgb.shape == (256, 256, 3)
+
+
+def test_teacher_sr_refuses_other_step_count(tmp_path: Path) -> None:
+    image = tmp_path / "x.png"
+    write_image(image, np.zeros((64, 64, 3)))
+    result = runner.invoke(app, ["teacher-sr", str(image), str(tmp_path / "o"), "--steps", "4"])
+    assert result.exit_code == 1
+    assert "trained for 15 steps" in result.output
+
+
+def test_cli_reference_matches_the_app(tmp_path: Path) -> None:
+    generated = tmp_path / "cli.md"
+    typer_bin = Path(sys.executable).parent / "typer"
+    subprocess.run(
+        [str(typer_bin), "dtkd_pipeline.cli", "utils", "docs", "--name", "dtkd-pipeline",
+         "--output", str(generated)],
+        check=True, capture_output=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert generated.read_text() == (REPO_ROOT / "docs" / "cli.md").read_text(), (
+        "docs/cli.md is stale: regenerate it with "
+        "`typer dtkd_pipeline.cli utils docs --name dtkd-pipeline --output docs/cli.md`"
+    )
