@@ -12,6 +12,18 @@ from dtkd_pipeline.images import write_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# A tiny student and a few iterations: enough to exercise every part of the training loop.
+TINY_DISTILL = [
+    "distill.student=swinir-tiny-x4",
+    "distill.patch_size=16",
+    "distill.batch_size=2",
+    "distill.iterations=6",
+    "distill.milestones=[4]",
+    "distill.val_every=3",
+    "distill.checkpoint_every=3",
+    "distill.shuffle_buffer=4",
+]
+
 
 def make_hr_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
     """Smooth colour fields with some texture, so bicubic LR and SR losses are non-trivial."""
@@ -43,13 +55,6 @@ def tiny_params(tmp_path: Path, hr_dir: Path, overrides: list[str] | None = None
         "data.workers=1",
         f"teacher.store={tmp_path / 'cache' / 'teacher.zarr'}",
         f"distill.out_dir={tmp_path / 'models'}",
-        "distill.student=swinir-tiny-x4",
-        "distill.patch_size=16",
-        "distill.batch_size=2",
-        "distill.iterations=6",
-        "distill.milestones=[4]",
-        "distill.val_every=3",
-        "distill.checkpoint_every=3",
-        "distill.shuffle_buffer=4",
+        *TINY_DISTILL,
     ]
     return load_params(path, base + list(overrides or []))

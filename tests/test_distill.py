@@ -26,7 +26,7 @@ from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from stages import distill, prepare_data
-from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
+from tests.pipeline_helpers import REPO_ROOT, TINY_DISTILL, make_hr_images, tiny_params
 
 
 def build_stores(params: Params) -> None:
@@ -123,14 +123,7 @@ def test_resume_after_sigkill_gives_identical_weights(params: Params, tmp_path: 
         f"data.hr_dir={params.data.hr_dir}",
         f"data.prepared_dir={params.data.prepared_dir}",
         f"teacher.store={params.teacher.store}",
-        "distill.student=swinir-tiny-x4",
-        "distill.patch_size=16",
-        "distill.batch_size=2",
-        "distill.iterations=6",
-        "distill.milestones=[4]",
-        "distill.val_every=3",
-        "distill.checkpoint_every=3",
-        "distill.shuffle_buffer=4",
+        *TINY_DISTILL,
     ]
     script = _KILL_SCRIPT.format(
         root=str(REPO_ROOT),
