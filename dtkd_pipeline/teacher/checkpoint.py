@@ -1,0 +1,163 @@
+"""Loading official ResShift checkpoints strictly, with errors that say what is wrong and why.
+
+Accepted layouts (reference §4): a plain state dict, or one wrapped in `{"state_dict": ...}`;
+keys may carry `module.` (DDP) and/or `_orig_mod.` (torch.compile) prefixes. The `attn_mask` and
+`relative_position_index` buffers are derived from the config and recomputed, never loaded. Every
+parameter must be present with the right shape; anything else raises `TeacherCheckpointError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+NetworkKind = Literal["unet", "autoencoder"]
+
+RECOMPUTED_BUFFER_SUFFIXES = (".attn_mask", ".relative_position_index")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_KEY_SIGNATURES: dict[NetworkKind, tuple[str, ...]] = {
+    "unet": ("input_blocks.", "middle_block.", "output_blocks.", "time_embed."),
+    "autoencoder": ("encoder.", "decoder.", "quantize.", "quant_conv."),
+}
+_DESCRIPTIONS: dict[NetworkKind, str] = {
+    "unet": "a ResShift UNet (UNetModelSwin) checkpoint",
+    "autoencoder": "a VQGAN autoencoder checkpoint (autoencoder_vq_f4.pth)",
+}
+_SHOWN = 8
+
+
+class TeacherCheckpointError(ValueError):
+    """A teacher checkpoint is missing, unreadable, or does not fit the network it loads into."""
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Streaming sha256 (checkpoints are ~0.5 GB; never read whole into memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """torch.load a checkpoint (tensors only) and unwrap `state_dict`; clear errors on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherCheckpointError(
+            f"teacher checkpoint {path} does not exist: download it (see dtkd_pipeline.weights) or "
+            "pass the right path"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc).lower() or "weights only" in str(exc).lower():
+            raise TeacherCheckpointError(
+                f"teacher checkpoint {path} contains Python objects other than tensors, so it is "
+                f"not loaded (unsafe to unpickle). Save its state dict alone: {exc}"
+            ) from exc
+        raise _corrupt(path, exc) from exc
+    except Exception as exc:  # torch raises RuntimeError/EOFError/... for truncated archives
+        raise _corrupt(path, exc) from exc
+    if isinstance(loaded, Mapping) and "state_dict" in loaded:
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(value, torch.Tensor) for value in loaded.values()
+    ):
+        raise TeacherCheckpointError(
+            f"teacher checkpoint {path} is not a state dict (a mapping of parameter names to "
+            "tensors)"
+        )
+    return dict(loaded)
+
+
+def _corrupt(path: Path, exc: BaseException) -> TeacherCheckpointError:
+    size = path.stat().st_size
+    return TeacherCheckpointError(
+        f"teacher checkpoint {path} ({size:,} bytes) could not be read; it is probably "
+        f"truncated or corrupt (an interrupted download?). Delete it and download it again. "
+        f"({type(exc).__name__}: {exc})"
+    )
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """Remove leading `module.` / `_orig_mod.` (in any order, DDP and torch.compile wrappers)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def _is_recomputed(key: str) -> bool:
+    return key.endswith(RECOMPUTED_BUFFER_SUFFIXES)
+
+
+def _guess_kind(keys: set[str]) -> NetworkKind | None:
+    for kind, prefixes in _KEY_SIGNATURES.items():
+        if keys and sum(key.startswith(prefixes) for key in keys) > len(keys) // 2:
+            return kind
+    return None
+
+
+def _listing(label: str, items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN]) + (
+        f", ... (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+    )
+    return f"{len(items)} {label}: {shown}"
+
+
+def load_network_weights(
+    model: nn.Module, path: str | Path, kind: NetworkKind, config_label: str
+) -> None:
+    """Load `path` into `model` strictly (parameters), recomputing the derived buffers."""
+    path = Path(path)
+    raw = read_checkpoint(path)
+    state = {strip_wrapper_prefixes(key): value for key, value in raw.items()}
+    state = {key: value for key, value in state.items() if not _is_recomputed(key)}
+    expected = {key: value for key, value in model.state_dict().items() if not _is_recomputed(key)}
+
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{key} (checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)})"
+        for key in set(expected) & set(state)
+        if state[key].shape != expected[key].shape
+    )
+    if missing or unexpected or mismatched:
+        problems = [
+            _listing(label, items)
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if items
+        ]
+        hint = ""
+        guessed = _guess_kind(set(state))
+        if guessed is not None and guessed != kind:
+            hint = (
+                f" This looks like {_DESCRIPTIONS[guessed]} passed as the "
+                f"{'UNet' if kind == 'unet' else 'autoencoder'}: check the order of the paths."
+            )
+        elif mismatched and not missing and not unexpected:
+            hint = (
+                f" The keys match but the widths do not: the checkpoint was made for a different "
+                f"config than {config_label!r} (e.g. a tiny test config vs the full-width "
+                "v1/v2/v3)."
+            )
+        raise TeacherCheckpointError(
+            f"{path} does not fit the {kind} of ResShift config {config_label!r}: "
+            + "; ".join(problems)
+            + "."
+            + hint
+        )
+    model.load_state_dict(state, strict=False)

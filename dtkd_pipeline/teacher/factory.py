@@ -1,0 +1,103 @@
+"""Building the teacher: networks from a config, official checkpoints, or random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dtkd_pipeline.teacher.autoencoder import VQModel
+from dtkd_pipeline.teacher.checkpoint import (
+    TeacherCheckpointError,
+    load_network_weights,
+    sha256_file,
+)
+from dtkd_pipeline.teacher.config import TeacherConfig, resolve_config
+from dtkd_pipeline.teacher.sampler import Precision, Teacher
+from dtkd_pipeline.teacher.unet import UNetModelSwin
+
+ConfigLike = str | Path | TeacherConfig | dict[str, Any]
+
+
+def build_teacher_networks(config: ConfigLike) -> tuple[UNetModelSwin, VQModel]:
+    """UNetModelSwin and VQGAN f4 for a preset ("v1"/"v2"/"v3"), YAML path or parsed config.
+
+    Randomly initialised (upstream's init scheme); no weights are loaded.
+    """
+    parsed = resolve_config(config)
+    return UNetModelSwin(parsed.unet), VQModel(parsed.autoencoder)
+
+
+def _checkpoint_path(
+    given: str | Path | None, from_config: str | None, config: TeacherConfig, kind: str
+) -> Path:
+    if given is not None:
+        return Path(given)
+    if from_config:
+        path = Path(from_config)
+        if not path.is_absolute() and config.source is not None:
+            beside_config = Path(config.source).parent / path
+            if beside_config.exists() or not path.exists():
+                path = beside_config
+        return path
+    raise TeacherCheckpointError(
+        f"no {kind} checkpoint given and config {config.version!r} names none: pass "
+        f"{'unet' if kind == 'UNet' else 'autoencoder'}=PATH (official files: "
+        "resshift_realsrx4_s15_v1.pth / _v2.pth / resshift_realsrx4_s4_v3.pth and "
+        "autoencoder_vq_f4.pth)"
+    )
+
+
+def load_teacher(
+    config: ConfigLike,
+    unet: str | Path | None = None,
+    autoencoder: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    precision: Precision = "fp32",
+) -> Teacher:
+    """Build the teacher from a config and official checkpoint files (strict, prefix-tolerant).
+
+    Paths default to the config's `model.ckpt_path` / `autoencoder.ckpt_path` (relative paths are
+    looked up beside the config file first). The sha256 of each file is recorded for provenance.
+    """
+    parsed = resolve_config(config)
+    unet_path = _checkpoint_path(unet, parsed.unet_ckpt_path, parsed, "UNet")
+    vq_path = _checkpoint_path(autoencoder, parsed.autoencoder_ckpt_path, parsed, "autoencoder")
+    unet_model, vq_model = build_teacher_networks(parsed)
+    load_network_weights(unet_model, unet_path, "unet", parsed.version)
+    load_network_weights(vq_model, vq_path, "autoencoder", parsed.version)
+    teacher = Teacher.from_networks(
+        unet_model, vq_model, parsed, device=device, precision=precision, random_weights=False
+    )
+    teacher.checkpoint_sha256 = {
+        "unet": sha256_file(unet_path),
+        "autoencoder": sha256_file(vq_path),
+    }
+    teacher.checkpoint_paths = {"unet": str(unet_path), "autoencoder": str(vq_path)}
+    return teacher
+
+
+def random_teacher(
+    config: ConfigLike,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    precision: Precision = "fp32",
+) -> Teacher:
+    """A teacher with random weights (tests and speed benchmarks only), named "...-RANDOM-WEIGHTS".
+
+    Initialisation uses its own RNG state (seeded with `seed`), leaving the global one untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet_model, vq_model = build_teacher_networks(config)
+    teacher = Teacher.from_networks(
+        unet_model,
+        vq_model,
+        resolve_config(config),
+        device=device,
+        precision=precision,
+        random_weights=True,
+    )
+    teacher.checkpoint_sha256 = {"unet": None, "autoencoder": None}
+    return teacher

@@ -1,0 +1,133 @@
+"""Teacher.sample behaviour: per-sample noise, chopping geometry, steps and input validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dtkd_pipeline.teacher import Teacher, load_teacher, per_sample_seed, random_teacher
+from dtkd_pipeline.teacher.noise import PerSampleNoise
+from dtkd_pipeline.teacher.tiling import chop_grid, chop_starts, default_chop_stride
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(resshift_parity_dir: Path) -> Teacher:
+    return load_teacher(
+        resshift_parity_dir / "config.yaml",
+        unet=resshift_parity_dir / "unet.pth",
+        autoencoder=resshift_parity_dir / "vq_basic.pth",
+    )
+
+
+def test_per_sample_noise_does_not_depend_on_batch() -> None:
+    device = torch.device("cpu")
+    shape = torch.Size((4, 3, 8, 8))
+    batch = PerSampleNoise(seed=5, sample_ids=[3, 9, 12, 40], device=device)
+    alone = PerSampleNoise(seed=5, sample_ids=[12], device=device)
+    for _ in range(3):  # successive draws (prior, then one per step)
+        assert torch.equal(batch.draw(shape)[2:3], alone.draw(torch.Size((1, 3, 8, 8))))
+    assert per_sample_seed(5, 12) != per_sample_seed(5, 13) != per_sample_seed(6, 12)
+    assert per_sample_seed(5, 12, patch_index=1) != per_sample_seed(5, 12)
+
+
+def test_per_sample_tile_same_alone_and_in_batch(tiny_teacher: Teacher) -> None:
+    lr = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ids = [10, 11, 12, 13]
+    batch = tiny_teacher.sample(lr, seed=7, rng="per-sample", sample_ids=ids)
+    alone = tiny_teacher.sample(lr[2:3], seed=7, rng="per-sample", sample_ids=[12])
+    assert batch.shape == (4, 3, 256, 256)
+    assert batch.min().item() >= 0.0 and batch.max().item() <= 1.0
+    # The noise is identical; oneDNN may pick a different conv algorithm for batch 4 than for
+    # batch 1 (ulp-level differences), which a rare VQ code flip can amplify locally.
+    u8_batch = (batch[2:3] * 255).round()
+    u8_alone = (alone * 255).round()
+    assert (u8_batch - u8_alone).abs().le(1).float().mean().item() > 0.99
+    assert (batch[2:3] - alone).abs().mean().item() < 2e-3
+    # A different sample id gets different noise, hence a clearly different output.
+    other = tiny_teacher.sample(lr[2:3], seed=7, rng="per-sample", sample_ids=[99])
+    assert (other - alone).abs().mean().item() > 10 * (batch[2:3] - alone).abs().mean().item()
+
+
+def test_chop_geometry_matches_upstream() -> None:
+    assert chop_starts(112, 64, 48) == [0, 48]
+    assert chop_starts(64, 64, 48) == [0]
+    assert chop_starts(1000, 512, 448) == [0, 448, 488]
+    assert default_chop_stride(512) == 448
+    assert default_chop_stride(256) == 224
+    assert default_chop_stride(64) == 48
+    grid = chop_grid(112, 112, 64, 48)
+    assert [(p.top, p.left) for p in grid] == [(0, 0), (0, 48), (48, 0), (48, 48)]
+    wide = chop_grid(40, 200, 64, 48)  # one axis shorter than chop: full extent, non-square patch
+    assert {(p.height, p.width) for p in wide} == {(40, 64)}
+
+
+def test_steps_other_than_trained_t_rejected(tiny_teacher: Teacher) -> None:
+    lr = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"trained for a fixed number of steps.*T=15"):
+        tiny_teacher.sample(lr, steps=4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 3, 32, 64), r"32×64 is too small.*at least 33 px"),
+        ((1, 3, 64, 20), r"64×20 is too small"),
+        ((1, 1, 64, 64), r"1 channels.*RGB.*repeating"),
+        ((1, 4, 64, 64), r"4 channels.*drop alpha"),
+        ((3, 64, 64), r"B×3×h×w"),
+    ],
+)
+def test_bad_lr_input_rejected(tiny_teacher: Teacher, shape: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_teacher.sample(torch.rand(shape))
+
+
+def test_bad_lr_range_and_dtype_rejected(tiny_teacher: Teacher) -> None:
+    with pytest.raises(ValueError, match="divide uint8"):
+        tiny_teacher.sample(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"expected \[0, 1\]"):
+        tiny_teacher.sample(torch.full((1, 3, 64, 64), 255.0))
+    with pytest.raises(ValueError, match="sample_ids"):
+        tiny_teacher.sample(torch.rand(2, 3, 64, 64), sample_ids=[1])
+    with pytest.raises(ValueError, match="rng"):
+        tiny_teacher.sample(torch.rand(1, 3, 64, 64), rng="global")
+
+
+def test_random_teacher_is_named_and_recorded(resshift_parity_dir: Path) -> None:
+    state = torch.get_rng_state()
+    teacher = random_teacher(resshift_parity_dir / "config.yaml", seed=3)
+    assert torch.equal(state, torch.get_rng_state())
+    assert teacher.random_weights
+    assert teacher.name == "resshift-config-RANDOM-WEIGHTS"
+    provenance = teacher.provenance()
+    assert provenance["random_weights"] is True
+    assert provenance["steps"] == 15
+    assert provenance["checkpoint_sha256"] == {"unet": None, "autoencoder": None}
+    again = random_teacher(resshift_parity_dir / "config.yaml", seed=3)
+    first = next(iter(teacher.unet.parameters()))
+    assert torch.equal(first, next(iter(again.unet.parameters())))
+
+
+def test_loaded_teacher_provenance(tiny_teacher: Teacher, resshift_parity_dir: Path) -> None:
+    import hashlib
+
+    assert not tiny_teacher.random_weights
+    assert tiny_teacher.name == "resshift-config"
+    assert tiny_teacher.steps == 15
+    digest = hashlib.sha256((resshift_parity_dir / "unet.pth").read_bytes()).hexdigest()
+    assert tiny_teacher.checkpoint_sha256["unet"] == digest
+    assert len(tiny_teacher.checkpoint_sha256["autoencoder"] or "") == 64
+
+
+@pytest.mark.slow
+def test_full_width_v3_random_teacher_runs() -> None:
+    """Full-width journal teacher (4 steps), random weights: shapes, range, steps check (~15-30 s)."""
+    teacher = random_teacher("v3", seed=0)
+    assert teacher.name == "resshift-v3-RANDOM-WEIGHTS" and teacher.steps == 4
+    out = teacher.sample(torch.rand(1, 3, 48, 64), seed=1)
+    assert out.shape == (1, 3, 192, 256)
+    assert out.min().item() >= 0.0 and out.max().item() <= 1.0
+    with pytest.raises(ValueError, match="T=4"):
+        teacher.sample(torch.rand(1, 3, 48, 64), steps=15)
