@@ -65,6 +65,11 @@ def check_steps(teacher: TeacherParams) -> None:
 
 
 def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
+    if teacher.precision != "fp32" and device.type != "cuda":
+        raise CacheError(
+            f"teacher.precision={teacher.precision} needs a CUDA device (got {device}); "
+            "use teacher.precision=fp32 on CPU"
+        )
     if teacher.random_weights:
         return random_teacher(teacher.version, seed=0, device=device, precision=teacher.precision)
     unet = resolve_weights(teacher.unet_weights, weights_dir=teacher.weights_dir)

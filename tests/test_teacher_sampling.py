@@ -95,6 +95,11 @@ def test_bad_lr_range_and_dtype_rejected(tiny_teacher: Teacher) -> None:
         tiny_teacher.sample(torch.rand(1, 3, 64, 64), rng="global")
 
 
+def test_autocast_precision_needs_cuda(resshift_parity_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"'bf16' .* is for CUDA devices; use 'fp32'"):
+        random_teacher(resshift_parity_dir / "config.yaml", precision="bf16")
+
+
 def test_random_teacher_is_named_and_recorded(resshift_parity_dir: Path) -> None:
     state = torch.get_rng_state()
     teacher = random_teacher(resshift_parity_dir / "config.yaml", seed=3)
@@ -123,7 +128,7 @@ def test_loaded_teacher_provenance(tiny_teacher: Teacher, resshift_parity_dir: P
 
 @pytest.mark.slow
 def test_full_width_v3_random_teacher_runs() -> None:
-    """Full-width journal teacher (4 steps), random weights: shapes, range, steps check (~15-30 s)."""
+    """Full-width journal teacher (4 steps), random weights: shape, range, steps (~15-30 s)."""
     teacher = random_teacher("v3", seed=0)
     assert teacher.name == "resshift-v3-RANDOM-WEIGHTS" and teacher.steps == 4
     out = teacher.sample(torch.rand(1, 3, 48, 64), seed=1)
