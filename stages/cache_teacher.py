@@ -218,6 +218,16 @@ def _fill_with_dask(store: TileStore, params: Params, shards: list[int], address
                 bar.update(tiles_per_shard)
 
 
+def _fill_on_local_gpus(store: TileStore, params: Params, shards: list[int], gpus: int) -> None:
+    """Several visible GPUs and no scheduler: a local cluster with one worker process per GPU."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=gpus, threads_per_worker=1, processes=True, resources={"GPU": 1}
+    ) as cluster:
+        _fill_with_dask(store, params, shards, cluster.scheduler_address)
+
+
 def _summary(store: TileStore, tiles: int, seconds: float) -> str:
     stored = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
     raw = sum(spec.tile_nbytes for spec in store.layout.arrays) * store.n_tiles
@@ -266,9 +276,13 @@ def run(
         store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
         shards = store.missing_shards()
         todo = sum(np.subtract(*reversed(layout.shard_range(k))) for k in shards)
+        gpus = torch.cuda.device_count() if device is None else 0
         if shards and scheduler:
             del teacher  # the workers load their own copies
             _fill_with_dask(store, params, shards, scheduler)
+        elif shards and gpus > 1:
+            del teacher
+            _fill_on_local_gpus(store, params, shards, gpus)
         elif shards:
             _fill_locally(store, prepared, teacher, params, shards)
         remaining = store.missing_shards()
