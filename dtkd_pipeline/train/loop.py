@@ -89,6 +89,18 @@ def _infinite_batches(dataset: ShardStreamDataset, pin: bool) -> Iterator[tuple[
         dataset.set_epoch(dataset.epoch + 1)
 
 
+def _this_rank(saved: Any, ctx: DistributedContext, what: str) -> Any:
+    """This rank's entry of per-rank checkpoint state (a list under DDP, one value otherwise)."""
+    per_rank = isinstance(saved, list)
+    saved_ranks = len(saved) if per_rank else 1
+    if saved_ranks != ctx.world_size:
+        raise ValueError(
+            f"the checkpoint's {what} was saved by {saved_ranks} rank(s) but this run has "
+            f"{ctx.world_size}: resume with the same number of processes, or start over"
+        )
+    return saved[ctx.rank] if per_rank else saved
+
+
 def _save_debug_state(out_dir: Path, iteration: int, model: nn.Module, batch: dict) -> Path:
     path = out_dir / f"diverged_iter_{iteration:08d}.pt"
     torch.save({"iteration": iteration, "model": model.state_dict(), "batch": batch}, path)
@@ -165,20 +177,20 @@ def train(
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        dataset.load_state_dict(state["data"][ctx.rank] if ctx.world_size > 1 else state["data"])
-        restore_rng_states(state["rng"])
+        dataset.load_state_dict(_this_rank(state["data"], ctx, "data position"))
+        restore_rng_states(_this_rank(state["rng"], ctx, "RNG state"))
         iteration, best_psnr = state["iteration"], state["best_psnr"]
         if ctx.is_main:
             tqdm.write(f"resuming from {checkpoints.latest()} at iteration {iteration}")
 
-    def checkpoint_state(data_position: dict[str, Any]) -> dict[str, Any]:
+    def checkpoint_state(data_position: Any, rng: Any) -> dict[str, Any]:
         return {
             "model": model.state_dict(),
             "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "data": data_position,
-            "rng": rng_states(),
+            "rng": rng,
             "iteration": iteration,
             "best_psnr": best_psnr,
             "arch": cfg.student,
@@ -244,13 +256,15 @@ def train(
             if log is not None:
                 log(iteration, {f"val/{k}": v for k, v in metrics.items()})
         if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
-            position = dataset.state_dict(consumed)
+            position, rng = dataset.state_dict(consumed), rng_states()
             if ctx.world_size > 1:
+                # Ranks draw different drop-path masks (seed + rank), so each rank's RNG state is
+                # saved beside its data position; restoring rank 0's everywhere breaks exactness.
                 gathered: list[Any] = [None] * ctx.world_size
-                dist.all_gather_object(gathered, position)
-                position = gathered
+                dist.all_gather_object(gathered, (position, rng))
+                position, rng = [g[0] for g in gathered], [g[1] for g in gathered]
             if ctx.is_main:
-                checkpoints.save(checkpoint_state(position), iteration, is_best=is_best)
+                checkpoints.save(checkpoint_state(position, rng), iteration, is_best=is_best)
     bar.close()
     return {
         "model": model.state_dict(),

@@ -1,0 +1,361 @@
+"""Stage-two speed: student training step time (L1 vs L1 + DWT KD) and loader throughput.
+
+(a) One training step of the student = forward + backward + Adam step on random data already on
+    the device (compute only): plain L1 vs L1 + DecomposedDWTLoss (as the loop computes them), and
+    the DWT overhead. On CUDA also bf16 autocast and fused Adam. Warm-up steps, then median/p90.
+(b) Loader throughput (samples/s): ShardStreamDataset/make_loader on Zarr stores vs a BasicSR-style
+    PNG folder loader (PIL decode per sample, random crop, flips/rotation); same tiles and workers.
+    Stores are built in a temp dir from data/demo/hr with stages.prepare_data; the teacher store is
+    synthetic (teacher = blurred HR, as in tests/test_distill.py) so no teacher runs.
+
+    python benchmarks/train_step.py                      # CPU: batch 2, 1 warm-up + 3 steps
+    python benchmarks/train_step.py --batch 16 --iters 5 # CPU, SwinIR recipe batch (~1 min/step)
+    python benchmarks/train_step.py --device cuda        # batch 64, fp32/bf16, foreach/fused Adam
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from dtkd_pipeline.cache import (
+    HR,
+    KIND_TEACHER,
+    LR,
+    PREPARED_FINGERPRINT,
+    TEACHER,
+    StoreLayout,
+    TileStore,
+    teacher_arrays,
+)
+from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
+from dtkd_pipeline.config import Params, load_params
+from dtkd_pipeline.losses import build_kd_loss
+from dtkd_pipeline.student import build_student
+from dtkd_pipeline.train.dataset import LoaderSettings, ShardStreamDataset, make_loader
+from stages import prepare_data
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO_ROOT / "data" / "demo" / "hr"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--student", default="swinir-s-x4")
+    parser.add_argument("--patch", type=int, default=64, help="LR patch side (HR = 4x)")
+    # A batch-16 step takes ~1 min on 2 CPU cores, so the CPU default stays small.
+    parser.add_argument("--batch", type=int, help="step batch; default 2 on CPU, 64 on CUDA")
+    parser.add_argument("--warmup", type=int, help="untimed steps (default 1 CPU, 10 CUDA)")
+    parser.add_argument("--iters", type=int, help="timed steps (default 3 CPU, 50 CUDA)")
+    parser.add_argument("--loader-batch", type=int, default=16, help="loader batch size")
+    parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes")
+    parser.add_argument("--loader-samples", type=int, default=512, help="samples per loader")
+    parser.add_argument("--tile", type=int, default=64, help="LR tile side of the stores")
+    parser.add_argument("--stride", type=int, default=16, help="LR tile stride (overlap = more)")
+    parser.add_argument("--skip-step", action="store_true", help="only the loader benchmark")
+    parser.add_argument("--skip-loader", action="store_true", help="only the step benchmark")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+# ---------------------------------------------------------------------- (a) training step
+
+
+@dataclass(frozen=True)
+class StepVariant:
+    precision: str  # fp32 | bf16 (autocast on CUDA)
+    fused: bool  # fused Adam (CUDA) vs the default foreach implementation
+    kd: bool  # L1 + DWT KD vs plain L1
+
+    @property
+    def config(self) -> str:
+        return f"{self.precision}, {'fused' if self.fused else 'foreach'} Adam"
+
+
+def make_step(variant: StepVariant, args: argparse.Namespace, device: torch.device) -> Callable:
+    """One training step (forward + loss + backward + Adam step) on fixed random data."""
+    torch.manual_seed(args.seed)
+    model = build_student(args.student).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, fused=variant.fused)
+    kd_loss = build_kd_loss("dwt").to(device)
+    b, p = args.batch, args.patch
+    lr = torch.rand(b, 3, p, p, device=device)
+    hr = torch.rand(b, 3, 4 * p, 4 * p, device=device)
+    teacher = torch.rand(b, 3, 4 * p, 4 * p, device=device)
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=variant.precision == "bf16"
+    )
+
+    def step() -> None:
+        with autocast:
+            sr = model(lr)
+        # Losses in fp32 outside autocast, as train/loop.py does.
+        sr = sr.float()
+        loss = F.l1_loss(sr, hr)
+        if variant.kd:
+            loss = loss + kd_loss(sr, teacher)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def time_pair(
+    precision: str, fused: bool, args: argparse.Namespace, device: torch.device
+) -> dict[bool, list[float]]:
+    """Seconds per step for L1 (False) and L1+DWT (True), interleaved after warm-up.
+
+    Interleaving (alternating which goes first) cancels drift from other load on the machine,
+    which would otherwise land entirely on whichever variant runs second.
+    """
+    steps = {kd: make_step(StepVariant(precision, fused, kd), args, device) for kd in (False, True)}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(args.iters):
+        for kd in (False, True) if i % 2 == 0 else (True, False):
+            synchronize(device)
+            start = time.perf_counter()
+            steps[kd]()
+            synchronize(device)
+            times[kd].append(time.perf_counter() - start)
+    return times
+
+
+def step_benchmark(args: argparse.Namespace, device: torch.device) -> list[str]:
+    configs = [("fp32", False)]
+    if device.type == "cuda":
+        configs += [("fp32", True), ("bf16", False), ("bf16", True)]
+    rows = [
+        "| config | L1 median (ms) | L1 p90 (ms) | L1+DWT median (ms) | L1+DWT p90 (ms) "
+        "| DWT overhead | samples/s (L1+DWT) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for precision, fused in configs:
+        times = time_pair(precision, fused, args, device)
+        plain, kd = times[False], times[True]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        m_plain, m_kd = statistics.median(plain), statistics.median(kd)
+        rows.append(
+            f"| {StepVariant(precision, fused, True).config} | {1e3 * m_plain:.1f} "
+            f"| {1e3 * percentile(plain, 90):.1f} | {1e3 * m_kd:.1f} "
+            f"| {1e3 * percentile(kd, 90):.1f} | {100 * (m_kd / m_plain - 1):+.1f}% "
+            f"| {args.batch / m_kd:.1f} |"
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------- (b) loaders
+
+
+def build_stores(root: Path, args: argparse.Namespace) -> Params:
+    """prepare-data on the demo images, then a synthetic teacher store (blurred HR)."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    params = load_params(
+        params_file,
+        [
+            f"data.hr_dir={DEMO_DIR}",
+            f"data.prepared_dir={root / 'prepared'}",
+            f"data.lr_tile={args.tile}",
+            f"data.stride={args.stride}",
+            "data.workers=1",
+            f"teacher.store={root / 'cache' / 'teacher.zarr'}",
+        ],
+    )
+    prepare_data.run(params)
+    prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
+    layout = StoreLayout(
+        kind=KIND_TEACHER,
+        n_tiles=prepared.n_tiles,
+        shard_size=prepared.layout.shard_size,
+        arrays=teacher_arrays(prepared.layout.spec(HR).tile_shape[1]),
+    )
+    provenance = {
+        **teacher_params_provenance(params.teacher),
+        PREPARED_FINGERPRINT: prepared.fingerprint(),
+    }
+    with TileStore.create(params.teacher.store, layout, provenance) as store:
+        for shard in range(layout.n_shards):
+            hr = prepared.read_shard(shard, [HR])[HR].astype(np.float32)
+            blurred = (hr + np.roll(hr, 1, axis=-1) + np.roll(hr, 1, axis=-2)) / 3
+            store.write_shard(shard, {TEACHER: np.round(blurred).astype(np.uint8)})
+    return params
+
+
+def write_png_tiles(params: Params, folder: Path) -> list[int]:
+    """The stores' tiles as <folder>/{lr,hr,teacher}/<tile>.png (BasicSR's sub-image layout)."""
+    prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
+    teacher = TileStore.open(params.teacher.store)
+    for name in (LR, HR, TEACHER):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for shard in range(prepared.n_shards):
+        start, _ = prepared.layout.shard_range(shard)
+        arrays = prepared.read_shard(shard, [LR, HR]) | teacher.read_shard(shard, [TEACHER])
+        for name, data in arrays.items():
+            for row, tile in enumerate(data):
+                # compress_level 3 = BasicSR's extract_subimages setting.
+                Image.fromarray(tile.transpose(1, 2, 0)).save(
+                    folder / name / f"{start + row:06d}.png", compress_level=3
+                )
+    return list(range(prepared.n_tiles))
+
+
+class PngTileDataset(Dataset):
+    """BasicSR PairedImageDataset-style: decode LR/HR/teacher PNGs per sample, crop, augment.
+
+    Returns uint8 CHW tensors like ShardStreamDataset (float conversion happens on the device in
+    both cases, so the comparison is decode + crop + augment + collate only).
+    """
+
+    def __init__(self, folder: Path, tiles: list[int], patch: int, scale: int = 4) -> None:
+        self.folder, self.tiles, self.patch, self.scale = folder, tiles, patch, scale
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def _read(self, name: str, index: int) -> np.ndarray:
+        with Image.open(self.folder / name / f"{self.tiles[index]:06d}.png") as image:
+            return np.asarray(image.convert("RGB"))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        lr, hr, teacher = (self._read(name, index) for name in (LR, HR, TEACHER))
+        p, s = self.patch, self.scale
+        y = random.randint(0, lr.shape[0] - p)
+        x = random.randint(0, lr.shape[1] - p)
+        crops = [
+            lr[y : y + p, x : x + p],
+            hr[s * y : s * (y + p), s * x : s * (x + p)],
+            teacher[s * y : s * (y + p), s * x : s * (x + p)],
+        ]
+        hflip, vflip, rot = (random.random() < 0.5 for _ in range(3))  # BasicSR's augment()
+        out = []
+        for crop in crops:
+            if hflip:
+                crop = crop[:, ::-1]
+            if vflip:
+                crop = crop[::-1]
+            if rot:
+                crop = crop.transpose(1, 0, 2)
+            out.append(torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))))
+        return dict(zip((LR, HR, TEACHER), out, strict=True))
+
+
+def _seed_worker(worker_id: int) -> None:
+    random.seed(torch.initial_seed() % 2**32)
+
+
+def samples_per_second(make_batches: Callable[[int], Iterable[dict]], target: int) -> float:
+    """Pull whole epochs (worker start-up included, as in training) until `target` samples."""
+    samples, epoch = 0, 0
+    start = time.perf_counter()
+    while samples < target:
+        for batch in make_batches(epoch):
+            samples += batch[LR].shape[0]
+        epoch += 1
+    return samples / (time.perf_counter() - start)
+
+
+def loader_benchmark(args: argparse.Namespace) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="dtkd-train-step-") as tmp:
+        root = Path(tmp)
+        params = build_stores(root, args)
+        tiles = write_png_tiles(params, root / "png")
+        zarr = ShardStreamDataset(
+            params.data.prepared_dir / prepare_data.TRAIN_STORE,
+            params.teacher.store,
+            settings=LoaderSettings(
+                patch_size=args.patch,
+                batch_size=args.loader_batch,
+                shuffle_buffer=64,
+                seed=args.seed,
+                num_workers=args.num_workers,
+            ),
+        )
+
+        def zarr_epoch(epoch: int) -> Iterable[dict]:
+            zarr.set_epoch(epoch)
+            return make_loader(zarr)
+
+        png = DataLoader(
+            PngTileDataset(root / "png", tiles, args.patch),
+            batch_size=args.loader_batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.num_workers,
+            worker_init_fn=_seed_worker,
+        )
+        png_rate = samples_per_second(lambda _: png, args.loader_samples)
+        zarr_rate = samples_per_second(zarr_epoch, args.loader_samples)
+        tile_note = f"{len(tiles)} tiles of LR {args.tile} (+HR, teacher {4 * args.tile})"
+        return [
+            f"Loader: {tile_note}, patch {args.patch}, batch {args.loader_batch}, "
+            f"{args.num_workers} workers, >= {args.loader_samples} samples, "
+            f"{params.data.shard_size} tiles/shard, {params.data.compression.codec} "
+            f"level {params.data.compression.level}",
+            "",
+            "| loader | samples/s | vs PNG |",
+            "|---|---:|---:|",
+            f"| PNG folder (PIL per sample, BasicSR-style) | {png_rate:.1f} | 1.00x |",
+            f"| Zarr ShardStreamDataset | {zarr_rate:.1f} | {zarr_rate / png_rate:.2f}x |",
+        ]
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    args.batch = args.batch or (64 if on_cuda else 2)
+    args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
+    args.iters = args.iters or (50 if on_cuda else 3)
+    params = sum(p.numel() for p in build_student(args.student).parameters())
+    print(f"# Training step / loader benchmark on {device_name(device)}, torch {torch.__version__}")
+    print()
+    if not args.skip_step:
+        print(
+            f"Step: {args.student} ({params:,} params), LR patch {args.patch} -> HR "
+            f"{4 * args.patch}, batch {args.batch}, {args.warmup} warm-up + {args.iters} timed "
+            "steps (random data on the device)"
+        )
+        print()
+        print("\n".join(step_benchmark(args, device)))
+        print()
+    if not args.skip_loader:
+        print("\n".join(loader_benchmark(args)))
+
+
+if __name__ == "__main__":
+    main()
