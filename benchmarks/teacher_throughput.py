@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _common import device_name, synchronize
 
 from dtkd_pipeline.teacher import Teacher, random_teacher
 
@@ -43,17 +44,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def images_per_second(

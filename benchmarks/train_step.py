@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from _common import device_name, synchronize
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -70,17 +71,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-loader", action="store_true", help="only the step benchmark")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def percentile(values: list[float], q: float) -> float:
