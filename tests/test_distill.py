@@ -24,21 +24,29 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params
+from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_names
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from stages import distill, prepare_data
 from tests.pipeline_helpers import REPO_ROOT, TINY_DISTILL, make_hr_images, tiny_params
 
 
 def build_stores(params: Params) -> None:
-    """prepare-data on synthetic images, then a teacher store whose 'teacher' is a blurred HR."""
+    """prepare-data on synthetic images, then a teacher store whose 'teacher' is a blurred HR.
+
+    With ``params.teacher.dwt`` the store also holds the teacher's Haar subbands, as stage one
+    writes them.
+    """
     prepare_data.run(params)
     prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
-    hr_shape = prepared.layout.spec(HR).tile_shape
+    hr_size = prepared.layout.spec(HR).tile_shape[1]
+    bands = subband_names(2) if params.teacher.dwt else ()
     layout = StoreLayout(
         kind=KIND_TEACHER,
         n_tiles=prepared.n_tiles,
         shard_size=prepared.layout.shard_size,
-        arrays=teacher_arrays(hr_shape[1]),
+        arrays=teacher_arrays(
+            hr_size, {b: (3, hr_size >> int(b[2:]), hr_size >> int(b[2:])) for b in bands}
+        ),
     )
     provenance = {
         **teacher_params_provenance(params.teacher),
@@ -47,8 +55,12 @@ def build_stores(params: Params) -> None:
     with TileStore.create(params.teacher.store, layout, provenance) as store:
         for shard in range(layout.n_shards):
             hr = prepared.read_shard(shard, [HR])[HR].astype(np.float32)
-            teacher = (hr + np.roll(hr, 1, axis=-1) + np.roll(hr, 1, axis=-2)) / 3
-            store.write_shard(shard, {TEACHER: np.round(teacher).astype(np.uint8)})
+            teacher = np.round((hr + np.roll(hr, 1, axis=-1) + np.roll(hr, 1, axis=-2)) / 3)
+            arrays = {TEACHER: teacher.astype(np.uint8)}
+            if bands:
+                subbands = dwt_subbands(torch.from_numpy(teacher / 255).float(), levels=2)
+                arrays |= {f"dwt/{b}": subbands[b].half().numpy() for b in bands}
+            store.write_shard(shard, arrays)
 
 
 @pytest.fixture
@@ -60,16 +72,18 @@ def params(tmp_path: Path) -> Params:
     return built
 
 
-def _run(params: Params, out_dir: Path, **updates: object) -> dict:
+def _run(
+    params: Params, out_dir: Path, use_cached_dwt: bool = False, log=None, **updates: object
+) -> dict:
     cfg = params.distill.model_copy(update={"out_dir": out_dir, **updates})
     spec = TrainingRun(
         prepared_store=params.data.prepared_dir / prepare_data.TRAIN_STORE,
         teacher_store=params.teacher.store,
         out_dir=out_dir,
-        use_cached_dwt=False,
+        use_cached_dwt=use_cached_dwt,
         provenance={},
     )
-    return train(cfg, spec, DistributedContext(0, 1, torch.device("cpu")))
+    return train(cfg, spec, DistributedContext(0, 1, torch.device("cpu")), log=log)
 
 
 def test_training_decreases_task_and_kd_losses(params: Params, tmp_path: Path) -> None:
@@ -190,3 +204,21 @@ def test_checkpoints_from_other_params_are_refused_or_restarted(params: Params) 
     assert final["params"]["lr"] == 1e-3 and final["iteration"] == 3
     assert final["provenance"]["teacher_cache"]["steps"] == params.teacher.steps
     assert (params.distill.out_dir / "dvclive" / "metrics.json").is_file()
+
+
+def test_cached_teacher_subbands_give_the_recomputed_kd_loss(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 320), (256, 256)])
+    params = tiny_params(tmp_path, hr_dir, ["teacher.dwt=true"])
+    build_stores(params)
+    logs: dict[bool, list[float]] = {True: [], False: []}
+    for cached in (True, False):
+        _run(
+            params,
+            tmp_path / f"cached-{cached}",
+            use_cached_dwt=cached,
+            log=lambda i, v, c=cached: logs[c].append(v["train/kd"]),
+            iterations=3,
+        )
+    # float16 storage of the subbands is the only difference (about 1e-3 relative).
+    np.testing.assert_allclose(logs[True], logs[False], rtol=5e-3)
