@@ -122,6 +122,7 @@ class DistillParams(_Section):
     precision: Literal["fp32", "bf16"]
     compile: bool
     seed: int
+    log_every: PositiveInt
     val_every: PositiveInt
     checkpoint_every: PositiveInt
     keep_last: PositiveInt

@@ -39,7 +39,7 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import Params, TeacherParams
-from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_names
+from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.teacher import Teacher, load_teacher, random_teacher, resolve_config
 from dtkd_pipeline.weights import resolve_weights
 from stages.prepare_data import TRAIN_STORE
@@ -97,19 +97,21 @@ def store_provenance(teacher: Teacher, params: Params, prepared_fingerprint: str
     }
 
 
+def dwt_tile_shapes(hr_size: int) -> dict[str, tuple[int, int, int]]:
+    """Per-tile shape of each cached Haar subband: level j halves the HR side j times."""
+    return {
+        name: (3, hr_size >> subband_level(name), hr_size >> subband_level(name))
+        for name in subband_names(DWT_LEVELS)
+    }
+
+
 def store_layout(prepared: TileStore, params: Params) -> StoreLayout:
     hr_size = prepared.layout.spec(LR).tile_shape[1] * params.data.scale
-    dwt_shapes = None
-    if params.teacher.dwt:
-        dwt_shapes = {
-            name: (3, hr_size >> int(name[2:]), hr_size >> int(name[2:]))
-            for name in subband_names(DWT_LEVELS)
-        }
     return StoreLayout(
         kind=KIND_TEACHER,
         n_tiles=prepared.n_tiles,
         shard_size=prepared.layout.shard_size,
-        arrays=teacher_arrays(hr_size, dwt_shapes),
+        arrays=teacher_arrays(hr_size, dwt_tile_shapes(hr_size) if params.teacher.dwt else None),
         compression=Compression(params.data.compression.codec, params.data.compression.level),
     )
 
@@ -145,19 +147,17 @@ def _open_prepared(params: Params) -> TileStore:
     if not path.exists():
         raise CacheError(f"prepared store {path} not found; run `dtkd-pipeline prepare-data` first")
     prepared = TileStore.open(path)
-    if prepared.kind != KIND_PREPARED:
-        raise CacheError(f"{path} is a {prepared.kind} store, not a prepared tile store")
+    prepared.require_kind(KIND_PREPARED)
     return prepared
 
 
 def _fill_locally(
     store: TileStore, prepared: TileStore, teacher: Teacher, params: Params, shards: list[int]
 ) -> None:
-    tiles = sum(np.subtract(*reversed(prepared.layout.shard_range(k))) for k in shards)
     pending: Future[Any] | None = None
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
-        tqdm(total=int(tiles), desc="teacher", unit="tile", smoothing=0.1) as bar,
+        tqdm(total=prepared.layout.tiles_in(shards), desc="teacher", unit="tile") as bar,
     ):
         for shard in shards:
             arrays = compute_shard(teacher, prepared, shard, params, bar)
@@ -211,11 +211,9 @@ def _fill_with_dask(store: TileStore, params: Params, shards: list[int], address
             )
             for shard in shards
         ]
-        tiles_per_shard = store.layout.shard_size
-        with tqdm(total=len(shards) * tiles_per_shard, desc="teacher", unit="tile") as bar:
+        with tqdm(total=store.layout.tiles_in(shards), desc="teacher", unit="tile") as bar:
             for future in as_completed(futures):
-                future.result()
-                bar.update(tiles_per_shard)
+                bar.update(store.layout.tiles_in([future.result()]))
 
 
 def _fill_on_local_gpus(store: TileStore, params: Params, shards: list[int], gpus: int) -> None:
@@ -253,12 +251,7 @@ def run(
     """
     check_steps(params.teacher)
     prepared = _open_prepared(params)
-    missing_prepared = prepared.missing_shards()
-    if missing_prepared:
-        raise CacheError(
-            f"prepared store {prepared.path} is incomplete ({len(missing_prepared)} shards "
-            "missing); rerun `dtkd-pipeline prepare-data`"
-        )
+    prepared.require_complete("prepare-data")
     teacher = build_teacher(params.teacher, pick_device(device))
     provenance = store_provenance(teacher, params, prepared.fingerprint())
     layout = store_layout(prepared, params)
@@ -275,7 +268,7 @@ def run(
     with store:
         store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
         shards = store.missing_shards()
-        todo = sum(np.subtract(*reversed(layout.shard_range(k))) for k in shards)
+        todo = layout.tiles_in(shards)
         gpus = torch.cuda.device_count() if device is None else 0
         if shards and scheduler:
             del teacher  # the workers load their own copies
@@ -288,7 +281,7 @@ def run(
         remaining = store.missing_shards()
         if remaining:
             raise CacheError(f"{store.path}: shards {remaining[:8]} still missing after the run")
-        print(_summary(store, int(todo), time.perf_counter() - started))
+        print(_summary(store, todo, time.perf_counter() - started))
     return params.teacher.store
 
 

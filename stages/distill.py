@@ -35,15 +35,9 @@ def _teacher_provenance(params: Params) -> dict[str, Any]:
             f"teacher cache {path} does not exist; run `dtkd-pipeline cache-teacher` first"
         )
     with TileStore.open(path) as store:
-        if store.kind != KIND_TEACHER:
-            raise ValueError(f"{path} is a {store.kind} store, not a teacher cache")
+        store.require_kind(KIND_TEACHER)
         store.check_provenance(teacher_params_provenance(params.teacher))
-        missing = store.missing_shards()
-        if missing:
-            raise ValueError(
-                f"teacher cache {path} is incomplete ({len(missing)} shard(s) missing, first "
-                f"{missing[:8]}); rerun `dtkd-pipeline cache-teacher` to finish it"
-            )
+        store.require_complete("cache-teacher")
         return store.provenance
 
 

@@ -57,9 +57,31 @@ VAL_DIR = "val"
 class ImagePair:
     """A decoded HR image and its LR counterpart, both uint8 HxWx3, LR exactly 1/scale of HR."""
 
-    name: str
     hr: np.ndarray
     lr: np.ndarray
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where an HR image's LR comes from: MATLAB bicubic, or a paired LR folder indexed once."""
+
+    scale: int
+    lr_dir: Path | None
+    lr_by_stem: dict[str, Path]
+
+    @classmethod
+    def from_params(cls, data: DataParams) -> Sources:
+        lr_by_stem = {p.stem: p for p in list_images(data.lr_dir)} if data.lr_dir else {}
+        return cls(data.scale, data.lr_dir, lr_by_stem)
+
+    def lr_path(self, hr_path: Path) -> Path | None:
+        if self.lr_dir is None:
+            return None
+        if hr_path.stem not in self.lr_by_stem:
+            raise ImageReadError(
+                f"{hr_path}: no LR image with stem {hr_path.stem!r} in {self.lr_dir}"
+            )
+        return self.lr_by_stem[hr_path.stem]
 
 
 class _TqdmCallback(Callback):
@@ -73,42 +95,47 @@ class _TqdmCallback(Callback):
         self._bar.update(1)
 
 
-def _paired_lr_path(hr_path: Path, lr_dir: Path) -> Path:
-    matches = [p for p in list_images(lr_dir) if p.stem == hr_path.stem]
-    if not matches:
-        raise ImageReadError(f"{hr_path}: no LR image with stem {hr_path.stem!r} in {lr_dir}")
-    return matches[0]
+def _read_checked(hr_path: Path, sources: Sources) -> tuple[np.ndarray, np.ndarray | None]:
+    """The HR image cropped to a multiple of the scale, and the paired LR if there is one."""
+    hr = modcrop(read_image(hr_path).rgb, sources.scale)
+    lr_path = sources.lr_path(hr_path)
+    if lr_path is None:
+        return hr, None
+    lr = read_image(lr_path).rgb
+    expected = (hr.shape[0] // sources.scale, hr.shape[1] // sources.scale)
+    if lr.shape[:2] != expected:
+        raise ImageReadError(
+            f"{lr_path}: LR is {lr.shape[1]}x{lr.shape[0]} but {hr_path} needs "
+            f"{expected[1]}x{expected[0]} (HR / {sources.scale}); fix the pair or drop data.lr_dir"
+        )
+    return hr, lr
 
 
-def load_pair(hr_path: Path, lr_dir: Path | None, scale: int) -> ImagePair:
-    """Decode one HR image and make (or read) its LR; errors name the file."""
-    hr = read_image(hr_path).rgb
-    if lr_dir is None:
-        lr, hr = bicubic_downscale_x4(hr)
-    else:
-        lr_path = _paired_lr_path(hr_path, lr_dir)
-        lr = read_image(lr_path).rgb
-        hr = modcrop(hr, scale)
-        expected = (hr.shape[0] // scale, hr.shape[1] // scale)
-        if lr.shape[:2] != expected:
-            raise ImageReadError(
-                f"{lr_path}: LR is {lr.shape[1]}x{lr.shape[0]} but {hr_path} needs "
-                f"{expected[1]}x{expected[0]} (HR / {scale}); fix the pair or drop data.lr_dir"
-            )
-    return ImagePair(hr_path.name, to_uint8(hr), to_uint8(lr))
+def load_pair(hr_path: Path, sources: Sources) -> ImagePair:
+    """Decode one HR image and make (MATLAB bicubic, as DIV2K) or read its LR; errors name files."""
+    hr, lr = _read_checked(hr_path, sources)
+    if lr is None:
+        lr, hr = bicubic_downscale_x4(hr)  # data.scale is validated to be 4
+    return ImagePair(to_uint8(hr), to_uint8(lr))
 
 
-def _probe(hr_path: Path, data: DataParams) -> TilePlan | ImageReadError | None:
-    """Decode and plan one image; a read problem is returned (not raised) to be reported in bulk."""
+def _probe(hr_path: Path, sources: Sources, data: DataParams) -> TilePlan | ImageReadError | None:
+    """Decode and plan one image; a read problem is returned (not raised) to be reported in bulk.
+
+    The LR size follows from the HR size, so the (costly) bicubic resize waits for tiling.
+    """
     try:
-        pair = load_pair(hr_path, data.lr_dir, data.scale)
+        hr, _ = _read_checked(hr_path, sources)
     except ImageReadError as exc:
         return exc
-    return plan_tiles(*pair.lr.shape[:2], data.lr_tile, data.stride, data.small_images)
+    lr_height, lr_width = hr.shape[0] // data.scale, hr.shape[1] // data.scale
+    return plan_tiles(lr_height, lr_width, data.lr_tile, data.stride, data.small_images)
 
 
-def _tiles_of(hr_path: Path, data: DataParams, plan: TilePlan) -> tuple[np.ndarray, np.ndarray]:
-    pair = load_pair(hr_path, data.lr_dir, data.scale)
+def _tiles_of(
+    hr_path: Path, sources: Sources, data: DataParams, plan: TilePlan
+) -> tuple[np.ndarray, np.ndarray]:
+    pair = load_pair(hr_path, sources)
     lr = pad_bottom_right(pair.lr, plan.pad_bottom, plan.pad_right)
     hr = pad_bottom_right(pair.hr, plan.pad_bottom * data.scale, plan.pad_right * data.scale)
     return (
@@ -117,9 +144,10 @@ def _tiles_of(hr_path: Path, data: DataParams, plan: TilePlan) -> tuple[np.ndarr
     )
 
 
-def _compute(tasks: list[Any], data: DataParams, desc: str) -> list[Any]:
+def _compute(tasks: list[Any], data: DataParams, bar: tqdm) -> list[Any]:
+    """Run dask tasks on ``data.workers`` processes (in-process for one), advancing ``bar``."""
     scheduler = "sync" if data.workers == 1 else "processes"
-    with tqdm(total=len(tasks), desc=desc, unit="img") as bar, _TqdmCallback(bar):
+    with _TqdmCallback(bar):
         return list(dask.compute(*tasks, scheduler=scheduler, num_workers=data.workers))
 
 
@@ -143,23 +171,20 @@ def _check_inputs(data: DataParams) -> tuple[list[Path], list[Path]]:
 
 
 def _iter_tiles(
-    paths: list[Path], plans: list[TilePlan], data: DataParams
+    paths: list[Path], plans: list[TilePlan], sources: Sources, data: DataParams
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[tuple[int, int]]]]:
     """Tiles image by image, decoded in parallel batches so memory stays bounded."""
     batch = max(1, 2 * data.workers)
     with tqdm(total=len(paths), desc="tiling", unit="img") as bar:
         for start in range(0, len(paths), batch):
             chunk = list(range(start, min(start + batch, len(paths))))
-            tasks = [dask.delayed(_tiles_of)(paths[i], data, plans[i]) for i in chunk]
-            scheduler = "sync" if data.workers == 1 else "processes"
-            results = dask.compute(*tasks, scheduler=scheduler, num_workers=data.workers)
-            for i, (lr, hr) in zip(chunk, results, strict=True):
+            tasks = [dask.delayed(_tiles_of)(paths[i], sources, data, plans[i]) for i in chunk]
+            for i, (lr, hr) in zip(chunk, _compute(tasks, data, bar), strict=True):
                 yield i, lr, hr, plans[i].offsets
-                bar.update(1)
 
 
 def _write_train_store(
-    path: Path, paths: list[Path], plans: list[TilePlan], data: DataParams
+    path: Path, paths: list[Path], plans: list[TilePlan], sources: Sources, data: DataParams
 ) -> int:
     n_tiles = sum(len(plan.offsets) for plan in plans)
     layout = StoreLayout(
@@ -188,7 +213,7 @@ def _write_train_store(
         shard += 1
 
     with TileStore.create(path, layout, provenance) as store:
-        for image_index, lr, hr, offsets in _iter_tiles(paths, plans, data):
+        for image_index, lr, hr, offsets in _iter_tiles(paths, plans, sources, data):
             pending[LR].extend(lr)
             pending[HR].extend(hr)
             pending[TILE_SOURCE].extend(np.full(len(offsets), image_index, np.int32))
@@ -202,11 +227,11 @@ def _write_train_store(
     return n_tiles
 
 
-def _write_val(folder: Path, paths: list[Path], data: DataParams) -> None:
+def _write_val(folder: Path, paths: list[Path], sources: Sources) -> None:
     (folder / "hr").mkdir(parents=True)
     (folder / "lr").mkdir(parents=True)
     for path in tqdm(paths, desc="validation images", unit="img"):
-        pair = load_pair(path, data.lr_dir, data.scale)
+        pair = load_pair(path, sources)
         write_image(folder / "hr" / f"{path.stem}.png", pair.hr)
         write_image(folder / "lr" / f"{path.stem}.png", pair.lr)
 
@@ -217,15 +242,12 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     skip_bad = data.skip_bad if skip_bad is None else skip_bad
     started = time.perf_counter()
     train_paths, val_paths = _check_inputs(data)
+    sources = Sources.from_params(data)
 
-    probes = _compute(
-        [dask.delayed(_probe)(p, data) for p in train_paths + val_paths], data, "checking images"
-    )
-    bad = {
-        p: r
-        for p, r in zip(train_paths + val_paths, probes, strict=True)
-        if isinstance(r, Exception)
-    }
+    all_paths = train_paths + val_paths
+    with tqdm(total=len(all_paths), desc="checking images", unit="img") as bar:
+        probes = _compute([dask.delayed(_probe)(p, sources, data) for p in all_paths], data, bar)
+    bad = {p: r for p, r in zip(all_paths, probes, strict=True) if isinstance(r, Exception)}
     if bad and not skip_bad:
         listing = "\n".join(f"  {exc}" for exc in bad.values())
         raise ImageReadError(
@@ -250,8 +272,9 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     tmp.mkdir(parents=True)
     try:
         paths = [p for p, _ in kept]
-        n_tiles = _write_train_store(tmp / TRAIN_STORE, paths, [plan for _, plan in kept], data)
-        _write_val(tmp / VAL_DIR, val_paths, data)
+        plans = [plan for _, plan in kept]
+        n_tiles = _write_train_store(tmp / TRAIN_STORE, paths, plans, sources, data)
+        _write_val(tmp / VAL_DIR, val_paths, sources)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     except BaseException:

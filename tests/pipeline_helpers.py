@@ -19,6 +19,7 @@ TINY_DISTILL = [
     "distill.batch_size=2",
     "distill.iterations=6",
     "distill.milestones=[4]",
+    "distill.log_every=1",
     "distill.val_every=3",
     "distill.checkpoint_every=3",
     "distill.shuffle_buffer=4",

@@ -24,9 +24,10 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params
-from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_names
+from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from stages import distill, prepare_data
+from stages.cache_teacher import dwt_tile_shapes
 from tests.pipeline_helpers import REPO_ROOT, TINY_DISTILL, make_hr_images, tiny_params
 
 
@@ -39,14 +40,12 @@ def build_stores(params: Params) -> None:
     prepare_data.run(params)
     prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
     hr_size = prepared.layout.spec(HR).tile_shape[1]
-    bands = subband_names(2) if params.teacher.dwt else ()
+    bands = dwt_tile_shapes(hr_size) if params.teacher.dwt else {}
     layout = StoreLayout(
         kind=KIND_TEACHER,
         n_tiles=prepared.n_tiles,
         shard_size=prepared.layout.shard_size,
-        arrays=teacher_arrays(
-            hr_size, {b: (3, hr_size >> int(b[2:]), hr_size >> int(b[2:])) for b in bands}
-        ),
+        arrays=teacher_arrays(hr_size, bands),
     )
     provenance = {
         **teacher_params_provenance(params.teacher),

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
-from dtkd_pipeline.images import ImageReadError, bicubic_downscale_x4, read_image, to_uint8
+from dtkd_pipeline.images import (
+    ImageReadError,
+    bicubic_downscale_x4,
+    read_image,
+    to_uint8,
+    write_image,
+)
 from stages import prepare_data
 from tests.pipeline_helpers import make_hr_images, tiny_params
 
@@ -88,3 +94,21 @@ def test_validation_split_must_leave_training_images(tmp_path: Path) -> None:
     make_hr_images(hr_dir, [(256, 256)])
     with pytest.raises(ImageReadError, match="val_images"):
         prepare_data.run(tiny_params(tmp_path, hr_dir))
+
+
+def test_paired_lr_folder_is_used_and_unpaired_images_are_reported(tmp_path: Path) -> None:
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    paths = make_hr_images(hr_dir, [(256, 256), (256, 320)])
+    lr_dir.mkdir()
+    for path in paths:
+        lr, _ = bicubic_downscale_x4(read_image(path).rgb)
+        write_image(lr_dir / path.name, 1.0 - lr)  # inverted: proves the folder is read
+    prepared = prepare_data.run(tiny_params(tmp_path / "a", hr_dir, [f"data.lr_dir={lr_dir}"]))
+    with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
+        tile = store.read_tile(0, LR)
+    expected = to_uint8(1.0 - bicubic_downscale_x4(read_image(paths[0]).rgb)[0])
+    np.testing.assert_array_equal(tile, expected[:64, :64].transpose(2, 0, 1))
+
+    (lr_dir / paths[0].name).unlink()
+    with pytest.raises(ImageReadError, match="no LR image with stem 'img00'"):
+        prepare_data.run(tiny_params(tmp_path / "b", hr_dir, [f"data.lr_dir={lr_dir}"]))

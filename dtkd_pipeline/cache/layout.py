@@ -7,7 +7,7 @@ random reads) and `shards=(S, *tile_shape)` (S tiles per file, the unit of writi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -102,6 +102,10 @@ class StoreLayout:
             raise IndexError(f"shard {shard_index} out of range [0, {self.n_shards})")
         start = shard_index * self.shard_size
         return start, min(start + self.shard_size, self.n_tiles)
+
+    def tiles_in(self, shards: Iterable[int]) -> int:
+        """How many tiles the given shards hold (the last shard may be short)."""
+        return sum(stop - start for start, stop in map(self.shard_range, shards))
 
     def shard_of(self, tile_index: int) -> int:
         if not 0 <= tile_index < self.n_tiles:

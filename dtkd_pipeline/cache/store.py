@@ -310,6 +310,20 @@ class TileStore:
         completed = set(self.completed_shards())
         return [k for k in range(self.n_shards) if k not in completed]
 
+    def require_kind(self, kind: str) -> None:
+        """Refuse a store of another kind (e.g. a prepared store passed as the teacher cache)."""
+        if self.kind != kind:
+            raise StoreLayoutError(f"{self.path} is a {self.kind!r} store, expected {kind!r}")
+
+    def require_complete(self, producer: str) -> None:
+        """Refuse a store with missing shards, naming the command that finishes it."""
+        missing = self.missing_shards()
+        if missing:
+            raise StoreLayoutError(
+                f"{self.path} is incomplete: {len(missing)} of {self.n_shards} shards missing "
+                f"(first {missing[:8]}); run `dtkd-pipeline {producer}` to finish it"
+            )
+
     def _require_complete(self, shard_index: int) -> None:
         if not self.is_complete(shard_index):
             start, stop = self.layout.shard_range(shard_index)

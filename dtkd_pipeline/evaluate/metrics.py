@@ -7,7 +7,7 @@ YIQ, which gives different numbers, so the colour space is passed explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ class ImagePairs:
             raise FileNotFoundError(f"no LR/HR pairs (matched by name) in {lr_dir} and {hr_dir}")
         return cls(lr=lr, hr=[hr_by_stem[p.stem] for p in lr])
 
-    def __iter__(self) -> Iterable[tuple[Path, Path]]:
+    def __iter__(self) -> Iterator[tuple[Path, Path]]:
         return iter(zip(self.lr, self.hr, strict=True))
 
 

@@ -126,8 +126,8 @@ class ShardStreamDataset(IterableDataset):
         self.prepared_path = Path(prepared_path)
         self.teacher_path = Path(teacher_path) if teacher_path is not None else None
         prepared = TileStore.open(self.prepared_path)
-        _require_kind(prepared, KIND_PREPARED)
-        _require_complete(prepared, "prepare")
+        prepared.require_kind(KIND_PREPARED)
+        prepared.require_complete("prepare-data")
         self.layout = prepared.layout
         self.prepared_fingerprint = prepared.fingerprint()
         lr_shape = prepared.layout.spec(LR).tile_shape
@@ -384,8 +384,8 @@ class ShardStreamDataset(IterableDataset):
 
 def check_teacher_matches_prepared(teacher: TileStore, prepared: TileStore) -> None:
     """Refuse a teacher cache computed from other tiles than `prepared` holds."""
-    _require_kind(teacher, KIND_TEACHER)
-    _require_complete(teacher, "cache-teacher")
+    teacher.require_kind(KIND_TEACHER)
+    teacher.require_complete("cache-teacher")
     teacher.check_provenance({PREPARED_FINGERPRINT: prepared.fingerprint()})
     if (
         teacher.n_tiles != prepared.n_tiles
@@ -496,17 +496,3 @@ def _round_robin_share(counts: Sequence[int], consumed: int) -> tuple[list[int],
             remaining -= 1
         turn = (turn + 1) % len(counts)
     return share, turn
-
-
-def _require_kind(store: TileStore, kind: str) -> None:
-    if store.kind != kind:
-        raise StoreLayoutError(f"{store.path} is a {store.kind!r} store, expected {kind!r}")
-
-
-def _require_complete(store: TileStore, stage: str) -> None:
-    missing = store.missing_shards()
-    if missing:
-        raise StoreLayoutError(
-            f"{store.path} is incomplete: {len(missing)} of {store.n_shards} shards missing "
-            f"(first {missing[:8]}); resume `dtkd-pipeline {stage}` before training"
-        )

@@ -21,12 +21,15 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        source = dict(model.named_parameters())
-        for name, param in self.module.named_parameters():
-            param.lerp_(source[name].detach(), 1.0 - self.decay)
-        source_buffers = dict(model.named_buffers())
-        for name, buffer in self.module.named_buffers():
-            buffer.copy_(source_buffers[name])
+        # The copy has the model's parameter order, so zip pairs them; one fused multi-tensor
+        # lerp keeps this per-step update to a few kernel launches.
+        torch._foreach_lerp_(
+            list(self.module.parameters()),
+            [param.detach() for param in model.parameters()],
+            1.0 - self.decay,
+        )
+        for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

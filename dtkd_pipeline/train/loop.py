@@ -232,7 +232,8 @@ def train(
         iteration += 1
         bar.update(1)
 
-        if ctx.is_main and log is not None:
+        last = iteration == cfg.iterations
+        if ctx.is_main and log is not None and (iteration % cfg.log_every == 0 or last):
             log(
                 iteration,
                 {
@@ -244,18 +245,14 @@ def train(
                 },
             )
         is_best = False
-        if (
-            validate is not None
-            and ctx.is_main
-            and (iteration % cfg.val_every == 0 or iteration == cfg.iterations)
-        ):
+        if validate is not None and ctx.is_main and (iteration % cfg.val_every == 0 or last):
             metrics = validate(ema.module)
             is_best = metrics["psnr_y"] > best_psnr
             best_psnr = max(best_psnr, metrics["psnr_y"])
             bar.set_postfix(psnr_y=f"{metrics['psnr_y']:.2f}")
             if log is not None:
                 log(iteration, {f"val/{k}": v for k, v in metrics.items()})
-        if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+        if iteration % cfg.checkpoint_every == 0 or last:
             position, rng = dataset.state_dict(consumed), rng_states()
             if ctx.world_size > 1:
                 # Ranks draw different drop-path masks (seed + rank), so each rank's RNG state is
