@@ -136,3 +136,31 @@ def test_full_width_v3_random_teacher_runs() -> None:
     assert out.min().item() >= 0.0 and out.max().item() <= 1.0
     with pytest.raises(ValueError, match="T=4"):
         teacher.sample(torch.rand(1, 3, 48, 64), steps=15)
+
+
+def test_one_step_decodes_the_first_x0_prediction(tiny_teacher: Teacher) -> None:
+    """one_step=True = one UNet call at t = T-1 from the prior (SinSR's sampler), then decode."""
+    lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    calls: list[int] = []
+    handle = tiny_teacher.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        one = tiny_teacher.sample(lr, seed=3, rng="per-sample", one_step=True)
+        assert len(calls) == 1
+        full = tiny_teacher.sample(lr, seed=3, rng="per-sample")
+        assert len(calls) == 1 + tiny_teacher.steps
+    finally:
+        handle.remove()
+    assert one.shape == full.shape == (1, 3, 256, 256)
+    # Recompute by hand: prior latent, one x0 prediction at the last timestep, decode.
+    coeff = tiny_teacher._coefficients
+    y0 = (lr - 0.5) / 0.5
+    sf = tiny_teacher.config.diffusion.scale_factor
+    with torch.inference_mode():
+        y_up = torch.nn.functional.interpolate(y0, scale_factor=4, mode="bicubic")
+        z_y = tiny_teacher.autoencoder.encode(y_up).float() * sf
+        noise = PerSampleNoise(3, [0], torch.device("cpu"), 0)
+        z = z_y + coeff.prior_std * noise.draw(z_y.shape)
+        last = tiny_teacher.steps - 1
+        x0 = tiny_teacher.unet(z / coeff.input_std[last], coeff.timesteps[last:], y0).float()
+        expected = tiny_teacher.autoencoder.decode(x0 / sf).float().clamp(-1, 1) * 0.5 + 0.5
+    torch.testing.assert_close(one, expected, rtol=0, atol=1e-6)

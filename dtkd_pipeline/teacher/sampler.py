@@ -130,6 +130,7 @@ class Teacher:
         chop_size: int | None = None,
         chop_stride: int | None = None,
         steps: int | None = None,
+        one_step: bool = False,
     ) -> torch.Tensor:
         """Super-resolve B×3×h×w LR in [0, 1] to B×3×4h×4w in [0, 1] = clamp(x, -1, 1)·0.5 + 0.5.
 
@@ -144,6 +145,9 @@ class Teacher:
           stride chop_stride (default: upstream's auto stride, 512->448, 256->224, 64->48, else 7/8
           of chop_size), each run separately, and averaged uniformly.
         steps must be None or the trained T: ResShift checkpoints only work for their own T.
+        one_step=True runs a single UNet call from the prior at t = T-1 and decodes its x0
+          prediction: how SinSR's one-step model (distilled from v1, same UNet) samples, and the
+          cost of one teacher step. With the multi-step weights it is only a cost reference.
         """
         if rng not in ("official", "per-sample"):
             raise ValueError(f"rng must be 'official' or 'per-sample', got {rng!r}")
@@ -168,7 +172,7 @@ class Teacher:
             return PerSampleNoise(seed, ids, self.device, patch_index)
 
         if height <= chop and width <= chop:
-            result = self._sample_func(y0, noise_for(0))
+            result = self._sample_func(y0, noise_for(0), one_step)
         else:
             sf = self.scale
             total = torch.zeros(batch, 3, height * sf, width * sf, device=self.device)
@@ -176,7 +180,7 @@ class Teacher:
             for patch in chop_grid(height, width, chop, stride):
                 rows = slice(patch.top, patch.top + patch.height)
                 cols = slice(patch.left, patch.left + patch.width)
-                out = self._sample_func(y0[:, :, rows, cols], noise_for(patch.index))
+                out = self._sample_func(y0[:, :, rows, cols], noise_for(patch.index), one_step)
                 sr_rows = slice(patch.top * sf, (patch.top + patch.height) * sf)
                 sr_cols = slice(patch.left * sf, (patch.left + patch.width) * sf)
                 total[:, :, sr_rows, sr_cols] += out
@@ -189,7 +193,9 @@ class Teacher:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
 
-    def _sample_func(self, y0: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
+    def _sample_func(
+        self, y0: torch.Tensor, noise: NoiseSource, one_step: bool = False
+    ) -> torch.Tensor:
         """One upstream `sample_func` call on LR in [-1, 1]; returns the SR result in [-1, 1]."""
         coeff = self._coefficients
         scale_factor = self.config.diffusion.scale_factor
@@ -208,6 +214,9 @@ class Teacher:
             for i in reversed(range(self.steps)):
                 x_in = z / coeff.input_std[i]
                 x0_hat = self.unet(x_in, coeff.timesteps[i : i + 1], y0).float()
+                if one_step:  # SinSR: the x0 prediction at t = T-1 is the result
+                    z = x0_hat
+                    break
                 mean = coeff.coef1[i] * z + coeff.coef2[i] * x0_hat
                 step_noise = noise.draw(z.shape)  # drawn at every step, the last one unused
                 z = mean + coeff.noise_std[i] * step_noise if i > 0 else mean
