@@ -1,7 +1,8 @@
 """The params.yaml schema: typed, validated, overridable with ``key.sub=value``.
 
 Every knob lives in params.yaml; the models below carry no defaults on purpose, so a value can
-only come from that file (or an explicit override) and never from a default hidden in code.
+only come from that file (or an explicit override) and never from a default hidden in code. The one
+exception is a test set's optional `hr_dir`/`lr_dir` (paired layout only), documented in params.yaml.
 Errors name the offending key and the file so a user can fix them without reading this module.
 """
 
@@ -142,10 +143,103 @@ class DistillParams(_Section):
         return self
 
 
+class TestSetParams(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    layout: Literal["paired", "realsr", "imagenet-test", "hr-only"]
+    path: Path
+    hr_dir: Path | None = Field(default=None, description="paired layout: explicit HR folder")
+    lr_dir: Path | None = Field(default=None, description="paired layout: explicit LR folder")
+
+
+class EvaluatedModelsParams(_Section):
+    bicubic: bool
+    teacher: bool
+    one_step: str | None
+    students: dict[str, list[Path]]
+
+    @field_validator("students")
+    @classmethod
+    def _runs_given(cls, value: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        empty = [label for label, runs in value.items() if not runs]
+        if empty:
+            raise ValueError(f"student(s) {empty} list no checkpoint; give at least one per label")
+        return value
+
+
+class ComparisonParams(_Section):
+    images: list[str]
+    crop: Annotated[int, Field(ge=16)]
+
+
+class EfficiencyParams(_Section):
+    enabled: bool
+    lr_size: Annotated[int, Field(ge=8)]
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
+    precisions: Annotated[list[Literal["fp32", "bf16", "fp16"]], Field(min_length=1)]
+    warmup: NonNegativeInt
+    runs: PositiveInt
+    teacher: bool
+
+
+class BandsParams(_Section):
+    enabled: bool
+    source: Literal["cache"] | Path
+    levels: Annotated[int, Field(ge=1, le=4)]
+    wavelet: str
+    max_tiles: NonNegativeInt
+    batch_size: PositiveInt
+
+
+class EvaluateParams(_Section):
+    sets: Annotated[list[TestSetParams], Field(min_length=1)]
+    models: EvaluatedModelsParams
+    metrics: Annotated[
+        list[Literal["psnr", "ssim", "lpips", "musiq", "niqe", "clipiqa"]], Field(min_length=1)
+    ]
+    color: Literal["y", "rgb"]
+    skip_unavailable: bool
+    teacher_seeds: Annotated[list[int], Field(min_length=1)]
+    teacher_chop: Annotated[int, Field(ge=64)]
+    student_tile: NonNegativeInt
+    student_overlap: NonNegativeInt
+    comparison: ComparisonParams
+    efficiency: EfficiencyParams
+    bands: BandsParams
+    device: str
+    out_dir: Path
+
+    @field_validator("sets")
+    @classmethod
+    def _unique_names(cls, value: list[TestSetParams]) -> list[TestSetParams]:
+        names = [item.name for item in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"test set names must be unique, repeated: {duplicates}")
+        return value
+
+
+class ReportParams(_Section):
+    baseline: str | None
+    paper_deltas: dict[str, dict[str, float]]
+    out_dir: Path
+
+
 class Params(_Section):
     data: DataParams
     teacher: TeacherParams
     distill: DistillParams
+    evaluate: EvaluateParams
+    report: ReportParams
+
+    @model_validator(mode="after")
+    def _baseline_is_evaluated(self) -> Params:
+        known = {"bicubic", *self.evaluate.models.students}
+        if self.report.baseline is not None and self.report.baseline not in known:
+            raise ValueError(
+                f"report.baseline {self.report.baseline!r} is not an evaluated model; use "
+                f"'bicubic' or a label of evaluate.models.students ({sorted(known)})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _patch_fits_tile(self) -> Params:

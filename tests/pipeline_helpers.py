@@ -57,5 +57,9 @@ def tiny_params(tmp_path: Path, hr_dir: Path, overrides: list[str] | None = None
         f"teacher.store={tmp_path / 'cache' / 'teacher.zarr'}",
         f"distill.out_dir={tmp_path / 'models'}",
         *TINY_DISTILL,
+        f"evaluate.sets=[{{name: demo, layout: paired, path: '{tmp_path / 'prepared' / 'val'}'}}]",
+        f"evaluate.models.students={{DTKD: ['{tmp_path / 'models' / 'student.pt'}']}}",
+        f"evaluate.out_dir={tmp_path / 'metrics'}",
+        f"report.out_dir={tmp_path / 'report'}",
     ]
     return load_params(path, base + list(overrides or []))
