@@ -35,8 +35,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that carry a complete, user-facing message."""
     from dtkd_pipeline.cache.store import CacheError
     from dtkd_pipeline.config import ConfigError
+    from dtkd_pipeline.evaluate.metrics import MetricUnavailableError
+    from dtkd_pipeline.evaluate.testsets import TestSetError
     from dtkd_pipeline.images import ImageReadError
     from dtkd_pipeline.student import StudentWeightsError
+    from dtkd_pipeline.student.onnx_export import OnnxExportError
     from dtkd_pipeline.teacher import TeacherCheckpointError, TeacherConfigError
     from dtkd_pipeline.weights import WeightsError
 
@@ -49,13 +52,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         StudentWeightsError,
         CacheError,
         FileNotFoundError,
+        MetricUnavailableError,
+        TestSetError,
+        OnnxExportError,
     )
 
 
-def _run(action: Callable[[], Any]) -> Any:
+def _run(action: Callable[[], Any], also: tuple[type[BaseException], ...] = ()) -> Any:
+    """Run a command; user-fixable errors (and ``also``) become one red line and exit code 1."""
     try:
         return action()
-    except _user_errors() as exc:
+    except (*_user_errors(), *also) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
 
@@ -164,6 +171,133 @@ def distill(
             _params(params, overrides), device=device, restart_on_change=restart_on_change
         )
     )
+
+
+DeviceOption = Annotated[
+    str | None, typer.Option(help="cpu, cuda or cuda:N (default: the params' device or auto).")
+]
+
+
+@app.command("evaluate")
+def evaluate(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Stage 3: metrics of bicubic, teacher and students on the test sets, efficiency, bands."""
+    from stages import evaluate as stage
+
+    _run(lambda: stage.run(_params(params, overrides), device=device))
+
+
+@app.command("report")
+def report(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
+    """Stage 4: data/report/README.md with metrics, efficiency, band chart, curves and images."""
+    from stages import report as stage
+
+    _run(lambda: stage.run(_params(params, overrides)))
+
+
+@app.command("benchmark")
+def benchmark(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    device: DeviceOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder for efficiency.json/.md (default: evaluate.out_dir)."),
+    ] = None,
+) -> None:
+    """Params, FLOPs and latency of the students and the teacher (settings: evaluate.efficiency)."""
+    from stages import evaluate as stage
+
+    def action() -> None:
+        loaded = _params(params, overrides)
+        target = out_dir or loaded.evaluate.out_dir
+        target.mkdir(parents=True, exist_ok=True)
+        stage.run_efficiency(loaded, stage.resolve_device(device or loaded.evaluate.device), target)
+        typer.echo((target / stage.EFFICIENCY_MD).read_text())
+
+    _run(action)
+
+
+@app.command("analyze-bands")
+def analyze_bands(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(help="Student checkpoint(s) (default: evaluate.models.students)."),
+    ] = None,
+    device: DeviceOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for bands.json and bands.png (default: evaluate.out_dir/plots_dir)."
+        ),
+    ] = None,
+) -> None:
+    """Mean |teacher - student| per DWT subband and group over the cache or a folder (bar chart)."""
+    from stages import evaluate as stage
+
+    def action() -> None:
+        loaded = _params(params, overrides)
+        target = out_dir or loaded.evaluate.out_dir
+        models = {path.stem: path for path in model} if model else None
+        stage.run_bands(
+            loaded, stage.resolve_device(device or loaded.evaluate.device), target, models
+        )
+
+    _run(action)
+
+
+@app.command("upscale")
+def upscale(
+    inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
+    output: Annotated[Path, typer.Argument(help="Output file (for one image) or folder.")],
+    model: Annotated[
+        Path, typer.Option(help="Student checkpoint (student.pt) or an official SwinIR file.")
+    ] = Path("data/models/student.pt"),
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Architecture of an official file [default: swinir-s-x4]; student.pt "
+            "records its own."
+        ),
+    ] = None,
+    tile: Annotated[int, typer.Option(help="LR tile size; 0 = whole image at once.")] = 256,
+    overlap: Annotated[int, typer.Option(help="LR overlap between tiles (blended).")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    export_onnx: Annotated[
+        Path | None,
+        typer.Option(help="Also export the student to this ONNX file (checked against PyTorch)."),
+    ] = None,
+) -> None:
+    """Super-resolve images x4 with the distilled student (tiled, keeps bit depth and alpha)."""
+    from dtkd_pipeline import upscale as runner
+    from dtkd_pipeline.student.onnx_export import export_onnx as to_onnx
+
+    def action() -> None:
+        written = runner.upscale_paths(
+            inputs,
+            output,
+            model_path=model,
+            arch=arch,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            precision=precision,
+            device=device or "auto",
+        )
+        typer.echo(f"{len(written)} image(s) -> {output}")
+        if export_onnx is not None:
+            student = runner.load_upscaler(model, device="cpu", arch=arch).model
+            error = to_onnx(student, export_onnx)
+            typer.echo(f"ONNX -> {export_onnx} (max |onnx - torch| = {error:.1e}, dynamic sizes)")
+
+    _run(action, also=(ValueError,))  # option values the upscaler rejects (precision, arch)
 
 
 @app.command("teacher-sr")

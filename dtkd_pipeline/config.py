@@ -1,8 +1,9 @@
 """The params.yaml schema: typed, validated, overridable with ``key.sub=value``.
 
 Every knob lives in params.yaml; the models below carry no defaults on purpose, so a value can
-only come from that file (or an explicit override) and never from a default hidden in code. The one
-exception is a test set's optional `hr_dir`/`lr_dir` (paired layout only), documented in params.yaml.
+only come from that file (or an explicit override) and never from a default hidden in code. The
+one exception is a test set's optional `hr_dir`/`lr_dir` (paired layout only), documented in
+params.yaml.
 Errors name the offending key and the file so a user can fix them without reading this module.
 """
 
@@ -206,6 +207,8 @@ class EvaluateParams(_Section):
     efficiency: EfficiencyParams
     bands: BandsParams
     device: str
+    metrics_dir: Path
+    plots_dir: Path
     out_dir: Path
 
     @field_validator("sets")

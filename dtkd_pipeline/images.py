@@ -346,7 +346,9 @@ def _encode_png16(samples: np.ndarray) -> bytes:
         samples = samples[..., None]
     height, width, channels = samples.shape
     colour = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    rows = samples.astype(">u2").view(np.uint8).reshape(height, width * channels * 2)
+    # astype keeps a non-contiguous layout (e.g. a permuted tensor's view), which view() rejects.
+    big_endian = np.ascontiguousarray(samples.astype(">u2"))
+    rows = big_endian.view(np.uint8).reshape(height, width * channels * 2)
     body = zlib.compress(_filter_rows(rows, channels * 2).tobytes(), 6)
 
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from dtkd_pipeline.config import Params, load_params
+from dtkd_pipeline.config import Params, apply_overrides, load_params
 from dtkd_pipeline.images import write_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +29,42 @@ TINY_DISTILL = [
     "distill.checkpoint_every=3",
     "distill.shuffle_buffer=4",
 ]
+
+
+def copy_project(target: Path) -> None:
+    """Copy the repository's files (tracked and untracked, not ignored) into `target`."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listed:
+        source = REPO_ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def run_command(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run a command with this venv on PATH and bars off; assert success; return its output."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    full_env["TQDM_DISABLE"] = "1"
+    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def init_git(project: Path) -> None:
+    """A repository with one commit: DVC experiments and dvclive need it."""
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "x"],
+    ):
+        run_command(command, project)
 
 
 def make_hr_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
@@ -43,6 +84,21 @@ def make_hr_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) ->
     return paths
 
 
+TINY_PROFILE = REPO_ROOT / "tests" / "data" / "tiny_profile.yaml"
+
+
+def profile_overrides(path: Path = TINY_PROFILE) -> list[str]:
+    """A profile file ({dotted.key: value}) as `key=value` overrides (the -S / dvc exp -S form)."""
+    profile = yaml.safe_load(path.read_text())
+    return [f"{key}={json.dumps(value)}" for key, value in profile.items()]  # JSON is YAML
+
+
+def apply_profile(params_file: Path, overrides: list[str]) -> None:
+    """Rewrite a params.yaml with overrides applied (what `dvc exp run -S` does to the file)."""
+    raw = apply_overrides(yaml.safe_load(params_file.read_text()), overrides)
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def tiny_params(tmp_path: Path, hr_dir: Path, overrides: list[str] | None = None) -> Params:
     """The repository params.yaml, re-rooted in tmp_path and shrunk to test size."""
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -59,7 +115,9 @@ def tiny_params(tmp_path: Path, hr_dir: Path, overrides: list[str] | None = None
         *TINY_DISTILL,
         f"evaluate.sets=[{{name: demo, layout: paired, path: '{tmp_path / 'prepared' / 'val'}'}}]",
         f"evaluate.models.students={{DTKD: ['{tmp_path / 'models' / 'student.pt'}']}}",
-        f"evaluate.out_dir={tmp_path / 'metrics'}",
+        f"evaluate.metrics_dir={tmp_path / 'metrics'}",
+        f"evaluate.plots_dir={tmp_path / 'plots'}",
+        f"evaluate.out_dir={tmp_path / 'evaluation'}",
         f"report.out_dir={tmp_path / 'report'}",
     ]
     return load_params(path, base + list(overrides or []))

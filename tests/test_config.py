@@ -74,3 +74,26 @@ def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
     bad.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_report_baseline_must_be_an_evaluated_model() -> None:
+    with pytest.raises(ConfigError, match=r"report\.baseline 'L1 only' is not an evaluated model"):
+        load_params(REPO_PARAMS, ["report.baseline=L1 only"])
+    params = load_params(
+        REPO_PARAMS,
+        [
+            "evaluate.models.students={DTKD: [a.pt], L1 only: [b.pt, c.pt]}",
+            "report.baseline=L1 only",
+        ],
+    )
+    assert params.evaluate.models.students["L1 only"] == [Path("b.pt"), Path("c.pt")]
+
+
+def test_evaluate_sets_need_unique_names_and_known_layouts() -> None:
+    twice = "[{name: a, layout: paired, path: x}, {name: a, layout: hr-only, path: y}]"
+    with pytest.raises(ConfigError, match="repeated: \\['a'\\]"):
+        load_params(REPO_PARAMS, [f"evaluate.sets={twice}"])
+    with pytest.raises(ConfigError, match=r"evaluate\.sets\.0\.layout"):
+        load_params(REPO_PARAMS, ["evaluate.sets=[{name: a, layout: div2k, path: x}]"])
+    with pytest.raises(ConfigError, match="give at least one per label"):
+        load_params(REPO_PARAMS, ["evaluate.models.students={DTKD: []}"])

@@ -51,7 +51,7 @@ def load_student_weights(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"student weights file not found: {path}")
-    checkpoint = _read_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     chosen_key, state_dict = _select_state_dict(checkpoint, key, path)
     state_dict = _strip_wrapper_prefixes(state_dict)
     _check_compatible(model, state_dict, path, chosen_key)
@@ -73,7 +73,8 @@ def _numpy_array_globals() -> list[Any]:
     return [np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32))]
 
 
-def _read_checkpoint(path: Path) -> Any:
+def read_checkpoint(path: Path) -> Any:
+    """The file's object, read safely (tensors, arrays, containers, numbers); errors name it."""
     try:
         with torch.serialization.safe_globals(_numpy_array_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,434 @@
+"""Efficiency tables: parameters, FLOPs per image and latency of the student and the teacher.
+
+FLOPs are what `torch.utils.flop_counter.FlopCounterMode` reports: 2 per multiply-add, counted for
+matmuls, linear layers, convolutions and attention only (norms, activations, interpolation and
+element-wise ops are not counted, as in the SR papers' tables). Latency is wall time per call of
+a whole batch: CUDA events around each call on CUDA, `time.perf_counter` on CPU.
+
+A model enters the tables as an `EfficiencyTarget` (see `student_target` and `teacher_target`);
+`benchmark_models` measures a list of them and `write_efficiency` writes JSON and markdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from dtkd_pipeline import atomic
+from dtkd_pipeline.student import available_students, build_student
+from dtkd_pipeline.teacher.factory import ConfigLike, random_teacher
+from dtkd_pipeline.teacher.sampler import Teacher
+from dtkd_pipeline.upscale import load_upscaler
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+INPUT_SEED = 0
+"""Seed of the random LR inputs (and of the teacher's noise): runs are repeatable."""
+
+
+# ------------------------------------------------------------------------------ counting
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers excluded)."""
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `fn` as FlopCounterMode counts them (2 per multiply-add)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------------------- latency
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call latency of `runs` timed calls of a batch of `batch` images."""
+
+    median_ms: float
+    p90_ms: float
+    runs: int
+    batch: int
+    images_per_s: float
+
+
+def measure_latency(
+    fn: Callable[[], Any],
+    *,
+    device: str | torch.device,
+    warmup: int = 3,
+    runs: int = 10,
+    batch: int = 1,
+) -> LatencyStats:
+    """Time `runs` calls of `fn` after `warmup` untimed ones (allocator, cuDNN autotune, caches)."""
+    if runs < 1 or warmup < 0 or batch < 1:
+        raise ValueError(f"need runs >= 1, warmup >= 0, batch >= 1; got {runs}, {warmup}, {batch}")
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    times_ms: list[float] = []
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.synchronize()
+            for _ in range(runs):
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                # The queue was empty at `start`, so the events span the host work of fn too.
+                end.synchronize()
+                times_ms.append(start.elapsed_time(end))
+    else:
+        for _ in range(runs):
+            start_s = time.perf_counter()
+            fn()
+            times_ms.append((time.perf_counter() - start_s) * 1e3)
+    median_ms = float(np.percentile(times_ms, 50))
+    return LatencyStats(
+        median_ms=median_ms,
+        p90_ms=float(np.percentile(times_ms, 90)),
+        runs=runs,
+        batch=batch,
+        images_per_s=batch / (median_ms / 1e3) if median_ms > 0 else float("inf"),
+    )
+
+
+# --------------------------------------------------------------------------- model specs
+
+
+@dataclass(frozen=True)
+class EfficiencyTarget:
+    """One model as the efficiency tables see it.
+
+    `make_call(batch, lr_size, device)` builds a fixed random LR input of batch×3×lr_size×lr_size
+    in [0, 1] on `device` and returns a zero-argument function that runs the model on it once (so
+    input creation stays out of the timing). `modules` are what the parameter count sums.
+    """
+
+    name: str
+    description: str
+    modules: tuple[nn.Module, ...]
+    make_call: Callable[[int, int, torch.device], Callable[[], Any]]
+    random_weights: bool
+
+    @property
+    def parameters(self) -> int:
+        return sum(count_parameters(module) for module in self.modules)
+
+
+def _random_lr(batch: int, lr_size: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(INPUT_SEED)  # CPU generator: same input everywhere
+    return torch.rand(batch, 3, lr_size, lr_size, generator=generator).to(device)
+
+
+def student_target(
+    label: str = "swinir-s-x4", *, arch_or_path: str | Path | None = None
+) -> EfficiencyTarget:
+    """The student, named `label` in the tables: one forward pass of the LR batch.
+
+    `arch_or_path` is a student name (`build_student`, random weights) or a weights file (its
+    architecture from the file's "arch" entry, else swinir-s-x4; loaded by
+    `load_student_weights`). Default: `label` itself as a student name.
+    """
+    source = label if arch_or_path is None else arch_or_path
+    if isinstance(source, str) and source in available_students():
+        arch, model, weights = source, build_student(source), None
+    else:
+        upscaler = load_upscaler(source, device="cpu")  # reads the arch the file was trained as
+        arch, model, weights = upscaler.arch, upscaler.model, Path(source)
+    model.eval().requires_grad_(False)
+
+    def make_call(batch: int, lr_size: int, device: torch.device) -> Callable[[], Any]:
+        model.to(device)
+        lr = _random_lr(batch, lr_size, device)
+
+        def call() -> torch.Tensor:
+            with torch.inference_mode():
+                return model(lr)
+
+        return call
+
+    weights_note = "" if weights is None else f" ({weights.name})"
+    return EfficiencyTarget(
+        name=label,
+        description=f"student {arch}{weights_note}: one forward pass",
+        modules=(model,),
+        make_call=make_call,
+        random_weights=weights is None,
+    )
+
+
+def teacher_target(
+    teacher: Teacher | ConfigLike = "v1",
+    *,
+    one_step: bool = False,
+    device: str | torch.device = "cpu",
+) -> EfficiencyTarget:
+    """The ResShift teacher at its trained step count T, or one step (`one_step=True`).
+
+    `teacher` is a built `Teacher` or a config / preset name, from which a random-weights teacher
+    is built on `device`: enough for speed, not for outputs. The benchmark must run on the
+    teacher's device. One step is one UNet call plus VQ encode/decode: the cost of a one-step
+    model such as SinSR. Share one `Teacher` between the two targets to build it only once.
+    """
+    if not isinstance(teacher, Teacher):
+        teacher = random_teacher(teacher, device=device)
+    if teacher.precision != "fp32":
+        # Teacher.sample autocasts by its own precision, which would override benchmark_models'.
+        raise ValueError(
+            f"teacher {teacher.name} was built with precision {teacher.precision!r}; build it "
+            "with precision='fp32' and choose precisions in benchmark_models"
+        )
+    built = teacher  # narrowed type for the closure
+
+    def make_call(batch: int, lr_size: int, device: torch.device) -> Callable[[], Any]:
+        if not _same_device(built.device, device):
+            raise ValueError(
+                f"teacher {built.name} is on {built.device} but the benchmark runs on {device}: "
+                "build the teacher on the benchmark device"
+            )
+        lr = _random_lr(batch, lr_size, built.device)
+        return lambda: built.sample(lr, seed=INPUT_SEED, rng="per-sample", one_step=one_step)
+
+    steps = 1 if one_step else teacher.steps
+    what = (
+        "one UNet call + VQ encode/decode (cost of a one-step model such as SinSR)"
+        if one_step
+        else f"{teacher.steps} UNet calls + VQ encode/decode (full sampler)"
+    )
+    return EfficiencyTarget(
+        name=f"{teacher.name} ({steps} step{'s' if steps != 1 else ''})",
+        description=f"teacher ResShift {teacher.version}: {what}",
+        modules=(teacher.unet, teacher.autoencoder),
+        make_call=make_call,
+        random_weights=teacher.random_weights,
+    )
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" and "cuda:0" name the same GPU when cuda:0 is the current device.
+    def index(d: torch.device) -> int | None:
+        if d.type == "cuda" and d.index is None:
+            return torch.cuda.current_device()
+        return d.index
+
+    return a.type == b.type and index(a) == index(b)
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model (platform.processor() is often empty on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or device.type
+
+
+def _precision_skip_reason(precision: str, device: torch.device) -> str | None:
+    if precision == "fp32":
+        return None
+    if device.type != "cuda":
+        return f"{precision} autocast is benchmarked on CUDA only (not representative on CPU)"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return "bf16 is not supported by this GPU"
+    return None
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def benchmark_models(
+    targets: Sequence[EfficiencyTarget],
+    *,
+    lr_size: int,
+    batch_sizes: Sequence[int],
+    precisions: Sequence[str],
+    warmup: int,
+    runs: int,
+    device: str | torch.device,
+) -> list[dict[str, Any]]:
+    """One JSON-able row per target × precision × batch size (skipped settings say why).
+
+    FLOPs are counted once per target, at batch 1 in fp32, and reported per image. Every row of
+    a (target, precision) group carries `best_batch`, the batch size with the highest images/s.
+    """
+    device = torch.device(device)
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        raise ValueError(f"unknown precision(s) {unknown}; choose from {list(PRECISIONS)}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch_sizes must be positive, got {list(batch_sizes)}")
+    common = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "lr_size": lr_size,
+        "input_size": f"{lr_size}x{lr_size}",
+        "warmup": warmup,
+    }
+    rows: list[dict[str, Any]] = []
+    progress = tqdm(total=len(targets) * len(precisions) * len(batch_sizes), desc="benchmark")
+    with progress:
+        for target in targets:
+            flops = count_flops(target.make_call(1, lr_size, device))
+            described = {
+                "model": target.name,
+                "description": target.description,
+                "random_weights": target.random_weights,
+                "params": target.parameters,
+                "flops_per_image": flops,
+                **common,
+            }
+            for precision in precisions:
+                skip = _precision_skip_reason(precision, device)
+                group = []
+                for batch in batch_sizes:
+                    progress.set_postfix_str(f"{target.name} {precision} b{batch}")
+                    row = _benchmark_one(
+                        target, described, precision, batch, lr_size, skip, warmup, runs, device
+                    )
+                    group.append(row)
+                    progress.update()
+                timed = [row for row in group if row["skipped"] is None]
+                best = max(timed, key=lambda row: row["images_per_s"])["batch"] if timed else None
+                for row in group:
+                    row["best_batch"] = best
+                rows.extend(group)
+    return rows
+
+
+def _benchmark_one(
+    target: EfficiencyTarget,
+    described: dict[str, Any],
+    precision: str,
+    batch: int,
+    lr_size: int,
+    skip: str | None,
+    warmup: int,
+    runs: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        **described,
+        "precision": precision,
+        "batch": batch,
+        "runs": runs,
+        "median_ms": None,
+        "p90_ms": None,
+        "images_per_s": None,
+        "peak_memory_mb": None,
+        "skipped": skip,
+    }
+    if skip is not None:
+        return row
+    run = target.make_call(batch, lr_size, device)
+
+    def call() -> Any:
+        with _autocast(precision, device):
+            return run()
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        stats = measure_latency(call, device=device, warmup=warmup, runs=runs, batch=batch)
+    except torch.cuda.OutOfMemoryError:
+        stats = None  # a batch that does not fit is a result, not a reason to lose the table
+    if stats is None:
+        # Freed outside the except block: the traceback there still holds the activations.
+        del run, call
+        torch.cuda.empty_cache()
+        row["skipped"] = "CUDA out of memory"
+        return row
+    row.update(median_ms=stats.median_ms, p90_ms=stats.p90_ms, images_per_s=stats.images_per_s)
+    if cuda:
+        row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
+
+
+# --------------------------------------------------------------------------------- output
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def efficiency_markdown(rows: Iterable[dict[str, Any]]) -> str:
+    """The markdown table of `benchmark_models` rows, with device, input and weights notes."""
+    rows = list(rows)
+    lines = [
+        "| model | params (M) | GFLOPs/image @ input | precision | batch | median ms | p90 ms "
+        "| images/s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        images_per_s = _number(row["images_per_s"], 2)
+        if row["skipped"] is None and row["batch"] == row.get("best_batch"):
+            images_per_s = f"**{images_per_s}**"  # the best batch of this model and precision
+        lines.append(
+            f"| {row['model']} | {row['params'] / 1e6:.3f} "
+            f"| {row['flops_per_image'] / 1e9:.2f} @ {row['input_size']} | {row['precision']} "
+            f"| {row['batch']} | {_number(row['median_ms'], 2)} | {_number(row['p90_ms'], 2)} "
+            f"| {images_per_s} |"
+        )
+    devices = sorted({f"{row['device']} ({row['device_type']})" for row in rows})
+    sizes = sorted({row["input_size"] for row in rows})
+    torch_versions = sorted({row["torch"] for row in rows})
+    random = list(dict.fromkeys(row["model"] for row in rows if row["random_weights"]))
+    lines += [
+        "",
+        f"Device: {', '.join(devices)}; torch {', '.join(torch_versions)}; LR input "
+        f"{', '.join(sizes)}; FLOPs count 2 per multiply-add (matmuls, convolutions, attention); "
+        "bold: the batch size with the highest images/s.",
+        "Weights: "
+        + (
+            f"random for {', '.join(random)} (timing and FLOPs only, outputs meaningless)."
+            if random
+            else "trained for all models."
+        ),
+    ]
+    skipped: dict[tuple[str, str, str], list[str]] = {}
+    for row in rows:
+        if row["skipped"] is not None:
+            key = (row["model"], row["precision"], row["skipped"])
+            skipped.setdefault(key, []).append(str(row["batch"]))
+    if skipped:
+        lines += ["", "Skipped:"]
+        lines += [
+            f"- {model} {precision}, batch {', '.join(batches)}: {reason}"
+            for (model, precision, reason), batches in skipped.items()
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_efficiency(
+    rows: Sequence[dict[str, Any]], json_path: str | Path, markdown_path: str | Path
+) -> None:
+    """Write the rows as a JSON list and as a markdown table, each atomically (temp + replace)."""
+    atomic.write_json(Path(json_path), list(rows))
+    atomic.write_text(Path(markdown_path), efficiency_markdown(rows))

@@ -1,0 +1,267 @@
+"""Report figures, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
+
+Every figure is rendered in memory and written atomically (`dtkd_pipeline.atomic.write_bytes`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dtkd_pipeline import atomic
+
+# ---------------------------------------------------------------------- band chart (Figs. 3–4)
+
+GROUP_COLOURS = {"LF": "#4C72B0", "MF": "#DD8452", "HF": "#55A868"}
+_HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo", "--")
+_DPI = 150
+
+
+def band_chart(stats: Any, path: str | Path, *, title: str | None = None) -> Path:
+    """Two-panel bar chart of mean |student − teacher|: per DWT subband (left), per group (right).
+
+    `stats` is one `BandStats`, one mapping with "subbands" and "groups" dicts (e.g.
+    `BandStats.to_json()`), or a mapping label -> either, drawn as grouped bars (one hatch per
+    label, e.g. "L1 student" vs "DTKD student"). Subband bars are coloured by frequency group.
+    Returns `path`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    series = _band_series(stats)
+    first = next(iter(series.values()))
+    names, groups = list(first["subbands"]), list(first["groups"])
+    levels, wavelet = first["levels"], first["wavelet"]
+    for label, entry in series.items():
+        if list(entry["subbands"]) != names or list(entry["groups"]) != groups:
+            raise ValueError(
+                f"{label!r} has subbands {list(entry['subbands'])}, the first series has {names}: "
+                "compare students measured with the same wavelet and levels"
+            )
+    group_of = _subband_groups(names, levels)
+
+    n = len(series)
+    width = 0.8 / n
+    figure = Figure(figsize=(4.0 + len(names) * (1.0 + 0.3 * (n - 1)), 4.5))
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [len(names), len(groups) + 1]})
+    for index, (label, entry) in enumerate(series.items()):
+        offset = (index - (n - 1) / 2) * width
+        hatch = _HATCHES[index % len(_HATCHES)]
+        for axis, keys, values in (
+            (left, names, [entry["subbands"][k] for k in names]),
+            (right, groups, [entry["groups"][k] for k in groups]),
+        ):
+            colours = [GROUP_COLOURS.get(group_of.get(k, k), "#888888") for k in keys]
+            bars = axis.bar(
+                [i + offset for i in range(len(keys))],
+                values,
+                width,
+                color=colours,
+                hatch=hatch,
+                edgecolor="black",
+                linewidth=0.5,
+                label=label,
+            )
+            axis.bar_label(bars, fmt="%.3g", fontsize=7, padding=2, rotation=90 if n > 1 else 0)
+
+    for axis, keys, xlabel in (
+        (left, names, "DWT subband (coarsest first)"),
+        (right, groups, "frequency group"),
+    ):
+        axis.set_xticks(range(len(keys)), keys)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("mean |student − teacher|")
+        axis.margins(y=0.25 if n > 1 else 0.15)
+        axis.set_ylim(bottom=0)
+        axis.grid(axis="y", alpha=0.3)
+        axis.set_axisbelow(True)
+    left.set_title("per subband")
+    right.set_title("per group (mean of subband means)")
+    handles = [
+        Patch(facecolor=colour, edgecolor="black", label=group)
+        for group, colour in GROUP_COLOURS.items()
+        if group in groups
+    ]
+    left.legend(handles=handles, fontsize=8, loc="upper right")
+    if n > 1:
+        label_handles = [
+            Patch(
+                facecolor="white", edgecolor="black", hatch=_HATCHES[i % len(_HATCHES)], label=lbl
+            )
+            for i, lbl in enumerate(series)
+        ]
+        right.legend(handles=label_handles, fontsize=8, loc="upper right")
+    figure.suptitle(
+        title
+        or f"Teacher−student difference per DWT subband ({wavelet}, J={levels}; LF:MF:HF groups)"
+    )
+    figure.tight_layout()
+    return _save_atomic(figure, Path(path))
+
+
+def _band_series(stats: Any) -> dict[str, dict[str, Any]]:
+    """Normalise the accepted inputs to {label: {"subbands", "groups", "levels", "wavelet"}}."""
+    single = _as_band_entry(stats)
+    if single is not None:
+        label = str(single.pop("student", "") or "student")
+        return {label: single}
+    if not isinstance(stats, Mapping) or not stats:
+        raise TypeError(
+            "band_chart takes a BandStats, a mapping with 'subbands' and 'groups', or a non-empty "
+            f"mapping of label -> those; got {type(stats).__name__}"
+        )
+    series = {}
+    for label, value in stats.items():
+        entry = _as_band_entry(value)
+        if entry is None:
+            raise TypeError(f"band_chart: {label!r} has no 'subbands' and 'groups'")
+        series[str(label)] = entry
+    return series
+
+
+def _as_band_entry(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, Mapping):
+        if "subbands" not in value or "groups" not in value:
+            return None
+        get = value.get
+    elif hasattr(value, "subbands") and hasattr(value, "groups"):
+
+        def get(key: str, default: Any = None) -> Any:
+            return getattr(value, key, default)
+
+    else:
+        return None
+    subbands = {str(k): float(v) for k, v in get("subbands").items()}
+    levels = get("levels") or max(int(name[2:]) for name in subbands)
+    return {
+        "subbands": subbands,
+        "groups": {str(k): float(v) for k, v in get("groups").items()},
+        "levels": int(levels),
+        "wavelet": str(get("wavelet") or "haar"),
+        "student": get("student", ""),
+    }
+
+
+def _subband_groups(names: list[str], levels: int) -> dict[str, str]:
+    from dtkd_pipeline.evaluate.bands import subband_group
+
+    return {name: subband_group(name, levels) for name in names}
+
+
+# ---------------------------------------------------------------------- shared helpers
+
+
+def _save_atomic(figure: Any, path: Path) -> Path:
+    """Render `figure` as PNG in memory, then write it atomically (temporary file + rename)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI)
+    return atomic.write_bytes(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------- comparison images
+
+
+def detail_crop(hr: Any, size: int) -> tuple[int, int]:
+    """(top, left) of the `size` px square of `hr` (1x3xHxW or 3xHxW) with the most detail.
+
+    Detail = summed gradient magnitude of the luma, searched on a grid of quarter-crop steps, so
+    the crop lands on texture and edges (where SR methods differ) rather than on flat sky.
+    """
+    import torch
+
+    image = hr.reshape(-1, *hr.shape[-2:])[:3].float()
+    height, width = image.shape[-2:]
+    size = min(size, height, width)
+    luma = 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+    grad = torch.zeros_like(luma)
+    grad[:, 1:] += (luma[:, 1:] - luma[:, :-1]).abs()
+    grad[1:, :] += (luma[1:, :] - luma[:-1, :]).abs()
+    integral = torch.nn.functional.pad(grad.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+    step = max(1, size // 4)
+    best, where = -1.0, (0, 0)
+    for top in [*range(0, height - size, step), height - size]:
+        for left in [*range(0, width - size, step), width - size]:
+            total = float(
+                integral[top + size, left + size]
+                - integral[top, left + size]
+                - integral[top + size, left]
+                + integral[top, left]
+            )
+            if total > best:
+                best, where = total, (top, left)
+    return where
+
+
+def comparison_figure(
+    panels: list[tuple[str, Any]],
+    crop: tuple[int, int, int],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """One row of labelled crops, the same (top, left, size) region of every HR-sized image.
+
+    `panels` are (label, image 1x3xHxW or 3xHxW in [0, 1]) in display order, e.g.
+    LR-bicubic | L1 student | DTKD student | teacher | GT. Crops are shown pixel for pixel
+    (nearest-neighbour), so SR artefacts are not smoothed away by the viewer.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    top, left, size = crop
+    columns = len(panels)
+    figure = Figure(figsize=(2.4 * columns, 2.8 if title else 2.6))
+    FigureCanvasAgg(figure)
+    for index, (label, image) in enumerate(panels):
+        chw = image.reshape(-1, *image.shape[-2:])[:3].float().clamp(0, 1)
+        region = chw[:, top : top + size, left : left + size].permute(1, 2, 0).cpu().numpy()
+        axis = figure.add_subplot(1, columns, index + 1)
+        axis.imshow(region, interpolation="nearest")
+        axis.set_title(label, fontsize=10)
+        axis.set_axis_off()
+    if title:
+        figure.suptitle(f"{title}  (crop {size}x{size} at y={top}, x={left})", fontsize=10)
+    figure.tight_layout()
+    return _save_atomic(figure, Path(path))
+
+
+# ---------------------------------------------------------------------- training curves
+
+
+def training_curves(series: Mapping[str, list[tuple[float, float]]], path: str | Path) -> Path:
+    """Training curves from dvclive: one panel per metric family (train/*, val/*).
+
+    `series` maps names such as "train/loss" or "val/psnr_y" to (step, value) points. Losses
+    share a log-scaled panel; the KD weight lambda, learning rate and validation metrics get
+    their own panels because their scales differ.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels: dict[str, list[str]] = {}
+    for name in series:
+        key = name.split("/")[-1]
+        if name.startswith("train/") and key in ("loss", "task_l1", "kd"):
+            panels.setdefault("training losses", []).append(name)
+        else:
+            panels.setdefault(name, []).append(name)
+    figure = Figure(figsize=(4.2 * len(panels), 3.2))
+    FigureCanvasAgg(figure)
+    for index, (panel, names) in enumerate(panels.items()):
+        axis = figure.add_subplot(1, len(panels), index + 1)
+        for name in names:
+            points = series[name]
+            axis.plot([p[0] for p in points], [p[1] for p in points], label=name, marker=".")
+        if panel == "training losses" and all(p[1] > 0 for n in names for p in series[n]):
+            axis.set_yscale("log")
+        axis.set_title(panel, fontsize=10)
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+        if len(names) > 1:
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    return _save_atomic(figure, Path(path))

@@ -1,0 +1,407 @@
+"""Readers for the SR test-set layouts people have, all giving the same :class:`TestSet`.
+
+Layouts (``open_test_set(name, layout, path, scale)``):
+
+``paired``
+    An HR and an LR folder, images matched by file stem: ``path/hr`` + ``path/lr`` by default
+    (``HR``/``LR`` also accepted), or explicit ``hr_dir``/``lr_dir`` (used as given, not relative
+    to ``path``). Reads the pipeline's own ``data/prepared/val`` (the "demo" set). Stems are
+    matched exactly first; files left over are then matched after dropping one trailing
+    decoration, case-insensitively: ``_x{scale}``, ``x{scale}``, ``_LR`` or ``_HR`` (so DIV2K's
+    ``0801.png`` ↔ ``0801x4.png`` and Set5-style ``baby_HR.png`` ↔ ``baby_LR.png`` pair up).
+    A name pairs only if exactly one file on the other side matches it.
+``realsr``
+    RealSR (Cai et al., ICCV 2019): ``<root>/{Canon,Nikon}/Test/{scale}/<Name>_HR.png`` and
+    ``<Name>_LR{scale}.png``; ``root`` may be the RealSR folder, one camera folder, or a
+    ``Test/{scale}`` folder. The RealSR README says versions 1-2 store LR at the HR resolution and
+    version 3 at the true LR resolution, while many copies of V3 in circulation hold LR images
+    pre-upsampled to the HR size. So an LR image is used as it is when it is 1/scale of its HR,
+    and is bicubic-downscaled by ``scale`` (MATLAB imresize, as the prepare stage makes LR) only
+    when it has exactly the HR size; the networks take true-resolution LR. Numbers on such
+    re-downscaled LR are not comparable with papers that fed a different LR version.
+``imagenet-test``
+    ResShift's ImageNet-Test: ``<root>/gt/*.png`` (256×256) and ``<root>/lq/*.png`` (64×64),
+    matched by stem.
+``hr-only``
+    A folder of HR images (Set5, Urban100, ...); the LR is made exactly as the prepare stage makes
+    it: ``modcrop`` to a multiple of the scale, then MATLAB bicubic (``bicubic_downscale_x4``).
+
+Every layout crops HR at the bottom/right to a multiple of the scale (``modcrop``) and then
+requires HR = scale × LR exactly. Loaded images are quantised to 8 bit, as saved images are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from dtkd_pipeline.images import (
+    ImageReadError,
+    bicubic_downscale_x4,
+    imresize,
+    list_images,
+    modcrop,
+    read_image,
+    to_uint8,
+)
+
+__all__ = [
+    "LAYOUTS",
+    "TestPair",
+    "TestSet",
+    "TestSetError",
+    "load_pair",
+    "open_test_set",
+]
+
+LAYOUTS = ("paired", "realsr", "imagenet-test", "hr-only")
+_MAX_LISTED = 10  # names shown in an "unmatched files" error
+_REALSR_CAMERAS = ("Canon", "Nikon")
+
+
+class TestSetError(ValueError):
+    """A test set that cannot be used as it is: empty, unmatched files, or sizes that disagree."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+@dataclass(frozen=True)
+class TestPair:
+    """One test image: ``hr`` and its LR file (``None``: LR made by MATLAB bicubic from HR).
+
+    ``lr_may_be_upsampled``: the LR may be stored at the HR size (RealSR); if it is, it is
+    bicubic-downscaled by the scale when loaded.
+    """
+
+    __test__ = False
+
+    stem: str
+    hr: Path
+    lr: Path | None
+    lr_may_be_upsampled: bool = False
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """A named test set: its layout, where it was read from, and its pairs sorted by stem."""
+
+    __test__ = False
+
+    name: str
+    layout: str
+    root: Path
+    pairs: list[TestPair]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[TestPair]:
+        return iter(self.pairs)
+
+
+# ---------------------------------------------------------------------------------- opening
+
+
+def open_test_set(
+    name: str,
+    layout: str,
+    path: str | os.PathLike[str] | None,
+    scale: int,
+    hr_dir: str | os.PathLike[str] | None = None,
+    lr_dir: str | os.PathLike[str] | None = None,
+    check_sizes: bool = True,
+) -> TestSet:
+    """List and pair a test set's files (see the module docstring for the layouts).
+
+    ``check_sizes`` reads every image header (not the pixels) so a size mismatch is reported now,
+    before any model runs, rather than in the middle of an evaluation.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"test set {name!r}: unknown layout {layout!r}; use one of {LAYOUTS}")
+    if scale < 1:
+        raise ValueError(f"test set {name!r}: scale must be a positive integer, got {scale}")
+    if layout != "paired" and (hr_dir is not None or lr_dir is not None):
+        raise ValueError(
+            f"test set {name!r}: hr_dir/lr_dir apply to the paired layout only, not {layout!r}"
+        )
+    if path is None and not (layout == "paired" and hr_dir is not None and lr_dir is not None):
+        raise ValueError(f"test set {name!r}: give its path (or hr_dir and lr_dir for 'paired')")
+    root = Path(path) if path is not None else Path(str(hr_dir)).parent
+    if layout == "paired":
+        pairs = _open_paired(name, root, scale, hr_dir, lr_dir)
+    elif layout == "realsr":
+        pairs = _open_realsr(name, root, scale)
+    elif layout == "imagenet-test":
+        gt, lq = _folder(name, root / "gt", layout), _folder(name, root / "lq", layout)
+        pairs = _match_by_stem(name, _images(name, gt), _images(name, lq), gt, lq, scale)
+    else:
+        folder = _folder(name, root, layout)
+        pairs = [TestPair(p.stem, p, None) for p in _images(name, folder)]
+        _check_unique_stems(name, pairs, folder)
+    if check_sizes:
+        for pair in pairs:
+            _check_pair_size(pair, scale)
+    return TestSet(name=name, layout=layout, root=root, pairs=sorted(pairs, key=lambda p: p.stem))
+
+
+def _folder(name: str, folder: Path, layout: str) -> Path:
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"test set {name!r} ({layout}): folder {folder} does not exist; check the set's path "
+            f"in params.yaml (evaluate.sets) or download/unpack the test set there"
+        )
+    return folder
+
+
+def _images(name: str, folder: Path) -> list[Path]:
+    found = list_images(folder)
+    if not found:
+        raise TestSetError(
+            f"test set {name!r}: no images in {folder} (looked for .png/.jpg/.webp/.tif/.bmp); "
+            "point the set's path at the folder that holds them"
+        )
+    return found
+
+
+def _open_paired(
+    name: str,
+    root: Path,
+    scale: int,
+    hr_dir: str | os.PathLike[str] | None,
+    lr_dir: str | os.PathLike[str] | None,
+) -> list[TestPair]:
+    hr_folder = _folder(name, Path(hr_dir) if hr_dir else _default_dir(root, "hr"), "paired")
+    lr_folder = _folder(name, Path(lr_dir) if lr_dir else _default_dir(root, "lr"), "paired")
+    hr_files, lr_files = _images(name, hr_folder), _images(name, lr_folder)
+    return _match_by_stem(name, hr_files, lr_files, hr_folder, lr_folder, scale)
+
+
+def _default_dir(root: Path, kind: str) -> Path:
+    for candidate in (root / kind, root / kind.upper()):
+        if candidate.is_dir():
+            return candidate
+    return root / kind  # reported as missing by _folder
+
+
+def _decorations(scale: int) -> tuple[str, ...]:
+    # Longest first, so "_x4" is stripped whole rather than leaving a trailing "_".
+    return (f"_x{scale}", "_lr", "_hr", f"x{scale}")
+
+
+def _keys(stem: str, scale: int) -> set[str]:
+    """The stem, and the stem without one trailing decoration (see the module docstring)."""
+    keys = {stem}
+    lowered = stem.lower()
+    for decoration in _decorations(scale):
+        if lowered.endswith(decoration) and len(stem) > len(decoration):
+            keys.add(stem[: -len(decoration)])
+            break
+    return keys
+
+
+def _match_by_stem(
+    name: str,
+    hr_files: list[Path],
+    lr_files: list[Path],
+    hr_folder: Path,
+    lr_folder: Path,
+    scale: int,
+) -> list[TestPair]:
+    """Pair HR/LR files by exact stem, then by stem without a decoration; refuse leftovers."""
+    hr_by_stem = _by_stem(name, hr_files, hr_folder)
+    lr_by_stem = _by_stem(name, lr_files, lr_folder)
+    exact = sorted(hr_by_stem.keys() & lr_by_stem.keys())
+    pairs = [TestPair(s, hr_by_stem.pop(s), lr_by_stem.pop(s)) for s in exact]
+
+    hr_by_key: dict[str, list[str]] = {}
+    for stem in hr_by_stem:
+        for key in _keys(stem, scale):
+            hr_by_key.setdefault(key, []).append(stem)
+    claimed: dict[str, str] = {}  # HR stem -> the LR stem that matched it
+    ambiguous: list[str] = []
+    for lr_stem in sorted(lr_by_stem):
+        keys = _keys(lr_stem, scale)
+        candidates = sorted({hr for key in keys for hr in hr_by_key.get(key, [])})
+        if len(candidates) > 1 or (candidates and candidates[0] in claimed):
+            others = [*candidates, *(claimed[c] for c in candidates if c in claimed)]
+            ambiguous.append(f"{lr_stem} ~ {', '.join(others)}")
+        elif candidates:
+            claimed[candidates[0]] = lr_stem
+    if ambiguous:
+        raise TestSetError(
+            f"test set {name!r}: these names match more than one file in {hr_folder} / "
+            f"{lr_folder}: {'; '.join(ambiguous[:_MAX_LISTED])}; rename them so stems are unique"
+        )
+    for hr_stem, lr_stem in claimed.items():
+        key = min(_keys(hr_stem, scale) & _keys(lr_stem, scale), key=len)
+        pairs.append(TestPair(key, hr_by_stem.pop(hr_stem), lr_by_stem.pop(lr_stem)))
+    if hr_by_stem or lr_by_stem:
+        raise TestSetError(
+            f"test set {name!r}: unmatched files: "
+            + _listing(list(hr_by_stem.values()), hr_folder, "HR with no LR")
+            + _listing(list(lr_by_stem.values()), lr_folder, "LR with no HR")
+            + f"; LR files must have the HR file's stem, optionally with one of "
+            f"{', '.join(_decorations(scale))} appended, or remove the extra files"
+        )
+    _check_unique_stems(name, pairs, hr_folder)
+    return pairs
+
+
+def _by_stem(name: str, files: list[Path], folder: Path) -> dict[str, Path]:
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_stem:
+            raise TestSetError(
+                f"test set {name!r}: {by_stem[path.stem].name} and {path.name} in {folder} share "
+                "a stem, so pairing by name is ambiguous; keep one of them"
+            )
+        by_stem[path.stem] = path
+    return by_stem
+
+
+def _listing(paths: list[Path], folder: Path, what: str) -> str:
+    if not paths:
+        return ""
+    names = sorted(p.name for p in paths)
+    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return f"[{len(names)} {what} in {folder}: {', '.join(names[:_MAX_LISTED])}{more}] "
+
+
+def _check_unique_stems(name: str, pairs: list[TestPair], where: Path) -> None:
+    seen: dict[str, Path] = {}
+    for pair in pairs:
+        if pair.stem in seen:
+            raise TestSetError(
+                f"test set {name!r}: {seen[pair.stem]} and {pair.hr} (under {where}) give the same "
+                f"image name {pair.stem!r}; results are keyed by name, so rename one"
+            )
+        seen[pair.stem] = pair.hr
+
+
+def _open_realsr(name: str, root: Path, scale: int) -> list[TestPair]:
+    root = _folder(name, root, "realsr")
+    test_dirs = _realsr_test_dirs(root, scale)
+    if not test_dirs:
+        raise FileNotFoundError(
+            f"test set {name!r} (realsr): no Test/{scale} folder under {root}; point path at the "
+            f"RealSR folder (holding {'/'.join(_REALSR_CAMERAS)}/Test/{scale}/), a camera folder, "
+            f"or a Test/{scale} folder with *_HR.png and *_LR{scale}.png files"
+        )
+    pairs: list[TestPair] = []
+    hr_suffix, lr_suffix = "_hr", f"_lr{scale}"
+    for folder in test_dirs:
+        hr: dict[str, Path] = {}
+        lr: dict[str, Path] = {}
+        other: list[Path] = []
+        for path in _images(name, folder):
+            lowered = path.stem.lower()
+            if lowered.endswith(hr_suffix):
+                hr[path.stem[: -len(hr_suffix)]] = path
+            elif lowered.endswith(lr_suffix):
+                lr[path.stem[: -len(lr_suffix)]] = path
+            else:
+                other.append(path)
+        unmatched = [hr[s] for s in hr.keys() - lr.keys()] + [lr[s] for s in lr.keys() - hr.keys()]
+        if unmatched or other:
+            raise TestSetError(
+                f"test set {name!r} (realsr): unmatched files: "
+                + _listing(unmatched, folder, f"*_HR / *_LR{scale} without a partner")
+                + _listing(other, folder, f"neither *_HR nor *_LR{scale}")
+                + f"; every <Name>_HR.png needs a <Name>_LR{scale}.png beside it"
+            )
+        pairs += [TestPair(s, hr[s], lr[s], lr_may_be_upsampled=True) for s in sorted(hr)]
+    _check_unique_stems(name, pairs, root)
+    return pairs
+
+
+def _realsr_test_dirs(root: Path, scale: int) -> list[Path]:
+    """The ``Test/{scale}`` folders under ``root`` (RealSR, camera, Test or Test/{scale} folder)."""
+    size = str(scale)
+    if root.name == size:
+        return [root]
+    if root.name.lower() == "test" and (root / size).is_dir():
+        return [root / size]
+    tests = ("Test", "test")
+    for test in tests:  # a camera folder
+        if (root / test / size).is_dir():
+            return [root / test / size]
+    found = []
+    for camera in _REALSR_CAMERAS:
+        candidates = [root / camera / test / size for test in tests]
+        found += [folder for folder in candidates if folder.is_dir()][:1]
+    return found
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def load_pair(pair: TestPair, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lr, hr)``: 1×3×h×w and 1×3×(scale·h)×(scale·w) float32 in [0, 1], 8-bit quantised.
+
+    HR is modcropped to a multiple of ``scale``; a missing LR is made by MATLAB bicubic exactly
+    as the prepare stage makes it; a RealSR LR stored at the HR size is bicubic-downscaled.
+    """
+    hr_full = read_image(pair.hr).rgb
+    hr = modcrop(hr_full, scale)
+    if pair.lr is None:
+        lr = _bicubic_lr(hr, scale)
+    else:
+        lr = read_image(pair.lr).rgb
+        if pair.lr_may_be_upsampled and lr.shape[:2] == hr_full.shape[:2]:
+            lr = _bicubic_lr(modcrop(lr, scale), scale)
+    _require_scale(pair, scale, (hr.shape[0], hr.shape[1]), (lr.shape[0], lr.shape[1]))
+    return _tensor(lr), _tensor(hr)
+
+
+def _bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The prepare stage's LR (``bicubic_downscale_x4``); other scales the same imresize by 1/s."""
+    if scale == 4:
+        return bicubic_downscale_x4(hr)[0]
+    return imresize(modcrop(hr, scale), 1 / scale)
+
+
+def _tensor(rgb: np.ndarray) -> torch.Tensor:
+    quantised = to_uint8(rgb).astype(np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(quantised.transpose(2, 0, 1)))[None]
+
+
+def _check_pair_size(pair: TestPair, scale: int) -> None:
+    """The size check of :func:`load_pair`, from image headers only."""
+    hr_full = _header_size(pair.hr)
+    hr = (hr_full[0] - hr_full[0] % scale, hr_full[1] - hr_full[1] % scale)
+    if pair.lr is None:
+        if min(hr) < scale:
+            raise TestSetError(f"{pair.hr}: {hr_full[1]}x{hr_full[0]} is smaller than the scale")
+        return
+    lr = _header_size(pair.lr)
+    if pair.lr_may_be_upsampled and lr == hr_full:
+        return  # downscaled from the modcropped size when loaded: always exactly HR / scale
+    _require_scale(pair, scale, hr, lr)
+
+
+def _require_scale(pair: TestPair, scale: int, hr: tuple[int, int], lr: tuple[int, int]) -> None:
+    if hr != (lr[0] * scale, lr[1] * scale) or min(hr) == 0:
+        raise TestSetError(
+            f"test set pair {pair.stem!r}: HR {pair.hr} is {hr[1]}x{hr[0]} (width x height, after "
+            f"cropping to a multiple of {scale}) but LR {pair.lr} is {lr[1]}x{lr[0]}; HR must be "
+            f"exactly {scale}x the LR. Fix or remove the pair, or check the scale"
+        )
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(height, width) as read_image will return it (EXIF rotation applied), without decoding."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            # Orientations 5-8 rotate by 90 degrees: read_image (exif_transpose) swaps the sides.
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: cannot read the image header ({err})") from err
+    return height, width

@@ -1,0 +1,532 @@
+"""Super-resolve images with the trained student: tiled, seam-free, bit depth and alpha kept.
+
+`dtkd-pipeline upscale IN OUT --model data/models/student.pt` calls :func:`upscale_paths`;
+:func:`load_upscaler` and :func:`upscale_tensor` are the pieces, usable on their own.
+
+Tiling. The LR image is cut into ``tile``×``tile`` tiles (``tile`` rounded up to a multiple of the
+model's window size) that overlap by at least ``overlap`` px and start at window multiples.
+SwinIR's (shifted) windows are anchored at the input's top-left corner, so a window-aligned tile
+sees the same window partition as the whole image does: far enough from a tile border (the
+network's reach; 8 LR px for the tiny test model, more for deeper ones) a tile's output equals the
+untiled output up to float rounding. Near tile borders it does not (context is missing), and the
+blending hides that: each tile's x``scale`` output is weighted by a separable window that ramps up
+as sin² across the overlap on each side that has a neighbour (weight 1 inside and along the image
+border; two neighbours' ramps sum to 1) and the accumulated sum is divided by the accumulated
+weights. The tiles span the image reflect-padded on the bottom/right to the next window multiple,
+which is exactly the padding SwinIR applies to the whole image, so along the image border the tiled
+output matches the untiled one too, and every tile of a batch has the same shape. An image side no
+longer than a tile is not split along that axis; ``tile=0`` runs the whole image at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from dtkd_pipeline.images import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    LoadedImage,
+    imresize,
+    list_images,
+    read_image,
+    write_image,
+)
+from dtkd_pipeline.student import build_student, load_student_weights, student_config
+from dtkd_pipeline.student.weights import read_checkpoint
+
+__all__ = [
+    "DEFAULT_ARCH",
+    "PRECISIONS",
+    "ImageReadError",
+    "TileLayout",
+    "Upscaler",
+    "check_precision",
+    "load_upscaler",
+    "output_path_for",
+    "resolve_device",
+    "tile_layout",
+    "upscale_image",
+    "upscale_paths",
+    "upscale_tensor",
+]
+
+DEFAULT_ARCH = "swinir-s-x4"
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Image suffixes that cannot hold an alpha channel (write_image refuses them).
+_NO_ALPHA_SUFFIXES = (".jpg", ".jpeg", ".bmp")
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True, eq=False)
+class Upscaler:
+    """A student ready for inference: eval mode, on ``device``, run at ``precision``."""
+
+    model: nn.Module
+    arch: str
+    scale: int
+    device: torch.device
+    precision: str
+    source: dict[str, Any] = field(default_factory=dict)  # path, key, iteration of the weights
+
+    def __call__(
+        self,
+        lr: torch.Tensor,
+        *,
+        tile: int = 256,
+        overlap: int = 32,
+        batch_size: int = 4,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """:func:`upscale_tensor` with this model, scale, device and precision."""
+        return upscale_tensor(
+            self.model,
+            lr,
+            scale=self.scale,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            precision=self.precision,
+            device=self.device,
+            progress=progress,
+        )
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/None → CUDA when available, else CPU; a CUDA device must exist."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use cpu")
+    return resolved
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """fp32 runs anywhere; bf16/fp16 (autocast) only on CUDA. Raises ValueError otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(
+            f"precision {precision!r} needs a CUDA device (autocast); on {device.type} use "
+            "precision 'fp32' (--precision fp32)"
+        )
+
+
+def load_upscaler(
+    model_path: str | Path,
+    device: str | torch.device | None = "auto",
+    precision: str = "fp32",
+    *,
+    arch: str | None = None,
+) -> Upscaler:
+    """Build the student and load weights from ``model_path``; return an :class:`Upscaler`.
+
+    ``model_path`` is this project's ``student.pt`` (a dict with ``model``, ``ema``, ``arch``, ...)
+    or an official SwinIR release file (``params`` / ``params_ema``) or a plain state dict. EMA
+    weights are preferred. The architecture comes from the file's ``arch`` entry; for files
+    without one it is ``arch`` (default ``"swinir-s-x4"``). An ``arch`` that contradicts the file's
+    raises ValueError. Missing file → FileNotFoundError; unreadable or mis-shaped weights →
+    :class:`~dtkd_pipeline.student.StudentWeightsError` (a ValueError naming the file).
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    resolved = resolve_device(device)
+    check_precision(precision, resolved)
+    checkpoint = read_checkpoint(path)
+    stored_arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
+    if stored_arch is not None and not isinstance(stored_arch, str):
+        raise ValueError(f"{path}: the 'arch' entry should be a student name, got {stored_arch!r}")
+    if arch is not None and stored_arch is not None and arch != stored_arch:
+        raise ValueError(
+            f"{path} holds a {stored_arch!r} student but arch {arch!r} was given; drop the "
+            "arch option or pass the matching one"
+        )
+    name = stored_arch or arch or DEFAULT_ARCH
+    model = build_student(name)
+    info = load_student_weights(model, path)
+    model.eval().requires_grad_(False).to(resolved)
+    source = dict(info)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("iteration"), int):
+        source["iteration"] = checkpoint["iteration"]
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("provenance"), dict):
+        source["provenance"] = checkpoint["provenance"]  # the teacher cache it was trained on
+    return Upscaler(
+        model=model,
+        arch=name,
+        scale=student_config(name).upscale,
+        device=resolved,
+        precision=precision,
+        source=source,
+    )
+
+
+# ------------------------------------------------------------------------------------- tiling
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Where the tiles of one LR image go (all in LR pixels)."""
+
+    tile_h: int
+    tile_w: int
+    ys: list[int]
+    xs: list[int]
+    padded_h: int  # image height after the bottom reflect padding that makes the last tiles fit
+    padded_w: int
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+
+def _axis(length: int, tile: int, stride: int, window: int) -> tuple[int, list[int], int]:
+    """(tile size, starts, padded length) along one axis.
+
+    The tiles span ``[0, padded)`` with ``padded`` the length SwinIR pads the whole image to (the
+    next window multiple), so the last tile's reflected border is the untiled run's. Their count
+    is what ``stride`` needs; the starts are spread evenly and rounded to window multiples, so no
+    spacing exceeds ``stride`` (no overlap is below the requested one).
+    """
+    if length <= tile:
+        return length, [0], length
+    unit = window if stride % window == 0 else 1
+    padded = math.ceil(length / unit) * unit
+    span = padded - tile  # > 0, a multiple of unit
+    gaps = math.ceil(span / stride)
+    starts = [round(k * span / gaps / unit) * unit for k in range(gaps + 1)]
+    return tile, starts, padded
+
+
+def tile_layout(height: int, width: int, tile: int, overlap: int, window: int = 1) -> TileLayout:
+    """Plan the tiles of an LR image: see the module docstring.
+
+    ``tile`` is rounded up to a multiple of ``window``; the stride ``tile - overlap`` is rounded
+    down to one (so overlaps can grow, never shrink) unless that would make it zero, and then the
+    starts are not window-aligned. An axis no longer than a tile is not split; ``tile=0`` gives
+    one whole-image tile.
+    """
+    if tile < 0 or overlap < 0:
+        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be >= 0")
+    if tile == 0:
+        return TileLayout(height, width, [0], [0], height, width)
+    tile = math.ceil(tile / window) * window
+    if overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile} LR px)")
+    stride = (tile - overlap) // window * window or tile - overlap
+    tile_h, ys, padded_h = _axis(height, tile, stride, window)
+    tile_w, xs, padded_w = _axis(width, tile, stride, window)
+    return TileLayout(tile_h, tile_w, ys, xs, padded_h, padded_w)
+
+
+def _ramp_window(length: int, before: int, after: int) -> torch.Tensor:
+    """1-D blend weights: sin² ramps of ``before``/``after`` px at the ends, 1 between.
+
+    A ramp samples sin²(π/2 · t) at pixel centres t = (i + ½)/n, so it never reaches 0 and a
+    ramp-up and the neighbour's ramp-down over the same pixels sum to exactly 1.
+    """
+    weights = torch.ones(length, dtype=torch.float64)
+    for size, at_start in ((before, True), (after, False)):
+        size = min(size, length)
+        if size <= 0:
+            continue
+        ramp = torch.sin(0.5 * math.pi * (torch.arange(size, dtype=torch.float64) + 0.5) / size)
+        ramp = ramp**2
+        if at_start:
+            weights[:size] *= ramp
+        else:
+            weights[length - size :] *= ramp.flip(0)
+    return weights.float()
+
+
+def _axis_windows(starts: list[int], tile: int, scale: int) -> list[torch.Tensor]:
+    """Per tile along one axis, its HR blend window (ramps only where a neighbour overlaps)."""
+    windows = []
+    for index, start in enumerate(starts):
+        before = starts[index - 1] + tile - start if index > 0 else 0
+        after = start + tile - starts[index + 1] if index + 1 < len(starts) else 0
+        windows.append(_ramp_window(tile * scale, max(before, 0) * scale, max(after, 0) * scale))
+    return windows
+
+
+# ------------------------------------------------------------------------------------ inference
+
+
+def _model_window(model: nn.Module) -> int:
+    return int(getattr(model, "window_size", 1) or 1)
+
+
+def _model_scale(model: nn.Module) -> int:
+    scale = getattr(model, "upscale", None)
+    if scale is None:
+        raise ValueError("pass scale=...: the model has no 'upscale' attribute")
+    return int(scale)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _run_model(
+    model: nn.Module, batch: torch.Tensor, precision: str, device: torch.device, scale: int
+) -> torch.Tensor:
+    """Model output (float32, CPU) for one batch; inputs too small for SwinIR's reflect padding
+    to a window multiple are edge-padded to one window first and the output cropped back."""
+    height, width = batch.shape[-2:]
+    window = _model_window(model)
+    pad_h, pad_w = max(0, window - height), max(0, window - width)
+    x = batch.to(device, non_blocking=True)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    if precision == "fp32":
+        y = model(x)
+    else:
+        with torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision]):
+            y = model(x)
+    return y[..., : height * scale, : width * scale].float().cpu()
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.inference_mode()
+def upscale_tensor(
+    model: nn.Module,
+    lr: torch.Tensor,
+    *,
+    scale: int | None = None,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 4,
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Super-resolve ``lr`` (1×3×h×w float in [0, 1]) → 1×3×(s·h)×(s·w) float32 in [0, 1], on CPU.
+
+    ``tile``/``overlap`` in LR px (``tile=0``: whole image at once), ``batch_size`` tiles per
+    forward; ``scale`` defaults to ``model.upscale``; ``device`` to the model's device (the model
+    must already be there). ``precision``: fp32, or bf16/fp16 autocast on CUDA only. ``progress``
+    shows a bar over tile batches when there is more than one. The output is clamped to [0, 1];
+    the model is run in eval mode (its mode is restored afterwards).
+    """
+    if lr.ndim != 4 or lr.shape[0] != 1:
+        raise ValueError(f"lr must be 1×C×h×w, got shape {tuple(lr.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    scale = _model_scale(model) if scale is None else int(scale)
+    run_device = _model_device(model) if device is None else resolve_device(device)
+    check_precision(precision, run_device)
+    lr = lr.detach().float().cpu()
+    height, width = lr.shape[-2:]
+    layout = tile_layout(height, width, tile, overlap, _model_window(model))
+
+    was_training = model.training
+    model.eval()
+    try:
+        if layout.count == 1:
+            return _run_model(model, lr, precision, run_device, scale).clamp_(0, 1)
+        return _upscale_tiled(
+            model, lr, layout, scale, batch_size, precision, run_device, progress
+        ).clamp_(0, 1)
+    finally:
+        model.train(was_training)
+
+
+def _upscale_tiled(
+    model: nn.Module,
+    lr: torch.Tensor,
+    layout: TileLayout,
+    scale: int,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    progress: bool,
+) -> torch.Tensor:
+    _, channels, height, width = lr.shape
+    padded = F.pad(lr, (0, layout.padded_w - width, 0, layout.padded_h - height), mode="reflect")
+    th, tw = layout.tile_h, layout.tile_w
+    row_windows = _axis_windows(layout.ys, th, scale)
+    col_windows = _axis_windows(layout.xs, tw, scale)
+    out = torch.zeros(1, channels, layout.padded_h * scale, layout.padded_w * scale)
+    total = torch.zeros(1, 1, layout.padded_h * scale, layout.padded_w * scale)
+    tiles = [(i, j) for i in range(len(layout.ys)) for j in range(len(layout.xs))]
+    batches = list(_batches(tiles, batch_size))
+    bar = tqdm(
+        batches, desc="tiles", unit="batch", leave=False, disable=not progress or len(batches) < 2
+    )
+    for group in bar:
+        inputs = torch.cat(
+            [
+                padded[..., layout.ys[i] : layout.ys[i] + th, layout.xs[j] : layout.xs[j] + tw]
+                for i, j in group
+            ]
+        )
+        outputs = _run_model(model, inputs, precision, device, scale)
+        for (i, j), sr in zip(group, outputs, strict=True):
+            weight = row_windows[i][:, None] * col_windows[j][None, :]
+            y, x = layout.ys[i] * scale, layout.xs[j] * scale
+            out[0, :, y : y + th * scale, x : x + tw * scale] += sr * weight
+            total[0, 0, y : y + th * scale, x : x + tw * scale] += weight
+    bar.close()
+    out /= total
+    return out[..., : height * scale, : width * scale]
+
+
+def upscale_image(
+    upscaler: Upscaler,
+    image: LoadedImage,
+    *,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rgb H'×W'×3 float32, alpha H'×W' float32 or None) for a decoded image, both in [0, 1].
+
+    Colour goes through the student; alpha, if any, is resized on its own with MATLAB-style
+    bicubic :func:`~dtkd_pipeline.images.imresize` (Keys a = -0.5, the LR convention of this
+    project; it rings less at hard mask edges than torch's a = -0.75) and clamped to [0, 1].
+    Gray images come back as RGB with three equal-ish channels: :func:`read_image` gives RGB.
+    """
+    lr = torch.from_numpy(np.ascontiguousarray(image.rgb)).permute(2, 0, 1)[None]
+    sr = upscaler(lr, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
+    rgb = np.ascontiguousarray(sr[0].permute(1, 2, 0).numpy())
+    alpha = None
+    if image.alpha is not None:
+        plane = torch.from_numpy(np.ascontiguousarray(image.alpha, dtype=np.float32))
+        plane = plane.to(upscaler.device)
+        alpha = imresize(plane, float(upscaler.scale)).clamp_(0, 1).cpu().numpy()
+    return rgb, alpha
+
+
+# --------------------------------------------------------------------------------------- files
+
+
+def output_path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
+    """``out_dir/<stem><suffix>.png``: PNG keeps 16-bit samples and alpha."""
+    return out_dir / f"{source.stem}{suffix}.png"
+
+
+def _check_writable(path: Path, image: LoadedImage) -> None:
+    """Refuse early what write_image would refuse after the model ran."""
+    suffix = path.suffix.lower()
+    if image.bit_depth == 16 and suffix != ".png":
+        raise ValueError(f"{image.path} is a 16-bit image; write it to a .png, not {path.name}")
+    if image.alpha is not None and suffix in _NO_ALPHA_SUFFIXES:
+        raise ValueError(
+            f"{image.path} has an alpha channel, which {suffix} cannot store; use .png"
+        )
+
+
+def _plan_outputs(inputs: Path, out: Path, suffix: str) -> list[tuple[Path, Path]]:
+    if inputs.is_file():
+        if out.suffix.lower() in IMAGE_EXTENSIONS:
+            if out.is_dir():
+                raise ValueError(f"output {out} is a folder; name a file or another folder")
+            target = out
+        else:
+            if out.exists() and not out.is_dir():
+                raise NotADirectoryError(f"output {out} exists and is not a folder")
+            target = output_path_for(inputs, out, suffix)
+        pairs = [(inputs, target)]
+    else:
+        if out.suffix.lower() in IMAGE_EXTENSIONS or (out.exists() and not out.is_dir()):
+            raise NotADirectoryError(
+                f"input {inputs} is a folder, so the output {out} must be a folder too"
+            )
+        sources = list_images(inputs)
+        if not sources:
+            raise FileNotFoundError(
+                f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {inputs}"
+            )
+        pairs = [(source, output_path_for(source, out, suffix)) for source in sources]
+        by_target: dict[Path, list[Path]] = {}
+        for source, target in pairs:
+            by_target.setdefault(target, []).append(source)
+        clashes = {t: s for t, s in by_target.items() if len(s) > 1}
+        if clashes:
+            target, sources_ = next(iter(clashes.items()))
+            raise ValueError(
+                f"{len(clashes)} output name clash(es), e.g. {', '.join(map(str, sources_))} "
+                f"would all be written to {target}; rename the inputs or pass a suffix"
+            )
+    resolved_inputs = {source.resolve() for source, _ in pairs}
+    for source, target in pairs:
+        if target.resolve() in resolved_inputs:
+            raise ValueError(
+                f"output {target} would overwrite the input {source}; choose another output "
+                "folder or a suffix"
+            )
+    return pairs
+
+
+def upscale_paths(
+    inputs: str | Path,
+    out: str | Path,
+    *,
+    model_path: str | Path,
+    arch: str | None = None,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 4,
+    precision: str = "fp32",
+    device: str | torch.device | None = "auto",
+    suffix: str = "",
+    progress: bool = True,
+) -> list[Path]:
+    """Super-resolve an image file or a folder of images; return the written paths.
+
+    * ``inputs`` a file: ``out`` with an image suffix is the output file, else a folder that
+      receives ``<stem><suffix>.png``.
+    * ``inputs`` a folder: every image directly in it (see
+      :func:`~dtkd_pipeline.images.list_images`) → ``out/<stem><suffix>.png`` (``suffix`` is
+      appended to the stem, e.g. ``"_x4"``; default none).
+
+    16-bit inputs are written as 16-bit PNG, 8-bit ones as 8-bit; alpha is upscaled separately
+    and kept (see :func:`upscale_image`); gray inputs come back RGB. ``arch``: the student for
+    files that do not record one (official releases; default ``"swinir-s-x4"``). Missing
+    ``inputs``/model → FileNotFoundError; an unreadable image → ImageReadError naming it, raised
+    when that image's turn comes (outputs already written are complete: writes are atomic, and
+    nothing is ever half-written).
+    """
+    inputs, out, model_path = Path(inputs), Path(out), Path(model_path)
+    if not inputs.exists():
+        raise FileNotFoundError(f"input not found: {inputs}")
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"model file not found: {model_path}")
+    pairs = _plan_outputs(inputs, out, suffix)
+    first: LoadedImage | None = None
+    if len(pairs) == 1:  # read and check a single input before paying for the model load
+        first = read_image(pairs[0][0])
+        _check_writable(pairs[0][1], first)
+    upscaler = load_upscaler(model_path, device, precision, arch=arch)
+    written = []
+    bar = tqdm(pairs, desc="upscale", unit="img", disable=not progress or len(pairs) < 2)
+    for source, target in bar:
+        bar.set_postfix_str(source.name, refresh=False)
+        image = first if first is not None else read_image(source)
+        _check_writable(target, image)
+        rgb, alpha = upscale_image(
+            upscaler, image, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(write_image(target, rgb, alpha, bit_depth=image.bit_depth))
+    bar.close()
+    return written

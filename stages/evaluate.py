@@ -1,0 +1,294 @@
+"""Evaluate stage: metrics of every contender on every test set, efficiency table, band analysis.
+
+Writes, under ``evaluate.out_dir`` (default data/metrics):
+
+* ``evaluate.metrics_dir``/``<set>.json`` (DVC metrics): per model, each metric's mean, std and
+  number of runs, numbers only;
+* ``evaluate.out_dir``/ (default data/evaluation):
+  ``<set>.json`` the full record (skipped metrics and why, run provenance, params),
+  ``<set>.csv`` one row per image, model and run,
+  ``efficiency.json`` / ``efficiency.md`` params, FLOPs and latency (``evaluate.efficiency``),
+  ``bands.json`` mean teacher-student difference per DWT subband and group;
+* ``evaluate.plots_dir``/ (DVC plots): ``bands.png`` the band chart and
+  ``comparisons/<set>/<image>.png`` the same crop of every model's output beside GT.
+
+All three folders are built as ``<folder>.partial`` and renamed into place at the end, so an
+interrupted run leaves the previous results intact and never a half-written set.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dtkd_pipeline import atomic
+from dtkd_pipeline.atomic import staged_folder
+from dtkd_pipeline.config import EvaluateParams, Params, section_dict
+from dtkd_pipeline.evaluate import contenders as zoo
+from dtkd_pipeline.evaluate.bands import analyze_cache, analyze_folder, write_band_report
+from dtkd_pipeline.evaluate.efficiency import (
+    benchmark_models,
+    student_target,
+    teacher_target,
+    write_efficiency,
+)
+from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
+from dtkd_pipeline.evaluate.metrics import MetricSuite
+from dtkd_pipeline.evaluate.testsets import TestSet, load_pair, open_test_set
+from dtkd_pipeline.teacher import load_teacher
+from dtkd_pipeline.weights import resolve_weights
+from stages.cache_teacher import build_teacher
+from stages.prepare_data import TRAIN_STORE
+
+EFFICIENCY_JSON = "efficiency.json"
+EFFICIENCY_MD = "efficiency.md"
+COMPARISONS_DIR = "comparisons"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"evaluate.device={name} but no CUDA device is visible; use auto or cpu")
+    return device
+
+
+def _contenders(params: Params, device: torch.device) -> list[zoo.Contender]:
+    cfg = params.evaluate
+    models = cfg.models
+    found: list[zoo.Contender] = []
+    if models.bicubic:
+        found.append(zoo.bicubic(params.data.scale))
+    for label, checkpoints in models.students.items():
+        found.append(
+            zoo.students(label, checkpoints, device, cfg.student_tile, cfg.student_overlap)
+        )
+    if models.teacher:
+        teacher = build_teacher(params.teacher, device)
+        found.append(zoo.diffusion(zoo.TEACHER, teacher, cfg.teacher_seeds, cfg.teacher_chop))
+    if models.one_step is not None:
+        unet = resolve_weights(models.one_step, weights_dir=params.teacher.weights_dir)
+        vq = resolve_weights(
+            params.teacher.autoencoder_weights, weights_dir=params.teacher.weights_dir
+        )
+        one_step = load_teacher(params.teacher.version, unet=unet, autoencoder=vq, device=device)
+        found.append(
+            zoo.diffusion(zoo.ONE_STEP, one_step, cfg.teacher_seeds, cfg.teacher_chop, True)
+        )
+    return found
+
+
+def _mean_std(values: list[float]) -> dict[str, float | int]:
+    finite = [v for v in values if math.isfinite(v)]
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return {
+        "mean": statistics.fmean(finite) if finite else math.nan,
+        "std": std,
+        "runs": len(finite),
+    }
+
+
+def evaluate_set(
+    test_set: TestSet,
+    contenders: list[zoo.Contender],
+    suite: MetricSuite,
+    cfg: EvaluateParams,
+    scale: int,
+    out_dir: Path,
+    plots_dir: Path,
+) -> dict[str, Any]:
+    """Run every contender on every image; write the set's CSV and comparison figures."""
+    rows: list[dict[str, Any]] = []
+    # per model -> per run -> per metric -> values over images
+    per_run: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    wanted = set(cfg.comparison.images)
+    total = len(test_set.pairs) * sum(len(c.runs) for c in contenders)
+    with tqdm(total=total, desc=f"evaluate {test_set.name}", unit="sr") as bar:
+        for index, pair in enumerate(test_set.pairs):
+            lr, hr = load_pair(pair, scale)
+            panels: dict[str, torch.Tensor] = {}
+            for contender in contenders:
+                for run in contender:
+                    sr = run.super_resolve(lr, index).clamp(0, 1)
+                    sr = torch.round(sr * 255) / 255  # scored as the 8-bit PNG a user would save
+                    scores = suite(sr, hr)
+                    rows.append(
+                        {"image": pair.stem, "model": contender.label, "run": run.name, **scores}
+                    )
+                    for metric, value in scores.items():
+                        per_run[contender.label][run.name][metric].append(value)
+                    panels.setdefault(contender.label, sr)
+                    bar.update()
+            if pair.stem in wanted:
+                folder = plots_dir / COMPARISONS_DIR / test_set.name
+                _comparison(pair.stem, hr, panels, cfg.comparison.crop, folder)
+    _write_csv(out_dir / f"{test_set.name}.csv", rows)
+    results = {}
+    for contender in contenders:
+        runs = per_run[contender.label]
+        metrics = {name for run in runs.values() for name in run}
+        results[contender.label] = {
+            metric: _mean_std([statistics.fmean(run[metric]) for run in runs.values()])
+            for metric in sorted(metrics)
+        }
+    return {
+        "set": test_set.name,
+        "layout": test_set.layout,
+        "root": str(test_set.root),
+        "images": len(test_set.pairs),
+        "metrics": results,
+        "skipped_metrics": dict(suite.skipped),
+        "runs": {c.label: {run.name: run.provenance for run in c} for c in contenders},
+    }
+
+
+def _comparison(
+    stem: str, hr: torch.Tensor, panels: dict[str, torch.Tensor], crop: int, folder: Path
+) -> None:
+    top, left = detail_crop(hr, crop)
+    # Order: LR-bicubic | students | teacher(s) | GT, as in the paper's figures.
+    ordered = [(label, panels[label]) for label in panels if label == zoo.BICUBIC]
+    ordered += [(label, sr) for label, sr in panels.items() if label not in _DIFFUSION_AND_BICUBIC]
+    ordered += [(label, panels[label]) for label in (zoo.ONE_STEP, zoo.TEACHER) if label in panels]
+    ordered.append(("GT", hr))
+    comparison_figure(ordered, (top, left, crop), folder / f"{stem}.png", title=stem)
+
+
+_DIFFUSION_AND_BICUBIC = {zoo.BICUBIC, zoo.TEACHER, zoo.ONE_STEP}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = ["image", "model", "run"]
+    columns += sorted({key for row in rows for key in row} - set(columns))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_efficiency(params: Params, device: torch.device, out_dir: Path) -> None:
+    """The efficiency table (params, FLOPs, latency) of the students and the teacher."""
+    cfg = params.evaluate
+    targets = [
+        student_target(label, arch_or_path=checkpoints[0])
+        for label, checkpoints in cfg.models.students.items()
+    ]
+    if cfg.efficiency.teacher:
+        # Built in fp32: benchmark_models applies each measured precision itself.
+        teacher = build_teacher(params.teacher.model_copy(update={"precision": "fp32"}), device)
+        targets.append(teacher_target(teacher, one_step=False))
+        targets.append(teacher_target(teacher, one_step=True))
+    rows = benchmark_models(
+        targets,
+        lr_size=cfg.efficiency.lr_size,
+        batch_sizes=cfg.efficiency.batch_sizes,
+        precisions=cfg.efficiency.precisions,
+        warmup=cfg.efficiency.warmup,
+        runs=cfg.efficiency.runs,
+        device=device,
+    )
+    write_efficiency(rows, out_dir / EFFICIENCY_JSON, out_dir / EFFICIENCY_MD)
+
+
+def run_bands(
+    params: Params,
+    device: torch.device,
+    out_dir: Path,
+    plots_dir: Path,
+    models: dict[str, Path] | None = None,
+) -> None:
+    """Band analysis of each student (first checkpoint per label, or ``models``)."""
+    cfg = params.evaluate.bands
+    if models is None:
+        models = {label: runs[0] for label, runs in params.evaluate.models.students.items()}
+    common: dict[str, Any] = {
+        "levels": cfg.levels,
+        "wavelet": cfg.wavelet,
+        "batch_size": cfg.batch_size,
+        "device": device,
+    }
+    stats = {}
+    for label, checkpoint in models.items():
+        if cfg.source == "cache":
+            stats[label] = analyze_cache(
+                params.data.prepared_dir / TRAIN_STORE,
+                params.teacher.store,
+                checkpoint,
+                max_tiles=cfg.max_tiles or None,  # 0 = every tile
+                **common,
+            )
+        else:
+            stats[label] = analyze_folder(Path(cfg.source), checkpoint, **common)
+    write_band_report(stats, out_dir, plots_dir)
+
+
+def run(params: Params, device: str | None = None) -> Path:
+    cfg = params.evaluate
+    target = resolve_device(device or cfg.device)
+    # Everything that can fail on bad input is checked before any model runs.
+    suite = MetricSuite(
+        cfg.metrics,
+        scale=params.data.scale,
+        color=cfg.color,
+        device=target,
+        skip_unavailable=cfg.skip_unavailable,
+    )
+    test_sets = [
+        open_test_set(
+            item.name, item.layout, item.path, params.data.scale, item.hr_dir, item.lr_dir
+        )
+        for item in cfg.sets
+    ]
+    for checkpoints in cfg.models.students.values():
+        for path in checkpoints:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"evaluate.models.students: checkpoint {path} not found; train it first "
+                    "(dtkd-pipeline distill) or fix the path in params.yaml"
+                )
+
+    contenders = _contenders(params, target)
+    summary: dict[str, Any] = {}
+    with (
+        staged_folder(cfg.metrics_dir) as metrics_dir,
+        staged_folder(cfg.plots_dir) as plots_dir,
+        staged_folder(cfg.out_dir) as out_dir,
+    ):
+        for test_set in test_sets:
+            result = evaluate_set(
+                test_set, contenders, suite, cfg, params.data.scale, out_dir, plots_dir
+            )
+            result["params"] = section_dict(cfg)
+            atomic.write_json(out_dir / f"{test_set.name}.json", result)
+            # The DVC metrics file holds numbers only, so `dvc metrics show/diff` can compare it.
+            numbers = {"images": result["images"], **result["metrics"]}
+            atomic.write_json(metrics_dir / f"{test_set.name}.json", numbers)
+            summary[test_set.name] = result["metrics"]
+        shown = {pair.stem for test_set in test_sets for pair in test_set.pairs}
+        if absent := sorted(set(cfg.comparison.images) - shown):
+            print(f"note: evaluate.comparison.images {absent} are in no test set; no figure made")
+        if cfg.efficiency.enabled:
+            run_efficiency(params, target, out_dir)
+        if cfg.bands.enabled:
+            run_bands(params, target, out_dir, plots_dir)
+    _print_summary(summary)
+    return cfg.metrics_dir
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    for name, models in summary.items():
+        print(f"[{name}]")
+        for label, metrics in models.items():
+            shown = "  ".join(f"{metric} {value['mean']:.4f}" for metric, value in metrics.items())
+            print(f"  {label:12s} {shown}")

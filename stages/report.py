@@ -1,0 +1,235 @@
+"""Report stage: one markdown page (``report.out_dir``/README.md) that puts the run together.
+
+Sections: the params used, metrics per test set with deltas against ``report.baseline`` (and the
+paper's reported deltas beside them when ``report.paper_deltas`` gives them), the efficiency table,
+the band chart, training curves and comparison images. Figures are copied next to the page and
+linked relatively, so the folder renders on any git host or file browser on its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dtkd_pipeline import __version__
+from dtkd_pipeline.atomic import staged_folder
+from dtkd_pipeline.config import Params, section_dict
+from dtkd_pipeline.evaluate.bands import JSON_NAME as BANDS_JSON
+from dtkd_pipeline.evaluate.bands import PNG_NAME as BANDS_PNG
+from dtkd_pipeline.evaluate.figures import training_curves
+from dtkd_pipeline.evaluate.metrics import METRICS
+from dtkd_pipeline.student.weights import read_checkpoint
+from stages.distill import DVCLIVE_DIR, STUDENT_FILE
+from stages.evaluate import COMPARISONS_DIR, EFFICIENCY_MD
+
+REPORT_FILE = "README.md"
+FIGURES_DIR = "figures"
+LOWER_IS_BETTER = {name for name, spec in METRICS.items() if spec.lower_is_better}
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the evaluate stage first ({what})")
+    return json.loads(path.read_text())
+
+
+def _fmt(stats: dict[str, float]) -> str:
+    mean, std = stats["mean"], stats["std"]
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.4f} ± {std:.4f}" if stats.get("runs", 1) > 1 else f"{mean:.4f}"
+
+
+def metrics_section(result: dict[str, Any], baseline: str | None, paper: dict[str, float]) -> str:
+    """Markdown tables for one test set: absolute values, then deltas against the baseline."""
+    models = result["metrics"]
+    metric_names = sorted({name for stats in models.values() for name in stats})
+    head = "| model | " + " | ".join(metric_names) + " |"
+    rule = "|---" * (len(metric_names) + 1) + "|"
+    lines = [f"### {result['set']} ({result['images']} images, layout `{result['layout']}`)", ""]
+    lines += [head, rule]
+    for label, stats in models.items():
+        cells = [_fmt(stats[m]) if m in stats else "–" for m in metric_names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if baseline is not None and baseline in models:
+        lines += ["", f"Delta against **{baseline}** (positive = higher value):", ""]
+        lines += [head, rule]
+        base = models[baseline]
+        for label, stats in models.items():
+            if label == baseline:
+                continue
+            cells = []
+            for metric in metric_names:
+                if metric in stats and metric in base:
+                    cells.append(f"{stats[metric]['mean'] - base[metric]['mean']:+.4f}")
+                else:
+                    cells.append("–")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if paper:
+            cells = [f"{paper[m]:+.4f}" if m in paper else "–" for m in metric_names]
+            lines.append("| *paper (reported)* | " + " | ".join(cells) + " |")
+        lower = sorted(LOWER_IS_BETTER & set(metric_names))
+        if lower:
+            lines.append(f"\nLower is better for {', '.join(lower)}.")
+    if result.get("skipped_metrics"):
+        lines += ["", "Skipped metrics:"]
+        lines += [f"- `{name}`: {reason}" for name, reason in result["skipped_metrics"].items()]
+    return "\n".join(lines)
+
+
+def bands_table(payload: dict[str, Any]) -> str:
+    """Per-group mean |teacher - student| (LF/MF/HF) for each student, as a markdown table."""
+    students = payload.get("students", {"student": payload})
+    groups = [g for g in ("LF", "MF", "HF") if any(g in s["groups"] for s in students.values())]
+    lines = ["| student | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+    for label, stats in students.items():
+        cells = [f"{stats['groups'][g]:.5f}" if g in stats["groups"] else "–" for g in groups]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    first = next(iter(students.values()))
+    lines.append(
+        f"\nMean absolute difference of the {first['wavelet']} J={first['levels']} subbands over "
+        f"{first['n_images']} images ({first['source']}); the group with the largest value is "
+        "where the student is furthest from the teacher."
+    )
+    return "\n".join(lines)
+
+
+def _read_tsv(path: Path) -> list[tuple[float, float]]:
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    name = path.stem
+    return [(float(row["step"]), float(row[name])) for row in rows]
+
+
+def training_series(dvclive_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """Curves logged by the distill stage: {"train/loss": [(step, value), ...], ...}."""
+    plots = dvclive_dir / "plots" / "metrics"
+    series = {}
+    for path in sorted(plots.rglob("*.tsv")):
+        series[path.relative_to(plots).with_suffix("").as_posix()] = _read_tsv(path)
+    return series
+
+
+def _copy_figures(source: Path, target: Path) -> list[Path]:
+    if not source.is_dir():
+        return []
+    copied = []
+    for path in sorted(source.rglob("*.png")):
+        dest = target / path.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+        copied.append(dest)
+    return copied
+
+
+def _provenance(student_path: Path) -> dict[str, Any]:
+    if not student_path.is_file():
+        return {}
+    checkpoint = read_checkpoint(student_path)
+    return {
+        "student": str(student_path),
+        "arch": checkpoint.get("arch"),
+        "iteration": checkpoint.get("iteration"),
+        "best_val_psnr_y": checkpoint.get("best_psnr"),
+        **checkpoint.get("provenance", {}),
+    }
+
+
+def build_report(params: Params) -> str:
+    """Write the report folder; returns the markdown text."""
+    with staged_folder(params.report.out_dir) as staging:
+        text = _write_report(params, staging)
+    return text
+
+
+def _write_report(params: Params, staging: Path) -> str:
+    metrics_dir = params.evaluate.out_dir
+    figures = staging / FIGURES_DIR
+    figures.mkdir(parents=True)
+    parts = [
+        "# DTKD run report",
+        "",
+        f"Generated by dtkd-pipeline {__version__} from `{metrics_dir}` and "
+        f"`{params.distill.out_dir}`. Teacher: ResShift {params.teacher.version}, "
+        f"{params.teacher.steps} steps; student: {params.distill.student}; KD: "
+        f"{params.distill.kd.kind} (J={params.distill.kd.levels}, {params.distill.kd.wavelet}, "
+        f"LF:MF:HF = {params.distill.kd.weights['lf']:g}:{params.distill.kd.weights['mf']:g}:"
+        f"{params.distill.kd.weights['hf']:g}, λ {params.distill.kd.schedule} to "
+        f"{params.distill.kd.final_weight:g}), {params.distill.iterations} iterations.",
+    ]
+    if params.teacher.random_weights:
+        parts += [
+            "",
+            "> **The teacher had random weights** (a test or speed run): the numbers "
+            "below say nothing about quality.",
+        ]
+
+    parts += ["", "## Metrics", ""]
+    for item in params.evaluate.sets:
+        result = _read_json(metrics_dir / f"{item.name}.json", f"results of set {item.name}")
+        paper = params.report.paper_deltas.get(item.name, {})
+        parts += [metrics_section(result, params.report.baseline, paper), ""]
+        parts.append(f"Per-image values: `{metrics_dir / (item.name + '.csv')}`.")
+        parts.append("")
+    if not params.report.paper_deltas:
+        parts.append(
+            "The paper's reported deltas are not shown: set `report.paper_deltas` to print them "
+            "beside these."
+        )
+
+    efficiency = metrics_dir / EFFICIENCY_MD
+    if efficiency.is_file():
+        parts += ["", "## Efficiency", "", efficiency.read_text().strip()]
+
+    band_json = metrics_dir / BANDS_JSON
+    band_png = params.evaluate.plots_dir / BANDS_PNG
+    if band_json.is_file() and band_png.is_file():
+        shutil.copy2(band_png, figures / BANDS_PNG)
+        parts += ["", "## Teacher–student difference per DWT subband", ""]
+        parts += [f"![band analysis]({FIGURES_DIR}/{BANDS_PNG})", ""]
+        parts += [bands_table(json.loads(band_json.read_text())), ""]
+
+    series = training_series(params.distill.out_dir / DVCLIVE_DIR)
+    if series:
+        curves = training_curves(series, figures / "training.png")
+        parts += ["", "## Training curves", "", f"![training curves]({FIGURES_DIR}/{curves.name})"]
+
+    comparisons = _copy_figures(
+        params.evaluate.plots_dir / COMPARISONS_DIR, figures / COMPARISONS_DIR
+    )
+    if comparisons:
+        parts += ["", "## Comparisons", ""]
+        for path in comparisons:
+            rel = path.relative_to(staging).as_posix()
+            parts += [f"**{path.parent.name} / {path.stem}**", "", f"![{path.stem}]({rel})", ""]
+
+    provenance = _provenance(params.distill.out_dir / STUDENT_FILE)
+    parts += [
+        "",
+        "## Provenance",
+        "",
+        "```yaml",
+        yaml.safe_dump(provenance, sort_keys=True).strip(),
+    ]
+    parts += ["```", "", "<details><summary>params used</summary>", "", "```yaml"]
+    params_dump = {
+        name: section_dict(getattr(params, name))
+        for name in ("data", "teacher", "distill", "evaluate", "report")
+    }
+    parts += [yaml.safe_dump(params_dump, sort_keys=False).strip(), "```", "", "</details>", ""]
+    text = "\n".join(parts)
+    (staging / REPORT_FILE).write_text(text)
+    return text
+
+
+def run(params: Params) -> Path:
+    build_report(params)
+    path = params.report.out_dir / REPORT_FILE
+    print(f"report -> {path}")
+    return path

@@ -1,0 +1,186 @@
+"""Efficiency tables: parameter and FLOP counts against the architecture, latency, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dtkd_pipeline.evaluate.efficiency import (
+    EfficiencyTarget,
+    benchmark_models,
+    count_flops,
+    count_parameters,
+    measure_latency,
+    student_target,
+    teacher_target,
+    write_efficiency,
+)
+from dtkd_pipeline.student import build_student
+from dtkd_pipeline.teacher.factory import random_teacher
+
+TINY_TEACHER_CONFIG = Path(__file__).parent / "data" / "resshift_tiny_t2.yaml"
+
+
+def swinir_lightweight_x4_flops(height: int, width: int) -> int:
+    """Hand count for SwinIR lightweight x4 on one height×width LR image, 2 FLOPs per MAC.
+
+    embed_dim 60, 4 RSTBs × 6 Swin layers, 6 heads, window 8, mlp_ratio 2, 3×3 conv_first, one
+    3×3 conv per RSTB, a 3×3 conv_after_body and the pixelshuffledirect head (3×3 conv to 3·4²
+    channels, then PixelShuffle). Norms, GELU, softmax, biases and the pixel shuffle are free.
+    """
+    dim, heads, window, hidden = 60, 6, 8, 120
+    head_dim = dim // heads
+    layers = 4 * 6
+    pixels = height * width  # tokens: the body runs at LR resolution (sizes are window multiples)
+    tokens_per_window = window * window
+    windows = (height // window) * (width // window)
+
+    def conv3x3(c_in: int, c_out: int) -> int:
+        return 2 * c_in * c_out * 3 * 3 * pixels
+
+    def linear(c_in: int, c_out: int) -> int:
+        return 2 * c_in * c_out * pixels
+
+    qkv = linear(dim, 3 * dim)
+    proj = linear(dim, dim)
+    q_kt = windows * heads * 2 * tokens_per_window * tokens_per_window * head_dim
+    attn_v = windows * heads * 2 * tokens_per_window * tokens_per_window * head_dim
+    mlp = linear(dim, hidden) + linear(hidden, dim)
+    swin_layer = qkv + q_kt + attn_v + proj + mlp
+
+    conv_first = conv3x3(3, dim)
+    rstb_convs = 4 * conv3x3(dim, dim)
+    conv_after_body = conv3x3(dim, dim)
+    upsample = conv3x3(dim, 3 * 4**2)
+    return conv_first + layers * swin_layer + rstb_convs + conv_after_body + upsample
+
+
+def test_student_flops_match_hand_count() -> None:
+    counted = count_flops(student_target("swinir-s-x4").make_call(1, 64, torch.device("cpu")))
+    expected = swinir_lightweight_x4_flops(64, 64)
+    assert counted == pytest.approx(expected, rel=0.01)
+    assert 8.0e9 < counted < 9.5e9  # ~8.7 GFLOP, as published for SwinIR-light at 64×64
+
+
+def test_student_parameter_count() -> None:
+    assert count_parameters(build_student("swinir-s-x4")) == 929_628
+
+
+def test_measure_latency_on_a_trivial_function() -> None:
+    calls = []
+    stats = measure_latency(
+        lambda: calls.append(sum(range(1000))), device="cpu", warmup=2, runs=7, batch=4
+    )
+    assert len(calls) == 2 + 7
+    assert stats.runs == 7 and stats.batch == 4
+    assert 0 < stats.median_ms <= stats.p90_ms
+    assert stats.images_per_s == pytest.approx(4 / (stats.median_ms / 1e3))
+    with pytest.raises(ValueError):
+        measure_latency(lambda: None, device="cpu", warmup=0, runs=0, batch=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_targets() -> list[EfficiencyTarget]:
+    teacher = random_teacher(TINY_TEACHER_CONFIG)  # shared: built once for both teacher targets
+    return [
+        student_target("swinir-tiny-x4"),
+        teacher_target(teacher),
+        teacher_target(teacher, one_step=True),
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_rows(tiny_targets: list[EfficiencyTarget]) -> list[dict[str, Any]]:
+    settings: dict[str, Any] = {
+        "lr_size": 64,  # the teacher needs >= 33 px and pads to a multiple of 64 anyway
+        "precisions": ["fp32", "bf16"],
+        "warmup": 0,
+        "runs": 1,
+        "device": "cpu",
+    }
+    # One batch size for the teacher: each of its calls takes about a second on a small CPU.
+    student_rows = benchmark_models(tiny_targets[:1], batch_sizes=[1, 2], **settings)
+    return student_rows + benchmark_models(tiny_targets[1:], batch_sizes=[1], **settings)
+
+
+def test_benchmark_rows(tiny_targets: list[EfficiencyTarget], tiny_rows: list[dict]) -> None:
+    assert len(tiny_rows) == 2 * 2 + 2 * 2 * 1  # student: 2 batches; teachers: 1
+    required = {
+        "model",
+        "description",
+        "params",
+        "flops_per_image",
+        "input_size",
+        "lr_size",
+        "precision",
+        "batch",
+        "median_ms",
+        "p90_ms",
+        "images_per_s",
+        "best_batch",
+        "skipped",
+        "device",
+        "torch",
+        "random_weights",
+    }
+    for row in tiny_rows:
+        assert required <= row.keys()
+        assert row["input_size"] == "64x64" and row["torch"] == torch.__version__
+        assert row["random_weights"] is True
+        if row["precision"] == "bf16":
+            assert row["skipped"] and "CUDA" in row["skipped"]
+            assert row["median_ms"] is None and row["best_batch"] is None
+        else:
+            assert row["skipped"] is None
+            assert 0 < row["median_ms"] <= row["p90_ms"]
+            timed = [r for r in tiny_rows if r["model"] == row["model"] and r["skipped"] is None]
+            fastest = max(timed, key=lambda r: r["images_per_s"])
+            assert row["best_batch"] == fastest["batch"]
+
+    by_model = {row["model"]: row for row in tiny_rows}
+    assert list(by_model) == [target.name for target in tiny_targets]
+    student, full, one_step = (by_model[target.name] for target in tiny_targets)
+    assert student["params"] == count_parameters(build_student("swinir-tiny-x4"))
+    assert full["params"] == one_step["params"]  # same networks, fewer calls
+    assert "RANDOM-WEIGHTS" in full["model"] and "(2 steps)" in full["model"]
+    assert "(1 step)" in one_step["model"]
+    # Two UNet calls versus one; VQ encode/decode are shared by both.
+    assert one_step["flops_per_image"] < full["flops_per_image"] < 2 * one_step["flops_per_image"]
+    assert student["flops_per_image"] < one_step["flops_per_image"]
+
+
+def test_write_efficiency(tiny_rows: list[dict], tmp_path: Path) -> None:
+    json_path, markdown_path = tmp_path / "out" / "efficiency.json", tmp_path / "efficiency.md"
+    write_efficiency(tiny_rows, json_path, markdown_path)
+    assert json.loads(json_path.read_text()) == tiny_rows
+    markdown = markdown_path.read_text()
+    assert "| model | params (M) | GFLOPs/image @ input |" in markdown
+    for model in {row["model"] for row in tiny_rows}:
+        assert f"| {model} |" in markdown
+    assert "random for" in markdown and "64x64" in markdown
+    assert "bf16, batch 1, 2:" in markdown  # the skipped settings say why
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
+
+
+def test_benchmark_rejects_bad_settings(tiny_targets: list[EfficiencyTarget]) -> None:
+    settings: dict[str, Any] = {"lr_size": 64, "batch_sizes": [1], "warmup": 0, "runs": 1}
+    with pytest.raises(ValueError, match="precision"):
+        benchmark_models(tiny_targets[:1], precisions=["int8"], device="cpu", **settings)
+    with pytest.raises(ValueError, match="benchmark device"):  # the teacher is on the CPU
+        benchmark_models(tiny_targets[1:2], precisions=["fp32"], device="meta", **settings)
+
+
+def test_student_target_from_a_checkpoint(tmp_path: Path) -> None:
+    model = build_student("swinir-tiny-x4")
+    path = tmp_path / "student.pt"
+    torch.save({"model": model.state_dict(), "arch": "swinir-tiny-x4"}, path)
+    target = student_target("DTKD", arch_or_path=path)
+    assert target.name == "DTKD" and not target.random_weights
+    assert "swinir-tiny-x4 (student.pt)" in target.description
+    assert target.parameters == count_parameters(model)
+    sr = target.make_call(2, 16, torch.device("cpu"))()
+    assert sr.shape == (2, 3, 64, 64)

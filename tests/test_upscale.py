@@ -1,0 +1,347 @@
+"""Upscaling with the student: seam-free tiling, file I/O (16-bit, alpha, folders), ONNX export.
+
+Everything runs the tiny student (`swinir-tiny-x4`: window 4, two RSTBs of two layers) with
+random weights from a fixed seed, on the CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dtkd_pipeline.images import ImageReadError, imresize, read_image, write_image
+from dtkd_pipeline.student import StudentWeightsError, build_student
+from dtkd_pipeline.upscale import (
+    load_upscaler,
+    tile_layout,
+    upscale_paths,
+    upscale_tensor,
+)
+
+ARCH = "swinir-tiny-x4"
+SCALE = 4
+# Measured: with window-aligned tiles, the tiny student's tiled output equals the untiled one
+# (max |Δ| ≈ 5e-7, float rounding) at LR pixels >= 8 px from every interior tile edge; at 4 px
+# it is still ~4e-3 off. 8 LR px is its reach (the receptive field of 4 Swin layers and 5 convs).
+REACH = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The tiny model's ops are too small to gain from threads; with other jobs on the machine
+    two spinning OpenMP threads made this file ~4x slower (measured 7 s vs 28 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_student(ARCH).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return _tiny_model()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project-style student.pt; "model" holds other weights so EMA preference is visible."""
+    path = tmp_path_factory.mktemp("models") / "student.pt"
+    other = _tiny_model(seed=1).state_dict()
+    torch.save({"model": other, "ema": model.state_dict(), "arch": ARCH, "iteration": 0}, path)
+    return path
+
+
+def _smooth_image(height: int, width: int, seed: int = 1) -> torch.Tensor:
+    """1×3×h×w in [0, 1]: a bicubic-upsampled coarse field plus some fine noise."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(2, height // 4), max(2, width // 4), generator=generator)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    noise = torch.rand(1, 3, height, width, generator=generator)
+    return (0.7 * smooth + 0.3 * noise).clamp(0, 1)
+
+
+def _seam_distance(layout, height: int, width: int) -> np.ndarray:
+    """HR map: LR-pixel distance of each HR pixel centre to the nearest interior tile edge."""
+
+    def axis(length: int, starts: list[int], tile: int) -> np.ndarray:
+        edges = {s for s in starts if s > 0} | {s + tile for s in starts if s + tile < length}
+        centres = (np.arange(length * SCALE) + 0.5) / SCALE
+        if not edges:
+            return np.full(centres.shape, np.inf)
+        return np.abs(centres[:, None] - np.array(sorted(edges))[None, :]).min(axis=1)
+
+    rows = axis(height, layout.ys, layout.tile_h)
+    cols = axis(width, layout.xs, layout.tile_w)
+    return np.minimum(rows[:, None], cols[None, :])
+
+
+def _column_jump_ratio(tiled: torch.Tensor, untiled: torch.Tensor) -> torch.Tensor:
+    """Per HR column boundary: mean |horizontal step of (tiled - untiled)| / mean |step of untiled|.
+
+    A seam is a step in the error: where two tiles meet without blending the error jumps by as
+    much as the image's own neighbouring-pixel differences (ratio ≈ 1); a smooth blend keeps it
+    far below.
+    """
+    error = tiled - untiled
+    error_step = (error[..., 1:] - error[..., :-1]).abs().mean(dim=(0, 1, 2))
+    image_step = (untiled[..., 1:] - untiled[..., :-1]).abs().mean(dim=(0, 1, 2))
+    return error_step / image_step
+
+
+# ---------------------------------------------------------------------------------- tiling
+
+
+def test_tiled_equals_untiled_away_from_seams_and_has_no_seams(model: torch.nn.Module) -> None:
+    height, width, tile, overlap = 48, 96, 32, 16
+    lr = _smooth_image(height, width)
+    untiled = upscale_tensor(model, lr, tile=0)
+    tiled = upscale_tensor(model, lr, tile=tile, overlap=overlap, batch_size=3)
+    assert tiled.shape == untiled.shape == (1, 3, height * SCALE, width * SCALE)
+
+    layout = tile_layout(height, width, tile, overlap, window=model.window_size)
+    assert layout.count > 4  # really tiled, in both directions
+    assert len(layout.ys) > 1 and len(layout.xs) > 1
+    difference = (tiled - untiled).abs().amax(dim=(0, 1)).numpy()
+    distance = _seam_distance(layout, height, width)
+    interior, seams = distance >= REACH, distance < REACH
+    assert interior.mean() > 0.03 and seams.any()
+    # Away from seams: the same numbers up to float rounding (measured 4.8e-7).
+    assert difference[interior].max() < 1e-5
+    # In the seam bands the tiles lack context; the blend keeps the tiled output close to the
+    # untiled one. Measured max 0.026 with these random weights (whose output is very noisy:
+    # mean |neighbour difference| 0.28); bound 0.05 leaves a ~2x margin.
+    assert difference[seams].max() < 0.05
+    # No visible seam at the tile edges: the mean |horizontal gradient| across each seam column
+    # is what the untiled image has there (measured ratios 0.999-1.000).
+    edges = sorted({x for x in layout.xs if x > 0} | {x + tile for x in layout.xs[:-1]})
+    for edge in edges:
+        column = edge * SCALE
+        tiled_step = (tiled[..., column] - tiled[..., column - 1]).abs().mean()
+        untiled_step = (untiled[..., column] - untiled[..., column - 1]).abs().mean()
+        assert tiled_step / untiled_step < 1.5, f"seam at LR column {edge}"
+    # Stronger: the error never steps between neighbouring columns by more than a fraction of
+    # the image's own steps (measured max 0.018 over all columns; hard tile seams give ~1).
+    assert _column_jump_ratio(tiled, untiled).max() < 0.2
+
+
+def test_seam_check_detects_unblended_tiles(model: torch.nn.Module) -> None:
+    """Negative control: tiles without overlap (no blending) fail the seam metric above."""
+    height, width = 48, 96
+    lr = _smooth_image(height, width)
+    untiled = upscale_tensor(model, lr, tile=0)
+    hard = upscale_tensor(model, lr, tile=24, overlap=0, batch_size=8)
+    assert _column_jump_ratio(hard, untiled).max() > 0.5  # measured ~1.0
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap"),
+    [(20, 27, 32, 8), (3, 5, 16, 4), (9, 45, 12, 6), (37, 21, 10, 3)],
+)
+def test_any_size_and_tile(
+    model: torch.nn.Module, height: int, width: int, tile: int, overlap: int
+) -> None:
+    """Images smaller than a tile (or than a window), odd sizes, tiles not window multiples."""
+    lr = _smooth_image(height, width, seed=height)
+    untiled = upscale_tensor(model, lr, tile=0)
+    tiled = upscale_tensor(model, lr, tile=tile, overlap=overlap, batch_size=2)
+    assert tiled.shape == (1, 3, height * SCALE, width * SCALE)
+    assert torch.isfinite(tiled).all() and tiled.min() >= 0 and tiled.max() <= 1
+    if height <= tile and width <= tile:  # runs whole: the same computation
+        torch.testing.assert_close(tiled, untiled, rtol=0, atol=0)
+    else:
+        # Small tiles with small overlaps: most pixels lie near a seam. Measured mean |Δ| 0.008
+        # and 0.017 for the two tiled cases.
+        assert (tiled - untiled).abs().mean() < 0.05
+
+
+def test_tile_layout_covers_with_aligned_overlapping_tiles() -> None:
+    for height, width, tile, overlap, window in [
+        (1000, 700, 256, 32, 8),
+        (250, 64, 64, 0, 8),
+        (33, 9, 16, 8, 4),
+        (37, 37, 10, 3, 4),
+    ]:
+        layout = tile_layout(height, width, tile, overlap, window)
+        for length, starts, size, padded in (
+            (height, layout.ys, layout.tile_h, layout.padded_h),
+            (width, layout.xs, layout.tile_w, layout.padded_w),
+        ):
+            assert starts[0] == 0 and starts[-1] + size == padded >= length
+            assert padded - length < window  # only SwinIR's own padding to a window multiple
+            assert all(s % window == 0 for s in starts)
+            gaps = np.diff(starts)
+            assert (gaps > 0).all() and (size - gaps >= overlap).all()
+    assert tile_layout(30, 40, 0, 8).count == 1
+    with pytest.raises(ValueError, match="overlap"):
+        tile_layout(64, 64, 16, 16)
+
+
+def test_reduced_precision_on_cpu_is_a_clear_error(
+    model: torch.nn.Module, checkpoint: Path
+) -> None:
+    lr = _smooth_image(8, 8)
+    for precision in ("bf16", "fp16"):
+        with pytest.raises(ValueError, match=rf"precision '{precision}'.*CUDA"):
+            upscale_tensor(model, lr, tile=0, precision=precision, device="cpu")
+        with pytest.raises(ValueError, match="precision"):
+            load_upscaler(checkpoint, "cpu", precision)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        upscale_tensor(model, lr, tile=0, precision="int8", device="cpu")
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def test_load_upscaler_prefers_ema_and_reads_arch(model: torch.nn.Module, checkpoint: Path) -> None:
+    upscaler = load_upscaler(checkpoint, "cpu")
+    assert upscaler.arch == ARCH and upscaler.scale == SCALE
+    assert upscaler.source["key"] == "ema" and upscaler.source["iteration"] == 0
+    lr = _smooth_image(12, 16)
+    torch.testing.assert_close(upscaler(lr, tile=0), upscale_tensor(model, lr, tile=0))
+
+
+def test_load_upscaler_official_file_needs_arch(model: torch.nn.Module, tmp_path: Path) -> None:
+    official = tmp_path / "official.pth"
+    torch.save({"params": model.state_dict()}, official)
+    upscaler = load_upscaler(official, "cpu", arch=ARCH)
+    assert upscaler.source["key"] == "params"
+    # Without arch the default (full-size swinir-s-x4) is built and the tiny weights do not fit.
+    with pytest.raises(StudentWeightsError, match=str(official.name)):
+        load_upscaler(official, "cpu")
+    with pytest.raises(FileNotFoundError, match=re.escape("missing.pt")):
+        load_upscaler(tmp_path / "missing.pt", "cpu")
+
+
+def test_load_upscaler_rejects_contradicting_arch(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="swinir-s-x4"):
+        load_upscaler(checkpoint, "cpu", arch="swinir-s-x4")
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+def _random_rgb(height: int, width: int, seed: int) -> np.ndarray:
+    return np.ascontiguousarray(_smooth_image(height, width, seed)[0].permute(1, 2, 0).numpy())
+
+
+def test_16bit_png_stays_16bit(model: torch.nn.Module, checkpoint: Path, tmp_path: Path) -> None:
+    rgb = _random_rgb(14, 22, seed=3)
+    source = write_image(tmp_path / "deep.png", rgb, bit_depth=16)
+    loaded = read_image(source)
+    assert loaded.bit_depth == 16
+    (written,) = upscale_paths(
+        source, tmp_path / "out", model_path=checkpoint, tile=12, overlap=4, device="cpu"
+    )
+    assert written == tmp_path / "out" / "deep.png"
+    result = read_image(written)
+    assert result.bit_depth == 16 and result.alpha is None
+    assert result.rgb.shape == (14 * SCALE, 22 * SCALE, 3)
+    lr = torch.from_numpy(loaded.rgb).permute(2, 0, 1)[None]
+    expected = upscale_tensor(model, lr, tile=12, overlap=4)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(result.rgb, expected, atol=1 / 65535 + 1e-6)
+
+
+def test_rgba_keeps_upscaled_alpha(checkpoint: Path, tmp_path: Path) -> None:
+    rgb = _random_rgb(16, 20, seed=4)
+    yy, xx = np.mgrid[0:16, 0:20]
+    alpha = np.clip((xx - 4) / 10.0, 0, 1).astype(np.float32)  # a horizontal ramp
+    alpha[yy < 3] = 0.0  # and a hard edge
+    source = write_image(tmp_path / "rgba.png", rgb, alpha)
+    out_file = tmp_path / "sr" / "rgba_x4.png"
+    (written,) = upscale_paths(source, out_file, model_path=checkpoint, tile=0, device="cpu")
+    assert written == out_file
+    result = read_image(written)
+    assert result.bit_depth == 8 and result.rgb.shape == (64, 80, 3)
+    assert result.alpha is not None and result.alpha.shape == (64, 80)
+    expected = np.clip(imresize(read_image(source).alpha, SCALE), 0, 1)
+    np.testing.assert_allclose(result.alpha, expected, atol=0.5 / 255 + 1e-6)
+    assert result.alpha[:8].max() == 0 and result.alpha[20:, 70:].min() == 1
+
+
+def test_folder_to_folder(checkpoint: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_image(inputs / "a.png", _random_rgb(10, 12, seed=5))
+    write_image(inputs / "b.jpg", _random_rgb(9, 7, seed=6))
+    gray = (_random_rgb(8, 8, seed=7)[..., 0] * 255).round().astype(np.uint8)
+    write_image(inputs / "c.bmp", gray)  # gray in, RGB out
+    (inputs / "notes.txt").write_text("not an image")
+    written = upscale_paths(
+        inputs,
+        tmp_path / "out",
+        model_path=checkpoint,
+        tile=8,
+        overlap=4,
+        device="cpu",
+        suffix="_x4",
+        progress=False,
+    )
+    names = ["a_x4.png", "b_x4.png", "c_x4.png"]
+    assert [p.name for p in written] == names
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
+    shapes = [read_image(p).rgb.shape for p in written]
+    assert shapes == [(40, 48, 3), (36, 28, 3), (32, 32, 3)]
+
+
+def test_unreadable_image_is_named(checkpoint: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_image(inputs / "a.png", _random_rgb(8, 8, seed=8))
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    out = tmp_path / "out"
+    with pytest.raises(ImageReadError, match=re.escape("broken.png")):
+        upscale_paths(inputs, out, model_path=checkpoint, tile=0, device="cpu")
+    # Whatever was written is complete; no temporary files are left behind.
+    assert [p.name for p in out.iterdir()] == ["a.png"]
+    with pytest.raises(ImageReadError, match=re.escape("broken.png")):
+        upscale_paths(inputs / "broken.png", out, model_path=checkpoint, device="cpu")
+
+
+def test_bad_paths_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
+    source = write_image(tmp_path / "x.png", _random_rgb(8, 8, seed=9))
+    with pytest.raises(FileNotFoundError, match=re.escape("nowhere.png")):
+        upscale_paths(tmp_path / "nowhere.png", tmp_path / "o", model_path=checkpoint)
+    with pytest.raises(FileNotFoundError, match=re.escape("absent.pt")):
+        upscale_paths(source, tmp_path / "o", model_path=tmp_path / "absent.pt")
+    # Writing <stem>.png next to the inputs would overwrite x.png.
+    with pytest.raises(ValueError, match="overwrite"):
+        upscale_paths(tmp_path, tmp_path, model_path=checkpoint, device="cpu")
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    write_image(clash / "y.png", _random_rgb(8, 8, seed=10))
+    write_image(clash / "y.jpg", _random_rgb(8, 8, seed=11))
+    with pytest.raises(ValueError, match="clash"):
+        upscale_paths(clash, tmp_path / "o", model_path=checkpoint, device="cpu")
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------- ONNX
+
+
+def test_onnx_export_matches_pytorch(model: torch.nn.Module, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from dtkd_pipeline.student.onnx_export import export_onnx
+
+    path = tmp_path / "student.onnx"
+    diff = export_onnx(model, path, tile=16, opset=17)
+    assert path.is_file() and diff <= 1e-4
+    # Independently: dynamic batch and a size that is not a window multiple.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    lr = torch.rand(2, 3, 13, 18, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        expected = model(lr).numpy()
+    got = session.run(None, {"lr": lr.numpy()})[0]
+    assert got.shape == (2, 3, 52, 72)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert not model.training  # the export worked on a copy
