@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import struct
 import warnings
 import zlib
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dtkd_pipeline import atomic
 
 if TYPE_CHECKING:
     import torch
@@ -308,7 +309,7 @@ def write_image(
             raise ValueError(f"{path}: {suffix} cannot store alpha; use .png")
         samples = np.dstack([samples, alpha_samples])
     encoded = _encode_png16(samples) if bit_depth == 16 else _encode_pillow(samples, suffix)
-    _write_atomic(path, encoded)
+    atomic.write_bytes(path, encoded)
     return path
 
 
@@ -387,18 +388,6 @@ def _filter_block(rows: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
     best = signed.sum(axis=2).argmin(axis=0)
     chosen = candidates[best, np.arange(rows.shape[0])]
     return np.concatenate([best[:, None], chosen], axis=1).astype(np.uint8)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # The temporary name is unique per writer; mode "xb" refuses to reuse a stale one.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 from dtkd_pipeline.images import imresize
 from dtkd_pipeline.teacher import Teacher
@@ -20,6 +21,8 @@ from dtkd_pipeline.upscale import Upscaler, load_upscaler
 
 # (LR 1x3xhxw in [0, 1], index of the image in its set) -> SR 1x3x4hx4w in [0, 1]
 SuperResolve = Callable[[torch.Tensor, int], torch.Tensor]
+
+MIN_SIDE = 64  # LR side small test images are padded to before the diffusion sampler
 
 BICUBIC = "bicubic"
 TEACHER = "teacher"
@@ -62,6 +65,12 @@ def diffusion(
 
     def runner(seed: int) -> SuperResolve:
         def run(lr: torch.Tensor, index: int) -> torch.Tensor:
+            height, width = lr.shape[-2:]
+            # The sampler needs > 32 px per side (it reflect-pads to multiples of 64): small test
+            # images are edge-padded to 64 px here and the SR output cropped back.
+            pad_h, pad_w = max(0, MIN_SIDE - height), max(0, MIN_SIDE - width)
+            if pad_h or pad_w:
+                lr = F.pad(lr, (0, pad_w, 0, pad_h), mode="replicate")
             sr = teacher.sample(
                 lr,
                 seed=seed,
@@ -70,7 +79,7 @@ def diffusion(
                 chop_size=chop_size,
                 one_step=one_step,
             )
-            return sr.cpu()
+            return sr[..., : height * teacher.scale, : width * teacher.scale].cpu()
 
         return run
 

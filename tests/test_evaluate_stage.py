@@ -1,0 +1,151 @@
+"""The evaluate and report stages on a small validation set with tiny random models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dtkd_pipeline.cli import app
+from dtkd_pipeline.config import Params
+from dtkd_pipeline.evaluate.metrics import MetricWeightsError
+from dtkd_pipeline.images import bicubic_downscale_x4, read_image, write_image
+from dtkd_pipeline.student import build_student
+from stages import evaluate, report
+from tests.pipeline_helpers import make_hr_images, tiny_params
+
+TINY_TEACHER = [
+    "teacher.version=tests/data/resshift_tiny_t2.yaml",
+    "teacher.random_weights=true",
+    "teacher.steps=2",
+]
+
+
+def _student_file(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = build_student("swinir-tiny-x4")
+    state = model.state_dict()
+    torch.save({"model": state, "ema": state, "arch": "swinir-tiny-x4", "iteration": 0}, path)
+    return path
+
+
+def _val_set(folder: Path) -> None:
+    """Two whole-image pairs in the prepare stage's val layout (lr/ + hr/, MATLAB bicubic)."""
+    for path in make_hr_images(folder / "src", [(96, 128), (80, 80)], seed=3):
+        lr, hr = bicubic_downscale_x4(read_image(path).rgb)
+        write_image(folder / "lr" / path.name, np.clip(lr, 0, 1))
+        write_image(folder / "hr" / path.name, hr)
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Params:
+    _val_set(tmp_path / "prepared" / "val")
+    runs = [_student_file(tmp_path / f"s{seed}.pt", seed) for seed in (0, 1)]
+    return tiny_params(
+        tmp_path,
+        tmp_path / "unused",
+        [
+            *TINY_TEACHER,
+            f"evaluate.models.students={{DTKD: ['{runs[0]}', '{runs[1]}']}}",
+            "evaluate.metrics=[psnr, ssim]",
+            "evaluate.teacher_seeds=[1, 2]",
+            "evaluate.teacher_chop=64",
+            "evaluate.comparison.images=[img00]",
+            "evaluate.comparison.crop=64",
+            "evaluate.efficiency.enabled=false",
+            "evaluate.bands.enabled=false",
+            "report.paper_deltas={demo: {psnr_y: 0.25}}",
+        ],
+    )
+
+
+def test_evaluate_averages_runs_and_writes_metrics_csv_and_figures(params: Params) -> None:
+    evaluate.run(params, device="cpu")
+    cfg = params.evaluate
+    metrics = json.loads((cfg.metrics_dir / "demo.json").read_text())
+    assert metrics["images"] == 2
+    # Two checkpoints and two teacher seeds: mean and std over runs, not over images. (The tiny
+    # random teacher's VQ quantisation absorbs the noise, so its seeds may agree exactly.)
+    assert metrics["DTKD"]["psnr_y"]["runs"] == 2 and metrics["DTKD"]["psnr_y"]["std"] > 0
+    assert metrics["teacher"]["psnr_y"]["runs"] == 2
+    assert metrics["bicubic"]["psnr_y"]["runs"] == 1
+    rows = list(csv.DictReader((cfg.out_dir / "demo.csv").open()))
+    assert len(rows) == 2 * (1 + 2 + 2)  # images x (bicubic + 2 students + 2 seeds)
+    by_run: dict[str, list[float]] = {}
+    for row in rows:
+        by_run.setdefault(f"{row['model']}/{row['run']}", []).append(float(row["psnr_y"]))
+    dtkd_means = [np.mean(v) for k, v in by_run.items() if k.startswith("DTKD/")]
+    assert metrics["DTKD"]["psnr_y"]["mean"] == pytest.approx(np.mean(dtkd_means))
+    assert metrics["DTKD"]["psnr_y"]["std"] == pytest.approx(np.std(dtkd_means, ddof=1))
+    assert (cfg.plots_dir / "comparisons" / "demo" / "img00.png").is_file()
+    assert not (cfg.plots_dir / "comparisons" / "demo" / "img01.png").exists()
+
+    text = report.build_report(params)
+    assert "| *paper (reported)* | +0.2500 |" in text
+    assert re.search(r"\| DTKD \| [-+]\d+\.\d{4} \|", text)  # delta against bicubic
+    for link in re.findall(r"\]\(([^)]+\.png)\)", text):
+        assert (params.report.out_dir / link).is_file()
+
+
+def test_missing_metric_weights_stop_before_any_model_runs(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    strict = params.model_copy(
+        update={
+            "evaluate": params.evaluate.model_copy(
+                update={"metrics": ["psnr", "lpips"], "skip_unavailable": False}
+            )
+        }
+    )
+    with pytest.raises(MetricWeightsError, match=re.escape("LPIPS_v0.1_alex-df73285e.pth")):
+        evaluate.run(strict, device="cpu")
+    assert not params.evaluate.metrics_dir.exists() and not params.evaluate.out_dir.exists()
+
+
+def test_missing_student_checkpoint_is_named(params: Params, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pt"
+    broken = params.model_copy(
+        update={
+            "evaluate": params.evaluate.model_copy(
+                update={
+                    "models": params.evaluate.models.model_copy(
+                        update={"students": {"DTKD": [missing]}}
+                    )
+                }
+            )
+        }
+    )
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        evaluate.run(broken, device="cpu")
+
+
+def test_upscale_command_writes_x4_image_and_checked_onnx(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    model = _student_file(tmp_path / "student.pt", 0)
+    (source,) = make_hr_images(tmp_path / "in", [(40, 56)])
+    out, onnx = tmp_path / "out.png", tmp_path / "student.onnx"
+    args = [
+        "upscale",
+        str(source),
+        str(out),
+        "--model",
+        str(model),
+        "--tile",
+        "48",
+        "--overlap",
+        "16",
+    ]
+    result = CliRunner().invoke(app, [*args, "--export-onnx", str(onnx)])
+    assert result.exit_code == 0, result.output
+    assert read_image(out).rgb.shape == (160, 224, 3)
+    assert onnx.is_file() and "max |onnx - torch|" in result.output
+
+    bad = CliRunner().invoke(app, [*args, "--precision", "bf16", "--device", "cpu"])
+    assert bad.exit_code == 1 and "needs a CUDA device" in bad.output
