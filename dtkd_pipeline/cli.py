@@ -35,6 +35,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that carry a complete, user-facing message."""
     from dtkd_pipeline.cache.store import CacheError
     from dtkd_pipeline.config import ConfigError
+    from dtkd_pipeline.devices import DeviceError
     from dtkd_pipeline.evaluate.metrics import MetricUnavailableError
     from dtkd_pipeline.evaluate.testsets import TestSetError
     from dtkd_pipeline.images import ImageReadError
@@ -51,6 +52,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         TeacherConfigError,
         StudentWeightsError,
         CacheError,
+        DeviceError,
         FileNotFoundError,
         MetricUnavailableError,
         TestSetError,
@@ -209,13 +211,14 @@ def benchmark(
     ] = None,
 ) -> None:
     """Params, FLOPs and latency of the students and the teacher (settings: evaluate.efficiency)."""
+    from dtkd_pipeline.devices import resolve_device
     from stages import evaluate as stage
 
     def action() -> None:
         loaded = _params(params, overrides)
         target = out_dir or loaded.evaluate.out_dir
         target.mkdir(parents=True, exist_ok=True)
-        stage.run_efficiency(loaded, stage.resolve_device(device or loaded.evaluate.device), target)
+        stage.run_efficiency(loaded, resolve_device(device or loaded.evaluate.device), target)
         typer.echo((target / stage.EFFICIENCY_MD).read_text())
 
     _run(action)
@@ -238,15 +241,14 @@ def analyze_bands(
     ] = None,
 ) -> None:
     """Mean |teacher - student| per DWT subband and group over the cache or a folder (bar chart)."""
+    from dtkd_pipeline.devices import resolve_device
     from stages import evaluate as stage
 
     def action() -> None:
         loaded = _params(params, overrides)
         target = out_dir or loaded.evaluate.out_dir
         models = {path.stem: path for path in model} if model else None
-        stage.run_bands(
-            loaded, stage.resolve_device(device or loaded.evaluate.device), target, models
-        )
+        stage.run_bands(loaded, resolve_device(device or loaded.evaluate.device), target, models)
 
     _run(action)
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -102,16 +103,6 @@ class Upscaler:
             device=self.device,
             progress=progress,
         )
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/None → CUDA when available, else CPU; a CUDA device must exist."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use cpu")
-    return resolved
 
 
 def check_precision(precision: str, device: torch.device) -> None:

@@ -39,18 +39,13 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import Params, TeacherParams
+from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.teacher import Teacher, load_teacher, random_teacher, resolve_config
 from dtkd_pipeline.weights import resolve_weights
 from stages.prepare_data import TRAIN_STORE
 
 DWT_LEVELS = 2  # the paper's J; cached subbands are Haar, exact under patch cropping
-
-
-def pick_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def check_steps(teacher: TeacherParams) -> None:
@@ -252,7 +247,7 @@ def run(
     check_steps(params.teacher)
     prepared = _open_prepared(params)
     prepared.require_complete("prepare-data")
-    teacher = build_teacher(params.teacher, pick_device(device))
+    teacher = build_teacher(params.teacher, resolve_device(device))
     provenance = store_provenance(teacher, params, prepared.fingerprint())
     layout = store_layout(prepared, params)
     started = time.perf_counter()
@@ -287,7 +282,7 @@ def run(
 
 def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:
     prepared = _open_prepared(params)
-    teacher = build_teacher(params.teacher, pick_device(device))
+    teacher = build_teacher(params.teacher, resolve_device(device))
     expected = store_provenance(teacher, params, prepared.fingerprint())
     store.check_provenance(expected, exact=True)
     for shard in shards:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from dtkd_pipeline import atomic
 from dtkd_pipeline.atomic import staged_folder
 from dtkd_pipeline.config import EvaluateParams, Params, section_dict
+from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate import contenders as zoo
 from dtkd_pipeline.evaluate.bands import analyze_cache, analyze_folder, write_band_report
 from dtkd_pipeline.evaluate.efficiency import (
@@ -50,15 +51,6 @@ from stages.prepare_data import TRAIN_STORE
 EFFICIENCY_JSON = "efficiency.json"
 EFFICIENCY_MD = "efficiency.md"
 COMPARISONS_DIR = "comparisons"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"evaluate.device={name} but no CUDA device is visible; use auto or cpu")
-    return device
 
 
 def _contenders(params: Params, device: torch.device) -> list[zoo.Contender]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import ImageReadError, list_images, read_image, write_image
 from dtkd_pipeline.teacher.config import TeacherConfigError, resolve_config
 from dtkd_pipeline.teacher.factory import load_teacher
@@ -67,7 +68,7 @@ def super_resolve_paths(
         )
     unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
     vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = resolve_device(device)
     teacher = load_teacher(
         version, unet=unet_path, autoencoder=vq_path, device=target, precision=precision
     )
