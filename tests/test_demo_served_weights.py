@@ -73,15 +73,12 @@ def mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _small_demo_images(folder: Path) -> None:
-    """One 256 px training crop (one 64 px LR tile) and the validation image, cropped."""
+    """Training data of two 64 px LR tiles (a 256x384 crop) and a 256 px validation crop."""
     folder.mkdir(parents=True)
     demo = REPO_ROOT / "data" / "demo" / "hr"
-    for name in ("astronaut", "rocket"):  # sorted: rocket is held out for validation
-        rgb = read_image(demo / f"{name}.png").rgb
-        top, left = (rgb.shape[0] - 256) // 2, (rgb.shape[1] - 256) // 2
-        write_image(
-            folder / f"{name}.png", np.ascontiguousarray(rgb[top : top + 256, left:][:, :256])
-        )
+    for name, width in (("astronaut", 512), ("rocket", 256)):  # sorted: rocket is held out
+        rgb = read_image(demo / f"{name}.png").rgb[:256, :width]
+        write_image(folder / f"{name}.png", np.ascontiguousarray(rgb))
 
 
 def test_default_demo_fetches_official_weights_then_runs_every_stage(

@@ -50,6 +50,7 @@ from dtkd_pipeline.cache import (
     StoreLayoutError,
     TileStore,
 )
+from dtkd_pipeline.config import ConfigError
 
 _BAND_NAME = re.compile(r"^(LL|LH|HL|HH)(\d+)$")
 # Filter along (y, x) for each band family: "a" = low-pass (approximation), "d" = high-pass.
@@ -151,10 +152,12 @@ class ShardStreamDataset(IterableDataset):
         self.epoch = 0
         self.start_batch = 0
         if len(self) == 0:
-            raise ValueError(
-                f"no batches per epoch: {self.layout.n_shards} shard(s) over world_size "
-                f"{self.settings.world_size} x {self.settings.worker_count} worker(s) at batch "
-                f"size {self.settings.batch_size}; use fewer workers or smaller shards"
+            raise ConfigError(
+                f"no batches per epoch: {self.layout.n_tiles} tile(s) in {self.layout.n_shards} "
+                f"shard(s) over world_size {self.settings.world_size} x "
+                f"{self.settings.worker_count} worker(s) at batch size "
+                f"{self.settings.batch_size} per rank; lower distill.batch_size or "
+                "distill.num_workers, use smaller data.shard_size, or add training images"
             )
 
     def _band_ratios(self, teacher: TileStore, dwt: bool | Sequence[str]) -> dict[str, int]:
