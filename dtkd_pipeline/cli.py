@@ -185,11 +185,22 @@ def evaluate(
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     device: DeviceOption = None,
+    skip_unavailable: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-unavailable/--no-skip-unavailable",
+            help="Record metrics whose weights are missing as skipped instead of stopping "
+            "(default: evaluate.skip_unavailable).",
+        ),
+    ] = None,
 ) -> None:
     """Stage 3: metrics of bicubic, teacher and students on the test sets, efficiency, bands."""
     from stages import evaluate as stage
 
-    _run(lambda: stage.run(_params(params, overrides), device=device))
+    extra = list(overrides or [])
+    if skip_unavailable is not None:
+        extra.append(f"evaluate.skip_unavailable={str(skip_unavailable).lower()}")
+    _run(lambda: stage.run(_params(params, extra), device=device))
 
 
 @app.command("report")
