@@ -1,7 +1,8 @@
 """`dvc repro` runs the whole chain on the demo images with a tiny random teacher and student.
 
 Asserts what DVC users rely on: every stage's outputs and metrics appear and carry provenance, a
-second repro runs nothing, and a distill param change reruns only distill, evaluate and report.
+second repro runs nothing, a distill param change reruns only distill, evaluate and report, and a
+teacher param change rebuilds the cache and everything after it.
 Slow (a few minutes on 2 cores): `pytest -m slow`.
 """
 
@@ -77,3 +78,6 @@ def test_dvc_repro_runs_chain_then_skips_then_reruns_from_distill(tmp_path: Path
 
     apply_profile(project / "params.yaml", ["distill.lr=1e-3"])
     assert _ran(run_command(["dvc", "repro"], project)) == {"distill", "evaluate", "report"}
+
+    apply_profile(project / "params.yaml", ["teacher.seed=7"])
+    assert _ran(run_command(["dvc", "repro"], project)) == set(STAGES) - {"prepare"}
