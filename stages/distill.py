@@ -18,7 +18,8 @@ from dtkd_pipeline.cache import KIND_TEACHER, TileStore
 from dtkd_pipeline.cache.provenance import diff_fields
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params, section_dict
-from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, ImagePairs, evaluate_pairs
+from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
+from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
 from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
 from dtkd_pipeline.train.loop import TrainingRun, setup_distributed, train
 from stages.prepare_data import TRAIN_STORE, VAL_DIR
@@ -111,7 +112,9 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
 
     logger = validate = None
     if ctx.is_main:
-        pairs = ImagePairs.from_folder(params.data.prepared_dir / VAL_DIR)
+        scale = params.data.scale
+        val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
+        pairs = [load_pair(pair, scale) for pair in val_set]  # decoded once, reused every time
         metrics = FullReferenceMetrics(scale=params.data.scale, device=ctx.device)
 
         def validate(model: torch.nn.Module) -> dict[str, float]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,7 @@ from dtkd_pipeline.evaluate.efficiency import (
 from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
 from dtkd_pipeline.evaluate.testsets import TestSet, load_pair, open_test_set
-from dtkd_pipeline.teacher import load_teacher
-from dtkd_pipeline.weights import resolve_weights
+from dtkd_pipeline.teacher import Teacher
 from stages.cache_teacher import build_teacher
 from stages.prepare_data import TRAIN_STORE
 
@@ -53,28 +51,29 @@ EFFICIENCY_MD = "efficiency.md"
 COMPARISONS_DIR = "comparisons"
 
 
-def _contenders(params: Params, device: torch.device) -> list[zoo.Contender]:
+def _contenders(
+    params: Params, device: torch.device, teacher: Teacher | None
+) -> list[zoo.Contender]:
     cfg = params.evaluate
     models = cfg.models
-    found: list[zoo.Contender] = []
+    found: list[zoo.Contender] = []  # in the paper's figure order: LR-bicubic | students | teacher
     if models.bicubic:
         found.append(zoo.bicubic(params.data.scale))
     for label, checkpoints in models.students.items():
         found.append(
             zoo.students(label, checkpoints, device, cfg.student_tile, cfg.student_overlap)
         )
-    if models.teacher:
-        teacher = build_teacher(params.teacher, device)
-        found.append(zoo.diffusion(zoo.TEACHER, teacher, cfg.teacher_seeds, cfg.teacher_chop))
     if models.one_step is not None:
-        unet = resolve_weights(models.one_step, weights_dir=params.teacher.weights_dir)
-        vq = resolve_weights(
-            params.teacher.autoencoder_weights, weights_dir=params.teacher.weights_dir
+        # The one-step UNet runs on the teacher's VQGAN, loaded like the teacher itself.
+        spec = params.teacher.model_copy(
+            update={"unet_weights": models.one_step, "random_weights": False}
         )
-        one_step = load_teacher(params.teacher.version, unet=unet, autoencoder=vq, device=device)
+        one_step = build_teacher(spec, device)
         found.append(
             zoo.diffusion(zoo.ONE_STEP, one_step, cfg.teacher_seeds, cfg.teacher_chop, True)
         )
+    if teacher is not None:
+        found.append(zoo.diffusion(zoo.TEACHER, teacher, cfg.teacher_seeds, cfg.teacher_chop))
     return found
 
 
@@ -88,6 +87,26 @@ def _mean_std(values: list[float]) -> dict[str, float | int]:
     }
 
 
+def _aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Per model and metric: the mean over images of each run, then mean and std over runs."""
+    per_run: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for row in rows:
+        scores = per_run.setdefault(row["model"], {}).setdefault(row["run"], {})
+        for metric, value in row.items():
+            if metric not in _ROW_KEYS:
+                scores.setdefault(metric, []).append(value)
+    return {
+        model: {
+            metric: _mean_std([statistics.fmean(run[metric]) for run in runs.values()])
+            for metric in sorted({name for run in runs.values() for name in run})
+        }
+        for model, runs in per_run.items()
+    }
+
+
+_ROW_KEYS = ("image", "model", "run")
+
+
 def evaluate_set(
     test_set: TestSet,
     contenders: list[zoo.Contender],
@@ -99,10 +118,6 @@ def evaluate_set(
 ) -> dict[str, Any]:
     """Run every contender on every image; write the set's CSV and comparison figures."""
     rows: list[dict[str, Any]] = []
-    # per model -> per run -> per metric -> values over images
-    per_run: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list))
-    )
     wanted = set(cfg.comparison.images)
     total = len(test_set.pairs) * sum(len(c.runs) for c in contenders)
     with tqdm(total=total, desc=f"evaluate {test_set.name}", unit="sr") as bar:
@@ -117,28 +132,18 @@ def evaluate_set(
                     rows.append(
                         {"image": pair.stem, "model": contender.label, "run": run.name, **scores}
                     )
-                    for metric, value in scores.items():
-                        per_run[contender.label][run.name][metric].append(value)
                     panels.setdefault(contender.label, sr)
                     bar.update()
             if pair.stem in wanted:
                 folder = plots_dir / COMPARISONS_DIR / test_set.name
                 _comparison(pair.stem, hr, panels, cfg.comparison.crop, folder)
     _write_csv(out_dir / f"{test_set.name}.csv", rows)
-    results = {}
-    for contender in contenders:
-        runs = per_run[contender.label]
-        metrics = {name for run in runs.values() for name in run}
-        results[contender.label] = {
-            metric: _mean_std([statistics.fmean(run[metric]) for run in runs.values()])
-            for metric in sorted(metrics)
-        }
     return {
         "set": test_set.name,
         "layout": test_set.layout,
         "root": str(test_set.root),
         "images": len(test_set.pairs),
-        "metrics": results,
+        "metrics": _aggregate(rows),
         "skipped_metrics": dict(suite.skipped),
         "runs": {c.label: {run.name: run.provenance for run in c} for c in contenders},
     }
@@ -148,20 +153,12 @@ def _comparison(
     stem: str, hr: torch.Tensor, panels: dict[str, torch.Tensor], crop: int, folder: Path
 ) -> None:
     top, left = detail_crop(hr, crop)
-    # Order: LR-bicubic | students | teacher(s) | GT, as in the paper's figures.
-    ordered = [(label, panels[label]) for label in panels if label == zoo.BICUBIC]
-    ordered += [(label, sr) for label, sr in panels.items() if label not in _DIFFUSION_AND_BICUBIC]
-    ordered += [(label, panels[label]) for label in (zoo.ONE_STEP, zoo.TEACHER) if label in panels]
-    ordered.append(("GT", hr))
+    ordered = [*panels.items(), ("GT", hr)]  # contender order, then the ground truth
     comparison_figure(ordered, (top, left, crop), folder / f"{stem}.png", title=stem)
 
 
-_DIFFUSION_AND_BICUBIC = {zoo.BICUBIC, zoo.TEACHER, zoo.ONE_STEP}
-
-
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns = ["image", "model", "run"]
-    columns += sorted({key for row in rows for key in row} - set(columns))
+    columns = [*_ROW_KEYS, *sorted({key for row in rows for key in row} - set(_ROW_KEYS))]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -169,16 +166,23 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def run_efficiency(params: Params, device: torch.device, out_dir: Path) -> None:
-    """The efficiency table (params, FLOPs, latency) of the students and the teacher."""
+def run_efficiency(
+    params: Params, device: torch.device, out_dir: Path, teacher: Teacher | None = None
+) -> None:
+    """The efficiency table (params, FLOPs, latency) of the students and the teacher.
+
+    A given fp32 `teacher` is reused; otherwise one is built (weights are read once per run).
+    """
     cfg = params.evaluate
     targets = [
         student_target(label, arch_or_path=checkpoints[0])
         for label, checkpoints in cfg.models.students.items()
     ]
     if cfg.efficiency.teacher:
-        # Built in fp32: benchmark_models applies each measured precision itself.
-        teacher = build_teacher(params.teacher.model_copy(update={"precision": "fp32"}), device)
+        if teacher is None or teacher.precision != "fp32":
+            # fp32: benchmark_models applies each measured precision itself.
+            fp32 = params.teacher.model_copy(update={"precision": "fp32"})
+            teacher = build_teacher(fp32, device)
         targets.append(teacher_target(teacher, one_step=False))
         targets.append(teacher_target(teacher, one_step=True))
     rows = benchmark_models(
@@ -250,7 +254,9 @@ def run(params: Params, device: str | None = None) -> Path:
                     "(dtkd-pipeline distill) or fix the path in params.yaml"
                 )
 
-    contenders = _contenders(params, target)
+    wants_teacher = cfg.models.teacher or (cfg.efficiency.enabled and cfg.efficiency.teacher)
+    teacher = build_teacher(params.teacher, target) if wants_teacher else None
+    contenders = _contenders(params, target, teacher if cfg.models.teacher else None)
     summary: dict[str, Any] = {}
     with (
         staged_folder(cfg.metrics_dir) as metrics_dir,
@@ -271,7 +277,7 @@ def run(params: Params, device: str | None = None) -> Path:
         if absent := sorted(set(cfg.comparison.images) - shown):
             print(f"note: evaluate.comparison.images {absent} are in no test set; no figure made")
         if cfg.efficiency.enabled:
-            run_efficiency(params, target, out_dir)
+            run_efficiency(params, target, out_dir, teacher)
         if cfg.bands.enabled:
             run_bands(params, target, out_dir, plots_dir)
     _print_summary(summary)

@@ -20,23 +20,19 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 from urllib.error import URLError
 
-import numpy as np
 import torch
 from torch import nn
-
-from dtkd_pipeline.images import list_images, read_image
 
 __all__ = [
     "METRICS",
     "FullReferenceMetrics",
-    "ImagePairs",
     "MetricSpec",
     "MetricSuite",
     "MetricUnavailableError",
@@ -44,7 +40,6 @@ __all__ = [
     "MissingWeight",
     "WeightFile",
     "evaluate_pairs",
-    "image_tensor",
     "missing_metric_weights",
 ]
 
@@ -388,45 +383,24 @@ class FullReferenceMetrics:
         return {key: float(value.mean()) for key, value in self.suite.scores(sr, gt).items()}
 
 
-@dataclass(frozen=True)
-class ImagePairs:
-    """Whole-image LR/HR pairs matched by file stem, e.g. data/prepared/val/{lr,hr}."""
-
-    lr: list[Path]
-    hr: list[Path]
-
-    @classmethod
-    def from_folder(cls, folder: Path) -> ImagePairs:
-        lr_dir, hr_dir = folder / "lr", folder / "hr"
-        hr_by_stem = {p.stem: p for p in list_images(hr_dir)}
-        lr = [p for p in list_images(lr_dir) if p.stem in hr_by_stem]
-        if not lr:
-            raise FileNotFoundError(f"no LR/HR pairs (matched by name) in {lr_dir} and {hr_dir}")
-        return cls(lr=lr, hr=[hr_by_stem[p.stem] for p in lr])
-
-    def __iter__(self) -> Iterator[tuple[Path, Path]]:
-        return iter(zip(self.lr, self.hr, strict=True))
-
-
-def image_tensor(path: Path) -> torch.Tensor:
-    """1 x 3 x H x W float32 in [0, 1], quantised to 8 bit like the stored training tiles."""
-    rgb = read_image(path).rgb
-    rgb = np.round(rgb * 255) / 255
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()[None]
-
-
 @torch.no_grad()
 def evaluate_pairs(
-    model: nn.Module, pairs: ImagePairs, metrics: FullReferenceMetrics, device: torch.device
+    model: nn.Module,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    metrics: FullReferenceMetrics,
+    device: torch.device,
 ) -> dict[str, float]:
-    """Mean metrics of ``model`` (LR [0,1] -> SR) over every pair, one whole image at a time."""
+    """Mean metrics of ``model`` (LR [0,1] -> SR) over (LR, HR) pairs, one whole image at a time.
+
+    Pairs come from `testsets.load_pair` (decoded once by the caller, reused every validation).
+    """
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
-    for lr_path, hr_path in pairs:
-        sr = model(image_tensor(lr_path).to(device)).clamp(0, 1)
+    for lr, hr in pairs:
+        sr = model(lr.to(device)).clamp(0, 1)
         sr = torch.round(sr * 255) / 255  # metrics on what would be saved as 8-bit PNG
-        for key, value in metrics(sr, image_tensor(hr_path)).items():
+        for key, value in metrics(sr, hr).items():
             totals[key] = totals.get(key, 0.0) + value
     model.train(was_training)
-    return {key: value / len(pairs.lr) for key, value in totals.items()}
+    return {key: value / len(pairs) for key, value in totals.items()}
