@@ -310,7 +310,8 @@ def upscale(
             error = to_onnx(student, export_onnx)
             typer.echo(f"ONNX -> {export_onnx} (max |onnx - torch| = {error:.1e}, dynamic sizes)")
 
-    _run(action, also=(ValueError,))  # option values the upscaler rejects (precision, arch)
+    # Option values the upscaler rejects (precision, arch); onnx packages missing for the export.
+    _run(action, also=(ValueError, ImportError))
 
 
 @app.command("teacher-sr")
