@@ -71,8 +71,11 @@ class TeacherParams(_Section):
     steps: PositiveInt
     seed: int
     rng: Literal["per-sample", "official"]
-    precision: Literal["fp32", "bf16", "fp16"]
+    precision: Literal["fp32", "tf32", "bf16", "fp16"]
     batch_size: PositiveInt
+    # The CUDA-graph modes are not offered: at a teacher batch of 64 the GPU is busy 95 % of the
+    # time already (docs/performance.md), and their buffer reuse has not been checked on a GPU.
+    compile: Literal["default", "max-autotune-no-cudagraphs"] | None
     dwt: bool
     store: Path
 

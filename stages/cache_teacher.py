@@ -65,17 +65,16 @@ def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
             f"teacher.precision={teacher.precision} needs a CUDA device (got {device}); "
             "use teacher.precision=fp32 on CPU"
         )
+    speed = {
+        "device": device,
+        "precision": teacher.precision,
+        "compile_mode": teacher.compile,
+    }
     if teacher.random_weights:
-        return random_teacher(teacher.version, seed=0, device=device, precision=teacher.precision)
+        return random_teacher(teacher.version, seed=0, **speed)
     unet = resolve_weights(teacher.unet_weights, weights_dir=teacher.weights_dir)
     autoencoder = resolve_weights(teacher.autoencoder_weights, weights_dir=teacher.weights_dir)
-    return load_teacher(
-        teacher.version,
-        unet=unet,
-        autoencoder=autoencoder,
-        device=device,
-        precision=teacher.precision,
-    )
+    return load_teacher(teacher.version, unet=unet, autoencoder=autoencoder, **speed)
 
 
 def store_provenance(teacher: Teacher, params: Params, prepared_fingerprint: str) -> dict[str, Any]:
@@ -238,16 +237,19 @@ def run(
     scheduler: str | None = None,
     device: str | None = None,
     rebuild_on_change: bool = False,
+    teacher: Teacher | None = None,
 ) -> Path:
     """Fill (or resume) the teacher store; returns its path.
 
     A store built with other settings is refused, or with ``rebuild_on_change`` (how dvc.yaml
-    runs the stage after a teacher param changed) deleted and rebuilt.
+    runs the stage after a teacher param changed) deleted and rebuilt. ``teacher``: an already
+    built teacher for these params (benchmarks reuse one warm, compiled teacher across runs).
     """
     check_steps(params.teacher)
     prepared = _open_prepared(params)
     prepared.require_complete("prepare-data")
-    teacher = build_teacher(params.teacher, resolve_device(device))
+    if teacher is None:
+        teacher = build_teacher(params.teacher, resolve_device(device))
     provenance = store_provenance(teacher, params, prepared.fingerprint())
     layout = store_layout(prepared, params)
     started = time.perf_counter()

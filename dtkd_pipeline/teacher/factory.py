@@ -14,7 +14,7 @@ from dtkd_pipeline.teacher.checkpoint import (
     sha256_file,
 )
 from dtkd_pipeline.teacher.config import TeacherConfig, resolve_config
-from dtkd_pipeline.teacher.sampler import Precision, Teacher
+from dtkd_pipeline.teacher.sampler import CompileMode, Precision, Teacher
 from dtkd_pipeline.teacher.unet import UNetModelSwin
 
 ConfigLike = str | Path | TeacherConfig | dict[str, Any]
@@ -55,6 +55,8 @@ def load_teacher(
     autoencoder: str | Path | None = None,
     device: str | torch.device = "cpu",
     precision: Precision = "fp32",
+    channels_last: bool = False,
+    compile_mode: CompileMode | None = None,
 ) -> Teacher:
     """Build the teacher from a config and official checkpoint files (strict, prefix-tolerant).
 
@@ -68,7 +70,14 @@ def load_teacher(
     load_network_weights(unet_model, unet_path, "unet", parsed.version)
     load_network_weights(vq_model, vq_path, "autoencoder", parsed.version)
     teacher = Teacher.from_networks(
-        unet_model, vq_model, parsed, device=device, precision=precision, random_weights=False
+        unet_model,
+        vq_model,
+        parsed,
+        device=device,
+        precision=precision,
+        random_weights=False,
+        channels_last=channels_last,
+        compile_mode=compile_mode,
     )
     teacher.checkpoint_sha256 = {
         "unet": sha256_file(unet_path),
@@ -83,6 +92,8 @@ def random_teacher(
     seed: int = 0,
     device: str | torch.device = "cpu",
     precision: Precision = "fp32",
+    channels_last: bool = False,
+    compile_mode: CompileMode | None = None,
 ) -> Teacher:
     """A teacher with random weights (tests and speed benchmarks only), named "...-RANDOM-WEIGHTS".
 
@@ -98,6 +109,8 @@ def random_teacher(
         device=device,
         precision=precision,
         random_weights=True,
+        channels_last=channels_last,
+        compile_mode=compile_mode,
     )
     teacher.checkpoint_sha256 = {"unet": None, "autoencoder": None}
     return teacher

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch.nn import functional as F
@@ -24,8 +24,14 @@ from dtkd_pipeline.teacher.noise import NoiseSource, OfficialNoise, PerSampleNoi
 from dtkd_pipeline.teacher.tiling import DEFAULT_CHOP_SIZE, chop_grid, default_chop_stride
 from dtkd_pipeline.teacher.unet import UNetModelSwin
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+"""fp32: IEEE float32 everywhere (TF32 off on CUDA, whatever the global flags say); tf32: float32
+tensors with TF32 tensor-core convolutions and matmuls (CUDA); bf16/fp16: autocast, with GroupNorm
+statistics, VQ distances and the diffusion update kept in float32."""
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+"""`torch.compile` modes; "reduce-overhead" and "max-autotune" also replay CUDA graphs."""
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 MIN_LR_SIDE = 33
 """Reflect padding to a multiple of 64 needs pad < side, so sides of 32 px or less cannot run."""
@@ -49,20 +55,35 @@ class Teacher:
     random_weights: bool
     checkpoint_sha256: dict[str, str | None] = field(default_factory=dict)
     checkpoint_paths: dict[str, str | None] = field(default_factory=dict)
+    channels_last: bool = False
+    """NHWC activations and weights: the layout cuDNN's tensor-core convolutions run natively."""
+    compile_mode: CompileMode | None = None
+    """torch.compile the UNet, VQ encoder and decoder (compiled per input shape at first use)."""
     schedule: EtaSchedule = field(init=False, repr=False)
     _coefficients: StepCoefficients = field(init=False, repr=False)
+    _networks: tuple[Callable[..., torch.Tensor], ...] | None = field(
+        init=False, repr=False, default=None
+    )
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.precision not in ("fp32", "tf32", "bf16", "fp16"):
+            raise ValueError(
+                f"precision must be 'fp32', 'tf32', 'bf16' or 'fp16', got {self.precision!r}"
+            )
         if self.precision != "fp32" and self.device.type != "cuda":
             # CPU autocast without native bf16 runs ~100x slower than fp32 and gains nothing.
             raise ValueError(
-                f"precision {self.precision!r} (autocast) is for CUDA devices; use 'fp32' on "
-                f"{self.device.type}"
+                f"precision {self.precision!r} (tensor-core math) is for CUDA devices; use 'fp32' "
+                f"on {self.device.type}"
             )
-        self.unet.to(self.device).eval().requires_grad_(False)
-        self.autoencoder.to(self.device).eval().requires_grad_(False)
+        if self.compile_mode is not None and self.compile_mode not in get_args(CompileMode):
+            raise ValueError(
+                f"compile mode must be one of {list(get_args(CompileMode))} or None, got "
+                f"{self.compile_mode!r}"
+            )
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for net in (self.unet, self.autoencoder):
+            net.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
         self.schedule = build_schedule(self.config.diffusion)
         self._coefficients = StepCoefficients.from_schedule(self.schedule, self.device)
 
@@ -76,6 +97,8 @@ class Teacher:
         precision: Precision = "fp32",
         random_weights: bool = True,
         name: str | None = None,
+        channels_last: bool = False,
+        compile_mode: CompileMode | None = None,
     ) -> Teacher:
         """Wrap already-built networks; by default they are treated (and named) as random."""
         default = f"resshift-{config.version}" + ("-RANDOM-WEIGHTS" if random_weights else "")
@@ -87,6 +110,8 @@ class Teacher:
             device=torch.device(device),
             precision=precision,
             random_weights=random_weights,
+            channels_last=channels_last,
+            compile_mode=compile_mode,
         )
 
     @property
@@ -114,6 +139,8 @@ class Teacher:
             "checkpoint_sha256": dict(self.checkpoint_sha256),
             "config_source": self.config.source,
             "precision": self.precision,
+            "channels_last": self.channels_last,
+            "compile_mode": self.compile_mode,
             "device": str(self.device),
             "torch": torch.__version__,
         }
@@ -189,9 +216,50 @@ class Teacher:
         return result.clamp(-1.0, 1.0) * 0.5 + 0.5
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "tf32"):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+    @contextlib.contextmanager
+    def _math_mode(self) -> Iterator[None]:
+        """Autocast for bf16/fp16, and TF32 on exactly when precision says so.
+
+        PyTorch's defaults differ by op (cuDNN convolutions TF32 on, matmuls off), so "fp32" would
+        otherwise silently mean TF32 convolutions on CUDA.
+        """
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        saved = cudnn.allow_tf32, matmul.allow_tf32
+        allow = self.precision != "fp32"
+        cudnn.allow_tf32 = matmul.allow_tf32 = allow
+        try:
+            with self._autocast():
+                yield
+        finally:
+            cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+    def _network_calls(self) -> tuple[Callable[..., torch.Tensor], ...]:
+        """(unet, encode, decode), compiled on first use when `compile_mode` is set."""
+        if self._networks is None:
+            calls: tuple[Callable[..., torch.Tensor], ...] = (
+                self.unet,
+                self.autoencoder.encode,
+                self.autoencoder.decode,
+            )
+            if self.compile_mode is not None:
+                mode = self.compile_mode
+                calls = tuple(torch.compile(c, mode=mode, dynamic=False) for c in calls)
+            self._networks = calls
+        return self._networks
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _call(self, network: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+        """One network call; outputs of CUDA-graph replays are copied out of the graph's pool."""
+        if self.compile_mode in _CUDA_GRAPH_MODES:
+            torch.compiler.cudagraph_mark_step_begin()
+            return network(*args).float().clone()
+        return network(*args).float()
 
     def _sample_func(
         self, y0: torch.Tensor, noise: NoiseSource, one_step: bool = False
@@ -207,20 +275,22 @@ class Teacher:
         if pad_h or pad_w:
             y0 = F.pad(y0, (0, pad_w, 0, pad_h), mode="reflect")
 
-        with self._autocast():
+        unet, encode, decode = self._network_calls()
+        lq = self._layout(y0)
+        with self._math_mode():
             y_up = F.interpolate(y0, scale_factor=self.scale, mode="bicubic")
-            z_y = self.autoencoder.encode(y_up).float() * scale_factor
+            z_y = self._call(encode, self._layout(y_up)) * scale_factor
             z = z_y + coeff.prior_std * noise.draw(z_y.shape)
             for i in reversed(range(self.steps)):
-                x_in = z / coeff.input_std[i]
-                x0_hat = self.unet(x_in, coeff.timesteps[i : i + 1], y0).float()
+                x_in = self._layout(z / coeff.input_std[i])
+                x0_hat = self._call(unet, x_in, coeff.timesteps[i : i + 1], lq)
                 if one_step:  # SinSR: the x0 prediction at t = T-1 is the result
                     z = x0_hat
                     break
                 mean = coeff.coef1[i] * z + coeff.coef2[i] * x0_hat
                 step_noise = noise.draw(z.shape)  # drawn at every step, the last one unused
                 z = mean + coeff.noise_std[i] * step_noise if i > 0 else mean
-            sr = self.autoencoder.decode((1 / scale_factor) * z).float()
+            sr = self._call(decode, self._layout((1 / scale_factor) * z))
         return sr[:, :, : height * self.scale, : width * self.scale].clamp_(-1.0, 1.0)
 
     # ------------------------------------------------------------------------------ validation
