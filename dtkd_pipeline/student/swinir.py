@@ -102,9 +102,11 @@ def window_reverse(
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
 
 
-def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int) -> torch.Tensor:
+def shifted_window_mask(
+    height: int, width: int, window_size: int, shift_size: int, device: torch.device | None = None
+) -> torch.Tensor:
     """(nW, N, N) float32 mask: 0 within a region, -100 between tokens the roll made adjacent."""
-    labels = torch.zeros(1, height, width, 1)
+    labels = torch.zeros(1, height, width, 1, device=device)
     bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
     region = 0
     for row_slice in bounds:
@@ -113,7 +115,7 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift_size: i
             region += 1
     window_labels = window_partition(labels, window_size).squeeze(-1)  # nW × N
     differs = window_labels[:, None, :] != window_labels[:, :, None]
-    return torch.zeros(differs.shape).masked_fill_(differs, SHIFT_MASK_VALUE)
+    return torch.zeros(differs.shape, device=device).masked_fill_(differs, SHIFT_MASK_VALUE)
 
 
 class ShiftMaskCache:
@@ -129,6 +131,11 @@ class ShiftMaskCache:
     def get(
         self, height: int, width: int, window_size: int, shift_size: int, device: torch.device
     ) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Built inside the graph on the device (folded to a constant), never cached: a
+            # tensor kept from a traced call would be an overwritten CUDA-graph buffer later,
+            # and a CPU-built one would make inductor compile a C++ kernel for it.
+            return shifted_window_mask(height, width, window_size, shift_size, device)
         key = (height, width, window_size, shift_size, device)
         mask = self._masks.get(key)
         if mask is None:
