@@ -128,7 +128,12 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
         if logger is not None:
             logger.close()
     path = out_dir / STUDENT_FILE
+    speed = final.pop("throughput")
     if ctx.is_main:
         atomic_torch_save(final, path)
         print(f"student (EMA weights) -> {path}; best val PSNR-Y {final['best_psnr']:.2f} dB")
+        print(
+            f"training speed: {speed['samples_per_s']:.1f} samples/s over {speed['timed_steps']} "
+            f"steps after the first; waiting for data {100 * speed['loader_wait']:.1f}% of the time"
+        )
     return path

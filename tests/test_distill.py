@@ -97,9 +97,13 @@ def test_training_decreases_task_and_kd_losses(params: Params, tmp_path: Path) -
         use_cached_dwt=False,
         provenance={},
     )
-    train(
+    final = train(
         cfg, spec, DistributedContext(0, 1, torch.device("cpu")), log=lambda i, v: history.append(v)
     )
+    assert final["throughput"]["timed_steps"] == 39 and final["throughput"]["samples_per_s"] > 0
+    timed = [h for h in history if "perf/samples_per_s" in h]
+    assert len(timed) == 39  # logged every step but the warm-up one
+    assert all(h["perf/samples_per_s"] > 0 and 0 <= h["perf/loader_wait"] < 1 for h in timed)
     task = [h["train/task_l1"] for h in history]
     kd = [h["train/kd"] for h in history]
     assert np.mean(task[-8:]) < 0.7 * np.mean(task[:8])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from dtkd_pipeline.train.dataset import (
     make_loader,
 )
 from dtkd_pipeline.train.ema import ModelEMA
+from dtkd_pipeline.train.throughput import Throughput
 
 Validator = Callable[[nn.Module], dict[str, float]]
 Logger = Callable[[int, dict[str, float]], None]
@@ -202,8 +204,11 @@ def train(
     batches = _infinite_batches(dataset, pin=device.type == "cuda")
     model.train()
     bar = tqdm(total=cfg.iterations, initial=iteration, desc="distill", disable=not ctx.is_main)
+    throughput = Throughput()
     while iteration < cfg.iterations:
+        waiting_since = time.perf_counter()
         batch, consumed = next(batches)
+        throughput.waited(time.perf_counter() - waiting_since)
         data = batch_to_float(batch, device, non_blocking=True)
         with autocast:
             sr = train_model(data["lr"])
@@ -231,6 +236,7 @@ def train(
         ema.update(model)
         iteration += 1
         bar.update(1)
+        throughput.stepped(cfg.batch_size)
 
         last = iteration == cfg.iterations
         if ctx.is_main and log is not None and (iteration % cfg.log_every == 0 or last):
@@ -242,6 +248,7 @@ def train(
                     "train/kd": parts["kd"].item(),
                     "train/lambda": float(parts["lambda"]),
                     "train/lr": scheduler.get_last_lr()[0],
+                    **throughput.window(),
                 },
             )
         is_best = False
@@ -264,6 +271,7 @@ def train(
                 checkpoints.save(checkpoint_state(position, rng), iteration, is_best=is_best)
     bar.close()
     return {
+        "throughput": throughput.totals(),
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "arch": cfg.student,
