@@ -11,6 +11,11 @@
     python benchmarks/train_step.py                      # CPU: batch 2, 1 warm-up + 3 steps
     python benchmarks/train_step.py --batch 16 --iters 5 # CPU, SwinIR recipe batch (~1 min/step)
     python benchmarks/train_step.py --device cuda        # batch 64, fp32/bf16, foreach/fused Adam
+(c) --loop N: the real `distill` stage for N iterations on those stores (batch --batch, patch
+    --patch, --loop-precision, --loop-compile, --num-workers), which prints samples/s and the share
+    of time spent waiting for the loader.
+
+    python benchmarks/train_step.py --device cuda --skip-loader --loop 200 --loop-compile
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stride", type=int, default=16, help="LR tile stride (overlap = more)")
     parser.add_argument("--skip-step", action="store_true", help="only the loader benchmark")
     parser.add_argument("--skip-loader", action="store_true", help="only the step benchmark")
+    parser.add_argument("--loop", type=int, default=0, help="iterations of the real distill loop")
+    parser.add_argument("--loop-precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--loop-compile", action="store_true", help="distill.compile=true")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -85,16 +93,25 @@ class StepVariant:
     precision: str  # fp32 | bf16 (autocast on CUDA)
     fused: bool  # fused Adam (CUDA) vs the default foreach implementation
     kd: bool  # L1 + DWT KD vs plain L1
+    compiled: bool = False  # torch.compile the student (as distill.compile does)
 
     @property
     def config(self) -> str:
-        return f"{self.precision}, {'fused' if self.fused else 'foreach'} Adam"
+        adam = "fused" if self.fused else "foreach"
+        return f"{self.precision}, {adam} Adam" + (", compiled" if self.compiled else "")
 
 
-def make_step(variant: StepVariant, args: argparse.Namespace, device: torch.device) -> Callable:
-    """One training step (forward + loss + backward + Adam step) on fixed random data."""
-    torch.manual_seed(args.seed)
-    model = build_student(args.student).to(device).train()
+def make_step(
+    variant: StepVariant,
+    model: torch.nn.Module,
+    forward: Callable,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> Callable:
+    """One training step (forward + loss + backward + Adam step) of `model` on fixed random data.
+
+    Both loss variants of a config share one model and its `forward` (compiled once if so).
+    """
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, fused=variant.fused)
     kd_loss = build_kd_loss("dwt").to(device)
     b, p = args.batch, args.patch
@@ -107,7 +124,7 @@ def make_step(variant: StepVariant, args: argparse.Namespace, device: torch.devi
 
     def step() -> None:
         with autocast:
-            sr = model(lr)
+            sr = forward(lr)
         # Losses in fp32 outside autocast, as train/loop.py does.
         sr = sr.float()
         loss = F.l1_loss(sr, hr)
@@ -121,14 +138,20 @@ def make_step(variant: StepVariant, args: argparse.Namespace, device: torch.devi
 
 
 def time_pair(
-    precision: str, fused: bool, args: argparse.Namespace, device: torch.device
+    precision: str, fused: bool, compiled: bool, args: argparse.Namespace, device: torch.device
 ) -> dict[bool, list[float]]:
     """Seconds per step for L1 (False) and L1+DWT (True), interleaved after warm-up.
 
     Interleaving (alternating which goes first) cancels drift from other load on the machine,
     which would otherwise land entirely on whichever variant runs second.
     """
-    steps = {kd: make_step(StepVariant(precision, fused, kd), args, device) for kd in (False, True)}
+    torch.manual_seed(args.seed)
+    model = build_student(args.student).to(device).train()
+    forward = torch.compile(model) if compiled else model
+    steps = {
+        kd: make_step(StepVariant(precision, fused, kd, compiled), model, forward, args, device)
+        for kd in (False, True)
+    }
     for _ in range(args.warmup):
         for step in steps.values():
             step()
@@ -143,28 +166,29 @@ def time_pair(
     return times
 
 
-def step_benchmark(args: argparse.Namespace, device: torch.device) -> list[str]:
-    configs = [("fp32", False)]
+def step_benchmark(args: argparse.Namespace, device: torch.device) -> None:
+    """Prints the table row by row (compiled last), so a time-boxed run keeps what finished."""
+    configs = [("fp32", False, False)]  # the plain eager fp32 loop
     if device.type == "cuda":
-        configs += [("fp32", True), ("bf16", False), ("bf16", True)]
-    rows = [
+        configs += [("fp32", True, False), ("bf16", True, False), ("bf16", True, True)]
+    print(
         "| config | L1 median (ms) | L1 p90 (ms) | L1+DWT median (ms) | L1+DWT p90 (ms) "
-        "| DWT overhead | samples/s (L1+DWT) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for precision, fused in configs:
-        times = time_pair(precision, fused, args, device)
+        "| DWT overhead | samples/s (L1+DWT) |\n|---|---:|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    for precision, fused, compiled in configs:
+        times = time_pair(precision, fused, compiled, args, device)
         plain, kd = times[False], times[True]
         if device.type == "cuda":
             torch.cuda.empty_cache()
         m_plain, m_kd = statistics.median(plain), statistics.median(kd)
-        rows.append(
-            f"| {StepVariant(precision, fused, True).config} | {1e3 * m_plain:.1f} "
+        print(
+            f"| {StepVariant(precision, fused, True, compiled).config} | {1e3 * m_plain:.1f} "
             f"| {1e3 * percentile(plain, 90):.1f} | {1e3 * m_kd:.1f} "
             f"| {1e3 * percentile(kd, 90):.1f} | {100 * (m_kd / m_plain - 1):+.1f}% "
-            f"| {args.batch / m_kd:.1f} |"
+            f"| {args.batch / m_kd:.1f} |",
+            flush=True,
         )
-    return rows
 
 
 # ---------------------------------------------------------------------- (b) loaders
@@ -324,6 +348,36 @@ def loader_benchmark(args: argparse.Namespace) -> list[str]:
         ]
 
 
+def loop_benchmark(args: argparse.Namespace, device: torch.device) -> None:
+    """The distill stage itself on demo-image stores; it prints samples/s and the loader wait."""
+    from stages import distill
+
+    with tempfile.TemporaryDirectory(prefix="dtkd-loop-") as tmp:
+        root = Path(tmp)
+        params = build_stores(root, args)
+        cfg = params.distill.model_copy(
+            update={
+                "iterations": args.loop,
+                "batch_size": args.batch,
+                "patch_size": args.patch,
+                "precision": args.loop_precision,
+                "compile": args.loop_compile,
+                "num_workers": args.num_workers,
+                "shuffle_buffer": max(4 * args.batch, 64),
+                "milestones": [args.loop + 1],
+                "val_every": 10 * args.loop,  # validation only at the end
+                "log_every": max(args.loop // 10, 1),
+                "checkpoint_every": args.loop,
+                "out_dir": root / "models",
+            }
+        )
+        print(
+            f"Loop: distill stage, {args.loop} iterations, batch {args.batch}, patch {args.patch}, "
+            f"{args.loop_precision}, compile={args.loop_compile}, {args.num_workers} workers"
+        )
+        distill.run(params.model_copy(update={"distill": cfg}), device=str(device))
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
@@ -341,10 +395,12 @@ def main() -> None:
             "steps (random data on the device)"
         )
         print()
-        print("\n".join(step_benchmark(args, device)))
+        step_benchmark(args, device)
         print()
     if not args.skip_loader:
         print("\n".join(loader_benchmark(args)))
+    if args.loop:
+        loop_benchmark(args, device)
 
 
 if __name__ == "__main__":
