@@ -36,7 +36,8 @@ for step in $steps; do
       --json "$out/student.json" ;;
     train) run train 300 "$py" train_step.py --device cuda --batch 64 --patch 64 \
       --skip-loader --warmup 5 --iters 20 ;;
-    loop) run loop 70 "$py" train_step.py --device cuda --batch 64 --patch 64 --stride 8 \
+    # The distill stage validates with pyiqa: install the [pipeline] or [eval] extra first.
+    loop) run loop 120 "$py" train_step.py --device cuda --batch 64 --patch 64 --stride 8 \
       --skip-step --skip-loader --loop 100 --num-workers 4 ;;
     gn) run gn 90 "$py" teacher_throughput.py --device cuda \
       --variants bf16+gn32,bf16,fp16,bf16+nhwc --batch-sizes 64 --quality 16 ;;
