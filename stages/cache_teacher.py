@@ -121,7 +121,15 @@ def compute_shard(
     for first in range(0, stop - start, tp.batch_size):
         batch = torch.from_numpy(lr[first : first + tp.batch_size]).float().div_(255.0)
         ids = list(range(start + first, start + first + len(batch)))
+        real = len(batch)
+        if teacher.compile_mode is not None and real < tp.batch_size:
+            # A compiled teacher recompiles (minutes) for every new batch size: fill a ragged
+            # last batch with copies of its last tile and drop their outputs.
+            fill = tp.batch_size - real
+            batch = torch.cat([batch, batch[-1:].expand(fill, -1, -1, -1)])
+            ids += [ids[-1]] * fill
         sr = teacher.sample(batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps)
+        sr = sr[:real]
         sr_u8 = (sr.clamp(0, 1) * 255).round_()
         outputs.setdefault(TEACHER, []).append(sr_u8.to(torch.uint8).cpu().numpy())
         if tp.dwt:
@@ -132,7 +140,7 @@ def compute_shard(
                 key = f"dwt/{name}"
                 outputs.setdefault(key, []).append(band.half().cpu().numpy())
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(real)
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 

@@ -200,3 +200,30 @@ def test_dask_scheduler_fills_the_same_store_as_a_local_run(
     # outputs agree to the last uint8 step, bit-identity holds per process configuration.
     diff = np.abs(teacher_bytes(fanned).astype(int) - teacher_bytes(local).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+class _RecordingTeacher:
+    """Stands in for a compiled teacher: records batch sizes, returns a per-tile function of its
+    own LR tile (nearest x4), so a dropped filler row could not hide among real outputs."""
+
+    compile_mode = "default"
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def sample(self, lr: torch.Tensor, **_: object) -> torch.Tensor:
+        self.batch_sizes.append(lr.shape[0])
+        return lr.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+
+
+def test_compiled_teacher_always_gets_full_batches(prepared_root: Path, tmp_path: Path) -> None:
+    params = params_for(prepared_root, tmp_path, ["teacher.batch_size=3"])
+    prepared = cache_teacher._open_prepared(params)
+    teacher = _RecordingTeacher()
+    shard = cache_teacher.compute_shard(teacher, prepared, 0, params)  # type: ignore[arg-type]
+    n = prepared.layout.shard_range(0)[1] - prepared.layout.shard_range(0)[0]
+    assert n % 3 != 0, "the fixture must leave a ragged last batch"
+    assert set(teacher.batch_sizes) == {3}  # the ragged batch was filled, no new shape
+    lr = prepared.read_shard(0, ["lr"])["lr"]
+    assert shard[TEACHER].shape[0] == n  # filler outputs dropped
+    np.testing.assert_array_equal(shard[TEACHER], lr.repeat(4, axis=2).repeat(4, axis=3))
