@@ -23,23 +23,10 @@ import torch
 import yaml
 from _common import device_name, synchronize
 
-from dtkd_pipeline import __version__
-from dtkd_pipeline.cache import (
-    HR,
-    KIND_PREPARED,
-    LR,
-    SOURCES,
-    TILE_OFFSET,
-    TILE_SOURCE,
-    Compression,
-    StoreLayout,
-    TileStore,
-    prepared_arrays,
-)
-from dtkd_pipeline.config import load_params
+from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
+from dtkd_pipeline.config import DataParams, Params, load_params
 from dtkd_pipeline.teacher import Teacher
-from stages import cache_teacher
-from stages.prepare_data import TRAIN_STORE
+from stages import cache_teacher, prepare_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,28 +48,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def synthetic_prepared(path: Path, tiles: int, lr_size: int, shard_size: int) -> None:
-    """A prepared store of smooth random tiles, in prepare-data's layout."""
+def synthetic_prepared(path: Path, data: DataParams, tiles: int) -> None:
+    """A prepared store of blocky random tiles, in prepare-data's layout and provenance."""
     rng = np.random.default_rng(0)
-    layout = StoreLayout(
-        kind=KIND_PREPARED,
-        n_tiles=tiles,
-        shard_size=shard_size,
-        arrays=prepared_arrays(lr_size, 4),
-        compression=Compression("zstd", 1),
-    )
-    provenance = {
-        SOURCES: ["synthetic"],
-        "scale": 4,
-        "lr_tile": lr_size,
-        "stride": lr_size,
-        "small_images": "pad",
-        "lr_source": "synthetic",
-        "package_version": __version__,
-    }
-    coarse = rng.integers(0, 256, (shard_size, 3, lr_size // 8, lr_size // 8), dtype=np.uint8)
+    layout = prepare_data.train_store_layout(data, tiles)
+    side, shard_size = data.lr_tile, data.shard_size
+    coarse = rng.integers(0, 256, (shard_size, 3, side // 8, side // 8), dtype=np.uint8)
     lr = coarse.repeat(8, axis=2).repeat(8, axis=3)
-    hr = lr.repeat(4, axis=2).repeat(4, axis=3)
+    hr = lr.repeat(data.scale, axis=2).repeat(data.scale, axis=3)
+    provenance = prepare_data.train_store_provenance(data, ["synthetic"])
     with TileStore.create(path, layout, provenance) as store:
         for shard in range(layout.n_shards):
             start, stop = layout.shard_range(shard)
@@ -110,11 +84,13 @@ def main() -> None:
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
 
-    def params_for(name: str) -> object:
+    def params_for(name: str) -> Params:
         return load_params(
             root / "params.yaml",
             [
                 f"data.prepared_dir={root / name}",
+                f"data.lr_tile={args.lr_size}",
+                f"data.shard_size={shard}",
                 f"data.compression.codec={args.codec}",
                 f"data.compression.level={args.level}",
                 f"teacher.version={args.config}",
@@ -128,9 +104,9 @@ def main() -> None:
         )
 
     warm, timed = params_for("warm"), params_for("timed")
-    synthetic_prepared(root / "warm" / TRAIN_STORE, batch, args.lr_size, shard)
-    synthetic_prepared(root / "timed" / TRAIN_STORE, tiles, args.lr_size, shard)
-    teacher = cache_teacher.build_teacher(timed.teacher, device)  # type: ignore[attr-defined]
+    synthetic_prepared(root / "warm" / prepare_data.TRAIN_STORE, warm.data, batch)
+    synthetic_prepared(root / "timed" / prepare_data.TRAIN_STORE, timed.data, tiles)
+    teacher = cache_teacher.build_teacher(timed.teacher, device)
     if args.channels_last:  # a benchmark-only lever: measured slower in eager mode on an H100
         teacher = Teacher.from_networks(
             teacher.unet,
@@ -148,11 +124,11 @@ def main() -> None:
     )
     print(f"{tiles} tiles of {args.lr_size}->{4 * args.lr_size}, batch {batch}, shard {shard}")
     started = time.perf_counter()
-    cache_teacher.run(warm, teacher=teacher)  # type: ignore[arg-type]
+    cache_teacher.run(warm, teacher=teacher)
     print(f"warm-up run (compilation, autotuning): {time.perf_counter() - started:.1f} s")
     synchronize(device)
     started = time.perf_counter()
-    cache_teacher.run(timed, teacher=teacher)  # type: ignore[arg-type]
+    cache_teacher.run(timed, teacher=teacher)
     seconds = time.perf_counter() - started
     print(f"summary: end to end {tiles / seconds:.2f} tiles/s ({tiles} tiles in {seconds:.1f} s)")
 

@@ -183,19 +183,21 @@ def _iter_tiles(
                 yield i, lr, hr, plans[i].offsets
 
 
-def _write_train_store(
-    path: Path, paths: list[Path], plans: list[TilePlan], sources: Sources, data: DataParams
-) -> int:
-    n_tiles = sum(len(plan.offsets) for plan in plans)
-    layout = StoreLayout(
+def train_store_layout(data: DataParams, n_tiles: int) -> StoreLayout:
+    """The layout of train.zarr for these data params (benchmarks build synthetic ones with it)."""
+    return StoreLayout(
         kind=KIND_PREPARED,
         n_tiles=n_tiles,
         shard_size=data.shard_size,
         arrays=prepared_arrays(data.lr_tile, data.scale),
         compression=Compression(data.compression.codec, data.compression.level),
     )
-    provenance = {
-        SOURCES: [p.name for p in paths],
+
+
+def train_store_provenance(data: DataParams, source_names: list[str]) -> dict[str, Any]:
+    """What train.zarr records about how its tiles were made."""
+    return {
+        SOURCES: source_names,
         "scale": data.scale,
         "lr_tile": data.lr_tile,
         "stride": data.stride,
@@ -203,6 +205,14 @@ def _write_train_store(
         "lr_source": "paired" if data.lr_dir is not None else "matlab-bicubic",
         "package_version": __version__,
     }
+
+
+def _write_train_store(
+    path: Path, paths: list[Path], plans: list[TilePlan], sources: Sources, data: DataParams
+) -> int:
+    n_tiles = sum(len(plan.offsets) for plan in plans)
+    layout = train_store_layout(data, n_tiles)
+    provenance = train_store_provenance(data, [p.name for p in paths])
     pending: dict[str, list[np.ndarray]] = {LR: [], HR: [], TILE_SOURCE: [], TILE_OFFSET: []}
     shard = 0
 

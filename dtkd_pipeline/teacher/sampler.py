@@ -66,9 +66,9 @@ class Teacher:
     )
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "tf32", "bf16", "fp16"):
+        if self.precision not in get_args(Precision):
             raise ValueError(
-                f"precision must be 'fp32', 'tf32', 'bf16' or 'fp16', got {self.precision!r}"
+                f"precision must be one of {list(get_args(Precision))}, got {self.precision!r}"
             )
         if self.precision != "fp32" and self.device.type != "cuda":
             # CPU autocast without native bf16 runs ~100x slower than fp32 and gains nothing.
