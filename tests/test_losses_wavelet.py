@@ -43,6 +43,25 @@ def test_subbands_equal_pywavelets(wavelet: str, mode: str) -> None:
         torch.testing.assert_close(ours[name], torch.from_numpy(band), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize(("wavelet", "mode"), [("haar", "zero"), ("db2", "symmetric")])
+def test_loss_equals_weighted_pywavelets_subband_differences(wavelet: str, mode: str) -> None:
+    """The loss transforms student − teacher once; the definition subtracts each image's bands."""
+    student, teacher = (x.double() for x in _pair((2, 3, 24, 20)))
+    weights = group_weights(2, (1.0, 2.0, 3.0))
+    subbands = {}
+    for image in (student, teacher):
+        coefficients = pywt.wavedec2(image.numpy(), wavelet, mode=mode, level=2, axes=(-2, -1))
+        names = subband_names(2)
+        flat = [coefficients[0], *(band for details in coefficients[1:] for band in details)]
+        subbands[id(image)] = dict(zip(names, flat, strict=True))
+    expected = sum(
+        weight * abs(subbands[id(student)][name] - subbands[id(teacher)][name]).mean()
+        for name, weight in weights.items()
+    )
+    loss = DecomposedDWTLoss(2, wavelet, (1.0, 2.0, 3.0), mode=mode)
+    assert loss(student, teacher).item() == pytest.approx(expected, rel=1e-10)
+
+
 def test_haar_subband_shapes_halve_per_level() -> None:
     bands = dwt_subbands(torch.rand(4, 3, 64, 48), levels=2)
     assert bands["LL2"].shape == (4, 3, 16, 12)

@@ -157,22 +157,21 @@ class DecomposedDWTLoss(nn.Module):
         if teacher is None and teacher_subbands is None:
             raise ValueError("give the teacher output or its precomputed subbands")
         with torch.autocast(student.device.type, enabled=False):
-            student_bands = dwt_subbands(
-                _at_least_fp32(student), self.levels, self.wavelet, self.mode
-            )
+            student = _at_least_fp32(student)
             if teacher_subbands is None:
                 assert teacher is not None
-                teacher_bands = dwt_subbands(
-                    _at_least_fp32(teacher), self.levels, self.wavelet, self.mode
-                )
+                # The DWT is linear: one transform of the difference instead of one per image
+                # halves the loss's cost (same values up to float rounding).
+                difference = student - teacher.to(student.dtype)
+                deltas = dwt_subbands(difference, self.levels, self.wavelet, self.mode)
             else:
+                student_bands = dwt_subbands(student, self.levels, self.wavelet, self.mode)
                 teacher_bands = _checked_teacher_subbands(teacher_subbands, student_bands)
-            return {
-                name: (student_bands[name] - teacher_bands[name].to(student_bands[name].dtype))
-                .abs()
-                .mean()
-                for name in self.subband_weights
-            }
+                deltas = {
+                    name: band - teacher_bands[name].to(band.dtype)
+                    for name, band in student_bands.items()
+                }
+            return {name: deltas[name].abs().mean() for name in self.subband_weights}
 
     def forward(
         self,
