@@ -3,6 +3,8 @@
 (a) One training step of the student = forward + backward + Adam step on random data already on
     the device (compute only): plain L1 vs L1 + DecomposedDWTLoss (as the loop computes them), and
     the DWT overhead. On CUDA also bf16 autocast and fused Adam. Warm-up steps, then median/p90.
+    The step difference is noisy when the loss is small, so the DWT loss is also timed alone
+    (forward + backward on the step's output size) and reported as a share of the L1+DWT step.
 (b) Loader throughput (samples/s): ShardStreamDataset/make_loader on Zarr stores vs a BasicSR-style
     PNG folder loader (PIL decode per sample, random crop, flips/rotation); same tiles and workers.
     Stores are built in a temp dir from data/demo/hr with stages.prepare_data; the teacher store is
@@ -77,6 +79,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loop", type=int, default=0, help="iterations of the real distill loop")
     parser.add_argument("--loop-precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--loop-compile", action="store_true", help="distill.compile=true")
+    parser.add_argument(
+        "--configs",
+        help=f"step configs, comma-separated (default: fp32 on CPU, {','.join(STEP_CONFIGS)} "
+        "on CUDA; bf16 is autocast, on the CPU too)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -166,16 +173,47 @@ def time_pair(
     return times
 
 
+STEP_CONFIGS = ("fp32", "fp32+fused", "bf16+fused", "bf16+fused+compile")
+
+
+def parse_step_config(name: str) -> tuple[str, bool, bool]:
+    """ "bf16+fused+compile" -> (precision, fused Adam, compiled)."""
+    parts = name.strip().split("+")
+    if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"fused", "compile"}:
+        raise SystemExit(f"--configs: unknown step config {name!r}; e.g. {','.join(STEP_CONFIGS)}")
+    return parts[0], "fused" in parts, "compile" in parts
+
+
+def time_kd_loss(args: argparse.Namespace, device: torch.device) -> float:
+    """Median seconds of the DWT KD loss alone: forward + backward on a batch of SR outputs.
+
+    The loop computes it in fp32 outside autocast, so one figure serves every precision.
+    """
+    kd_loss = build_kd_loss("dwt").to(device)
+    shape = (args.batch, 3, 4 * args.patch, 4 * args.patch)
+    sr = torch.rand(shape, device=device, requires_grad=True)
+    teacher = torch.rand(shape, device=device)
+    times = []
+    for i in range(args.warmup + max(args.iters, 5)):
+        synchronize(device)
+        start = time.perf_counter()
+        kd_loss(sr, teacher).backward()
+        synchronize(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def step_benchmark(args: argparse.Namespace, device: torch.device) -> None:
     """Prints the table row by row (compiled last), so a time-boxed run keeps what finished."""
-    configs = [("fp32", False, False)]  # the plain eager fp32 loop
-    if device.type == "cuda":
-        configs += [("fp32", True, False), ("bf16", True, False), ("bf16", True, True)]
+    configs = [parse_step_config(name) for name in args.configs.split(",")]
     print(
         "| config | L1 median (ms) | L1 p90 (ms) | L1+DWT median (ms) | L1+DWT p90 (ms) "
-        "| DWT overhead | samples/s (L1+DWT) |\n|---|---:|---:|---:|---:|---:|---:|",
+        "| DWT overhead | DWT loss alone (share) | samples/s (L1+DWT) |"
+        "\n|---|---:|---:|---:|---:|---:|---:|---:|",
         flush=True,
     )
+    kd_alone = time_kd_loss(args, device)
     for precision, fused, compiled in configs:
         times = time_pair(precision, fused, compiled, args, device)
         plain, kd = times[False], times[True]
@@ -186,6 +224,7 @@ def step_benchmark(args: argparse.Namespace, device: torch.device) -> None:
             f"| {StepVariant(precision, fused, True, compiled).config} | {1e3 * m_plain:.1f} "
             f"| {1e3 * percentile(plain, 90):.1f} | {1e3 * m_kd:.1f} "
             f"| {1e3 * percentile(kd, 90):.1f} | {100 * (m_kd / m_plain - 1):+.1f}% "
+            f"| {1e3 * kd_alone:.1f} ms ({100 * kd_alone / m_kd:.1f}%) "
             f"| {args.batch / m_kd:.1f} |",
             flush=True,
         )
@@ -385,6 +424,9 @@ def main() -> None:
     args.batch = args.batch or (64 if on_cuda else 2)
     args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
     args.iters = args.iters or (50 if on_cuda else 3)
+    args.configs = args.configs or (",".join(STEP_CONFIGS) if on_cuda else "fp32")
+    for name in args.configs.split(","):
+        parse_step_config(name)  # fail before anything runs
     params = sum(p.numel() for p in build_student(args.student).parameters())
     print(f"# Training step / loader benchmark on {device_name(device)}, torch {torch.__version__}")
     print()

@@ -69,3 +69,26 @@ def test_student_latency_prints_batch_one_and_best_batch(tmp_path: Path) -> None
     assert [(r["lr_size"], r["batch"]) for r in rows] == [(16, 1), (16, 2)]
     assert all(r["median_ms"] > 0 for r in rows)
     assert "summary 16px: batch 1" in output
+
+
+def test_train_step_reports_each_config_with_the_dwt_loss_share() -> None:
+    output = _run(
+        "train_step.py",
+        "--student", "swinir-tiny-x4", "--patch", "16", "--batch", "2",
+        "--warmup", "0", "--iters", "1", "--skip-loader",
+        "--configs", "fp32,fp32+fused,bf16+fused",
+    )  # fmt: skip
+    rows = re.findall(
+        r"^\| (fp32|bf16), (foreach|fused) Adam \|.*\| ([\d.]+) ms \(([\d.]+)%\) \|", output, re.M
+    )
+    assert [(precision, adam) for precision, adam, _, _ in rows] == [
+        ("fp32", "foreach"),
+        ("fp32", "fused"),
+        ("bf16", "fused"),
+    ]
+    assert all(float(ms) > 0 and 0 < float(share) < 100 for _, _, ms, share in rows)
+
+
+def test_train_step_rejects_an_unknown_config() -> None:
+    with pytest.raises(AssertionError, match="unknown step config 'fp8'"):
+        _run("train_step.py", "--skip-loader", "--configs", "fp8")
