@@ -78,7 +78,7 @@ class WeightSpec:
 
 _RESSHIFT_RELEASE = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"
 _SWINIR_RELEASE = "https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/"
-_RESSHIFT_LICENSE = "S-Lab License 1.0 (non-commercial; see github.com/zsyOAOA/ResShift)"
+_RESSHIFT_LICENSE = "NTU S-Lab License 1.0 (non-commercial; see github.com/zsyOAOA/ResShift)"
 _SWINIR_LICENSE = "Apache-2.0 (see github.com/JingyunLiang/SwinIR)"
 
 
