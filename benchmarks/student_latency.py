@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from _common import device_name
 
+from dtkd_pipeline.compiled import CompileMode, compile_static
 from dtkd_pipeline.evaluate.efficiency import count_flops, measure_latency
 from dtkd_pipeline.student import build_student
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_MODES = {"compile": "default", "graphs": "reduce-overhead"}
+_MODES: dict[str, CompileMode] = {"compile": "default", "graphs": "reduce-overhead"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,7 +55,7 @@ def make_model(student: str, variant: str, device: torch.device) -> tuple[Any, s
     for lever in levers:
         if lever not in _MODES:
             raise SystemExit(f"variant {variant!r}: unknown lever {lever!r}")
-        forward = torch.compile(model, mode=_MODES[lever], dynamic=False)
+        forward = compile_static(model, _MODES[lever])
     return forward, precision
 
 

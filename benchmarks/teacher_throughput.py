@@ -38,10 +38,11 @@ import torch
 from _common import device_name, synchronize
 from torch.nn import functional as F
 
+from dtkd_pipeline.compiled import CompileMode
 from dtkd_pipeline.evaluate.efficiency import count_flops
 from dtkd_pipeline.teacher import Teacher, build_teacher_networks, resolve_config
 from dtkd_pipeline.teacher.layers import GroupNorm32
-from dtkd_pipeline.teacher.sampler import CompileMode, Precision
+from dtkd_pipeline.teacher.sampler import Precision
 
 _COMPILE_LEVERS: dict[str, CompileMode] = {
     "compile": "default",

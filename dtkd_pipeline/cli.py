@@ -283,6 +283,15 @@ def upscale(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--compile",
+            help="torch.compile the student: default, reduce-overhead (CUDA graphs: lowest "
+            "latency on a GPU), max-autotune, max-autotune-no-cudagraphs. Compiles once per "
+            "tile shape (minutes), so keep --tile fixed.",
+        ),
+    ] = None,
     export_onnx: Annotated[
         Path | None,
         typer.Option(help="Also export the student to this ONNX file (checked against PyTorch)."),
@@ -303,6 +312,7 @@ def upscale(
             batch_size=batch_size,
             precision=precision,
             device=device or "auto",
+            compile_mode=compile_mode,  # type: ignore[arg-type]  # checked by the upscaler
         )
         typer.echo(f"{len(written)} image(s) -> {output}")
         if export_onnx is not None:
@@ -310,7 +320,7 @@ def upscale(
             error = to_onnx(student, export_onnx)
             typer.echo(f"ONNX -> {export_onnx} (max |onnx - torch| = {error:.1e}, dynamic sizes)")
 
-    # Option values the upscaler rejects (precision, arch); onnx packages missing for the export.
+    # Option values the upscaler rejects (precision, arch, compile mode); onnx packages missing.
     _run(action, also=(ValueError, ImportError))
 
 

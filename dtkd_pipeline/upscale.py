@@ -16,12 +16,18 @@ weights. The tiles span the image reflect-padded on the bottom/right to the next
 which is exactly the padding SwinIR applies to the whole image, so along the image border the tiled
 output matches the untiled one too, and every tile of a batch has the same shape. An image side no
 longer than a tile is not split along that axis; ``tile=0`` runs the whole image at once.
+
+Compilation. ``compile_mode`` runs the student through ``torch.compile`` (static shapes; see
+:mod:`dtkd_pipeline.compiled`). A ragged last batch of tiles is filled up with copies of its last
+tile (their outputs dropped), so every batch has one shape and compiles once. Each new tile or
+image shape compiles again, so keep ``tile`` fixed (not 0) when compiling; "reduce-overhead" adds
+CUDA graphs, which is what brings batch-1 latency down on a GPU (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dtkd_pipeline.compiled import CompileMode, check_compile_mode, compile_static, run_compiled
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import (
     IMAGE_EXTENSIONS,
@@ -73,7 +80,8 @@ _NO_ALPHA_SUFFIXES = (".jpg", ".jpeg", ".bmp")
 
 @dataclass(frozen=True, eq=False)
 class Upscaler:
-    """A student ready for inference: eval mode, on ``device``, run at ``precision``."""
+    """A student ready for inference: eval mode, on ``device``, run at ``precision``, compiled
+    in ``compile_mode`` (None: eager)."""
 
     model: nn.Module
     arch: str
@@ -81,6 +89,7 @@ class Upscaler:
     device: torch.device
     precision: str
     source: dict[str, Any] = field(default_factory=dict)  # path, key, iteration of the weights
+    compile_mode: CompileMode | None = None
 
     def __call__(
         self,
@@ -102,6 +111,7 @@ class Upscaler:
             precision=self.precision,
             device=self.device,
             progress=progress,
+            compile_mode=self.compile_mode,
         )
 
 
@@ -122,6 +132,7 @@ def load_upscaler(
     precision: str = "fp32",
     *,
     arch: str | None = None,
+    compile_mode: CompileMode | None = None,
 ) -> Upscaler:
     """Build the student and load weights from ``model_path``; return an :class:`Upscaler`.
 
@@ -129,7 +140,8 @@ def load_upscaler(
     or an official SwinIR release file (``params`` / ``params_ema``) or a plain state dict. EMA
     weights are preferred. The architecture comes from the file's ``arch`` entry; for files
     without one it is ``arch`` (default ``"swinir-s-x4"``). An ``arch`` that contradicts the file's
-    raises ValueError. Missing file → FileNotFoundError; unreadable or mis-shaped weights →
+    raises ValueError. ``compile_mode``: see the module docstring (None: eager).
+    Missing file → FileNotFoundError; unreadable or mis-shaped weights →
     :class:`~dtkd_pipeline.student.StudentWeightsError` (a ValueError naming the file).
     """
     path = Path(model_path)
@@ -137,6 +149,7 @@ def load_upscaler(
         raise FileNotFoundError(f"model file not found: {path}")
     resolved = resolve_device(device)
     check_precision(precision, resolved)
+    check_compile_mode(compile_mode)
     checkpoint = read_checkpoint(path)
     stored_arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
     if stored_arch is not None and not isinstance(stored_arch, str):
@@ -162,6 +175,7 @@ def load_upscaler(
         device=resolved,
         precision=precision,
         source=source,
+        compile_mode=compile_mode,
     )
 
 
@@ -272,22 +286,32 @@ def _model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _run_model(
-    model: nn.Module, batch: torch.Tensor, precision: str, device: torch.device, scale: int
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Runner:
+    """How to run one batch: the (possibly compiled) forward and its settings."""
+
+    forward: Callable[..., torch.Tensor]
+    compile_mode: CompileMode | None
+    precision: str
+    device: torch.device
+    scale: int
+    window: int
+
+
+def _run_model(runner: _Runner, batch: torch.Tensor) -> torch.Tensor:
     """Model output (float32, CPU) for one batch; inputs too small for SwinIR's reflect padding
     to a window multiple are edge-padded to one window first and the output cropped back."""
     height, width = batch.shape[-2:]
-    window = _model_window(model)
+    window, device, scale = runner.window, runner.device, runner.scale
     pad_h, pad_w = max(0, window - height), max(0, window - width)
     x = batch.to(device, non_blocking=True)
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    if precision == "fp32":
-        y = model(x)
+    if runner.precision == "fp32":
+        y = run_compiled(runner.forward, runner.compile_mode, x)
     else:
-        with torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision]):
-            y = model(x)
+        with torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[runner.precision]):
+            y = run_compiled(runner.forward, runner.compile_mode, x)
     return y[..., : height * scale, : width * scale].float().cpu()
 
 
@@ -308,14 +332,16 @@ def upscale_tensor(
     precision: str = "fp32",
     device: str | torch.device | None = None,
     progress: bool = False,
+    compile_mode: CompileMode | None = None,
 ) -> torch.Tensor:
     """Super-resolve ``lr`` (1×3×h×w float in [0, 1]) → 1×3×(s·h)×(s·w) float32 in [0, 1], on CPU.
 
     ``tile``/``overlap`` in LR px (``tile=0``: whole image at once), ``batch_size`` tiles per
     forward; ``scale`` defaults to ``model.upscale``; ``device`` to the model's device (the model
     must already be there). ``precision``: fp32, or bf16/fp16 autocast on CUDA only. ``progress``
-    shows a bar over tile batches when there is more than one. The output is clamped to [0, 1];
-    the model is run in eval mode (its mode is restored afterwards).
+    shows a bar over tile batches when there is more than one. ``compile_mode``: run the model
+    through ``torch.compile`` (module docstring). The output is clamped to [0, 1]; the model is
+    run in eval mode (its mode is restored afterwards).
     """
     if lr.ndim != 4 or lr.shape[0] != 1:
         raise ValueError(f"lr must be 1×C×h×w, got shape {tuple(lr.shape)}")
@@ -324,33 +350,29 @@ def upscale_tensor(
     scale = _model_scale(model) if scale is None else int(scale)
     run_device = _model_device(model) if device is None else resolve_device(device)
     check_precision(precision, run_device)
+    check_compile_mode(compile_mode)
     lr = lr.detach().float().cpu()
     height, width = lr.shape[-2:]
     layout = tile_layout(height, width, tile, overlap, _model_window(model))
 
+    # A fresh torch.compile wrapper per call is cheap: compiled graphs are cached per model.
+    forward = compile_static(model, compile_mode)
+    runner = _Runner(forward, compile_mode, precision, run_device, scale, _model_window(model))
     was_training = model.training
     model.eval()
     try:
         if layout.count == 1:
-            return _run_model(model, lr, precision, run_device, scale).clamp_(0, 1)
-        return _upscale_tiled(
-            model, lr, layout, scale, batch_size, precision, run_device, progress
-        ).clamp_(0, 1)
+            return _run_model(runner, lr).clamp_(0, 1)
+        return _upscale_tiled(runner, lr, layout, batch_size, progress).clamp_(0, 1)
     finally:
         model.train(was_training)
 
 
 def _upscale_tiled(
-    model: nn.Module,
-    lr: torch.Tensor,
-    layout: TileLayout,
-    scale: int,
-    batch_size: int,
-    precision: str,
-    device: torch.device,
-    progress: bool,
+    runner: _Runner, lr: torch.Tensor, layout: TileLayout, batch_size: int, progress: bool
 ) -> torch.Tensor:
     _, channels, height, width = lr.shape
+    scale = runner.scale
     padded = F.pad(lr, (0, layout.padded_w - width, 0, layout.padded_h - height), mode="reflect")
     th, tw = layout.tile_h, layout.tile_w
     row_windows = _axis_windows(layout.ys, th, scale)
@@ -369,8 +391,12 @@ def _upscale_tiled(
                 for i, j in group
             ]
         )
-        outputs = _run_model(model, inputs, precision, device, scale)
-        for (i, j), sr in zip(group, outputs, strict=True):
+        if runner.compile_mode is not None and len(group) < batch_size:
+            # A new batch size would compile a new graph: fill up with copies, drop their outputs.
+            fill = inputs[-1:].expand(batch_size - len(group), -1, -1, -1)
+            inputs = torch.cat([inputs, fill])
+        outputs = _run_model(runner, inputs)
+        for (i, j), sr in zip(group, outputs[: len(group)], strict=True):
             weight = row_windows[i][:, None] * col_windows[j][None, :]
             y, x = layout.ys[i] * scale, layout.xs[j] * scale
             out[0, :, y : y + th * scale, x : x + tw * scale] += sr * weight
@@ -481,6 +507,7 @@ def upscale_paths(
     device: str | torch.device | None = "auto",
     suffix: str = "",
     progress: bool = True,
+    compile_mode: CompileMode | None = None,
 ) -> list[Path]:
     """Super-resolve an image file or a folder of images; return the written paths.
 
@@ -507,7 +534,7 @@ def upscale_paths(
     if len(pairs) == 1:  # read and check a single input before paying for the model load
         first = read_image(pairs[0][0])
         _check_writable(pairs[0][1], first)
-    upscaler = load_upscaler(model_path, device, precision, arch=arch)
+    upscaler = load_upscaler(model_path, device, precision, arch=arch, compile_mode=compile_mode)
     written = []
     bar = tqdm(pairs, desc="upscale", unit="img", disable=not progress or len(pairs) < 2)
     for source, target in bar:

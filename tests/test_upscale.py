@@ -6,6 +6,7 @@ random weights from a fixed seed, on the CPU.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,57 @@ def test_reduced_precision_on_cpu_is_a_clear_error(
             load_upscaler(checkpoint, "cpu", precision)
     with pytest.raises(ValueError, match="precision must be one of"):
         upscale_tensor(model, lr, tile=0, precision="int8", device="cpu")
+
+
+# ------------------------------------------------------------------------------ compilation
+
+
+def test_compiled_upscale_fills_the_last_batch_so_every_batch_has_one_shape(
+    model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new batch shape would compile a new graph; the fill tiles' outputs must be dropped."""
+    shapes: list[tuple[int, ...]] = []
+
+    def recording_compile(function, mode):  # stands in for torch.compile: no compile cost
+        if mode is None:
+            return function
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            shapes.append(tuple(x.shape))
+            return function(x)
+
+        return forward
+
+    monkeypatch.setattr("dtkd_pipeline.upscale.compile_static", recording_compile)
+    lr = _smooth_image(40, 56)
+    layout = tile_layout(40, 56, tile=16, overlap=4, window=4)
+    assert layout.count % 4 != 0  # a ragged last batch
+    compiled = upscale_tensor(
+        model, lr, tile=16, overlap=4, batch_size=4, compile_mode="reduce-overhead"
+    )
+    assert set(shapes) == {(4, 3, 16, 16)} and len(shapes) == math.ceil(layout.count / 4)
+    eager = upscale_tensor(model, lr, tile=16, overlap=4, batch_size=4)
+    torch.testing.assert_close(compiled, eager, atol=0, rtol=0)
+
+
+def test_unknown_compile_mode_is_a_clear_error(model: torch.nn.Module, checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        upscale_tensor(model, _smooth_image(8, 8), tile=0, compile_mode="fast")
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        load_upscaler(checkpoint, "cpu", compile_mode="fast")
+
+
+@pytest.mark.slow
+def test_torch_compiled_upscale_matches_eager(checkpoint: Path, tmp_path: Path) -> None:
+    """The real torch.compile (inductor on the CPU, ~1 min) through the file-level API."""
+    source = tmp_path / "in.png"
+    write_image(source, _smooth_image(40, 56)[0].permute(1, 2, 0).numpy())
+    eager_out, compiled_out = tmp_path / "eager.png", tmp_path / "compiled.png"
+    common = {"model_path": checkpoint, "tile": 16, "overlap": 4, "batch_size": 4, "device": "cpu"}
+    upscale_paths(source, eager_out, **common)
+    upscale_paths(source, compiled_out, **common, compile_mode="default")
+    eager, compiled = read_image(eager_out).rgb, read_image(compiled_out).rgb
+    assert np.abs(eager - compiled).max() <= 1 / 255  # summation order may move one level
 
 
 # ---------------------------------------------------------------------------------- loading

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from dtkd_pipeline.compiled import CompileMode
 from dtkd_pipeline.teacher.autoencoder import VQModel
 from dtkd_pipeline.teacher.checkpoint import (
     TeacherCheckpointError,
@@ -14,7 +15,7 @@ from dtkd_pipeline.teacher.checkpoint import (
     sha256_file,
 )
 from dtkd_pipeline.teacher.config import TeacherConfig, resolve_config
-from dtkd_pipeline.teacher.sampler import CompileMode, Precision, Teacher
+from dtkd_pipeline.teacher.sampler import Precision, Teacher
 from dtkd_pipeline.teacher.unet import UNetModelSwin
 
 ConfigLike = str | Path | TeacherConfig | dict[str, Any]

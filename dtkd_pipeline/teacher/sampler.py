@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch.nn import functional as F
 
+from dtkd_pipeline.compiled import CompileMode, check_compile_mode, compile_static, run_compiled
 from dtkd_pipeline.teacher.autoencoder import VQModel
 from dtkd_pipeline.teacher.config import TeacherConfig
 from dtkd_pipeline.teacher.diffusion import EtaSchedule, StepCoefficients, build_schedule
@@ -28,10 +29,7 @@ Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 """fp32: IEEE float32 everywhere (TF32 off on CUDA, whatever the global flags say); tf32: float32
 tensors with TF32 tensor-core convolutions and matmuls (CUDA); bf16/fp16: autocast, with GroupNorm
 statistics, VQ distances and the diffusion update kept in float32."""
-CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-"""`torch.compile` modes; "reduce-overhead" and "max-autotune" also replay CUDA graphs."""
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 MIN_LR_SIDE = 33
 """Reflect padding to a multiple of 64 needs pad < side, so sides of 32 px or less cannot run."""
@@ -76,11 +74,7 @@ class Teacher:
                 f"precision {self.precision!r} (tensor-core math) is for CUDA devices; use 'fp32' "
                 f"on {self.device.type}"
             )
-        if self.compile_mode is not None and self.compile_mode not in get_args(CompileMode):
-            raise ValueError(
-                f"compile mode must be one of {list(get_args(CompileMode))} or None, got "
-                f"{self.compile_mode!r}"
-            )
+        check_compile_mode(self.compile_mode)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         for net in (self.unet, self.autoencoder):
             net.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
@@ -245,21 +239,15 @@ class Teacher:
                 self.autoencoder.encode,
                 self.autoencoder.decode,
             )
-            if self.compile_mode is not None:
-                mode = self.compile_mode
-                calls = tuple(torch.compile(c, mode=mode, dynamic=False) for c in calls)
-            self._networks = calls
+            self._networks = tuple(compile_static(c, self.compile_mode) for c in calls)
         return self._networks
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _call(self, network: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
-        """One network call; outputs of CUDA-graph replays are copied out of the graph's pool."""
-        if self.compile_mode in _CUDA_GRAPH_MODES:
-            torch.compiler.cudagraph_mark_step_begin()
-            return network(*args).float().clone()
-        return network(*args).float()
+        """One network call (CUDA-graph outputs copied out of the graph's pool), as float32."""
+        return run_compiled(network, self.compile_mode, *args).float()
 
     def _sample_func(
         self, y0: torch.Tensor, noise: NoiseSource, one_step: bool = False
