@@ -50,7 +50,8 @@ for step in $steps; do
     compile) run compile 420 "$py" teacher_throughput.py --device cuda \
       --variants fp16+compile,bf16+compile --batch-sizes 64 --quality 16 \
       --json "$out/teacher_compile.json" ;;
-    tests) run tests 300 "$py" -m pytest -q -p no:cacheprovider ../tests/test_teacher_cuda.py ;;
+    tests) run tests 300 "$py" -m pytest -q -p no:cacheprovider ../tests/test_teacher_cuda.py \
+      ../tests/test_student_cuda.py ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
