@@ -5,7 +5,8 @@
 set -u
 py=${PYTHON:-python3}
 out=$(realpath -m "${1:-gpu-results}"); shift || true
-steps=${*:-teacher teacher512 gn profile compile e2e e2e-fast student student-graphs train loop tests}
+steps=${*:-teacher teacher512 gn profile compile compile-nhwc compile-autotune e2e e2e-fast e2e512
+  student student-graphs student-compile train loop tests}
 mkdir -p "$out"
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5
@@ -50,6 +51,12 @@ for step in $steps; do
     compile) run compile 420 "$py" teacher_throughput.py --device cuda \
       --variants fp16+compile,bf16+compile --batch-sizes 64 --quality 16 \
       --json "$out/teacher_compile.json" ;;
+    # Levers beyond compile (docs/performance.md): NHWC removes cuDNN's layout transposes once
+    # inductor owns the elementwise glue; autotune searches GEMM/conv kernels (long compile).
+    compile-nhwc) run compile-nhwc 420 "$py" teacher_throughput.py --device cuda \
+      --variants fp16+nhwc+compile --batch-sizes 64,128 --json "$out/teacher_nhwc.json" ;;
+    compile-autotune) run compile-autotune 580 "$py" teacher_throughput.py --device cuda \
+      --variants fp16+autotune --batch-sizes 64 --json "$out/teacher_autotune.json" ;;
     tests) run tests 300 "$py" -m pytest -q -p no:cacheprovider ../tests/test_teacher_cuda.py \
       ../tests/test_student_cuda.py ;;
     *) echo "unknown step $step"; exit 2 ;;
