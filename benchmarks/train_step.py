@@ -77,7 +77,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-step", action="store_true", help="only the loader benchmark")
     parser.add_argument("--skip-loader", action="store_true", help="only the step benchmark")
     parser.add_argument("--loop", type=int, default=0, help="iterations of the real distill loop")
-    parser.add_argument("--loop-precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--loop-precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--loop-compile", action="store_true", help="distill.compile=true")
     parser.add_argument(
         "--configs",
@@ -177,7 +179,7 @@ STEP_CONFIGS = ("fp32", "fp32+fused", "bf16+fused", "bf16+fused+compile")
 
 
 def parse_step_config(name: str) -> tuple[str, bool, bool]:
-    """ "bf16+fused+compile" -> (precision, fused Adam, compiled)."""
+    """Parse a step config, e.g. "bf16+fused+compile" -> (precision, fused Adam, compiled)."""
     parts = name.strip().split("+")
     if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"fused", "compile"}:
         raise SystemExit(f"--configs: unknown step config {name!r}; e.g. {','.join(STEP_CONFIGS)}")
@@ -425,6 +427,7 @@ def main() -> None:
     args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
     args.iters = args.iters or (50 if on_cuda else 3)
     args.configs = args.configs or (",".join(STEP_CONFIGS) if on_cuda else "fp32")
+    args.loop_precision = args.loop_precision or ("bf16" if on_cuda else "fp32")
     for name in args.configs.split(","):
         parse_step_config(name)  # fail before anything runs
     params = sum(p.numel() for p in build_student(args.student).parameters())

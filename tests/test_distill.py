@@ -158,6 +158,12 @@ def test_resume_after_sigkill_gives_identical_weights(params: Params, tmp_path: 
             assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs after resume"
 
 
+def test_bf16_on_cpu_is_refused_naming_the_key(params: Params, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"distill\.precision 'bf16'.*distill\.precision=fp32"):
+        _run(params, tmp_path / "out", precision="bf16")
+    assert not (tmp_path / "out").exists()
+
+
 def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -> None:
     other = params.model_copy(
         update={"teacher": params.teacher.model_copy(update={"steps": 4, "seed": 7})}

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from dtkd_pipeline.config import DistillParams, section_dict
+from dtkd_pipeline.config import ConfigError, DistillParams, section_dict
 from dtkd_pipeline.losses import DistillationObjective, build_kd_loss
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.checkpoint import CheckpointManager, restore_rng_states, rng_states
@@ -121,8 +121,14 @@ def train(
         raise ValueError(
             f"distill.batch_size ({cfg.batch_size}) must be divisible by the {ctx.world_size} ranks"
         )
-    torch.manual_seed(cfg.seed + ctx.rank)
     device = ctx.device
+    if cfg.precision == "bf16" and device.type != "cuda":
+        raise ConfigError(
+            f"distill.precision 'bf16' is autocast on a CUDA device, but this run is on "
+            f"{device.type}: set distill.precision=fp32 (bf16 autocast on a CPU without native "
+            "bf16 ran 10x slower than fp32, docs/performance.md)"
+        )
+    torch.manual_seed(cfg.seed + ctx.rank)
 
     # -- model, EMA, optimiser, schedule, objective
     model = build_student(cfg.student).to(device)
@@ -148,9 +154,7 @@ def train(
             train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cfg.precision == "bf16" and device.type == "cuda"
-        else nullcontext()
+        torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     )
 
     # -- data: each rank streams its own shards
