@@ -21,7 +21,6 @@ from typing import Any
 
 import dask
 import numpy as np
-from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import __version__
@@ -47,6 +46,7 @@ from dtkd_pipeline.images import (
     to_uint8,
     write_image,
 )
+from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.tiles import TilePlan, cut_tiles, pad_bottom_right, plan_tiles
 
 TRAIN_STORE = "train.zarr"
@@ -82,17 +82,6 @@ class Sources:
                 f"{hr_path}: no LR image with stem {hr_path.stem!r} in {self.lr_dir}"
             )
         return self.lr_by_stem[hr_path.stem]
-
-
-class _TqdmCallback(Callback):
-    """Advance a tqdm bar as dask finishes tasks (runs in the scheduling process)."""
-
-    def __init__(self, bar: tqdm) -> None:
-        super().__init__()
-        self._bar = bar
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        self._bar.update(1)
 
 
 def _read_checked(hr_path: Path, sources: Sources) -> tuple[np.ndarray, np.ndarray | None]:
@@ -147,7 +136,7 @@ def _tiles_of(
 def _compute(tasks: list[Any], data: DataParams, bar: tqdm) -> list[Any]:
     """Run dask tasks on ``data.workers`` processes (in-process for one), advancing ``bar``."""
     scheduler = "sync" if data.workers == 1 else "processes"
-    with _TqdmCallback(bar):
+    with DaskTqdm(bar, tasks):
         return list(dask.compute(*tasks, scheduler=scheduler, num_workers=data.workers))
 
 

@@ -27,7 +27,6 @@ fans the tasks out to workers, which open the stores and load the student themse
 
 from __future__ import annotations
 
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,11 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.cache import HR, KIND_PREPARED, LR, TEACHER, TileStore
 from dtkd_pipeline.images import list_images, read_image
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
+from dtkd_pipeline.progress import DaskTqdm
 
 GROUPS = ("LF", "MF", "HF")
 LOCAL_SCHEDULERS = {"sync": "sync", "synchronous": "sync", "threads": "threads"}
@@ -379,9 +380,7 @@ def _run(
             # Two threads overlap store decoding with the model; more mostly contend for it.
             options["num_workers"] = num_workers or 2
         if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(out=sys.stderr):
+            with tqdm(total=len(tasks), desc="bands", unit="task") as bar, DaskTqdm(bar, tasks):
                 return list(dask.compute(*tasks, **options))
         return list(dask.compute(*tasks, **options))
     if ":" not in scheduler:
@@ -390,7 +389,6 @@ def _run(
             f"(e.g. tcp://host:8786), got {scheduler!r}"
         )
     from distributed import Client, as_completed
-    from tqdm.auto import tqdm
 
     with Client(scheduler) as client:
         futures = client.compute(tasks)
