@@ -9,9 +9,10 @@ batches (callers pad a ragged last batch), so graphs are compiled once per shape
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: params validation imports CompileMode
+    import torch
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 """`torch.compile` modes; "reduce-overhead" and "max-autotune" also replay CUDA graphs."""
@@ -36,6 +37,8 @@ def compile_static(
     check_compile_mode(mode)
     if mode is None:
         return function
+    import torch
+
     return torch.compile(function, mode=mode, dynamic=False)
 
 
@@ -44,6 +47,8 @@ def run_compiled(
 ) -> torch.Tensor:
     """`function(*args)`; for CUDA-graph modes the output is cloned out of the graph's memory."""
     if mode in CUDA_GRAPH_MODES:
+        import torch
+
         torch.compiler.cudagraph_mark_step_begin()
         return function(*args).clone()
     return function(*args)

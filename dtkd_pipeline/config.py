@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dtkd_pipeline.compiled import CompileMode
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -183,6 +185,7 @@ class EfficiencyParams(_Section):
     warmup: NonNegativeInt
     runs: PositiveInt
     teacher: bool
+    student_compile: CompileMode | None
 
 
 class BandsParams(_Section):

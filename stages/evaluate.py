@@ -175,7 +175,9 @@ def run_efficiency(
     """
     cfg = params.evaluate
     targets = [
-        student_target(label, arch_or_path=checkpoints[0])
+        student_target(
+            label, arch_or_path=checkpoints[0], compile_mode=cfg.efficiency.student_compile
+        )
         for label, checkpoints in cfg.models.students.items()
     ]
     if cfg.efficiency.teacher:

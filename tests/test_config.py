@@ -54,12 +54,14 @@ def test_invalid_values_are_reported_with_their_keys(tmp_path: Path) -> None:
     raw["data"]["lr_tile"] = 100
     raw["distill"]["kd"]["wavelet"] = "nonsense"
     raw["teacher"]["typo_key"] = 1
+    raw["evaluate"]["efficiency"]["student_compile"] = "fast"
     with pytest.raises(ConfigError) as info:
         load_params(_write(tmp_path, raw))
     message = str(info.value)
     assert "data.lr_tile" in message and "multiple of 64" in message
     assert "distill.kd.wavelet" in message
     assert "teacher.typo_key: unknown key" in message
+    assert "evaluate.efficiency.student_compile" in message and "reduce-overhead" in message
 
 
 def test_patch_larger_than_tile_is_refused() -> None:

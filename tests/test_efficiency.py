@@ -184,3 +184,34 @@ def test_student_target_from_a_checkpoint(tmp_path: Path) -> None:
     assert target.parameters == count_parameters(model)
     sr = target.make_call(2, 16, torch.device("cpu"))()
     assert sr.shape == (2, 3, 64, 64)
+
+
+def test_compiled_student_is_timed_compiled_and_counted_eager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The FLOP counter cannot see into compiled kernels, so FLOPs come from the eager twin."""
+    compiled_calls: list[tuple[int, ...]] = []
+
+    def recording_compile(function, mode):  # stands in for torch.compile: no compile cost
+        if mode is None:
+            return function
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            compiled_calls.append(tuple(x.shape))
+            return function(x)
+
+        return forward
+
+    monkeypatch.setattr("dtkd_pipeline.evaluate.efficiency.compile_static", recording_compile)
+    target = student_target("tiny", arch_or_path="swinir-tiny-x4", compile_mode="default")
+    assert target.description.endswith("torch.compile default")
+    settings: dict[str, Any] = {"lr_size": 16, "precisions": ["fp32"], "device": "cpu"}
+    rows = benchmark_models([target], batch_sizes=[1, 2], warmup=1, runs=2, **settings)
+    # Each batch size: 1 warm-up + 2 timed runs through the compiled forward; none for FLOPs.
+    assert compiled_calls == [(1, 3, 16, 16)] * 3 + [(2, 3, 16, 16)] * 3
+    eager = benchmark_models(
+        [student_target("swinir-tiny-x4")], batch_sizes=[1], warmup=0, runs=1, **settings
+    )
+    assert rows[0]["flops_per_image"] == eager[0]["flops_per_image"] > 0
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        student_target("tiny", arch_or_path="swinir-tiny-x4", compile_mode="fast")  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
+from dtkd_pipeline.compiled import CompileMode, check_compile_mode, compile_static, run_compiled
 from dtkd_pipeline.student import available_students, build_student
 from dtkd_pipeline.teacher.factory import ConfigLike, random_teacher
 from dtkd_pipeline.teacher.sampler import Teacher
@@ -118,6 +119,8 @@ class EfficiencyTarget:
     `make_call(batch, lr_size, device)` builds a fixed random LR input of batch×3×lr_size×lr_size
     in [0, 1] on `device` and returns a zero-argument function that runs the model on it once (so
     input creation stays out of the timing). `modules` are what the parameter count sums.
+    `make_eager_call`, when given, is the uncompiled twin of `make_call` that FLOPs are counted
+    on (the FLOP counter cannot see inside compiled kernels).
     """
 
     name: str
@@ -125,6 +128,7 @@ class EfficiencyTarget:
     modules: tuple[nn.Module, ...]
     make_call: Callable[[int, int, torch.device], Callable[[], Any]]
     random_weights: bool
+    make_eager_call: Callable[[int, int, torch.device], Callable[[], Any]] | None = None
 
     @property
     def parameters(self) -> int:
@@ -137,14 +141,20 @@ def _random_lr(batch: int, lr_size: int, device: torch.device) -> torch.Tensor:
 
 
 def student_target(
-    label: str = "swinir-s-x4", *, arch_or_path: str | Path | None = None
+    label: str = "swinir-s-x4",
+    *,
+    arch_or_path: str | Path | None = None,
+    compile_mode: CompileMode | None = None,
 ) -> EfficiencyTarget:
     """The student, named `label` in the tables: one forward pass of the LR batch.
 
     `arch_or_path` is a student name (`build_student`, random weights) or a weights file (its
     architecture from the file's "arch" entry, else swinir-s-x4; loaded by
-    `load_student_weights`). Default: `label` itself as a student name.
+    `load_student_weights`). Default: `label` itself as a student name. `compile_mode` times the
+    forward through `torch.compile` (one compilation per batch size and precision, in the
+    warm-up runs); "reduce-overhead" replays CUDA graphs.
     """
+    check_compile_mode(compile_mode)
     source = label if arch_or_path is None else arch_or_path
     if isinstance(source, str) and source in available_students():
         arch, model, weights = source, build_student(source), None
@@ -152,24 +162,31 @@ def student_target(
         upscaler = load_upscaler(source, device="cpu")  # reads the arch the file was trained as
         arch, model, weights = upscaler.arch, upscaler.model, Path(source)
     model.eval().requires_grad_(False)
+    forward = compile_static(model, compile_mode)
 
-    def make_call(batch: int, lr_size: int, device: torch.device) -> Callable[[], Any]:
-        model.to(device)
-        lr = _random_lr(batch, lr_size, device)
+    def make_calls(mode: CompileMode | None) -> Callable[..., Callable[[], Any]]:
+        def make_call(batch: int, lr_size: int, device: torch.device) -> Callable[[], Any]:
+            model.to(device)
+            lr = _random_lr(batch, lr_size, device)
+            net = model if mode is None else forward
 
-        def call() -> torch.Tensor:
-            with torch.inference_mode():
-                return model(lr)
+            def call() -> torch.Tensor:
+                with torch.inference_mode():
+                    return run_compiled(net, mode, lr)
 
-        return call
+            return call
+
+        return make_call
 
     weights_note = "" if weights is None else f" ({weights.name})"
+    compiled_note = "" if compile_mode is None else f", torch.compile {compile_mode}"
     return EfficiencyTarget(
         name=label,
-        description=f"student {arch}{weights_note}: one forward pass",
+        description=f"student {arch}{weights_note}: one forward pass{compiled_note}",
         modules=(model,),
-        make_call=make_call,
+        make_call=make_calls(compile_mode),
         random_weights=weights is None,
+        make_eager_call=make_calls(None) if compile_mode is not None else None,
     )
 
 
@@ -295,7 +312,7 @@ def benchmark_models(
     progress = tqdm(total=len(targets) * len(precisions) * len(batch_sizes), desc="benchmark")
     with progress:
         for target in targets:
-            flops = count_flops(target.make_call(1, lr_size, device))
+            flops = count_flops((target.make_eager_call or target.make_call)(1, lr_size, device))
             described = {
                 "model": target.name,
                 "description": target.description,
