@@ -1,7 +1,7 @@
 """`torch.compile` for inference with static shapes: one place for the modes and their caveats.
 
 Used by the teacher (UNet, VQ encode/decode) and the student upscaler. Both feed fixed-size
-batches (callers pad a ragged last batch), so graphs are compiled once per shape with
+batches (:func:`fill_batch` fills a ragged last batch), so graphs are compiled once per shape with
 `dynamic=False`. Modes that replay CUDA graphs reuse their output memory at the next replay, so
 :func:`run_compiled` copies outputs out before the next call can overwrite them.
 """
@@ -52,3 +52,17 @@ def run_compiled(
         torch.compiler.cudagraph_mark_step_begin()
         return function(*args).clone()
     return function(*args)
+
+
+def fill_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """`batch` filled up to `size` rows with copies of its last row (callers drop their outputs).
+
+    A compiled function recompiles for every new input shape, so a ragged last batch would cost
+    a second compilation (minutes for the teacher).
+    """
+    missing = size - len(batch)
+    if missing <= 0:
+        return batch
+    import torch
+
+    return torch.cat([batch, batch[-1:].expand(missing, *batch.shape[1:])])

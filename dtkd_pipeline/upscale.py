@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dtkd_pipeline.compiled import CompileMode, check_compile_mode, compile_static, run_compiled
+from dtkd_pipeline.compiled import (
+    CompileMode,
+    check_compile_mode,
+    compile_static,
+    fill_batch,
+    run_compiled,
+)
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import (
     IMAGE_EXTENSIONS,
@@ -353,11 +359,12 @@ def upscale_tensor(
     check_compile_mode(compile_mode)
     lr = lr.detach().float().cpu()
     height, width = lr.shape[-2:]
-    layout = tile_layout(height, width, tile, overlap, _model_window(model))
+    window = _model_window(model)
+    layout = tile_layout(height, width, tile, overlap, window)
 
     # A fresh torch.compile wrapper per call is cheap: compiled graphs are cached per model.
     forward = compile_static(model, compile_mode)
-    runner = _Runner(forward, compile_mode, precision, run_device, scale, _model_window(model))
+    runner = _Runner(forward, compile_mode, precision, run_device, scale, window)
     was_training = model.training
     model.eval()
     try:
@@ -391,10 +398,8 @@ def _upscale_tiled(
                 for i, j in group
             ]
         )
-        if runner.compile_mode is not None and len(group) < batch_size:
-            # A new batch size would compile a new graph: fill up with copies, drop their outputs.
-            fill = inputs[-1:].expand(batch_size - len(group), -1, -1, -1)
-            inputs = torch.cat([inputs, fill])
+        if runner.compile_mode is not None:  # one batch shape: one compilation
+            inputs = fill_batch(inputs, batch_size)
         outputs = _run_model(runner, inputs)
         for (i, j), sr in zip(group, outputs[: len(group)], strict=True):
             weight = row_windows[i][:, None] * col_windows[j][None, :]

@@ -38,6 +38,7 @@ from dtkd_pipeline.cache import (
     teacher_arrays,
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
+from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
@@ -122,12 +123,9 @@ def compute_shard(
         batch = torch.from_numpy(lr[first : first + tp.batch_size]).float().div_(255.0)
         ids = list(range(start + first, start + first + len(batch)))
         real = len(batch)
-        if teacher.compile_mode is not None and real < tp.batch_size:
-            # A compiled teacher recompiles (minutes) for every new batch size: fill a ragged
-            # last batch with copies of its last tile and drop their outputs.
-            fill = tp.batch_size - real
-            batch = torch.cat([batch, batch[-1:].expand(fill, -1, -1, -1)])
-            ids += [ids[-1]] * fill
+        if teacher.compile_mode is not None:  # one batch shape: one compilation
+            batch = fill_batch(batch, tp.batch_size)
+            ids += [ids[-1]] * (len(batch) - real)
         sr = teacher.sample(batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps)
         sr = sr[:real]
         sr_u8 = (sr.clamp(0, 1) * 255).round_()

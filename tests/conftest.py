@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +32,28 @@ def resshift_parity_dir() -> Path:
 def swinir_parity_dir() -> Path:
     """../shared/parity/swinir_lw_x4: official SwinIR lightweight x4 outputs with random weights."""
     return _parity_subdir("swinir_lw_x4")
+
+
+@pytest.fixture
+def record_compiled_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], list[tuple]]:
+    """`record(module)` replaces `compile_static` in `module` with an eager stand-in (no compile
+    cost) and returns the list that receives the input shape of every call of a "compiled"
+    function."""
+
+    def record(module: str) -> list[tuple]:
+        shapes: list[tuple] = []
+
+        def recording_compile(function: Callable, mode: str | None) -> Callable:
+            if mode is None:
+                return function
+
+            def forward(x: Any) -> Any:
+                shapes.append(tuple(x.shape))
+                return function(x)
+
+            return forward
+
+        monkeypatch.setattr(f"{module}.compile_static", recording_compile)
+        return shapes
+
+    return record

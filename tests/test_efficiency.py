@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,22 +188,10 @@ def test_student_target_from_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_compiled_student_is_timed_compiled_and_counted_eager(
-    monkeypatch: pytest.MonkeyPatch,
+    record_compiled_calls: Callable[[str], list[tuple]],
 ) -> None:
     """The FLOP counter cannot see into compiled kernels, so FLOPs come from the eager twin."""
-    compiled_calls: list[tuple[int, ...]] = []
-
-    def recording_compile(function, mode):  # stands in for torch.compile: no compile cost
-        if mode is None:
-            return function
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            compiled_calls.append(tuple(x.shape))
-            return function(x)
-
-        return forward
-
-    monkeypatch.setattr("dtkd_pipeline.evaluate.efficiency.compile_static", recording_compile)
+    compiled_calls = record_compiled_calls("dtkd_pipeline.evaluate.efficiency")
     target = student_target("tiny", arch_or_path="swinir-tiny-x4", compile_mode="default")
     assert target.description.endswith("torch.compile default")
     settings: dict[str, Any] = {"lr_size": 16, "precisions": ["fp32"], "device": "cpu"}

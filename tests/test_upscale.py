@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -204,22 +204,10 @@ def test_reduced_precision_on_cpu_is_a_clear_error(
 
 
 def test_compiled_upscale_fills_the_last_batch_so_every_batch_has_one_shape(
-    model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+    model: torch.nn.Module, record_compiled_calls: Callable[[str], list[tuple]]
 ) -> None:
     """A new batch shape would compile a new graph; the fill tiles' outputs must be dropped."""
-    shapes: list[tuple[int, ...]] = []
-
-    def recording_compile(function, mode):  # stands in for torch.compile: no compile cost
-        if mode is None:
-            return function
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            shapes.append(tuple(x.shape))
-            return function(x)
-
-        return forward
-
-    monkeypatch.setattr("dtkd_pipeline.upscale.compile_static", recording_compile)
+    shapes = record_compiled_calls("dtkd_pipeline.upscale")
     lr = _smooth_image(40, 56)
     layout = tile_layout(40, 56, tile=16, overlap=4, window=4)
     assert layout.count % 4 != 0  # a ragged last batch

@@ -162,13 +162,13 @@ def student_target(
         upscaler = load_upscaler(source, device="cpu")  # reads the arch the file was trained as
         arch, model, weights = upscaler.arch, upscaler.model, Path(source)
     model.eval().requires_grad_(False)
-    forward = compile_static(model, compile_mode)
 
-    def make_calls(mode: CompileMode | None) -> Callable[..., Callable[[], Any]]:
+    def make_calls(
+        net: Callable[..., torch.Tensor], mode: CompileMode | None
+    ) -> Callable[..., Callable[[], Any]]:
         def make_call(batch: int, lr_size: int, device: torch.device) -> Callable[[], Any]:
             model.to(device)
             lr = _random_lr(batch, lr_size, device)
-            net = model if mode is None else forward
 
             def call() -> torch.Tensor:
                 with torch.inference_mode():
@@ -184,9 +184,9 @@ def student_target(
         name=label,
         description=f"student {arch}{weights_note}: one forward pass{compiled_note}",
         modules=(model,),
-        make_call=make_calls(compile_mode),
+        make_call=make_calls(compile_static(model, compile_mode), compile_mode),
         random_weights=weights is None,
-        make_eager_call=make_calls(None) if compile_mode is not None else None,
+        make_eager_call=make_calls(model, None) if compile_mode is not None else None,
     )
 
 
