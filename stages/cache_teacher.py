@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,14 @@ from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
-from dtkd_pipeline.teacher import Teacher, load_teacher, random_teacher, resolve_config
-from dtkd_pipeline.weights import resolve_weights
+from dtkd_pipeline.teacher import (
+    Teacher,
+    load_teacher,
+    random_teacher,
+    resolve_config,
+    teacher_name,
+)
+from dtkd_pipeline.weights import file_sha256, resolve_weights
 from stages.prepare_data import TRAIN_STORE
 
 DWT_LEVELS = 2  # the paper's J; cached subbands are Haar, exact under patch cropping
@@ -60,12 +67,27 @@ def check_steps(teacher: TeacherParams) -> None:
         )
 
 
-def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
-    if teacher.precision != "fp32" and device.type != "cuda":
+def check_device_type(teacher: TeacherParams, device_type: str) -> None:
+    """Tensor-core precisions need CUDA wherever the teacher runs (here or on dask workers)."""
+    if teacher.precision != "fp32" and device_type != "cuda":
         raise CacheError(
-            f"teacher.precision={teacher.precision} needs a CUDA device (got {device}); "
-            "use teacher.precision=fp32 on CPU"
+            f"teacher.precision={teacher.precision} needs a CUDA device (the teacher would run "
+            f"on {device_type}); use teacher.precision=fp32 on CPU"
         )
+
+
+def weight_paths(teacher: TeacherParams) -> dict[str, Path]:
+    """The verified UNet and autoencoder checkpoint files (downloaded first when missing)."""
+    return {
+        "unet": resolve_weights(teacher.unet_weights, weights_dir=teacher.weights_dir),
+        "autoencoder": resolve_weights(
+            teacher.autoencoder_weights, weights_dir=teacher.weights_dir
+        ),
+    }
+
+
+def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
+    check_device_type(teacher, device.type)
     speed = {
         "device": device,
         "precision": teacher.precision,
@@ -73,21 +95,57 @@ def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
     }
     if teacher.random_weights:
         return random_teacher(teacher.version, seed=0, **speed)
-    unet = resolve_weights(teacher.unet_weights, weights_dir=teacher.weights_dir)
-    autoencoder = resolve_weights(teacher.autoencoder_weights, weights_dir=teacher.weights_dir)
-    return load_teacher(teacher.version, unet=unet, autoencoder=autoencoder, **speed)
+    return load_teacher(teacher.version, **weight_paths(teacher), **speed)
 
 
-def store_provenance(teacher: Teacher, params: Params, prepared_fingerprint: str) -> dict[str, Any]:
-    recorded = teacher.provenance()
+@dataclass(frozen=True)
+class TeacherIdentity:
+    """What a store records about the teacher that fills it.
+
+    It follows from params, checkpoint files and device type alone, so a coordinator that fans
+    shards out to dask workers records it without building (or fitting) a teacher itself.
+    """
+
+    name: str
+    checkpoint_sha256: dict[str, str | None]
+    device_type: str
+
+    @classmethod
+    def of(cls, teacher: Teacher) -> TeacherIdentity:
+        return cls(teacher.name, dict(teacher.checkpoint_sha256), teacher.device.type)
+
+    @classmethod
+    def from_params(cls, teacher: TeacherParams, device_type: str) -> TeacherIdentity:
+        config = resolve_config(teacher.version)
+        hashes: dict[str, str | None] = {"unet": None, "autoencoder": None}
+        if not teacher.random_weights:
+            hashes = {key: file_sha256(path) for key, path in weight_paths(teacher).items()}
+        return cls(teacher_name(config, teacher.random_weights), hashes, device_type)
+
+    def mismatch(self, provenance: dict[str, Any]) -> str | None:
+        """The first field in which a store's provenance names another teacher, or None."""
+        for key, mine in (
+            ("teacher_name", self.name),
+            ("checkpoint_sha256", self.checkpoint_sha256),
+            ("device_type", self.device_type),
+        ):
+            if provenance.get(key) != mine:
+                return f"{key}: store has {provenance.get(key)!r}, this worker has {mine!r}"
+        return None
+
+
+def store_provenance(
+    identity: TeacherIdentity, params: Params, prepared_fingerprint: str
+) -> dict[str, Any]:
+    diffusion = resolve_config(params.teacher.version).diffusion
     return {
         **teacher_params_provenance(params.teacher),
         PREPARED_FINGERPRINT: prepared_fingerprint,
-        "teacher_name": recorded["teacher"],
-        "checkpoint_sha256": recorded["checkpoint_sha256"],
-        "kappa": recorded["kappa"],
-        "scale": recorded["scale"],
-        "device_type": teacher.device.type,  # outputs are bit-stable per device type, not across
+        "teacher_name": identity.name,
+        "checkpoint_sha256": identity.checkpoint_sha256,
+        "kappa": diffusion.kappa,
+        "scale": diffusion.sf,
+        "device_type": identity.device_type,  # outputs are bit-stable per device type only
         "package_version": __version__,
     }
 
@@ -171,6 +229,18 @@ def _fill_locally(
 _WORKER_TEACHERS: dict[str, Teacher] = {}
 
 
+def _worker_device(name: object) -> torch.device:
+    """A dask worker's device: its own GPU (workers named 0..n-1 on one host) or the CPU."""
+    gpus = torch.cuda.device_count()
+    index = int(str(name)) % gpus if gpus and str(name).isdigit() else 0
+    return torch.device("cuda", index) if gpus else torch.device("cpu")
+
+
+def _worker_device_type(dask_worker: Any) -> str:
+    """Run on each worker by `Client.run`, which passes the worker as `dask_worker`."""
+    return _worker_device(dask_worker.name).type
+
+
 def _dask_shard_task(params_json: str, store_path: str, shard: int) -> int:
     """One dask task: compute one shard on this worker's device and write it (sole writer)."""
     from distributed import get_worker
@@ -179,26 +249,48 @@ def _dask_shard_task(params_json: str, store_path: str, shard: int) -> int:
 
     params = ParamsModel.model_validate_json(params_json)
     if params_json not in _WORKER_TEACHERS:  # load the teacher once per worker process
-        name = get_worker().name
-        gpus = torch.cuda.device_count()
-        index = int(name) % gpus if gpus and str(name).isdigit() else 0
-        device = torch.device("cuda", index) if gpus else torch.device("cpu")
+        device = _worker_device(get_worker().name)
         _WORKER_TEACHERS[params_json] = build_teacher(params.teacher, device)
     teacher = _WORKER_TEACHERS[params_json]
     prepared = _open_prepared(params)
     with TileStore.open(store_path, mode="r+") as store:
+        mismatch = TeacherIdentity.of(teacher).mismatch(store.provenance)
+        if mismatch is not None:
+            raise CacheError(
+                f"dask worker {get_worker().name} would fill {store_path} with another teacher "
+                f"({mismatch}); give every worker the same checkpoint files and device kind"
+            )
         store.write_shard(shard, compute_shard(teacher, prepared, shard, params))
     return shard
+
+
+def _gpu_workers(client: Any) -> list[str] | None:
+    """Addresses of workers that advertise a GPU resource, or None when none do."""
+    workers = client.scheduler_info()["workers"]
+    gpu = [address for address, w in workers.items() if "GPU" in (w.get("resources") or {})]
+    return gpu or None
+
+
+def _dask_device_type(address: str) -> str:
+    """The one device kind the cluster's shard workers run on; mixed kinds are refused."""
+    from distributed import Client
+
+    with Client(address) as client:
+        kinds = set(client.run(_worker_device_type, workers=_gpu_workers(client)).values())
+    if len(kinds) != 1:
+        raise CacheError(
+            f"dask cluster {address} has workers on {sorted(kinds) or 'no'} devices; teacher "
+            "outputs are bit-stable per device kind only, so start workers of one kind (all GPU "
+            "workers with resources GPU=1, or all CPU)"
+        )
+    return kinds.pop()
 
 
 def _fill_with_dask(store: TileStore, params: Params, shards: list[int], address: str) -> None:
     from distributed import Client, as_completed
 
     with Client(address) as client:
-        has_gpus = any(
-            "GPU" in (w.get("resources") or {}) for w in client.scheduler_info()["workers"].values()
-        )
-        resources = {"GPU": 1} if has_gpus else None
+        resources = {"GPU": 1} if _gpu_workers(client) else None
         futures = [
             client.submit(
                 _dask_shard_task,
@@ -251,12 +343,22 @@ def run(
     runs the stage after a teacher param changed) deleted and rebuilt. ``teacher``: an already
     built teacher for these params (benchmarks reuse one warm, compiled teacher across runs).
     """
+    if teacher is not None and scheduler:
+        raise ValueError("pass a built teacher (local run) or a scheduler, not both")
     check_steps(params.teacher)
     prepared = _open_prepared(params)
     prepared.require_complete("prepare-data")
-    if teacher is None:
-        teacher = build_teacher(params.teacher, resolve_device(device))
-    provenance = store_provenance(teacher, params, prepared.fingerprint())
+    gpus = torch.cuda.device_count() if device is None and teacher is None else 0
+    if scheduler:  # the workers build their own teachers; the coordinator needs none
+        identity = TeacherIdentity.from_params(params.teacher, _dask_device_type(scheduler))
+    elif gpus > 1:
+        identity = TeacherIdentity.from_params(params.teacher, "cuda")
+    else:
+        if teacher is None:
+            teacher = build_teacher(params.teacher, resolve_device(device))
+        identity = TeacherIdentity.of(teacher)
+    check_device_type(params.teacher, identity.device_type)
+    provenance = store_provenance(identity, params, prepared.fingerprint())
     layout = store_layout(prepared, params)
     started = time.perf_counter()
     try:
@@ -272,14 +374,12 @@ def run(
         store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
         shards = store.missing_shards()
         todo = layout.tiles_in(shards)
-        gpus = torch.cuda.device_count() if device is None else 0
         if shards and scheduler:
-            del teacher  # the workers load their own copies
             _fill_with_dask(store, params, shards, scheduler)
         elif shards and gpus > 1:
-            del teacher
             _fill_on_local_gpus(store, params, shards, gpus)
         elif shards:
+            assert teacher is not None  # built above for every run that is neither fanned out
             _fill_locally(store, prepared, teacher, params, shards)
         remaining = store.missing_shards()
         if remaining:
@@ -291,7 +391,7 @@ def run(
 def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:
     prepared = _open_prepared(params)
     teacher = build_teacher(params.teacher, resolve_device(device))
-    expected = store_provenance(teacher, params, prepared.fingerprint())
+    expected = store_provenance(TeacherIdentity.of(teacher), params, prepared.fingerprint())
     store.check_provenance(expected, exact=True)
     for shard in shards:
         store.invalidate_shard(shard)

@@ -14,7 +14,7 @@ import torch
 from dtkd_pipeline.cache import TEACHER, CacheError, ProvenanceMismatchError, TileStore
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.losses.wavelet import dwt_subbands
-from dtkd_pipeline.teacher import Teacher
+from dtkd_pipeline.teacher import Teacher, build_teacher_networks
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
 from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
@@ -227,3 +227,83 @@ def test_compiled_teacher_always_gets_full_batches(prepared_root: Path, tmp_path
     lr = prepared.read_shard(0, ["lr"])["lr"]
     assert shard[TEACHER].shape[0] == n  # filler outputs dropped
     np.testing.assert_array_equal(shard[TEACHER], lr.repeat(4, axis=2).repeat(4, axis=3))
+
+
+@pytest.fixture
+def checkpoint_overrides(tmp_path: Path) -> list[str]:
+    """The tiny teacher as official-format checkpoint files (hashes, not None, in provenance)."""
+    unet, vq = build_teacher_networks(TINY_TEACHER)
+    torch.save(unet.state_dict(), tmp_path / "unet.pth")
+    torch.save({"state_dict": vq.state_dict()}, tmp_path / "vq.pth")
+    return [
+        "teacher.random_weights=false",
+        f"teacher.unet_weights={tmp_path / 'unet.pth'}",
+        f"teacher.autoencoder_weights={tmp_path / 'vq.pth'}",
+    ]
+
+
+def test_fanned_out_run_records_the_local_provenance_without_building_a_teacher(
+    prepared_root: Path, tmp_path: Path, checkpoint_overrides: list[str], monkeypatch
+) -> None:
+    local = cache_teacher.run(
+        params_for(prepared_root, tmp_path / "local", checkpoint_overrides), device="cpu"
+    )
+    filled: list[list[int]] = []
+
+    def no_teacher_here(*_: object) -> Teacher:
+        raise AssertionError("the coordinator built a teacher")
+
+    monkeypatch.setattr(cache_teacher, "build_teacher", no_teacher_here)
+    monkeypatch.setattr(cache_teacher, "_dask_device_type", lambda address: "cpu")
+    monkeypatch.setattr(
+        cache_teacher,
+        "_fill_with_dask",
+        lambda store, params, shards, address: filled.append(shards),
+    )
+    params = params_for(prepared_root, tmp_path / "fanned", checkpoint_overrides)
+    with pytest.raises(CacheError, match="still missing"):  # the stand-in fill writes nothing
+        cache_teacher.run(params, scheduler="tcp://127.0.0.1:1")
+    assert filled == [[0, 1, 2, 3]]
+    with TileStore.open(local) as a, TileStore.open(params.teacher.store) as b:
+        assert a.provenance["checkpoint_sha256"]["unet"] is not None
+        assert b.provenance == a.provenance
+
+
+def test_worker_with_another_teacher_is_named_by_field() -> None:
+    stored = {
+        "teacher_name": "resshift-v1",
+        "checkpoint_sha256": {"unet": "a"},
+        "device_type": "cuda",
+    }
+    same = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "a"}, "cuda")
+    assert same.mismatch(stored) is None
+    other_device = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "a"}, "cpu")
+    assert other_device.mismatch(stored) == "device_type: store has 'cuda', this worker has 'cpu'"
+    other_weights = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "b"}, "cuda")
+    assert "checkpoint_sha256" in str(other_weights.mismatch(stored))
+
+
+def test_tensor_core_precision_on_cpu_workers_is_refused_before_anything_is_written(
+    prepared_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(cache_teacher, "_dask_device_type", lambda address: "cpu")
+    params = params_for(prepared_root, tmp_path, ["teacher.precision=bf16"])
+    with pytest.raises(CacheError, match=r"teacher\.precision=bf16 needs a CUDA device"):
+        cache_teacher.run(params, scheduler="tcp://127.0.0.1:1")
+    assert not params.teacher.store.exists()
+
+
+def test_cluster_mixing_gpu_and_cpu_workers_is_refused(monkeypatch) -> None:
+    from distributed import LocalCluster
+
+    # In-process workers run the patched probe: worker 0 claims a GPU, worker 1 does not.
+    monkeypatch.setattr(
+        cache_teacher,
+        "_worker_device_type",
+        lambda dask_worker: "cuda" if str(dask_worker.name) == "0" else "cpu",
+    )
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster:
+        with pytest.raises(CacheError, match=r"\['cpu', 'cuda'\] devices"):
+            cache_teacher._dask_device_type(cluster.scheduler_address)
+        monkeypatch.setattr(cache_teacher, "_worker_device_type", lambda dask_worker: "cpu")
+        assert cache_teacher._dask_device_type(cluster.scheduler_address) == "cpu"

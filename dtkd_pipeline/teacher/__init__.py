@@ -19,7 +19,7 @@ from dtkd_pipeline.teacher.config import (
 )
 from dtkd_pipeline.teacher.factory import build_teacher_networks, load_teacher, random_teacher
 from dtkd_pipeline.teacher.noise import per_sample_seed
-from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, Teacher
+from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, Teacher, teacher_name
 
 __all__ = [
     "MIN_LR_SIDE",
@@ -34,4 +34,5 @@ __all__ = [
     "per_sample_seed",
     "random_teacher",
     "resolve_config",
+    "teacher_name",
 ]

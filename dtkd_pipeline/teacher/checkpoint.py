@@ -8,7 +8,6 @@ parameter must be present with the right shape; anything else raises `TeacherChe
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,15 +33,6 @@ _SHOWN = 8
 
 class TeacherCheckpointError(ValueError):
     """A teacher checkpoint is missing, unreadable, or does not fit the network it loads into."""
-
-
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Streaming sha256 (checkpoints are ~0.5 GB; never read whole into memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

@@ -9,14 +9,11 @@ import torch
 
 from dtkd_pipeline.compiled import CompileMode
 from dtkd_pipeline.teacher.autoencoder import VQModel
-from dtkd_pipeline.teacher.checkpoint import (
-    TeacherCheckpointError,
-    load_network_weights,
-    sha256_file,
-)
+from dtkd_pipeline.teacher.checkpoint import TeacherCheckpointError, load_network_weights
 from dtkd_pipeline.teacher.config import TeacherConfig, resolve_config
 from dtkd_pipeline.teacher.sampler import Precision, Teacher
 from dtkd_pipeline.teacher.unet import UNetModelSwin
+from dtkd_pipeline.weights import file_sha256
 
 ConfigLike = str | Path | TeacherConfig | dict[str, Any]
 
@@ -81,8 +78,8 @@ def load_teacher(
         compile_mode=compile_mode,
     )
     teacher.checkpoint_sha256 = {
-        "unet": sha256_file(unet_path),
-        "autoencoder": sha256_file(vq_path),
+        "unet": file_sha256(unet_path),
+        "autoencoder": file_sha256(vq_path),
     }
     teacher.checkpoint_paths = {"unet": str(unet_path), "autoencoder": str(vq_path)}
     return teacher

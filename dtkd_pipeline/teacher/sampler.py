@@ -35,6 +35,11 @@ MIN_LR_SIDE = 33
 """Reflect padding to a multiple of 64 needs pad < side, so sides of 32 px or less cannot run."""
 
 
+def teacher_name(config: TeacherConfig, random_weights: bool) -> str:
+    """The name a teacher's outputs carry; random weights are named so in every output."""
+    return f"resshift-{config.version}" + ("-RANDOM-WEIGHTS" if random_weights else "")
+
+
 @dataclass
 class Teacher:
     """A ready-to-sample ResShift teacher plus the provenance a cache needs to record.
@@ -95,12 +100,11 @@ class Teacher:
         compile_mode: CompileMode | None = None,
     ) -> Teacher:
         """Wrap already-built networks; by default they are treated (and named) as random."""
-        default = f"resshift-{config.version}" + ("-RANDOM-WEIGHTS" if random_weights else "")
         return cls(
             unet=unet,
             autoencoder=autoencoder,
             config=config,
-            name=name or default,
+            name=name or teacher_name(config, random_weights),
             device=torch.device(device),
             precision=precision,
             random_weights=random_weights,
