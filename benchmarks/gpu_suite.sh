@@ -5,7 +5,7 @@
 set -u
 py=${PYTHON:-python3}
 out=$(realpath -m "${1:-gpu-results}"); shift || true
-steps=${*:-teacher teacher512 gn profile compile compile-nhwc compile-autotune e2e e2e-fast e2e512
+steps=${*:-teacher teacher512 gn attn profile compile compile-nhwc compile-autotune e2e e2e-fast e2e512
   student student-graphs student-compile train loop tests}
 mkdir -p "$out"
 cd "$(dirname "$0")"
@@ -42,6 +42,9 @@ for step in $steps; do
       --skip-step --skip-loader --loop 100 --num-workers 4 ;;
     gn) run gn 90 "$py" teacher_throughput.py --device cuda \
       --variants bf16+gn32,bf16,fp16,bf16+nhwc --batch-sizes 64 --quality 16 ;;
+    # Swin window attention: fused SDPA (default under autocast) against upstream's three ops.
+    attn) run attn 120 "$py" teacher_throughput.py --device cuda \
+      --variants fp16,fp16+bmmattn,bf16,bf16+bmmattn --batch-sizes 64 --quality 16 ;;
     profile) run profile 60 "$py" teacher_throughput.py --device cuda --variants bf16 \
       --batch-sizes 64 --profile ;;
     student-graphs) run student-graphs 240 "$py" student_latency.py --device cuda \

@@ -10,6 +10,8 @@ Random full-width weights (speed does not depend on the values; outputs are mean
     gn32                               GroupNorm on a float32 copy under autocast (upstream's way;
                                        the default hands the half tensor to the fp32-accumulating
                                        CUDA kernel)
+    bmmattn                            Swin window attention as upstream's matmul, softmax, matmul
+                                       under autocast (the default fuses it into one SDPA kernel)
 Reported per variant and batch size: tiles/s and the warm-up time (which holds compilation).
 Also:
 * --baseline: upstream's inference loop (batch 1, fp16 autocast, one seeded stream per image);
@@ -43,6 +45,7 @@ from dtkd_pipeline.evaluate.efficiency import count_flops
 from dtkd_pipeline.teacher import Teacher, build_teacher_networks, resolve_config
 from dtkd_pipeline.teacher.layers import GroupNorm32
 from dtkd_pipeline.teacher.sampler import Precision
+from dtkd_pipeline.teacher.swin import WindowAttention
 
 _COMPILE_LEVERS: dict[str, CompileMode] = {
     "compile": "default",
@@ -59,13 +62,14 @@ class Variant:
     compile_mode: CompileMode | None
     cudnn_benchmark: bool
     groupnorm_fp32_copy: bool = False
+    unfused_window_attention: bool = False
 
     @classmethod
     def parse(cls, name: str) -> Variant:
         precision, *levers = name.split("+")
         if precision not in ("fp32", "tf32", "bf16", "fp16"):
             raise SystemExit(f"variant {name!r}: precision must be fp32, tf32, bf16 or fp16")
-        unknown = set(levers) - {"nhwc", "cudnn", "gn32", *_COMPILE_LEVERS}
+        unknown = set(levers) - {"nhwc", "cudnn", "gn32", "bmmattn", *_COMPILE_LEVERS}
         if unknown:
             raise SystemExit(f"variant {name!r}: unknown lever(s) {sorted(unknown)}")
         modes = [_COMPILE_LEVERS[lever] for lever in levers if lever in _COMPILE_LEVERS]
@@ -78,6 +82,7 @@ class Variant:
             modes[0] if modes else None,
             "cudnn" in levers,
             "gn32" in levers,
+            "bmmattn" in levers,
         )
 
 
@@ -124,6 +129,7 @@ class Bench:
     def teacher(self, variant: Variant) -> Teacher:
         torch.backends.cudnn.benchmark = variant.cudnn_benchmark
         GroupNorm32.half_io = not variant.groupnorm_fp32_copy
+        WindowAttention.fused_half = not variant.unfused_window_attention
         torch._dynamo.reset()  # compile caches of an earlier variant must not be reused
         return Teacher.from_networks(
             self.unet,
