@@ -123,3 +123,24 @@ def test_speed_options_keep_bf16_outputs(resshift_parity_dir: Path, speed: dict)
         assert torch.isfinite(out).all()
         assert (out - reference).abs().mean().item() < 2e-2
     assert (first - second).abs().max().item() < 2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_window_attention_runs_on_cuda_and_matches_upstream_ops(dtype: torch.dtype) -> None:
+    """The SDPA window attention (default under autocast) against upstream's three ops, both in
+    the same half dtype on the GPU, on a shifted block at a batch of several images."""
+    from dtkd_pipeline.teacher.swin import SwinTransformerBlock, WindowAttention
+
+    torch.manual_seed(0)
+    block = SwinTransformerBlock(64, 32, num_heads=2, window=8, shift=4, mlp_ratio=2.0)
+    block = block.cuda().eval()
+    x = torch.randn(4, 64, 32, 32, device="cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+        fused = block(x).float()
+        WindowAttention.fused_half = False
+        try:
+            upstream = block(x).float()
+        finally:
+            WindowAttention.fused_half = True
+    assert (fused - upstream).abs().max().item() < 0.05
+    assert _relative_error(fused, upstream.cpu()) < 0.01
