@@ -122,13 +122,17 @@ class TeacherIdentity:
             hashes = {key: file_sha256(path) for key, path in weight_paths(teacher).items()}
         return cls(teacher_name(config, teacher.random_weights), hashes, device_type)
 
+    def fields(self) -> dict[str, Any]:
+        """The store provenance fields this identity fills in."""
+        return {
+            "teacher_name": self.name,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "device_type": self.device_type,  # outputs are bit-stable per device type only
+        }
+
     def mismatch(self, provenance: dict[str, Any]) -> str | None:
         """The first field in which a store's provenance names another teacher, or None."""
-        for key, mine in (
-            ("teacher_name", self.name),
-            ("checkpoint_sha256", self.checkpoint_sha256),
-            ("device_type", self.device_type),
-        ):
+        for key, mine in self.fields().items():
             if provenance.get(key) != mine:
                 return f"{key}: store has {provenance.get(key)!r}, this worker has {mine!r}"
         return None
@@ -141,11 +145,9 @@ def store_provenance(
     return {
         **teacher_params_provenance(params.teacher),
         PREPARED_FINGERPRINT: prepared_fingerprint,
-        "teacher_name": identity.name,
-        "checkpoint_sha256": identity.checkpoint_sha256,
+        **identity.fields(),
         "kappa": diffusion.kappa,
         "scale": diffusion.sf,
-        "device_type": identity.device_type,  # outputs are bit-stable per device type only
         "package_version": __version__,
     }
 
