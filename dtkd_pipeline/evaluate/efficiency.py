@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
@@ -47,8 +48,12 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of `fn` as FlopCounterMode counts them (2 per multiply-add)."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one call of `fn` as FlopCounterMode counts them (2 per multiply-add).
+
+    Attention runs on SDPA's math kernel here: FlopCounterMode has no formula for the CPU's
+    fused flash kernel and would count its matmuls as zero.
+    """
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         fn()
     return int(counter.get_total_flops())
 

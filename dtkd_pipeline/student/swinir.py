@@ -5,7 +5,9 @@ checkpoints load strictly (see `dtkd_pipeline.student.weights`). Numerics differ
 only in two places, both within the 1e-4 parity tolerance:
 
 * window attention runs through `F.scaled_dot_product_attention`, with the relative-position bias
-  and the shifted-window mask passed as one additive float mask;
+  and the shifted-window mask passed as one additive float mask, in the layout its fused kernels
+  accept (`dtkd_pipeline.window_attention`), except when training on the CPU, where no fused
+  kernel takes the bias gradient and the official ops are faster;
 * the shifted-window mask is computed once per padded input size (and device) and cached, instead
   of being recomputed in every shifted block on every forward.
 
@@ -21,6 +23,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dtkd_pipeline.window_attention import (
+    attention_ops,
+    attention_sdpa,
+    fused_kernel_can_run,
+    relative_position_bias,
+    relative_position_index,
+)
 
 # RGB mean of DIV2K used by the official model (not a parameter, not in the state dict).
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -75,15 +85,6 @@ class SwinIRConfig:
             )
         if problems:
             raise ValueError("invalid SwinIR config: " + "; ".join(problems))
-
-
-def relative_position_index(window_size: int) -> torch.Tensor:
-    """(N, N) int64 bias-table index of tokens i, j: (dh + ws - 1)·(2ws - 1) + (dw + ws - 1)."""
-    rows = torch.arange(window_size).repeat_interleave(window_size)  # row-major token order
-    cols = torch.arange(window_size).repeat(window_size)
-    delta_rows = rows[:, None] - rows[None, :] + window_size - 1
-    delta_cols = cols[:, None] - cols[None, :] + window_size - 1
-    return delta_rows * (2 * window_size - 1) + delta_cols
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -174,7 +175,14 @@ class Mlp(nn.Module):
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows, with a learned relative-position bias."""
+    """Multi-head self-attention inside windows, with a learned relative-position bias.
+
+    Runs through SDPA in a fused-kernel layout (`dtkd_pipeline.window_attention`) wherever a fused
+    kernel can take it; `use_sdpa = False` always runs the official matmul/softmax ops (the
+    benchmark's A/B switch).
+    """
+
+    use_sdpa = True
 
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
         super().__init__()
@@ -189,35 +197,19 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def relative_position_bias(self) -> torch.Tensor:
-        """(nH, N, N) bias; gathered per call because the table is trained."""
-        tokens = self.window_size * self.window_size
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
-
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """windows: (B·nW)×N×C; mask: (nW, N, N) additive shift mask or None."""
         num_windows_total, tokens, channels = windows.shape
         head_dim = channels // self.num_heads
         qkv = self.qkv(windows).view(num_windows_total, tokens, 3, self.num_heads, head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B·nW)×nH×N×hd
-        bias = self.relative_position_bias().to(query.dtype)
-        if mask is None:
-            attn_mask = bias
-        else:
-            # View as B×nW×nH×N×hd so the (nW, nH, N, N) mask broadcasts over the batch only.
-            num_windows = mask.shape[0]
-            batch = num_windows_total // num_windows
-            query, key, value = (
-                t.view(batch, num_windows, self.num_heads, tokens, head_dim)
-                for t in (query, key, value)
-            )
-            attn_mask = bias.unsqueeze(0) + mask.to(query.dtype).unsqueeze(1)
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attn_mask, scale=self.scale
+        bias = relative_position_bias(
+            self.relative_position_bias_table, self.relative_position_index
         )
-        out = out.reshape(num_windows_total, self.num_heads, tokens, head_dim).transpose(1, 2)
-        return self.proj(out.reshape(num_windows_total, tokens, channels))
+        fused = self.use_sdpa and fused_kernel_can_run(bias)
+        attention = attention_sdpa if fused else attention_ops
+        out = attention(query, key, value, bias, mask, self.scale)
+        return self.proj(out.transpose(1, 2).reshape(num_windows_total, tokens, channels))
 
 
 class SwinTransformerBlock(nn.Module):
