@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from dtkd_pipeline.evaluate.efficiency import device_name as _hardware_name
@@ -18,3 +21,15 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work so wall-clock timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def attention_ops_for_students(enabled: bool) -> Iterator[None]:
+    """The "opsattn" lever: student window attention as the official ops instead of SDPA."""
+    from dtkd_pipeline.student.swinir import WindowAttention
+
+    WindowAttention.use_sdpa = not enabled
+    try:
+        yield
+    finally:
+        WindowAttention.use_sdpa = True

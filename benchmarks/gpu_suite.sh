@@ -6,7 +6,7 @@ set -u
 py=${PYTHON:-python3}
 out=$(realpath -m "${1:-gpu-results}"); shift || true
 steps=${*:-teacher teacher512 gn attn profile compile compile-nhwc compile-autotune e2e e2e-fast e2e512
-  student student-graphs student-compile train loop tests}
+  student student-graphs student-compile student-attn train train-attn loop tests}
 mkdir -p "$out"
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5
@@ -51,6 +51,12 @@ for step in $steps; do
       --variants bf16+graphs --sizes 64,512 --batch-sizes 1 --warmup 3 --runs 20 ;;
     student-compile) run student-compile 150 "$py" student_latency.py --device cuda \
       --variants bf16+compile --sizes 64,512 --batch-sizes 4,256 --warmup 3 --runs 10 ;;
+    # Student window attention: SDPA in the fused-kernel layout (windows as heads, head dim 10
+    # padded to 16) against the official explicit ops, for inference and for the training step.
+    student-attn) run student-attn 150 "$py" student_latency.py --device cuda \
+      --variants bf16,bf16+opsattn --sizes 64 --batch-sizes 1,64,256 --runs 20 ;;
+    train-attn) run train-attn 300 "$py" train_step.py --device cuda --batch 64 --patch 64 \
+      --skip-loader --warmup 5 --iters 20 --configs bf16+fused,bf16+fused+opsattn ;;
     compile) run compile 420 "$py" teacher_throughput.py --device cuda \
       --variants fp16+compile,bf16+compile --batch-sizes 64 --quality 16 \
       --json "$out/teacher_compile.json" ;;

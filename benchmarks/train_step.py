@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from _common import device_name, synchronize
+from _common import attention_ops_for_students, device_name, synchronize
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -176,14 +176,19 @@ def time_pair(
 
 
 STEP_CONFIGS = ("fp32", "fp32+fused", "bf16+fused", "bf16+fused+compile")
+STEP_LEVERS = {"fused", "compile", "opsattn"}
 
 
-def parse_step_config(name: str) -> tuple[str, bool, bool]:
-    """Parse a step config, e.g. "bf16+fused+compile" -> (precision, fused Adam, compiled)."""
+def parse_step_config(name: str) -> tuple[str, bool, bool, bool]:
+    """Parse a step config, e.g. "bf16+fused+compile" -> (precision, fused Adam, compiled,
+    official attention ops instead of SDPA: the "opsattn" lever, the A/B of the fused layout)."""
     parts = name.strip().split("+")
-    if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"fused", "compile"}:
-        raise SystemExit(f"--configs: unknown step config {name!r}; e.g. {','.join(STEP_CONFIGS)}")
-    return parts[0], "fused" in parts, "compile" in parts
+    if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= STEP_LEVERS:
+        raise SystemExit(
+            f"--configs: unknown step config {name!r}; e.g. {','.join(STEP_CONFIGS)} "
+            f"(levers: {', '.join(sorted(STEP_LEVERS))})"
+        )
+    return parts[0], "fused" in parts, "compile" in parts, "opsattn" in parts
 
 
 def time_kd_loss(args: argparse.Namespace, device: torch.device) -> float:
@@ -216,14 +221,16 @@ def step_benchmark(args: argparse.Namespace, device: torch.device) -> None:
         flush=True,
     )
     kd_alone = time_kd_loss(args, device)
-    for precision, fused, compiled in configs:
-        times = time_pair(precision, fused, compiled, args, device)
+    for precision, fused, compiled, ops_attention in configs:
+        with attention_ops_for_students(ops_attention):
+            times = time_pair(precision, fused, compiled, args, device)
         plain, kd = times[False], times[True]
         if device.type == "cuda":
             torch.cuda.empty_cache()
         m_plain, m_kd = statistics.median(plain), statistics.median(kd)
         print(
-            f"| {StepVariant(precision, fused, True, compiled).config} | {1e3 * m_plain:.1f} "
+            f"| {StepVariant(precision, fused, True, compiled).config}"
+            f"{', attention ops' if ops_attention else ''} | {1e3 * m_plain:.1f} "
             f"| {1e3 * percentile(plain, 90):.1f} | {1e3 * m_kd:.1f} "
             f"| {1e3 * percentile(kd, 90):.1f} | {100 * (m_kd / m_plain - 1):+.1f}% "
             f"| {1e3 * kd_alone:.1f} ms ({100 * kd_alone / m_kd:.1f}%) "
