@@ -118,7 +118,7 @@ def test_student_official_ops_switch_gives_the_same_model(monkeypatch) -> None:
 
 def test_shifted_teacher_blocks_run_on_the_fused_cpu_kernel_in_half_precision() -> None:
     """The teacher's half-precision path (upstream's quirky mask) is fused-kernel eligible too;
-    before, the mask was tiled over the batch into a (B·nW)×heads×N×N copy."""
+    the mask now broadcasts over the batch instead of being tiled into a (B·nW)×heads×N×N copy."""
     torch.manual_seed(0)
     block = SwinTransformerBlock(
         64, SIDE, num_heads=2, window=WINDOW, shift=WINDOW // 2, mlp_ratio=2.0
