@@ -28,8 +28,9 @@ def attention_ops_for_students(enabled: bool) -> Iterator[None]:
     """The "opsattn" lever: student window attention as the official ops instead of SDPA."""
     from dtkd_pipeline.student.swinir import WindowAttention
 
+    previous = WindowAttention.use_sdpa
     WindowAttention.use_sdpa = not enabled
     try:
         yield
     finally:
-        WindowAttention.use_sdpa = True
+        WindowAttention.use_sdpa = previous

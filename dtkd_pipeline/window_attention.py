@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -69,7 +69,7 @@ def fused_head_dim(head_dim: int, dtype: torch.dtype, device: torch.device) -> i
     """Head dim the CUDA memory-efficient kernel accepts (sm80+ GEMM alignment); CPU needs none."""
     if device.type != "cuda":
         return head_dim
-    alignment = 8 if dtype in _HALF_DTYPES else 4
+    alignment = 8 if dtype in HALF_DTYPES else 4
     return -(-head_dim // alignment) * alignment
 
 

@@ -186,8 +186,6 @@ class WindowAttention(nn.Module):
 
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
         super().__init__()
-        self.dim = dim
-        self.window_size = window_size
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(

@@ -19,6 +19,7 @@ from torch import nn
 
 from dtkd_pipeline.teacher.layers import GroupNorm32
 from dtkd_pipeline.window_attention import (
+    HALF_DTYPES,
     attention_ops,
     attention_sdpa,
     relative_position_bias,
@@ -97,7 +98,7 @@ class WindowAttention(nn.Module):
         windows, tokens, channels = x.shape
         qkv = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, channels // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        fused = self.fused_half and q.dtype in (torch.float16, torch.bfloat16)
+        fused = self.fused_half and q.dtype in HALF_DTYPES
         attention = attention_sdpa if fused else attention_ops
         bias = relative_position_bias(
             self.relative_position_bias_table, self.relative_position_index
