@@ -38,7 +38,11 @@ from dtkd_pipeline.cache import (
     TileStore,
     teacher_arrays,
 )
-from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
+from dtkd_pipeline.cache.teacher_record import (
+    CHECKPOINT_SHA256,
+    checkpoint_files,
+    teacher_params_provenance,
+)
 from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
@@ -50,7 +54,7 @@ from dtkd_pipeline.teacher import (
     resolve_config,
     teacher_name,
 )
-from dtkd_pipeline.weights import file_sha256, resolve_weights
+from dtkd_pipeline.weights import file_sha256
 from stages.prepare_data import TRAIN_STORE
 
 DWT_LEVELS = 2  # the paper's J; cached subbands are Haar, exact under patch cropping
@@ -76,16 +80,6 @@ def check_device_type(teacher: TeacherParams, device_type: str) -> None:
         )
 
 
-def weight_paths(teacher: TeacherParams) -> dict[str, Path]:
-    """The verified UNet and autoencoder checkpoint files (downloaded first when missing)."""
-    return {
-        "unet": resolve_weights(teacher.unet_weights, weights_dir=teacher.weights_dir),
-        "autoencoder": resolve_weights(
-            teacher.autoencoder_weights, weights_dir=teacher.weights_dir
-        ),
-    }
-
-
 def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
     check_device_type(teacher, device.type)
     speed = {
@@ -95,7 +89,7 @@ def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
     }
     if teacher.random_weights:
         return random_teacher(teacher.version, seed=0, **speed)
-    return load_teacher(teacher.version, **weight_paths(teacher), **speed)
+    return load_teacher(teacher.version, **checkpoint_files(teacher), **speed)
 
 
 @dataclass(frozen=True)
@@ -119,14 +113,14 @@ class TeacherIdentity:
         config = resolve_config(teacher.version)
         hashes: dict[str, str | None] = {"unet": None, "autoencoder": None}
         if not teacher.random_weights:
-            hashes = {key: file_sha256(path) for key, path in weight_paths(teacher).items()}
+            hashes = {key: file_sha256(path) for key, path in checkpoint_files(teacher).items()}
         return cls(teacher_name(config, teacher.random_weights), hashes, device_type)
 
     def fields(self) -> dict[str, Any]:
         """The store provenance fields this identity fills in."""
         return {
             "teacher_name": self.name,
-            "checkpoint_sha256": self.checkpoint_sha256,
+            CHECKPOINT_SHA256: self.checkpoint_sha256,
             "device_type": self.device_type,  # outputs are bit-stable per device type only
         }
 

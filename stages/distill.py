@@ -16,7 +16,11 @@ import torch
 
 from dtkd_pipeline.cache import KIND_TEACHER, TileStore
 from dtkd_pipeline.cache.provenance import diff_fields
-from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
+from dtkd_pipeline.cache.teacher_record import (
+    local_checkpoint_provenance,
+    rebuild_advice,
+    teacher_params_provenance,
+)
 from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
@@ -37,7 +41,11 @@ def _teacher_provenance(params: Params) -> dict[str, Any]:
         )
     with TileStore.open(path) as store:
         store.require_kind(KIND_TEACHER)
-        store.check_provenance(teacher_params_provenance(params.teacher))
+        expected = {
+            **teacher_params_provenance(params.teacher),
+            **local_checkpoint_provenance(params.teacher),  # stage two may run without them
+        }
+        store.check_provenance(expected, rebuild=rebuild_advice())
         store.require_complete("cache-teacher")
         return store.provenance
 

@@ -204,8 +204,9 @@ def test_refuses_teacher_built_from_other_tiles(stores: dict[str, Any], tmp_path
         rows = min((shard + 1) * SHARD, N_TILES) - shard * SHARD
         other.write_shard(shard, {"teacher": np.zeros((rows, 3, 64, 64), np.uint8)})
     settings = LoaderSettings(patch_size=PATCH)
-    with pytest.raises(ProvenanceMismatchError, match="prepared_fingerprint: stored '0000"):
+    with pytest.raises(ProvenanceMismatchError, match="prepared_fingerprint: stored '0000") as info:
         ShardStreamDataset(stores["root"] / "train.zarr", other.path, settings=settings)
+    assert "`dtkd-pipeline cache-teacher --overwrite`" in str(info.value)
     other.invalidate_shard(2)
     with pytest.raises(StoreLayoutError, match="incomplete"):
         ShardStreamDataset(stores["root"] / "train.zarr", other.path, settings=settings)

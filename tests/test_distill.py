@@ -26,18 +26,24 @@ from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
+from dtkd_pipeline.weights import file_sha256
 from stages import distill, prepare_data
 from stages.cache_teacher import dwt_tile_shapes
 from tests.pipeline_helpers import REPO_ROOT, TINY_DISTILL, make_hr_images, tiny_params
 
 
 def build_stores(params: Params) -> None:
-    """prepare-data on synthetic images, then a teacher store whose 'teacher' is a blurred HR.
+    """prepare-data on synthetic images, then a teacher store whose 'teacher' is a blurred HR."""
+    prepare_data.run(params)
+    build_teacher_store(params)
+
+
+def build_teacher_store(params: Params, extra_provenance: dict | None = None) -> None:
+    """A teacher store over the prepared tiles, recording `params.teacher` (+ extra fields).
 
     With ``params.teacher.dwt`` the store also holds the teacher's Haar subbands, as stage one
     writes them.
     """
-    prepare_data.run(params)
     prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
     hr_size = prepared.layout.spec(HR).tile_shape[1]
     bands = dwt_tile_shapes(hr_size) if params.teacher.dwt else {}
@@ -50,6 +56,7 @@ def build_stores(params: Params) -> None:
     provenance = {
         **teacher_params_provenance(params.teacher),
         PREPARED_FINGERPRINT: prepared.fingerprint(),
+        **(extra_provenance or {}),
     }
     with TileStore.create(params.teacher.store, layout, provenance) as store:
         for shard in range(layout.n_shards):
@@ -171,7 +178,35 @@ def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -
     with pytest.raises(ProvenanceMismatchError) as info:
         distill.run(other, device="cpu")
     message = str(info.value)
-    assert "steps" in message and "seed" in message and "--overwrite" in message
+    assert "steps" in message and "seed" in message
+    assert "`dtkd-pipeline cache-teacher --overwrite`" in message  # distill has no --overwrite
+
+
+def test_stage_refuses_cache_built_from_another_checkpoint_file(
+    params: Params, tmp_path: Path
+) -> None:
+    unet, autoencoder = tmp_path / "unet.pth", tmp_path / "vq.pth"
+    unet.write_bytes(b"unet weights, first training run")
+    autoencoder.write_bytes(b"vq weights")
+    teacher = params.teacher.model_copy(
+        update={
+            "random_weights": False,
+            "unet_weights": str(unet),
+            "autoencoder_weights": str(autoencoder),
+            "store": tmp_path / "real-teacher.zarr",
+        }
+    )
+    real = params.model_copy(update={"teacher": teacher})
+    hashes = {"unet": file_sha256(unet), "autoencoder": file_sha256(autoencoder)}
+    build_teacher_store(real, {"checkpoint_sha256": hashes})
+    assert distill._teacher_provenance(real)["checkpoint_sha256"] == hashes
+
+    unet.write_bytes(b"unet weights, another training run")  # same path and params, other file
+    with pytest.raises(ProvenanceMismatchError, match=r"checkpoint_sha256\.unet: stored '"):
+        distill._teacher_provenance(real)
+
+    unet.unlink()  # stage two on a machine without the teacher's weights checks what it can
+    assert distill._teacher_provenance(real)["checkpoint_sha256"] == hashes
 
 
 def test_nan_loss_stops_with_debug_state_and_keeps_last_checkpoint(

@@ -53,11 +53,15 @@ def diff_fields(stored: Any, requested: Any, prefix: str = "") -> list[tuple[str
 
 
 def mismatch_error(
-    path: Path, what: str, differences: Sequence[tuple[str, Any, Any]]
+    path: Path,
+    what: str,
+    differences: Sequence[tuple[str, Any, Any]],
+    rebuild: str | None = None,
 ) -> ProvenanceMismatchError:
+    """The error naming each differing field; `rebuild` says how to fix it (default: overwrite)."""
     lines = [f"{what} at {path} was built with different settings:"]
     lines += [f"  {name}: stored {old!r}, requested {new!r}" for name, old, new in differences]
-    lines.append(f"Rebuild it: rerun with --overwrite or delete {path}")
+    lines.append(rebuild or f"Rebuild it: rerun with --overwrite or delete {path}")
     return ProvenanceMismatchError("\n".join(lines))
 
 

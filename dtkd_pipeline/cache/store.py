@@ -254,10 +254,13 @@ class TileStore:
     def names(self) -> list[str]:
         return self.layout.names
 
-    def check_provenance(self, expected: Mapping[str, Any], *, exact: bool = False) -> None:
+    def check_provenance(
+        self, expected: Mapping[str, Any], *, exact: bool = False, rebuild: str | None = None
+    ) -> None:
         """Raise `ProvenanceMismatchError` naming each field of `expected` that differs.
 
-        `exact=True` also reports fields stored but not requested (used when resuming).
+        `exact=True` also reports fields stored but not requested (used when resuming). `rebuild`
+        replaces the default advice (rerun with --overwrite) for callers that only read the store.
         """
         requested = to_json_value(dict(expected))
         differences = diff_fields(self._provenance, requested)
@@ -268,7 +271,7 @@ class TileStore:
                 if key not in requested
             ]
         if differences:
-            raise mismatch_error(self.path, f"{self.kind} store", differences)
+            raise mismatch_error(self.path, f"{self.kind} store", differences, rebuild)
 
     def check_layout(self, layout: StoreLayout) -> None:
         differences = diff_fields(self.layout.to_json(), layout.to_json(), "layout")

@@ -1,15 +1,20 @@
-"""The provenance fields of a teacher store that follow from params (shared by stages 1 and 2).
+"""What a teacher store records about its teacher (shared by stages 1 and 2).
 
-Stage one writes these (plus checkpoint hashes and the prepared-store fingerprint); stage two
-compares them with its own params before training, so a cache built with another teacher, step
-count, seed, RNG mode or precision is refused with the field named.
+Stage one writes the params fields below, the checkpoint hashes and the prepared-store
+fingerprint; stage two compares them with its own params (and the checkpoint files, where this
+machine has them) before training, so a cache built with another teacher, checkpoint, step count,
+seed, RNG mode or precision is refused with the field named.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dtkd_pipeline.config import TeacherParams
+from dtkd_pipeline.weights import WeightsError, file_sha256, resolve_weights
+
+CHECKPOINT_SHA256 = "checkpoint_sha256"
 
 
 def teacher_params_provenance(teacher: TeacherParams) -> dict[str, Any]:
@@ -22,3 +27,37 @@ def teacher_params_provenance(teacher: TeacherParams) -> dict[str, Any]:
         "precision": teacher.precision,
         "dwt": teacher.dwt,
     }
+
+
+def checkpoint_files(teacher: TeacherParams, *, download: bool = True) -> dict[str, Path]:
+    """The verified UNet and autoencoder checkpoint files, by role.
+
+    `download=True` fetches a missing registered file (and raises when it cannot); `download=False`
+    returns only the files this machine already has, for checks that must not need the weights.
+    """
+    names = {"unet": teacher.unet_weights, "autoencoder": teacher.autoencoder_weights}
+    files: dict[str, Path] = {}
+    for role, name in names.items():
+        try:
+            files[role] = resolve_weights(name, weights_dir=teacher.weights_dir, download=download)
+        except WeightsError:
+            if download:
+                raise
+    return files
+
+
+def local_checkpoint_provenance(teacher: TeacherParams) -> dict[str, Any]:
+    """`checkpoint_sha256` of the teacher files present here ({} for a random teacher or none)."""
+    if teacher.random_weights:
+        return {}
+    files = checkpoint_files(teacher, download=False)
+    hashes = {role: file_sha256(path) for role, path in files.items()}
+    return {CHECKPOINT_SHA256: hashes} if hashes else {}
+
+
+def rebuild_advice() -> str:
+    """How to fix a teacher cache that does not fit the params (stage two only reads it)."""
+    return (
+        "Rebuild it with `dtkd-pipeline cache-teacher --overwrite` (`dvc repro` rebuilds it by "
+        "itself), or point teacher.store at a cache built with these settings"
+    )
