@@ -73,7 +73,8 @@ def _contenders(
             zoo.diffusion(zoo.ONE_STEP, one_step, cfg.teacher_seeds, cfg.teacher_chop, True)
         )
     if teacher is not None:
-        found.append(zoo.diffusion(zoo.TEACHER, teacher, cfg.teacher_seeds, cfg.teacher_chop))
+        label = zoo.RANDOM_TEACHER if params.teacher.random_weights else zoo.TEACHER
+        found.append(zoo.diffusion(label, teacher, cfg.teacher_seeds, cfg.teacher_chop))
     return found
 
 

@@ -26,6 +26,7 @@ MIN_SIDE = 64  # LR side small test images are padded to before the diffusion sa
 
 BICUBIC = "bicubic"
 TEACHER = "teacher"
+RANDOM_TEACHER = "teacher (RANDOM weights)"  # tests and speed runs: named so in every output
 ONE_STEP = "one-step"
 
 
