@@ -26,6 +26,7 @@ from dtkd_pipeline.cache import (
     prepared_arrays,
     teacher_arrays,
 )
+from dtkd_pipeline.cache import store as store_module
 
 N_TILES, SHARD, TILE, SCALE = 10, 4, 8, 4  # 3 shards, the last holding 2 tiles
 PROVENANCE = {"scale": SCALE, "tile_size": TILE, "sources": [{"name": "a.png", "sha256": "ab"}]}
@@ -98,6 +99,42 @@ def test_teacher_round_trip_with_dwt(tmp_path: Path) -> None:
         got = store.read_tiles(range(N_TILES), [f"dwt/{name}"])[f"dwt/{name}"]
         assert got.dtype == np.float16 and np.array_equal(got.view(np.uint16), data.view(np.uint16))
     assert isinstance(zarr.open_group(tmp_path / "teacher.zarr", mode="r")["dwt"], zarr.Group)
+
+
+def test_arrays_hold_one_tile_per_chunk_and_one_shard_per_file_with_crc32c(
+    tmp_path: Path,
+) -> None:
+    store = filled_prepared(tmp_path / "p.zarr")
+    group = zarr.open_group(store.path, mode="r")
+    for spec in store.layout.arrays:
+        array = group[spec.name]
+        assert array.chunks == (1, *spec.tile_shape)
+        assert array.shards == (SHARD, *spec.tile_shape)
+        assert array.metadata.zarr_format == 3
+        (sharding,) = array.metadata.codecs
+        inner = [type(codec).__name__ for codec in sharding.codecs]
+        assert inner[-2:] == ["ZstdCodec", "Crc32cCodec"], inner  # compressed, then checksummed
+    assert sorted(p.name for p in (store.path / "lr" / "c").iterdir()) == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("rewrite", [False, True])
+def test_a_crash_between_data_and_record_leaves_the_shard_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rewrite: bool
+) -> None:
+    store = filled_prepared(tmp_path / "p.zarr") if rewrite else None
+    store = store or TileStore.create(tmp_path / "p.zarr", prepared_layout(), PROVENANCE)
+
+    def killed_before_the_record(path: Path, payload: dict) -> None:
+        assert all(store.shard_file(name, 1).is_file() for name in store.names)  # data first
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_module, "_write_json_atomic", killed_before_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_shard(1, shard_slice(prepared_tiles(seed=5), 1))
+    monkeypatch.undo()
+    assert 1 in store.missing_shards()  # never stale (rewrite) and never zeros (first write)
+    with pytest.raises(IncompleteShardError):
+        store.read_shard(1)
 
 
 def test_incomplete_shard_raises_instead_of_zeros(tmp_path: Path) -> None:

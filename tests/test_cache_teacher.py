@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import dtkd_pipeline
 from dtkd_pipeline.cache import TEACHER, CacheError, ProvenanceMismatchError, TileStore
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.losses.wavelet import dwt_subbands
@@ -61,6 +62,14 @@ def test_store_holds_teacher_output_of_every_tile(prepared_root: Path, tmp_path:
         provenance = store.provenance
         assert provenance["steps"] == 2 and provenance["rng"] == "per-sample"
         assert provenance["teacher_name"].endswith("RANDOM-WEIGHTS")
+        recorded = {key: provenance[key] for key in ("teacher_version", "seed", "precision")}
+        assert recorded == {
+            "teacher_version": str(TINY_TEACHER),
+            "seed": 12345,
+            "precision": "fp32",
+        }
+        assert provenance["package_version"] == dtkd_pipeline.__version__
+        assert provenance["checkpoint_sha256"] == {"unet": None, "autoencoder": None}
         tiles = store.read_tiles(range(4))
     with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
         assert provenance["prepared_fingerprint"] == prepared.fingerprint()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from dtkd_pipeline.cli import app
 from dtkd_pipeline.images import read_image, write_image
 from dtkd_pipeline.teacher import build_teacher_networks
+from stages import cache_teacher
 from tests.pipeline_helpers import REPO_ROOT
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
@@ -39,6 +42,36 @@ def test_missing_prepared_store_is_explained(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "run `dtkd-pipeline prepare-data` first" in result.output
+
+
+def test_cache_teacher_flags_set_their_params_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+
+    def record(params, **options):  # stands in for the stage: this test is about the wiring
+        seen.update(options, teacher=params.teacher)
+        return tmp_path
+
+    monkeypatch.setattr(cache_teacher, "run", record)
+    flags = ["--steps", "15", "--dwt", "--weights-dir", str(tmp_path), "--overwrite"]
+    result = runner.invoke(app, ["cache-teacher", *flags, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    teacher = seen["teacher"]
+    assert (teacher.steps, teacher.dwt, teacher.weights_dir) == (15, True, tmp_path)
+    assert seen["overwrite"] is True and seen["device"] == "cpu"
+    assert runner.invoke(app, ["cache-teacher", "--no-dwt"]).exit_code == 0
+    assert seen["teacher"].dwt is False
+
+
+def test_cache_teacher_refuses_a_step_count_the_checkpoint_was_not_trained_for(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "teacher.zarr"
+    result = runner.invoke(app, ["cache-teacher", "--steps", "4", "-S", f"teacher.store={store}"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--steps 4 (teacher.steps)" in result.output and "trained for 15 steps" in result.output
+    assert not store.exists()
 
 
 def test_teacher_sr_writes_x4_png_per_image(tmp_path: Path) -> None:
@@ -85,3 +118,18 @@ def test_cli_reference_matches_the_app(tmp_path: Path) -> None:
         "docs/cli.md is stale: regenerate it with "
         "`typer dtkd_pipeline.cli utils docs --name dtkd-pipeline --output docs/cli.md`"
     )
+
+
+def test_only_the_cli_front_end_imports_the_stages() -> None:
+    """DESIGN's layering: the library is reusable without the stages; cli.py wires them up."""
+    importers = set()
+    for path in (REPO_ROOT / "dtkd_pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            if any(name == "stages" or name.startswith("stages.") for name in names):
+                importers.add(path.relative_to(REPO_ROOT).as_posix())
+    assert importers == {"dtkd_pipeline/cli.py"}

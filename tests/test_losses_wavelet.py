@@ -97,6 +97,14 @@ def test_mid_frequency_weight_scales_exactly_the_level_two_details() -> None:
     torch.testing.assert_close(only_mid(student, teacher), level_two)
 
 
+def test_default_is_the_papers_haar_two_levels_weighted_one_two_one() -> None:
+    loss = DecomposedDWTLoss()
+    assert (loss.levels, loss.wavelet, loss.uniform) == (2, "haar", False)
+    assert loss.subband_weights == group_weights(2, (1.0, 2.0, 1.0))
+    assert loss.subband_weights["LL2"] == 1.0 and loss.subband_weights["HH2"] == 2.0
+    assert loss.subband_weights["HH1"] == 1.0
+
+
 def test_group_weights() -> None:
     assert group_weights(2, (1.0, 2.0, 3.0)) == {
         "LL2": 1.0,
