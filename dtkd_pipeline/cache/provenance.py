@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ProvenanceMismatchError
 
 # Keys that several stages agree on.
-SOURCES = "sources"  # prepared store: list of source images (name, size, content hash)
+SOURCES = "sources"  # prepared store: source image file names (content: the shard checksums)
 PREPARED_FINGERPRINT = "prepared_fingerprint"  # teacher store: fingerprint of train.zarr it read
 
 
