@@ -17,8 +17,8 @@ import torch
 from dtkd_pipeline.cache import KIND_TEACHER, TileStore
 from dtkd_pipeline.cache.provenance import diff_fields
 from dtkd_pipeline.cache.teacher_record import (
+    REBUILD_ADVICE,
     local_checkpoint_provenance,
-    rebuild_advice,
     teacher_params_provenance,
 )
 from dtkd_pipeline.config import ConfigError, Params, section_dict
@@ -45,7 +45,7 @@ def _teacher_provenance(params: Params) -> dict[str, Any]:
             **teacher_params_provenance(params.teacher),
             **local_checkpoint_provenance(params.teacher),  # stage two may run without them
         }
-        store.check_provenance(expected, rebuild=rebuild_advice())
+        store.check_provenance(expected, rebuild=REBUILD_ADVICE)
         store.require_complete("cache-teacher")
         return store.provenance
 

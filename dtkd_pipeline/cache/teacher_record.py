@@ -15,6 +15,11 @@ from dtkd_pipeline.config import TeacherParams
 from dtkd_pipeline.weights import WeightsError, file_sha256, resolve_weights
 
 CHECKPOINT_SHA256 = "checkpoint_sha256"
+# How to fix a teacher cache that does not fit the params, for stage two (which only reads it).
+REBUILD_ADVICE = (
+    "Rebuild it with `dtkd-pipeline cache-teacher --overwrite` (`dvc repro` rebuilds it by "
+    "itself), or point teacher.store at a cache built with these settings"
+)
 
 
 def teacher_params_provenance(teacher: TeacherParams) -> dict[str, Any]:
@@ -53,11 +58,3 @@ def local_checkpoint_provenance(teacher: TeacherParams) -> dict[str, Any]:
     files = checkpoint_files(teacher, download=False)
     hashes = {role: file_sha256(path) for role, path in files.items()}
     return {CHECKPOINT_SHA256: hashes} if hashes else {}
-
-
-def rebuild_advice() -> str:
-    """How to fix a teacher cache that does not fit the params (stage two only reads it)."""
-    return (
-        "Rebuild it with `dtkd-pipeline cache-teacher --overwrite` (`dvc repro` rebuilds it by "
-        "itself), or point teacher.store at a cache built with these settings"
-    )

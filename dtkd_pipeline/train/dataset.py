@@ -50,7 +50,7 @@ from dtkd_pipeline.cache import (
     StoreLayoutError,
     TileStore,
 )
-from dtkd_pipeline.cache.teacher_record import rebuild_advice
+from dtkd_pipeline.cache.teacher_record import REBUILD_ADVICE
 from dtkd_pipeline.config import ConfigError
 
 _BAND_NAME = re.compile(r"^(LL|LH|HL|HH)(\d+)$")
@@ -390,9 +390,7 @@ def check_teacher_matches_prepared(teacher: TileStore, prepared: TileStore) -> N
     """Refuse a teacher cache computed from other tiles than `prepared` holds."""
     teacher.require_kind(KIND_TEACHER)
     teacher.require_complete("cache-teacher")
-    teacher.check_provenance(
-        {PREPARED_FINGERPRINT: prepared.fingerprint()}, rebuild=rebuild_advice()
-    )
+    teacher.check_provenance({PREPARED_FINGERPRINT: prepared.fingerprint()}, rebuild=REBUILD_ADVICE)
     if (
         teacher.n_tiles != prepared.n_tiles
         or teacher.layout.shard_size != prepared.layout.shard_size
