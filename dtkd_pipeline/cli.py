@@ -257,9 +257,20 @@ def analyze_bands(
 
     def action() -> None:
         loaded = _params(params, overrides)
-        target = out_dir or loaded.evaluate.out_dir
+        for path in model or []:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"--model {path}: no such checkpoint file; train one with "
+                    "`dtkd-pipeline distill` (it writes data/models/student.pt)"
+                )
         models = {path.stem: path for path in model} if model else None
-        stage.run_bands(loaded, resolve_device(device or loaded.evaluate.device), target, models)
+        stage.run_bands(
+            loaded,
+            resolve_device(device or loaded.evaluate.device),
+            out_dir or loaded.evaluate.out_dir,
+            out_dir or loaded.evaluate.plots_dir,
+            models,
+        )
 
     _run(action)
 

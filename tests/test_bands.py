@@ -303,3 +303,32 @@ def test_wrong_scale_is_reported(data: dict[str, Any]) -> None:
 
     with pytest.raises(ValueError, match="student output"):
         analyze_cache(data["prepared"], data["cache"], Nearest2(), scheduler="sync", **FAST)
+
+
+def test_cli_analyzes_the_given_checkpoint_into_out_dir(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from dtkd_pipeline.cli import app
+
+    folder = write_folder(tmp_path / "pairs", data["lr"][:3], data["teacher"][:3])
+    model = build_student("swinir-tiny-x4")
+    checkpoint = tmp_path / "mine.pt"
+    torch.save({"ema": model.state_dict(), "arch": "swinir-tiny-x4"}, checkpoint)
+    out = tmp_path / "bands-out"
+    common = ["analyze-bands", "-S", f"evaluate.bands.source={folder}", "--out-dir", str(out)]
+    runner = CliRunner()
+
+    missing = runner.invoke(app, [*common, "--model", str(tmp_path / "nope.pt"), "--device", "cpu"])
+    assert (
+        missing.exit_code == 1 and "nope.pt" in missing.output and "Traceback" not in missing.output
+    )
+    assert not out.exists()
+
+    result = runner.invoke(app, [*common, "--model", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (stats,) = json.loads((out / "bands.json").read_text())["students"].values()
+    reference = reference_means(model.eval(), data["lr"][:3], data["teacher"][:3], levels=2)
+    assert stats["subbands"] == pytest.approx(reference, rel=1e-5)  # float32 DWT sums
+    assert (out / "bands.png").is_file()
