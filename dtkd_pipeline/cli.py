@@ -31,6 +31,27 @@ SetOption = Annotated[
 ]
 
 
+def _valid_device(value: str | None) -> str | None:
+    """Refuse an unknown or absent device before any work (a usage error, exit code 2)."""
+    if value is not None:
+        from dtkd_pipeline.devices import DeviceError, resolve_device
+
+        try:
+            resolve_device(value)
+        except DeviceError as error:
+            raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def _device_option(help_text: str) -> Any:
+    return typer.Option(help=help_text, callback=_valid_device)
+
+
+DeviceOption = Annotated[
+    str | None, _device_option("cpu, cuda or cuda:N (default: the params' device or auto).")
+]
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that carry a complete, user-facing message."""
     from dtkd_pipeline.cache.store import CacheError
@@ -112,7 +133,7 @@ def cache_teacher(
     scheduler: Annotated[
         str | None, typer.Option(help="dask.distributed scheduler address: one task per shard.")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
     rebuild_on_change: Annotated[
         bool,
         typer.Option(help="Rebuild a store made with other settings instead of refusing (DVC)."),
@@ -145,7 +166,7 @@ def verify_cache(
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     repair: Annotated[bool, typer.Option(help="Recompute corrupt or missing shards.")] = False,
-    device: Annotated[str | None, typer.Option(help="Device for --repair.")] = None,
+    device: Annotated[str | None, _device_option("Device for --repair.")] = None,
 ) -> None:
     """Check every shard's checksum and completion flag; exit 1 when any is corrupt or missing."""
     from stages import cache_teacher as stage
@@ -159,7 +180,7 @@ def verify_cache(
 def distill(
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
     restart_on_change: Annotated[
         bool,
         typer.Option(help="Start over when checkpoints were made with other params (DVC)."),
@@ -173,11 +194,6 @@ def distill(
             _params(params, overrides), device=device, restart_on_change=restart_on_change
         )
     )
-
-
-DeviceOption = Annotated[
-    str | None, typer.Option(help="cpu, cuda or cuda:N (default: the params' device or auto).")
-]
 
 
 @app.command("evaluate")
@@ -293,7 +309,7 @@ def upscale(
     overlap: Annotated[int, typer.Option(help="LR overlap between tiles (blended).")] = 32,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
     compile_mode: Annotated[
         str | None,
         typer.Option(
@@ -353,7 +369,7 @@ def teacher_sr(
     weights_dir: Annotated[Path | None, typer.Option(help="Folder with the .pth files.")] = None,
     unet: Annotated[str | None, typer.Option(help="UNet weight name or path.")] = None,
     autoencoder: Annotated[str | None, typer.Option(help="VQGAN weight name or path.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto).")] = None,
+    device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
 ) -> None:
     """Super-resolve images with the ResShift teacher alone (official sampler, official RNG)."""

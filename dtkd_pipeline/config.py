@@ -135,6 +135,15 @@ class DistillParams(_Section):
     keep_last: PositiveInt
     out_dir: Path
 
+    @field_validator("student")
+    @classmethod
+    def _known_student(cls, value: str) -> str:
+        from dtkd_pipeline.student import available_students
+
+        if value not in available_students():
+            raise ValueError(f"unknown student {value!r}; available: {available_students()}")
+        return value
+
     @field_validator("patch_size")
     @classmethod
     def _patch_multiple_of_window(cls, value: int) -> int:
@@ -212,7 +221,7 @@ class EvaluateParams(_Section):
     comparison: ComparisonParams
     efficiency: EfficiencyParams
     bands: BandsParams
-    device: str
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
     metrics_dir: Path
     plots_dir: Path
     out_dir: Path
@@ -260,6 +269,21 @@ class Params(_Section):
         return self
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in a mapping (YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one section", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, like dvc exp -S."""
     for item in overrides:
@@ -276,7 +300,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(
                 f"override {item!r}: unknown key {key!r} (check spelling in params.yaml)"
             )
-        node[parts[-1]] = yaml.safe_load(text)
+        try:
+            node[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({problem}); quote it or "
+                "close its brackets, e.g. -S 'distill.milestones=[100, 160]'"
+            ) from None
     return raw
 
 
@@ -297,9 +328,19 @@ def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
     """Read and validate params.yaml; raise ConfigError naming the file and key on any problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError as exc:
         raise ConfigError(f"params file {path} not found; pass --params PATH") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(
+            f"params file {path} is a folder; pass --params path/to/params.yaml"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}): pass --params path/to/params.yaml"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"params file {path} cannot be read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

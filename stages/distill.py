@@ -25,7 +25,7 @@ from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
 from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
-from dtkd_pipeline.train.loop import TrainingRun, setup_distributed, train
+from dtkd_pipeline.train.loop import TrainingRun, check_recipe, setup_distributed, train
 from stages.prepare_data import TRAIN_STORE, VAL_DIR
 
 STUDENT_FILE = "student.pt"
@@ -97,10 +97,12 @@ def _reconcile_checkpoints(
 
 
 def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
-    cfg = params.distill
+    cfg, scale = params.distill, params.data.scale
     provenance = _teacher_provenance(params)
-    _reconcile_checkpoints(params, provenance, restart_on_change)
     ctx = setup_distributed(device)
+    check_recipe(cfg, ctx.device)  # before --restart-on-change deletes the old checkpoints
+    val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
+    _reconcile_checkpoints(params, provenance, restart_on_change)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     # Cached subbands replace the teacher's DWT only where they are exactly equal to it (Haar).
@@ -120,10 +122,8 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
 
     logger = validate = None
     if ctx.is_main:
-        scale = params.data.scale
-        val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
         pairs = [load_pair(pair, scale) for pair in val_set]  # decoded once, reused every time
-        metrics = FullReferenceMetrics(scale=params.data.scale, device=ctx.device)
+        metrics = FullReferenceMetrics(scale=scale, device=ctx.device)
 
         def validate(model: torch.nn.Module) -> dict[str, float]:
             return evaluate_pairs(model, pairs, metrics, ctx.device)

@@ -44,6 +44,21 @@ def test_missing_prepared_store_is_explained(tmp_path: Path) -> None:
     assert "run `dtkd-pipeline prepare-data` first" in result.output
 
 
+@pytest.mark.parametrize(
+    "command", [["distill"], ["cache-teacher"], ["evaluate"], ["upscale", "a.png", "b.png"]]
+)
+def test_an_unknown_device_is_a_usage_error_before_any_work(command: list[str]) -> None:
+
+    def refusal(device: str) -> str:
+        result = runner.invoke(app, [*command, "--device", device])
+        assert result.exit_code == 2
+        return " ".join(result.output.replace("│", " ").split())  # unwrap the boxed message
+
+    assert "unknown device 'tpu': use auto, cpu, cuda or cuda:N" in refusal("tpu")
+    if not torch.cuda.is_available():
+        assert "CUDA is not available; use cpu" in refusal("cuda")
+
+
 def test_cache_teacher_flags_set_their_params_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

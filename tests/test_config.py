@@ -78,6 +78,31 @@ def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
         load_params(bad)
 
 
+def test_unreadable_params_files_are_named_with_what_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder; pass --params"):
+        load_params(tmp_path)
+    binary = tmp_path / "weights.pth"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=r"weights\.pth is not UTF-8 text"):
+        load_params(binary)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(REPO_PARAMS.read_text() + "\ndata:\n  scale: 4\n")
+    with pytest.raises(ConfigError, match="key 'data' is given twice"):
+        load_params(twice)
+
+
+def test_an_override_that_is_not_yaml_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"'distill\.milestones=\[1,2'.*not valid YAML"):
+        load_params(REPO_PARAMS, ["distill.milestones=[1,2"])
+
+
+def test_unknown_student_is_refused_when_params_load() -> None:
+    with pytest.raises(ConfigError, match=r"distill\.student: .*unknown student 'swinir-s-x5'"):
+        load_params(REPO_PARAMS, ["distill.student=swinir-s-x5"])
+    with pytest.raises(ConfigError, match=r"evaluate\.device"):
+        load_params(REPO_PARAMS, ["evaluate.device=tpu"])
+
+
 def test_report_baseline_must_be_an_evaluated_model() -> None:
     with pytest.raises(ConfigError, match=r"report\.baseline 'L1 only' is not an evaluated model"):
         load_params(REPO_PARAMS, ["report.baseline=L1 only"])

@@ -243,6 +243,14 @@ def test_checkpoints_from_other_params_are_refused_or_restarted(params: Params) 
     changed = small.model_copy(update={"distill": small.distill.model_copy(update={"lr": 1e-3})})
     with pytest.raises(ConfigError, match=r"params\.lr: checkpoint 0\.0002, now 0\.001"):
         distill.run(changed, device="cpu")
+    # A change that cannot run is refused before --restart-on-change deletes anything.
+    checkpoints = sorted((params.distill.out_dir / "checkpoints").iterdir())
+    unrunnable = changed.model_copy(
+        update={"distill": changed.distill.model_copy(update={"precision": "bf16"})}
+    )
+    with pytest.raises(ConfigError, match=r"distill\.precision"):
+        distill.run(unrunnable, device="cpu", restart_on_change=True)
+    assert sorted((params.distill.out_dir / "checkpoints").iterdir()) == checkpoints
     path = distill.run(changed, device="cpu", restart_on_change=True)
     final = torch.load(path, weights_only=False)
     assert final["params"]["lr"] == 1e-3 and final["iteration"] == 3

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dtkd_pipeline.config import ConfigError, DistillParams, section_dict
+from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.losses import DistillationObjective, build_kd_loss
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.checkpoint import CheckpointManager, restore_rng_states, rng_states
@@ -78,9 +79,7 @@ def setup_distributed(device: str | None) -> DistributedContext:
             torch.cuda.set_device(local_rank)
             return DistributedContext(dist.get_rank(), world_size, torch.device("cuda", local_rank))
         return DistributedContext(dist.get_rank(), world_size, torch.device("cpu"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return DistributedContext(0, 1, torch.device(device))
+    return DistributedContext(0, 1, resolve_device(device))
 
 
 def _infinite_batches(dataset: ShardStreamDataset, pin: bool) -> Iterator[tuple[dict, int]]:
@@ -109,6 +108,26 @@ def _save_debug_state(out_dir: Path, iteration: int, model: nn.Module, batch: di
     return path
 
 
+def _kd_loss(cfg: DistillParams) -> nn.Module:
+    kd = cfg.kd
+    weights = (kd.weights["lf"], kd.weights["mf"], kd.weights["hf"])
+    try:
+        return build_kd_loss(kd.kind, levels=kd.levels, wavelet=kd.wavelet, weights=weights)
+    except ImportError as error:  # an optional extra (dtcwt) that is not installed
+        raise ConfigError(f"distill.kd.kind={kd.kind}: {error}") from error
+
+
+def check_recipe(cfg: DistillParams, device: torch.device) -> None:
+    """What can refuse a run, checked before it writes or deletes anything (precision, KD loss)."""
+    if cfg.precision == "bf16" and device.type != "cuda":
+        raise ConfigError(
+            f"distill.precision 'bf16' is autocast on a CUDA device, but this run is on "
+            f"{device.type}: set distill.precision=fp32 (bf16 autocast on a CPU without native "
+            "bf16 ran 10x slower than fp32, docs/performance.md)"
+        )
+    _kd_loss(cfg)
+
+
 def train(
     cfg: DistillParams,
     run: TrainingRun,
@@ -122,12 +141,7 @@ def train(
             f"distill.batch_size ({cfg.batch_size}) must be divisible by the {ctx.world_size} ranks"
         )
     device = ctx.device
-    if cfg.precision == "bf16" and device.type != "cuda":
-        raise ConfigError(
-            f"distill.precision 'bf16' is autocast on a CUDA device, but this run is on "
-            f"{device.type}: set distill.precision=fp32 (bf16 autocast on a CPU without native "
-            "bf16 ran 10x slower than fp32, docs/performance.md)"
-        )
+    check_recipe(cfg, device)
     torch.manual_seed(cfg.seed + ctx.rank)
 
     # -- model, EMA, optimiser, schedule, objective
@@ -139,9 +153,8 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
     kd = cfg.kd
-    weights = (kd.weights["lf"], kd.weights["mf"], kd.weights["hf"])
     objective = DistillationObjective(
-        build_kd_loss(kd.kind, levels=kd.levels, wavelet=kd.wavelet, weights=weights),
+        _kd_loss(cfg),
         final_weight=kd.final_weight,
         total_iterations=cfg.iterations,
         schedule=kd.schedule,
