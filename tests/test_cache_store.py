@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from dtkd_pipeline.cache import (
     KIND_PREPARED,
     KIND_TEACHER,
     Compression,
+    CorruptShardError,
     IncompleteShardError,
     ProvenanceMismatchError,
     StoreLayout,
@@ -188,6 +190,26 @@ def test_verify_finds_flipped_bytes_and_rewrite_restores_them(tmp_path: Path) ->
     store.write_shard(1, shard_slice(prepared_tiles(), 1))
     assert store.verify().ok
     assert shard_file.read_bytes() == original
+
+
+def test_damaged_files_are_named_with_the_command_that_checks_them(tmp_path: Path) -> None:
+    store = filled_prepared(tmp_path / "s.zarr")
+    shard_file = store.shard_file("hr", 1)
+    shard_file.write_bytes(shard_file.read_bytes()[:100])  # truncated by a full disk, say
+    for read in (lambda: store.read_shard(1), lambda: store.read_tiles([5], ["hr"])):
+        with pytest.raises(CorruptShardError, match=r"shard 1 of 'hr' .* verify-cache"):
+            read()
+    assert store.read_shard(0)["hr"].shape[0] == SHARD  # the other shards still read
+
+    shutil.rmtree(store.path / "lr")  # a whole array folder gone
+    report = TileStore.open(store.path).verify()
+    assert set(report.corrupt) == {0, 1, 2} and "lr: unreadable" in report.corrupt[0]
+
+    (store.path / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreLayoutError, match=r"zarr\.json cannot be read .* --overwrite"):
+        TileStore.open(store.path)
+    with pytest.raises(StoreLayoutError, match="does not exist"):
+        TileStore.open(tmp_path / "nowhere.zarr")
 
 
 def test_verify_catches_content_that_decodes_cleanly(tmp_path: Path) -> None:

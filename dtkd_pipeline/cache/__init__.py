@@ -6,6 +6,7 @@ a coordinator lock and verification; see store.py for the on-disk contract.
 
 from .errors import (
     CacheError,
+    CorruptShardError,
     IncompleteShardError,
     ProvenanceMismatchError,
     StoreLayoutError,
@@ -46,6 +47,7 @@ __all__ = [
     "ArraySpec",
     "CacheError",
     "Compression",
+    "CorruptShardError",
     "IncompleteShardError",
     "ProvenanceMismatchError",
     "StoreLayout",

@@ -21,3 +21,7 @@ class ProvenanceMismatchError(CacheError):
 
 class StoreLayoutError(CacheError):
     """A path is not a tile store, or its layout does not fit the request."""
+
+
+class CorruptShardError(CacheError):
+    """A complete shard whose bytes no longer decode (truncated, flipped or deleted files)."""

@@ -25,11 +25,12 @@ that creates or resumes the run holds the lock (`create` / `open_or_create`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -38,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from .errors import CacheError, IncompleteShardError, StoreLayoutError
+from .errors import CacheError, CorruptShardError, IncompleteShardError, StoreLayoutError
 from .layout import FORMAT_VERSION, ArraySpec, StoreLayout
 from .lock import LOCK_NAME, StoreLock
 from .provenance import ABSENT, SOURCES, diff_fields, fingerprint_of, mismatch_error, to_json_value
@@ -193,10 +194,18 @@ class TileStore:
 
     @classmethod
     def _open(cls, path: Path, mode: str, lock: StoreLock | None) -> TileStore:
+        if not path.exists():
+            raise StoreLayoutError(f"{path} does not exist")
         if not (path / "zarr.json").is_file():
             raise StoreLayoutError(f"{path} is not a tile store (no zarr.json)")
-        group = zarr.open_group(path, mode=mode)
-        attrs = group.attrs.asdict()
+        try:
+            group = zarr.open_group(path, mode=mode)
+            attrs = group.attrs.asdict()
+        except (ValueError, TypeError, KeyError) as error:  # unparsable or foreign metadata
+            raise StoreLayoutError(
+                f"{path}/zarr.json cannot be read as a Zarr v3 group ({error}); the store is "
+                f"damaged: rebuild it with --overwrite or delete {path}"
+            ) from None
         if LAYOUT_ATTR not in attrs:
             raise StoreLayoutError(
                 f"{path} is a Zarr group but not a dtkd tile store (no {LAYOUT_ATTR!r} attribute)"
@@ -410,7 +419,11 @@ class TileStore:
         """All tiles of a complete shard, one read per array: {name: (stop-start, *tile_shape)}."""
         self._require_complete(shard_index)
         start, stop = self.layout.shard_range(shard_index)
-        return {name: self._array(name)[start:stop] for name in (names or self.names)}
+        out = {}
+        for name in names or self.names:
+            with self._decoding(name, shard_index):
+                out[name] = self._array(name)[start:stop]
+        return out
 
     def read_tiles(
         self, indices: Iterable[int], names: Sequence[str] | None = None
@@ -426,9 +439,23 @@ class TileStore:
             # Per-tile reads: batched fancy selections on sharded arrays are ~10x slower in 3.1.
             stacked = np.empty((len(index_list), *spec.tile_shape), dtype=spec.dtype)
             for row, index in enumerate(index_list):
-                stacked[row] = array[index]
+                with self._decoding(name, self.layout.shard_of(index)):
+                    stacked[row] = array[index]
             out[name] = stacked
         return out
+
+    @contextlib.contextmanager
+    def _decoding(self, name: str, shard_index: int) -> Iterator[None]:
+        """Turn a failed decode of a complete shard into an error that says how to repair it."""
+        try:
+            yield
+        except (ValueError, OSError, KeyError) as error:  # crc32c mismatch, truncated, missing
+            raise CorruptShardError(
+                f"{self.path}: shard {shard_index} of {name!r} is recorded complete but cannot "
+                f"be decoded ({type(error).__name__}: {error}). Check the whole store with "
+                f"`dtkd-pipeline verify-cache {self.path}`; `--repair` recomputes bad teacher "
+                "shards (a prepared store is rebuilt with `dtkd-pipeline prepare-data`)"
+            ) from None
 
     def read_tile(self, index: int, name: str) -> np.ndarray:
         return self.read_tiles([index], [name])[name][0]
@@ -464,6 +491,8 @@ class TileStore:
                 data = self._array(name)[start:stop]
             except ValueError as error:  # zarr's crc32c codec raises ValueError on mismatch
                 return f"{name}: codec checksum failed ({error})"
+            except (OSError, KeyError) as error:  # a shard file or array folder is gone
+                return f"{name}: unreadable ({type(error).__name__}: {error})"
             if content_checksum(data) != recorded.get(name):
                 return f"{name}: content checksum differs from the completion record"
         return None
