@@ -74,7 +74,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         StudentWeightsError,
         CacheError,
         DeviceError,
-        FileNotFoundError,
+        OSError,  # unwritable, read-only or full output locations, unreachable schedulers
         MetricUnavailableError,
         TestSetError,
         OnnxExportError,
@@ -86,8 +86,20 @@ def _run(action: Callable[[], Any], also: tuple[type[BaseException], ...] = ()) 
     try:
         return action()
     except (*_user_errors(), *also) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {_message(exc)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+
+
+def _message(exc: BaseException) -> str:
+    """The error's own message, without the worker traceback a DataLoader re-raise wraps it in."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        return f"{where}: {exc.strerror}; choose another location or fix its permissions"
+    text = str(exc)
+    marker = f"\n{type(exc).__name__}: "
+    if text.startswith("Caught ") and "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
 
 
 def _params(path: Path, overrides: list[str] | None):
@@ -389,7 +401,8 @@ def teacher_sr(
             autoencoder=autoencoder,
             device=device,
             precision=precision,
-        )
+        ),
+        also=(ValueError,),  # chop size, precision and image-size refusals
     )
 
 

@@ -121,6 +121,39 @@ def test_teacher_sr_refuses_other_step_count(tmp_path: Path) -> None:
     assert "trained for 15 steps" in result.output
 
 
+@pytest.mark.parametrize(
+    ("output", "options", "expected"),
+    [
+        (".", [], "would overwrite the input"),  # x.png -> ./x.png
+        ("out", ["--chop-size", "16"], "chop_size=16"),
+        ("out", ["--precision", "fp64"], "precision must be one of"),
+        ("x.png", [], "exists and is not a folder"),
+    ],
+)
+def test_teacher_sr_refuses_before_loading_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str, options: list[str], expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "x.png", np.full((64, 64, 3), 0.5))
+    before = (tmp_path / "x.png").read_bytes()
+    missing = ["--unet", "absent-unet.pth"]  # never reached: the refusal comes first
+    result = runner.invoke(app, ["teacher-sr", "x.png", output, *missing, *options])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert expected in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+    assert (tmp_path / "x.png").read_bytes() == before
+
+
+def test_unwritable_output_location_is_named_without_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = runner.invoke(
+        app, ["weights", "--download", "resshift-vq-f4", "--weights-dir", str(blocker / "w")]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{blocker / 'w'}: Not a directory; choose another location" in result.output
+
+
 def test_cli_reference_matches_the_app(tmp_path: Path) -> None:
     generated = tmp_path / "cli.md"
     typer_bin = Path(sys.executable).parent / "typer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -199,6 +200,9 @@ def test_other_formats(tmp_path: Path, suffix: str) -> None:
 def test_write_is_atomic_and_checks_arguments(tmp_path: Path) -> None:
     write_image(tmp_path / "a.png", np.zeros((4, 4, 3)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would
     with pytest.raises(ValueError, match="16-bit"):
         write_image(tmp_path / "a.jpg", np.zeros((4, 4, 3)), bit_depth=16)
     with pytest.raises(TypeError):

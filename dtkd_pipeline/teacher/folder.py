@@ -18,6 +18,7 @@ from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import ImageReadError, list_images, read_image, write_image
 from dtkd_pipeline.teacher.config import TeacherConfigError, resolve_config
 from dtkd_pipeline.teacher.factory import load_teacher
+from dtkd_pipeline.teacher.sampler import check_precision, resolve_chop
 from dtkd_pipeline.weights import resolve_weights
 
 VERSION_WEIGHTS = {
@@ -54,8 +55,15 @@ def super_resolve_paths(
     device: str | None = None,
     precision: str = "fp32",
 ) -> list[Path]:
-    """Write ``<out_dir>/<stem>.png`` for every input image; returns the written paths."""
-    paths = _inputs(inputs)
+    """Write ``<out_dir>/<stem>.png`` for every input image; returns the written paths.
+
+    Everything that can refuse the run (outputs, steps, chopping, precision, device, weights) is
+    checked before the teacher loads and before ``out_dir`` is created.
+    """
+    plan = _plan_outputs(_inputs(inputs), out_dir)
+    resolve_chop(chop_size, chop_stride)
+    target = resolve_device(device)
+    check_precision(precision, target.type)
     trained = resolve_config(version).diffusion.steps
     if steps is not None and steps != trained:
         raise TeacherConfigError(
@@ -68,18 +76,39 @@ def super_resolve_paths(
         )
     unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
     vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
-    target = resolve_device(device)
     teacher = load_teacher(
         version, unet=unet_path, autoencoder=vq_path, device=target, precision=precision
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in tqdm(paths, desc="teacher-sr", unit="img"):
+    for path, output in tqdm(plan, desc="teacher-sr", unit="img"):
         image = read_image(path)
         lr = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None]
         sr = teacher.sample(
             lr, seed=seed, rng="official", chop_size=chop_size, chop_stride=chop_stride
         )
         rgb = sr[0].permute(1, 2, 0).cpu().numpy()
-        written.append(write_image(out_dir / f"{path.stem}.png", rgb))
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once there is a result to write
+        written.append(write_image(output, rgb))
     return written
+
+
+def _plan_outputs(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(input, ``<out_dir>/<stem>.png``) pairs; refuses name clashes and overwriting an input."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output folder {out_dir} exists and is not a folder")
+    plan = [(path, out_dir / f"{path.stem}.png") for path in paths]
+    inputs = {path.resolve(): path for path in paths}
+    outputs: dict[Path, Path] = {}
+    for path, output in plan:
+        if output.resolve() in inputs:
+            raise ValueError(
+                f"output {output} would overwrite the input {inputs[output.resolve()]}; "
+                "choose another output folder"
+            )
+        if output in outputs:
+            raise ValueError(
+                f"{outputs[output]} and {path} would both be written to {output}; "
+                "rename one of them"
+            )
+        outputs[output] = path
+    return plan

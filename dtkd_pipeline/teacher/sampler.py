@@ -40,6 +40,30 @@ def teacher_name(config: TeacherConfig, random_weights: bool) -> str:
     return f"resshift-{config.version}" + ("-RANDOM-WEIGHTS" if random_weights else "")
 
 
+def check_precision(precision: str, device_type: str) -> None:
+    """A known precision, and tensor-core math only on CUDA."""
+    if precision not in get_args(Precision):
+        raise ValueError(f"precision must be one of {list(get_args(Precision))}, got {precision!r}")
+    if precision != "fp32" and device_type != "cuda":
+        # CPU autocast without native bf16 runs ~100x slower than fp32 and gains nothing.
+        raise ValueError(
+            f"precision {precision!r} (tensor-core math) is for CUDA devices; use 'fp32' "
+            f"on {device_type}"
+        )
+
+
+def resolve_chop(chop_size: int | None, chop_stride: int | None) -> tuple[int, int]:
+    """(chop size, stride) in LR pixels with upstream's defaults, or a ValueError saying why not."""
+    chop = DEFAULT_CHOP_SIZE if chop_size is None else int(chop_size)
+    stride = default_chop_stride(chop) if chop_stride is None else int(chop_stride)
+    if chop < MIN_LR_SIDE or not 0 < stride <= chop:
+        raise ValueError(
+            f"chop_size={chop} / chop_stride={stride}: need chop_size >= {MIN_LR_SIDE} and "
+            "0 < chop_stride <= chop_size"
+        )
+    return chop, stride
+
+
 @dataclass
 class Teacher:
     """A ready-to-sample ResShift teacher plus the provenance a cache needs to record.
@@ -69,16 +93,7 @@ class Teacher:
     )
 
     def __post_init__(self) -> None:
-        if self.precision not in get_args(Precision):
-            raise ValueError(
-                f"precision must be one of {list(get_args(Precision))}, got {self.precision!r}"
-            )
-        if self.precision != "fp32" and self.device.type != "cuda":
-            # CPU autocast without native bf16 runs ~100x slower than fp32 and gains nothing.
-            raise ValueError(
-                f"precision {self.precision!r} (tensor-core math) is for CUDA devices; use 'fp32' "
-                f"on {self.device.type}"
-            )
+        check_precision(self.precision, self.device.type)
         check_compile_mode(self.compile_mode)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         for net in (self.unet, self.autoencoder):
@@ -180,13 +195,7 @@ class Teacher:
         self._check_lr(lr)
         batch, _, height, width = lr.shape
         ids = self._check_sample_ids(sample_ids, batch)  # used by rng="per-sample" only
-        chop = DEFAULT_CHOP_SIZE if chop_size is None else int(chop_size)
-        stride = default_chop_stride(chop) if chop_stride is None else int(chop_stride)
-        if chop < MIN_LR_SIDE or not 0 < stride <= chop:
-            raise ValueError(
-                f"chop_size={chop} / chop_stride={stride}: need chop_size >= {MIN_LR_SIDE} and "
-                "0 < chop_stride <= chop_size"
-            )
+        chop, stride = resolve_chop(chop_size, chop_stride)
 
         y0 = (lr.to(self.device, torch.float32) - 0.5) / 0.5
         official = OfficialNoise(seed, self.device) if rng == "official" else None
