@@ -30,6 +30,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
@@ -181,6 +182,21 @@ def spec_url(spec: WeightSpec) -> str:
     if mirror:
         return mirror.rstrip("/") + "/" + spec.filename
     return spec.url
+
+
+NOT_TORCH_FILE = "not a torch.save file: neither a zip archive nor a pickle"
+
+
+def looks_like_torch_file(path: str | os.PathLike[str]) -> bool:
+    """A torch.save file: a zip archive (torch >= 1.6) or a pickle (protocol 2+, legacy format).
+
+    Tells a checkpoint holding non-tensor objects (refused for safety) from a file that is not a
+    checkpoint at all (an HTML error page, random bytes), which torch reports the same way.
+    """
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -397,6 +397,7 @@ def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: 
 def verify(path: Path, params: Params, repair: bool = False, device: str | None = None) -> bool:
     """Print a verification report; with ``repair`` recompute bad shards. True when intact."""
     with TileStore.open(path, mode="r+" if repair else "r", lock=repair) as store:
+        store.require_kind(KIND_TEACHER)  # a prepared store is rebuilt by prepare-data instead
         report = store.verify()
         prepared = _open_prepared(params)
         stored_fp = store.provenance.get(PREPARED_FINGERPRINT)
@@ -407,6 +408,8 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
                 f"  provenance: built from a different prepared store than {prepared.path} "
                 "(fingerprint differs); rebuild with `dtkd-pipeline cache-teacher --overwrite`"
             )
+        if report.bad_shards and not repair:
+            print(f"  recompute them with `dtkd-pipeline verify-cache {path} --repair`")
         if repair and report.bad_shards:
             print(f"repairing shards {report.bad_shards}")
             _recompute(store, params, report.bad_shards, device)

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 import dtkd_pipeline
-from dtkd_pipeline.cache import TEACHER, CacheError, ProvenanceMismatchError, TileStore
+from dtkd_pipeline.cache import (
+    TEACHER,
+    CacheError,
+    ProvenanceMismatchError,
+    StoreLayoutError,
+    TileStore,
+)
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.teacher import Teacher, build_teacher_networks
@@ -148,7 +154,10 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
     shard_file.write_bytes(bytes(data))
 
     assert cache_teacher.verify(path, params) is False
-    assert "corrupt shard 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "corrupt shard 2" in printed and f"verify-cache {path} --repair" in printed
+    with pytest.raises(StoreLayoutError, match="expected 'teacher'"):
+        cache_teacher.verify(prepared_root / "prepared" / prepare_data.TRAIN_STORE, params)
     assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
     np.testing.assert_array_equal(teacher_bytes(path), before)
 

@@ -132,9 +132,13 @@ def test_truncated_file(tmp_path: Path) -> None:
 
 def test_files_that_are_not_weights(tmp_path: Path) -> None:
     text = tmp_path / "notes.pth"
-    text.write_text("not a checkpoint")
-    with pytest.raises(StudentWeightsError, match=r"notes\.pth"):
+    text.write_text("<html>404 Not Found</html>")  # what a misconfigured mirror serves
+    with pytest.raises(StudentWeightsError, match=r"notes\.pth .*not a torch\.save file"):
         load_student_weights(_tiny(), text)
+    empty = tmp_path / "empty.pth"
+    empty.touch()
+    with pytest.raises(StudentWeightsError, match=r"empty\.pth \(0 bytes\).*the file is empty"):
+        load_student_weights(_tiny(), empty)
 
     bare_tensor = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), bare_tensor)

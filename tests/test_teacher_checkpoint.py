@@ -100,6 +100,18 @@ def test_truncated_file(resshift_parity_dir: Path, tmp_path: Path) -> None:
     assert "truncated or corrupt" in message and "download it again" in message
 
 
+def test_a_page_saved_as_checkpoint_is_called_corrupt_not_unsafe(
+    resshift_parity_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "resshift_realsrx4_s15_v1.pth"
+    path.write_bytes(b"<!DOCTYPE html><html><body>rate limited</body></html>")
+    with pytest.raises(TeacherCheckpointError) as info:
+        _load(resshift_parity_dir, path, resshift_parity_dir / "vq_basic.pth")
+    message = str(info.value)
+    assert "not a torch.save file" in message and "download it again" in message
+    assert "weights_only" not in message and "Python objects" not in message
+
+
 def test_missing_file_and_no_path(resshift_parity_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(TeacherCheckpointError, match="does not exist"):
         _load(resshift_parity_dir, tmp_path / "nope.pth", resshift_parity_dir / "vq_basic.pth")

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dtkd_pipeline.weights import NOT_TORCH_FILE, looks_like_torch_file
+
 # Entries tried in order when `key` is not given: EMA weights before raw weights.
 WRAPPER_KEYS = ("params_ema", "params", "ema", "model")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -79,18 +81,24 @@ def read_checkpoint(path: Path) -> Any:
         with torch.serialization.safe_globals(_numpy_array_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower():
+        if "weights only" in str(error).lower() and looks_like_torch_file(path):
             raise StudentWeightsError(
                 f"{path}: holds objects other than tensors, arrays, dicts and numbers, which "
                 "are not unpickled for safety; save the weights as a state dict"
             ) from error
-        raise StudentWeightsError(
-            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {error}"
-        ) from error
+        raise _unreadable(path, NOT_TORCH_FILE) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise StudentWeightsError(
-            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {error}"
-        ) from error
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: BaseException | str) -> StudentWeightsError:
+    size = path.stat().st_size
+    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    reason = "the file is empty" if size == 0 else reason
+    return StudentWeightsError(
+        f"{path} ({size:,} bytes) is not a readable torch checkpoint, probably truncated or "
+        f"corrupt; train it again (`dtkd-pipeline distill`) or copy it again ({reason})"
+    )
 
 
 def _is_state_dict(obj: Any) -> bool:

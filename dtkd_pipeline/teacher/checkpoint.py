@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dtkd_pipeline.weights import NOT_TORCH_FILE, looks_like_torch_file
+
 NetworkKind = Literal["unet", "autoencoder"]
 
 RECOMPUTED_BUFFER_SUFFIXES = (".attn_mask", ".relative_position_index")
@@ -46,12 +48,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc).lower() or "weights only" in str(exc).lower():
+        weights_only = "weights_only" in str(exc).lower() or "weights only" in str(exc).lower()
+        if weights_only and looks_like_torch_file(path):
             raise TeacherCheckpointError(
                 f"teacher checkpoint {path} contains Python objects other than tensors, so it is "
                 f"not loaded (unsafe to unpickle). Save its state dict alone: {exc}"
             ) from exc
-        raise _corrupt(path, exc) from exc
+        raise _corrupt(path, NOT_TORCH_FILE) from exc
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for truncated archives
         raise _corrupt(path, exc) from exc
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
@@ -66,12 +69,14 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(loaded)
 
 
-def _corrupt(path: Path, exc: BaseException) -> TeacherCheckpointError:
+def _corrupt(path: Path, reason: BaseException | str) -> TeacherCheckpointError:
     size = path.stat().st_size
+    if isinstance(reason, BaseException):
+        reason = f"{type(reason).__name__}: {reason}"
     return TeacherCheckpointError(
         f"teacher checkpoint {path} ({size:,} bytes) could not be read; it is probably "
         f"truncated or corrupt (an interrupted download?). Delete it and download it again. "
-        f"({type(exc).__name__}: {exc})"
+        f"({reason})"
     )
 
 
