@@ -43,7 +43,7 @@ class DataParams(_Section):
     lr_tile: PositiveInt
     stride: PositiveInt
     small_images: Literal["pad", "skip"]
-    val_images: NonNegativeInt
+    val_images: PositiveInt  # distill validates on them
     shard_size: PositiveInt
     compression: CompressionParams
     skip_bad: bool

@@ -180,6 +180,11 @@ def spec_url(spec: WeightSpec) -> str:
     """The URL a spec is fetched from: its release URL, or ``$DTKD_MIRROR/<filename>``."""
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
+        if not mirror.startswith(("http://", "https://", "file://")):
+            raise WeightsError(
+                f"{MIRROR_ENV}={mirror!r} is not a URL: set it to a base URL such as "
+                f"https://host/path (serving {spec.filename}), or unset it"
+            )
         return mirror.rstrip("/") + "/" + spec.filename
     return spec.url
 

@@ -47,6 +47,7 @@ from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
+from dtkd_pipeline.scheduler import connect
 from dtkd_pipeline.teacher import (
     Teacher,
     load_teacher,
@@ -269,9 +270,7 @@ def _gpu_workers(client: Any) -> list[str] | None:
 
 def _dask_device_type(address: str) -> str:
     """The one device kind the cluster's shard workers run on; mixed kinds are refused."""
-    from distributed import Client
-
-    with Client(address) as client:
+    with connect(address) as client:
         kinds = set(client.run(_worker_device_type, workers=_gpu_workers(client)).values())
     if len(kinds) != 1:
         raise CacheError(
@@ -283,9 +282,9 @@ def _dask_device_type(address: str) -> str:
 
 
 def _fill_with_dask(store: TileStore, params: Params, shards: list[int], address: str) -> None:
-    from distributed import Client, as_completed
+    from distributed import as_completed
 
-    with Client(address) as client:
+    with connect(address) as client:
         resources = {"GPU": 1} if _gpu_workers(client) else None
         futures = [
             client.submit(

@@ -21,6 +21,7 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.losses.wavelet import dwt_subbands
+from dtkd_pipeline.scheduler import SchedulerUnreachableError, connect
 from dtkd_pipeline.teacher import Teacher, build_teacher_networks
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
@@ -93,6 +94,7 @@ _KILL_AFTER_FIRST_SHARD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from dtkd_pipeline.cache import TileStore
+from dtkd_pipeline.scheduler import SchedulerUnreachableError, connect
 from dtkd_pipeline.config import load_params
 from stages import cache_teacher
 
@@ -325,3 +327,8 @@ def test_cluster_mixing_gpu_and_cpu_workers_is_refused(monkeypatch) -> None:
             cache_teacher._dask_device_type(cluster.scheduler_address)
         monkeypatch.setattr(cache_teacher, "_worker_device_type", lambda dask_worker: "cpu")
         assert cache_teacher._dask_device_type(cluster.scheduler_address) == "cpu"
+
+
+def test_a_malformed_scheduler_address_is_named_with_the_expected_form() -> None:
+    with pytest.raises(SchedulerUnreachableError, match=r"no dask scheduler at 'gpu-box'.*tcp://"):
+        connect("gpu-box")  # the port (and scheme) forgotten

@@ -212,6 +212,15 @@ def test_file_url_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert weights.download(spec, tmp_path / "w", progress=False).read_bytes() == PAYLOAD
 
 
+def test_a_mirror_that_is_not_a_url_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DTKD_MIRROR", "mirror.local/weights")  # scheme forgotten
+    spec = _spec(Server(base_url="https://example.invalid"), sha256=PAYLOAD_SHA)
+    with pytest.raises(WeightsError, match=r"DTKD_MIRROR='mirror\.local/weights' is not a URL"):
+        weights.download(spec, tmp_path / "w", progress=False)
+
+
 def test_unknown_name_lists_known_names() -> None:
     with pytest.raises(WeightsError) as info:
         weights.resolve_weights("no-such-model", download=False)

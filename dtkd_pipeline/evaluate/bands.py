@@ -44,6 +44,7 @@ from dtkd_pipeline.cache import HR, KIND_PREPARED, LR, TEACHER, TileStore
 from dtkd_pipeline.images import list_images, read_image
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.progress import DaskTqdm
+from dtkd_pipeline.scheduler import connect
 
 GROUPS = ("LF", "MF", "HF")
 LOCAL_SCHEDULERS = {"sync": "sync", "synchronous": "sync", "threads": "threads"}
@@ -388,9 +389,9 @@ def _run(
             f"scheduler must be 'sync', 'threads' or a dask.distributed address "
             f"(e.g. tcp://host:8786), got {scheduler!r}"
         )
-    from distributed import Client, as_completed
+    from distributed import as_completed
 
-    with Client(scheduler) as client:
+    with connect(scheduler) as client:
         futures = client.compute(tasks)
         if progress:
             with tqdm(total=len(futures), desc="bands", unit="task") as bar:
