@@ -59,3 +59,27 @@ def staged_folder(final: Path) -> Iterator[Path]:
         raise
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
+
+
+def remove_dead_siblings(path: Path) -> None:
+    """Remove `<name>.tmp-<pid>` / `<name>.trash-<pid>` left by creators that have since died."""
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    for sibling in parent.iterdir():
+        stem, _, pid_text = sibling.name.rpartition("-")
+        if stem not in (f"{path.name}.tmp", f"{path.name}.trash") or not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import __version__
+from dtkd_pipeline.atomic import remove_dead_siblings
 from dtkd_pipeline.cache import (
     HR,
     KIND_PREPARED,
@@ -260,12 +261,17 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     kept = [(p, plan) for p, plan in kept if plan is not None]
     val_paths = [p for p in val_paths if p not in bad]
     if not kept:
+        small = (
+            f" or smaller than one {data.lr_tile}-px LR tile (data.small_images=skip)"
+            if data.small_images == "skip"
+            else ""
+        )
         raise ImageReadError(
-            f"no training tiles: every training image in {data.hr_dir} was unreadable or smaller "
-            f"than one {data.lr_tile}-px LR tile (data.small_images=skip)"
+            f"no training tiles: every training image in {data.hr_dir} was unreadable{small}"
         )
 
     final = data.prepared_dir
+    remove_dead_siblings(final)  # a killed run's staging folder
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

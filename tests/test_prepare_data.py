@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,28 @@ def test_skip_bad_skips_and_continues(tmp_path: Path) -> None:
     prepared = prepare_data.run(tiny_params(tmp_path, hr_dir), skip_bad=True)
     with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
         assert store.provenance["sources"] == ["img00.png", "img01.png"]
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    params = tiny_params(tmp_path, hr_dir)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True)  # fmt: skip
+    leftover = params.data.prepared_dir.with_name(f"prepared.tmp-{int(dead.stdout)}")
+    (leftover / "train.zarr").mkdir(parents=True)  # what SIGKILL mid-run leaves behind
+    prepare_data.run(params)
+    assert sorted(p.name for p in tmp_path.glob("prepared*")) == ["prepared"]
+
+
+def test_every_image_unreadable_names_the_cause(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (hr_dir / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ImageReadError) as info:
+        prepare_data.run(tiny_params(tmp_path, hr_dir), skip_bad=True)
+    assert "was unreadable" in str(info.value) and "small_images" not in str(info.value)
 
 
 def test_empty_or_missing_folder_is_an_error(tmp_path: Path) -> None:

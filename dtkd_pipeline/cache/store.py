@@ -39,6 +39,8 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from dtkd_pipeline.atomic import remove_dead_siblings
+
 from .errors import CacheError, CorruptShardError, IncompleteShardError, StoreLayoutError
 from .layout import FORMAT_VERSION, ArraySpec, StoreLayout
 from .lock import LOCK_NAME, StoreLock
@@ -119,7 +121,7 @@ class TileStore:
         """Create an empty store (all shards missing), holding its lock; returns it writable."""
         path = Path(path)
         provenance_json = to_json_value(dict(provenance))
-        _remove_dead_siblings(path)
+        remove_dead_siblings(path)
         old_lock: StoreLock | None = None
         if path.exists():
             if not overwrite:
@@ -552,30 +554,6 @@ def _refuse_unless_store(path: Path) -> None:
     raise StoreLayoutError(
         f"refusing to overwrite {path}: it is not a Zarr store; move or delete it by hand"
     )
-
-
-def _remove_dead_siblings(path: Path) -> None:
-    """Remove `<name>.tmp-<pid>` / `<name>.trash-<pid>` left by creators that have since died."""
-    parent = path.parent
-    if not parent.is_dir():
-        return
-    for sibling in parent.iterdir():
-        stem, _, pid_text = sibling.name.rpartition("-")
-        if stem not in (f"{path.name}.tmp", f"{path.name}.trash") or not pid_text.isdigit():
-            continue
-        pid = int(pid_text)
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(sibling, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 __all__ = [
