@@ -255,8 +255,7 @@ def benchmark(
 
     def action() -> None:
         loaded = _params(params, overrides)
-        target = out_dir or loaded.evaluate.out_dir
-        target.mkdir(parents=True, exist_ok=True)
+        target = out_dir or loaded.evaluate.out_dir  # created by the atomic writes at the end
         stage.run_efficiency(loaded, resolve_device(device or loaded.evaluate.device), target)
         typer.echo((target / stage.EFFICIENCY_MD).read_text())
 
