@@ -280,16 +280,13 @@ def analyze_bands(
 ) -> None:
     """Mean |teacher - student| per DWT subband and group over the cache or a folder (bar chart)."""
     from dtkd_pipeline.devices import resolve_device
+    from dtkd_pipeline.upscale import require_model_file
     from stages import evaluate as stage
 
     def action() -> None:
         loaded = _params(params, overrides)
         for path in model or []:
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"--model {path}: no such checkpoint file; train one with "
-                    "`dtkd-pipeline distill` (it writes data/models/student.pt)"
-                )
+            require_model_file(path)
         models = {path.stem: path for path in model} if model else None
         stage.run_bands(
             loaded,

@@ -132,6 +132,19 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
+def require_model_file(path: Path) -> None:
+    """Refuse a student path that is not a file, saying where students come from."""
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"model {path} is a folder; pass the checkpoint file in it, e.g. {path / 'student.pt'}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model file not found: {path}; train one with `dtkd-pipeline distill` (it writes "
+            "data/models/student.pt) or pass the path of yours with --model"
+        )
+
+
 def load_upscaler(
     model_path: str | Path,
     device: str | torch.device | None = "auto",
@@ -151,8 +164,7 @@ def load_upscaler(
     :class:`~dtkd_pipeline.student.StudentWeightsError` (a ValueError naming the file).
     """
     path = Path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+    require_model_file(path)
     resolved = resolve_device(device)
     check_precision(precision, resolved)
     check_compile_mode(compile_mode)
@@ -532,8 +544,7 @@ def upscale_paths(
     inputs, out, model_path = Path(inputs), Path(out), Path(model_path)
     if not inputs.exists():
         raise FileNotFoundError(f"input not found: {inputs}")
-    if not Path(model_path).is_file():
-        raise FileNotFoundError(f"model file not found: {model_path}")
+    require_model_file(model_path)
     pairs = _plan_outputs(inputs, out, suffix)
     first: LoadedImage | None = None
     if len(pairs) == 1:  # read and check a single input before paying for the model load

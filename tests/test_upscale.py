@@ -351,8 +351,10 @@ def test_bad_paths_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
     source = write_image(tmp_path / "x.png", _random_rgb(8, 8, seed=9))
     with pytest.raises(FileNotFoundError, match=re.escape("nowhere.png")):
         upscale_paths(tmp_path / "nowhere.png", tmp_path / "o", model_path=checkpoint)
-    with pytest.raises(FileNotFoundError, match=re.escape("absent.pt")):
+    with pytest.raises(FileNotFoundError, match=r"absent\.pt; train one with `dtkd-pipeline"):
         upscale_paths(source, tmp_path / "o", model_path=tmp_path / "absent.pt")
+    with pytest.raises(IsADirectoryError, match=r"is a folder; pass the checkpoint file in it"):
+        upscale_paths(source, tmp_path / "o", model_path=tmp_path)
     # Writing <stem>.png next to the inputs would overwrite x.png.
     with pytest.raises(ValueError, match="overwrite"):
         upscale_paths(tmp_path, tmp_path, model_path=checkpoint, device="cpu")

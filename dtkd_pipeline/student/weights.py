@@ -172,7 +172,10 @@ def _check_compatible(
         parts.append(f"{len(unexpected)} unexpected key(s): {_preview(unexpected)}")
     if mismatched:
         parts.append(f"{len(mismatched)} shape mismatch(es): {_preview(mismatched)}")
-    parts.append("check the student name/scale in the config against the file")
+    parts.append(
+        "is it a student checkpoint of this architecture (distill.student, or the file's "
+        "'arch' entry)? A teacher or another network's weights do not fit"
+    )
     raise StudentWeightsError("\n  ".join(parts))
 
 
