@@ -14,9 +14,13 @@ from typing import Any
 
 def _file_mode() -> int:
     """The mode open() would give a new file (mkstemp's is 0600, private to the owner)."""
-    umask = os.umask(0o022)
+    umask = os.umask(0o022)  # reading the umask means setting it: done once, at import
     os.umask(umask)
     return 0o666 & ~umask
+
+
+# Read before any writer thread starts, so no file is created under the temporary umask.
+_FILE_MODE = _file_mode()
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
@@ -24,7 +28,7 @@ def write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _file_mode())
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)

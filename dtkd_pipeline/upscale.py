@@ -50,6 +50,7 @@ from dtkd_pipeline.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     LoadedImage,
+    check_output_plan,
     imresize,
     list_images,
     read_image,
@@ -491,23 +492,7 @@ def _plan_outputs(inputs: Path, out: Path, suffix: str) -> list[tuple[Path, Path
                 f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {inputs}"
             )
         pairs = [(source, output_path_for(source, out, suffix)) for source in sources]
-        by_target: dict[Path, list[Path]] = {}
-        for source, target in pairs:
-            by_target.setdefault(target, []).append(source)
-        clashes = {t: s for t, s in by_target.items() if len(s) > 1}
-        if clashes:
-            target, sources_ = next(iter(clashes.items()))
-            raise ValueError(
-                f"{len(clashes)} output name clash(es), e.g. {', '.join(map(str, sources_))} "
-                f"would all be written to {target}; rename the inputs or pass a suffix"
-            )
-    resolved_inputs = {source.resolve() for source, _ in pairs}
-    for source, target in pairs:
-        if target.resolve() in resolved_inputs:
-            raise ValueError(
-                f"output {target} would overwrite the input {source}; choose another output "
-                "folder or a suffix"
-            )
+    check_output_plan(pairs, "choose another output folder or a suffix")
     return pairs
 
 

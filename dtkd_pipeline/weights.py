@@ -284,13 +284,35 @@ def resolve_weights(
       and downloaded first when missing and ``download`` is true.
     - Any other existing file path is returned as is (no hash check: it is not a registry file).
     """
+    return _resolve(name_or_path, weights_dir, download, progress)[0]
+
+
+def resolve_hashed_weights(
+    name_or_path: str | os.PathLike[str],
+    weights_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> tuple[Path, str]:
+    """`resolve_weights` plus the file's sha256, each file read once (a registry file's
+    verification already hashed it)."""
+    path, sha256 = _resolve(name_or_path, weights_dir, download, progress)
+    return path, sha256 or file_sha256(path)
+
+
+def _resolve(
+    name_or_path: str | os.PathLike[str],
+    weights_dir: str | os.PathLike[str] | None,
+    download: bool,
+    progress: bool,
+) -> tuple[Path, str | None]:
+    """(path, sha256 when verification computed it, else None)."""
     folder = _weights_dir(weights_dir)
     text = os.fspath(name_or_path)
     spec = REGISTRY.get(text)
     if spec is None:
         candidate = Path(text).expanduser()
         if candidate.is_file():
-            return candidate
+            return candidate, None
         if candidate.exists():
             raise WeightsError(f"weights path {candidate} exists but is not a file")
         try:
@@ -304,14 +326,14 @@ def resolve_weights(
             raise
     final = folder / spec.filename
     if final.is_file():
-        verify_file(final, spec)
-        return final
+        return final, verify_file(final, spec)
     if not download:
         raise WeightsError(
             f"weights {spec.name!r} not found at {final} and downloading is off. "
             + _how_to_fix(spec, final)
         )
-    return _download(spec, folder, progress=progress)
+    downloaded = _download(spec, folder, progress=progress)
+    return downloaded, _read_record(downloaded)  # hashed while streaming, then recorded
 
 
 def _looks_like_path(text: str) -> bool:

@@ -41,6 +41,7 @@ from dtkd_pipeline.cache import (
 from dtkd_pipeline.cache.teacher_record import (
     CHECKPOINT_SHA256,
     checkpoint_files,
+    checkpoint_sha256,
     teacher_params_provenance,
 )
 from dtkd_pipeline.compiled import fill_batch
@@ -55,7 +56,6 @@ from dtkd_pipeline.teacher import (
     resolve_config,
     teacher_name,
 )
-from dtkd_pipeline.weights import file_sha256
 from stages.prepare_data import TRAIN_STORE
 
 DWT_LEVELS = 2  # the paper's J; cached subbands are Haar, exact under patch cropping
@@ -114,7 +114,7 @@ class TeacherIdentity:
         config = resolve_config(teacher.version)
         hashes: dict[str, str | None] = {"unet": None, "autoencoder": None}
         if not teacher.random_weights:
-            hashes = {key: file_sha256(path) for key, path in checkpoint_files(teacher).items()}
+            hashes = dict(checkpoint_sha256(teacher))
         return cls(teacher_name(config, teacher.random_weights), hashes, device_type)
 
     def fields(self) -> dict[str, Any]:

@@ -167,6 +167,20 @@ def test_recorded_hash_verified_and_tampering_detected(
     assert "Delete it" in message
 
 
+def test_hashed_resolution_returns_the_file_hash_for_downloads_local_files_and_paths(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(weights.REGISTRY, "test-model", _spec(server))
+    for download in (True, False):  # fetched now, then found and verified
+        path, sha256 = weights.resolve_hashed_weights(
+            "test-model", weights_dir=tmp_path, download=download, progress=False
+        )
+        assert path == tmp_path / FILENAME and sha256 == PAYLOAD_SHA
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(b"my own weights")
+    assert weights.resolve_hashed_weights(str(mine)) == (mine, weights.file_sha256(mine))
+
+
 def test_hand_placed_file_is_recorded_on_first_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,12 +25,11 @@ that creates or resumes the run holds the lock (`create` / `open_or_create`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +44,9 @@ from .errors import CacheError, CorruptShardError, IncompleteShardError, StoreLa
 from .layout import FORMAT_VERSION, ArraySpec, StoreLayout
 from .lock import LOCK_NAME, StoreLock
 from .provenance import ABSENT, SOURCES, diff_fields, fingerprint_of, mismatch_error, to_json_value
+
+# What zarr raises for a shard it cannot decode: crc32c mismatch, truncated or missing files.
+_DECODE_ERRORS = (ValueError, OSError, KeyError)
 
 LAYOUT_ATTR = "dtkd_layout"
 PROVENANCE_ATTR = "provenance"
@@ -423,8 +425,10 @@ class TileStore:
         start, stop = self.layout.shard_range(shard_index)
         out = {}
         for name in names or self.names:
-            with self._decoding(name, shard_index):
+            try:
                 out[name] = self._array(name)[start:stop]
+            except _DECODE_ERRORS as error:
+                raise self._corrupt(name, shard_index, error) from None
         return out
 
     def read_tiles(
@@ -441,23 +445,21 @@ class TileStore:
             # Per-tile reads: batched fancy selections on sharded arrays are ~10x slower in 3.1.
             stacked = np.empty((len(index_list), *spec.tile_shape), dtype=spec.dtype)
             for row, index in enumerate(index_list):
-                with self._decoding(name, self.layout.shard_of(index)):
+                try:
                     stacked[row] = array[index]
+                except _DECODE_ERRORS as error:
+                    raise self._corrupt(name, self.layout.shard_of(index), error) from None
             out[name] = stacked
         return out
 
-    @contextlib.contextmanager
-    def _decoding(self, name: str, shard_index: int) -> Iterator[None]:
-        """Turn a failed decode of a complete shard into an error that says how to repair it."""
-        try:
-            yield
-        except (ValueError, OSError, KeyError) as error:  # crc32c mismatch, truncated, missing
-            raise CorruptShardError(
-                f"{self.path}: shard {shard_index} of {name!r} is recorded complete but cannot "
-                f"be decoded ({type(error).__name__}: {error}). Check the whole store with "
-                f"`dtkd-pipeline verify-cache {self.path}`; `--repair` recomputes bad teacher "
-                "shards (a prepared store is rebuilt with `dtkd-pipeline prepare-data`)"
-            ) from None
+    def _corrupt(self, name: str, shard_index: int, error: Exception) -> CorruptShardError:
+        """A failed decode of a complete shard, as an error that says how to repair it."""
+        return CorruptShardError(
+            f"{self.path}: shard {shard_index} of {name!r} is recorded complete but cannot "
+            f"be decoded ({type(error).__name__}: {error}). Check the whole store with "
+            f"`dtkd-pipeline verify-cache {self.path}`; `--repair` recomputes bad teacher "
+            "shards (a prepared store is rebuilt with `dtkd-pipeline prepare-data`)"
+        )
 
     def read_tile(self, index: int, name: str) -> np.ndarray:
         return self.read_tiles([index], [name])[name][0]

@@ -8,13 +8,15 @@ seed, RNG mode or precision is refused with the field named.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dtkd_pipeline.config import TeacherParams
-from dtkd_pipeline.weights import WeightsError, file_sha256, resolve_weights
+from dtkd_pipeline.weights import WeightsError, resolve_hashed_weights, resolve_weights
 
 CHECKPOINT_SHA256 = "checkpoint_sha256"
+_Resolved = TypeVar("_Resolved")
 # How to fix a teacher cache that does not fit the params, for stage two (which only reads it).
 REBUILD_ADVICE = (
     "Rebuild it with `dtkd-pipeline cache-teacher --overwrite` (`dvc repro` rebuilds it by "
@@ -40,21 +42,32 @@ def checkpoint_files(teacher: TeacherParams, *, download: bool = True) -> dict[s
     `download=True` fetches a missing registered file (and raises when it cannot); `download=False`
     returns only the files this machine already has, for checks that must not need the weights.
     """
+    return _per_role(teacher, download, resolve_weights)
+
+
+def checkpoint_sha256(teacher: TeacherParams, *, download: bool = True) -> dict[str, str]:
+    """The sha256 of each checkpoint file by role (`download` as in `checkpoint_files`)."""
+    hashed = _per_role(teacher, download, resolve_hashed_weights)
+    return {role: sha256 for role, (_, sha256) in hashed.items()}
+
+
+def _per_role(
+    teacher: TeacherParams, download: bool, resolve: Callable[..., _Resolved]
+) -> dict[str, _Resolved]:
     names = {"unet": teacher.unet_weights, "autoencoder": teacher.autoencoder_weights}
-    files: dict[str, Path] = {}
+    found: dict[str, _Resolved] = {}
     for role, name in names.items():
         try:
-            files[role] = resolve_weights(name, weights_dir=teacher.weights_dir, download=download)
+            found[role] = resolve(name, weights_dir=teacher.weights_dir, download=download)
         except WeightsError:
             if download:
                 raise
-    return files
+    return found
 
 
 def local_checkpoint_provenance(teacher: TeacherParams) -> dict[str, Any]:
     """`checkpoint_sha256` of the teacher files present here ({} for a random teacher or none)."""
     if teacher.random_weights:
         return {}
-    files = checkpoint_files(teacher, download=False)
-    hashes = {role: file_sha256(path) for role, path in files.items()}
+    hashes = checkpoint_sha256(teacher, download=False)
     return {CHECKPOINT_SHA256: hashes} if hashes else {}

@@ -15,7 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from dtkd_pipeline.devices import resolve_device
-from dtkd_pipeline.images import ImageReadError, list_images, read_image, write_image
+from dtkd_pipeline.images import (
+    ImageReadError,
+    check_output_plan,
+    list_images,
+    read_image,
+    write_image,
+)
 from dtkd_pipeline.teacher.config import TeacherConfigError, resolve_config
 from dtkd_pipeline.teacher.factory import load_teacher
 from dtkd_pipeline.teacher.sampler import check_precision, resolve_chop
@@ -97,18 +103,5 @@ def _plan_outputs(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"output folder {out_dir} exists and is not a folder")
     plan = [(path, out_dir / f"{path.stem}.png") for path in paths]
-    inputs = {path.resolve(): path for path in paths}
-    outputs: dict[Path, Path] = {}
-    for path, output in plan:
-        if output.resolve() in inputs:
-            raise ValueError(
-                f"output {output} would overwrite the input {inputs[output.resolve()]}; "
-                "choose another output folder"
-            )
-        if output in outputs:
-            raise ValueError(
-                f"{outputs[output]} and {path} would both be written to {output}; "
-                "rename one of them"
-            )
-        outputs[output] = path
+    check_output_plan(plan, "choose another output folder")
     return plan
