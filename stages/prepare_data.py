@@ -47,6 +47,7 @@ from dtkd_pipeline.images import (
     to_uint8,
     write_image,
 )
+from dtkd_pipeline.pairing import PairingError, naming_rule, pair_by_stem
 from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.tiles import TilePlan, cut_tiles, pad_bottom_right, plan_tiles
 
@@ -68,21 +69,30 @@ class Sources:
 
     scale: int
     lr_dir: Path | None
-    lr_by_stem: dict[str, Path]
+    lr_by_hr: dict[Path, Path]
 
     @classmethod
-    def from_params(cls, data: DataParams) -> Sources:
-        lr_by_stem = {p.stem: p for p in list_images(data.lr_dir)} if data.lr_dir else {}
-        return cls(data.scale, data.lr_dir, lr_by_stem)
+    def from_params(cls, data: DataParams, hr_paths: list[Path]) -> Sources:
+        """Pair every HR image with its file in ``data.lr_dir`` (names as `pairing` says)."""
+        if data.lr_dir is None:
+            return cls(data.scale, None, {})
+        try:
+            matched = pair_by_stem(
+                hr_paths, list_images(data.lr_dir), data.hr_dir, data.lr_dir, data.scale
+            )
+        except PairingError as error:
+            raise ImageReadError(f"data.lr_dir: {error}") from None
+        return cls(data.scale, data.lr_dir, {hr: lr for _, hr, lr in matched.pairs})
 
     def lr_path(self, hr_path: Path) -> Path | None:
         if self.lr_dir is None:
             return None
-        if hr_path.stem not in self.lr_by_stem:
+        if hr_path not in self.lr_by_hr:
             raise ImageReadError(
-                f"{hr_path}: no LR image with stem {hr_path.stem!r} in {self.lr_dir}"
+                f"{hr_path}: no LR image for it in data.lr_dir {self.lr_dir}; "
+                f"{naming_rule(self.scale)}"
             )
-        return self.lr_by_stem[hr_path.stem]
+        return self.lr_by_hr[hr_path]
 
 
 def _read_checked(hr_path: Path, sources: Sources) -> tuple[np.ndarray, np.ndarray | None]:
@@ -242,17 +252,16 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     skip_bad = data.skip_bad if skip_bad is None else skip_bad
     started = time.perf_counter()
     train_paths, val_paths = _check_inputs(data)
-    sources = Sources.from_params(data)
-
     all_paths = train_paths + val_paths
+    sources = Sources.from_params(data, all_paths)
     with tqdm(total=len(all_paths), desc="checking images", unit="img") as bar:
         probes = _compute([dask.delayed(_probe)(p, sources, data) for p in all_paths], data, bar)
     bad = {p: r for p, r in zip(all_paths, probes, strict=True) if isinstance(r, Exception)}
     if bad and not skip_bad:
         listing = "\n".join(f"  {exc}" for exc in bad.values())
         raise ImageReadError(
-            f"{len(bad)} unreadable image(s); nothing was written. Fix or remove them, or rerun "
-            f"with --skip-bad (data.skip_bad: true):\n{listing}"
+            f"{len(bad)} image(s) could not be read or paired; nothing was written. Fix or remove "
+            f"them, or rerun with --skip-bad (data.skip_bad: true):\n{listing}"
         )
     for exc in bad.values():
         tqdm.write(f"skipping: {exc}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,27 @@ def test_evaluate_sets_need_unique_names_and_known_layouts() -> None:
         load_params(REPO_PARAMS, ["evaluate.sets=[{name: a, layout: div2k, path: x}]"])
     with pytest.raises(ConfigError, match="give at least one per label"):
         load_params(REPO_PARAMS, ["evaluate.models.students={DTKD: []}"])
+
+
+def _documented_commands() -> list[list[str]]:
+    """Every command in the bash blocks of README.md and docs/ that passes `-S`, as argv lists."""
+    root = REPO_PARAMS.parent
+    text = "".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        joined = block.replace("\\\n", " ").replace("$J", "2")  # the ablation loop's variable
+        for line in joined.splitlines():
+            for command in re.split(r"&&|;", line.split("#")[0]):
+                argv = shlex.split(command)
+                if "-S" in argv:
+                    commands.append(argv)
+    return commands
+
+
+def test_every_documented_override_names_a_valid_params_key_and_value() -> None:
+    """The recipes users copy (paper set-up, L1 baseline, ablations, GPU settings) must load."""
+    commands = _documented_commands()
+    assert len(commands) >= 12  # paper recipe, L1-only, 6 ablation lines, GPU and benchmark lines
+    for argv in commands:
+        overrides = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-S"]
+        load_params(REPO_PARAMS, overrides)  # raises ConfigError naming the key

@@ -134,5 +134,27 @@ def test_paired_lr_folder_is_used_and_unpaired_images_are_reported(tmp_path: Pat
     np.testing.assert_array_equal(tile, expected[:64, :64].transpose(2, 0, 1))
 
     (lr_dir / paths[0].name).unlink()
-    with pytest.raises(ImageReadError, match="no LR image with stem 'img00'"):
+    with pytest.raises(ImageReadError, match=r"img00.png: no LR image for it .* _x4"):
         prepare_data.run(tiny_params(tmp_path / "b", hr_dir, [f"data.lr_dir={lr_dir}"]))
+
+
+def test_div2k_style_lr_names_pair_with_their_hr_and_ambiguous_names_are_refused(
+    tmp_path: Path,
+) -> None:
+    """DIV2K names 0001.png's LR 0001x4.png; prepare pairs them as the test-set readers do."""
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    paths = make_hr_images(hr_dir, [(256, 256), (256, 320)])
+    lr_dir.mkdir()
+    for path in paths:
+        lr, _ = bicubic_downscale_x4(read_image(path).rgb)
+        write_image(lr_dir / f"{path.stem}x4.png", 1.0 - lr)
+    prepared = prepare_data.run(tiny_params(tmp_path / "a", hr_dir, [f"data.lr_dir={lr_dir}"]))
+    with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
+        tile = store.read_tile(0, LR)
+    expected = to_uint8(1.0 - bicubic_downscale_x4(read_image(paths[0]).rgb)[0])
+    np.testing.assert_array_equal(tile, expected[:64, :64].transpose(2, 0, 1))
+
+    write_image(lr_dir / f"{paths[0].stem}_x4.png", np.zeros((64, 64, 3)))
+    with pytest.raises(ImageReadError, match=r"data.lr_dir: .*match more than one file"):
+        prepare_data.run(tiny_params(tmp_path / "b", hr_dir, [f"data.lr_dir={lr_dir}"]))
+    assert not (tmp_path / "b" / "prepared").exists()

@@ -5,11 +5,9 @@ Layouts (``open_test_set(name, layout, path, scale)``):
 ``paired``
     An HR and an LR folder, images matched by file stem: ``path/hr`` + ``path/lr`` by default
     (``HR``/``LR`` also accepted), or explicit ``hr_dir``/``lr_dir`` (used as given, not relative
-    to ``path``). Reads the pipeline's own ``data/prepared/val`` (the "demo" set). Stems are
-    matched exactly first; files left over are then matched after dropping one trailing
-    decoration, case-insensitively: ``_x{scale}``, ``x{scale}``, ``_LR`` or ``_HR`` (so DIV2K's
-    ``0801.png`` ↔ ``0801x4.png`` and Set5-style ``baby_HR.png`` ↔ ``baby_LR.png`` pair up).
-    A name pairs only if exactly one file on the other side matches it.
+    to ``path``). Reads the pipeline's own ``data/prepared/val`` (the "demo" set). Names pair as
+    ``dtkd_pipeline.pairing`` says (DIV2K's ``0801.png`` ↔ ``0801x4.png``, Set5-style
+    ``baby_HR.png`` ↔ ``baby_LR.png``); a file left without a partner is an error.
 ``realsr``
     RealSR (Cai et al., ICCV 2019): ``<root>/{Canon,Nikon}/Test/{scale}/<Name>_HR.png`` and
     ``<Name>_LR{scale}.png``; ``root`` may be the RealSR folder, one camera folder, or a
@@ -50,6 +48,7 @@ from dtkd_pipeline.images import (
     read_image,
     to_uint8,
 )
+from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
 
 __all__ = [
     "LAYOUTS",
@@ -61,7 +60,6 @@ __all__ = [
 ]
 
 LAYOUTS = ("paired", "realsr", "imagenet-test", "hr-only")
-_MAX_LISTED = 10  # names shown in an "unmatched files" error
 _REALSR_CAMERAS = ("Canon", "Nikon")
 
 
@@ -189,22 +187,6 @@ def _default_dir(root: Path, kind: str) -> Path:
     return root / kind  # reported as missing by _folder
 
 
-def _decorations(scale: int) -> tuple[str, ...]:
-    # Longest first, so "_x4" is stripped whole rather than leaving a trailing "_".
-    return (f"_x{scale}", "_lr", "_hr", f"x{scale}")
-
-
-def _keys(stem: str, scale: int) -> set[str]:
-    """The stem, and the stem without one trailing decoration (see the module docstring)."""
-    keys = {stem}
-    lowered = stem.lower()
-    for decoration in _decorations(scale):
-        if lowered.endswith(decoration) and len(stem) > len(decoration):
-            keys.add(stem[: -len(decoration)])
-            break
-    return keys
-
-
 def _match_by_stem(
     name: str,
     hr_files: list[Path],
@@ -213,64 +195,21 @@ def _match_by_stem(
     lr_folder: Path,
     scale: int,
 ) -> list[TestPair]:
-    """Pair HR/LR files by exact stem, then by stem without a decoration; refuse leftovers."""
-    hr_by_stem = _by_stem(name, hr_files, hr_folder)
-    lr_by_stem = _by_stem(name, lr_files, lr_folder)
-    exact = sorted(hr_by_stem.keys() & lr_by_stem.keys())
-    pairs = [TestPair(s, hr_by_stem.pop(s), lr_by_stem.pop(s)) for s in exact]
-
-    hr_by_key: dict[str, list[str]] = {}
-    for stem in hr_by_stem:
-        for key in _keys(stem, scale):
-            hr_by_key.setdefault(key, []).append(stem)
-    claimed: dict[str, str] = {}  # HR stem -> the LR stem that matched it
-    ambiguous: list[str] = []
-    for lr_stem in sorted(lr_by_stem):
-        keys = _keys(lr_stem, scale)
-        candidates = sorted({hr for key in keys for hr in hr_by_key.get(key, [])})
-        if len(candidates) > 1 or (candidates and candidates[0] in claimed):
-            others = [*candidates, *(claimed[c] for c in candidates if c in claimed)]
-            ambiguous.append(f"{lr_stem} ~ {', '.join(others)}")
-        elif candidates:
-            claimed[candidates[0]] = lr_stem
-    if ambiguous:
-        raise TestSetError(
-            f"test set {name!r}: these names match more than one file in {hr_folder} / "
-            f"{lr_folder}: {'; '.join(ambiguous[:_MAX_LISTED])}; rename them so stems are unique"
-        )
-    for hr_stem, lr_stem in claimed.items():
-        key = min(_keys(hr_stem, scale) & _keys(lr_stem, scale), key=len)
-        pairs.append(TestPair(key, hr_by_stem.pop(hr_stem), lr_by_stem.pop(lr_stem)))
-    if hr_by_stem or lr_by_stem:
+    """Pair HR/LR files by name (`dtkd_pipeline.pairing`); refuse leftovers."""
+    try:
+        matched = pair_by_stem(hr_files, lr_files, hr_folder, lr_folder, scale)
+    except PairingError as error:
+        raise TestSetError(f"test set {name!r}: {error}") from None
+    if matched.unmatched_hr or matched.unmatched_lr:
         raise TestSetError(
             f"test set {name!r}: unmatched files: "
-            + _listing(list(hr_by_stem.values()), hr_folder, "HR with no LR")
-            + _listing(list(lr_by_stem.values()), lr_folder, "LR with no HR")
-            + f"; LR files must have the HR file's stem, optionally with one of "
-            f"{', '.join(_decorations(scale))} appended, or remove the extra files"
+            + listing(matched.unmatched_hr, hr_folder, "HR with no LR")
+            + listing(matched.unmatched_lr, lr_folder, "LR with no HR")
+            + f"; {naming_rule(scale)}, or remove the extra files"
         )
+    pairs = [TestPair(stem, hr, lr) for stem, hr, lr in matched.pairs]
     _check_unique_stems(name, pairs, hr_folder)
     return pairs
-
-
-def _by_stem(name: str, files: list[Path], folder: Path) -> dict[str, Path]:
-    by_stem: dict[str, Path] = {}
-    for path in files:
-        if path.stem in by_stem:
-            raise TestSetError(
-                f"test set {name!r}: {by_stem[path.stem].name} and {path.name} in {folder} share "
-                "a stem, so pairing by name is ambiguous; keep one of them"
-            )
-        by_stem[path.stem] = path
-    return by_stem
-
-
-def _listing(paths: list[Path], folder: Path, what: str) -> str:
-    if not paths:
-        return ""
-    names = sorted(p.name for p in paths)
-    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
-    return f"[{len(names)} {what} in {folder}: {', '.join(names[:_MAX_LISTED])}{more}] "
 
 
 def _check_unique_stems(name: str, pairs: list[TestPair], where: Path) -> None:
@@ -311,8 +250,8 @@ def _open_realsr(name: str, root: Path, scale: int) -> list[TestPair]:
         if unmatched or other:
             raise TestSetError(
                 f"test set {name!r} (realsr): unmatched files: "
-                + _listing(unmatched, folder, f"*_HR / *_LR{scale} without a partner")
-                + _listing(other, folder, f"neither *_HR nor *_LR{scale}")
+                + listing(unmatched, folder, f"*_HR / *_LR{scale} without a partner")
+                + listing(other, folder, f"neither *_HR nor *_LR{scale}")
                 + f"; every <Name>_HR.png needs a <Name>_LR{scale}.png beside it"
             )
         pairs += [TestPair(s, hr[s], lr[s], lr_may_be_upsampled=True) for s in sorted(hr)]
