@@ -26,10 +26,25 @@ from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
 from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
 from dtkd_pipeline.train.loop import TrainingRun, check_recipe, setup_distributed, train
+from stages.cache_teacher import DWT_LEVELS
 from stages.prepare_data import TRAIN_STORE, VAL_DIR
 
 STUDENT_FILE = "student.pt"
 DVCLIVE_DIR = "dvclive"
+
+
+def uses_cached_subbands(params: Params) -> bool:
+    """Whether the KD loss reads the teacher store's subbands instead of transforming the teacher.
+
+    Only where they are exactly what the loss would compute: Haar, at the cached depth.
+    """
+    kd = params.distill.kd
+    return (
+        params.teacher.dwt
+        and kd.kind in ("dwt", "dwt_uniform")
+        and kd.wavelet == "haar"
+        and kd.levels == DWT_LEVELS
+    )
 
 
 def _teacher_provenance(params: Params) -> dict[str, Any]:
@@ -105,18 +120,11 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     _reconcile_checkpoints(params, provenance, restart_on_change)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Cached subbands replace the teacher's DWT only where they are exactly equal to it (Haar).
-    use_cached_dwt = (
-        params.teacher.dwt
-        and cfg.kd.kind in ("dwt", "dwt_uniform")
-        and cfg.kd.wavelet == "haar"
-        and cfg.kd.levels <= 2
-    )
     run_spec = TrainingRun(
         prepared_store=params.data.prepared_dir / TRAIN_STORE,
         teacher_store=params.teacher.store,
         out_dir=out_dir,
-        use_cached_dwt=use_cached_dwt,
+        use_cached_dwt=uses_cached_subbands(params),
         provenance={"teacher_cache": provenance, "teacher_store": str(params.teacher.store)},
     )
 

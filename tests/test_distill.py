@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from dtkd_pipeline.cache import (
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params
 from dtkd_pipeline.losses.wavelet import dwt_subbands
+from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from dtkd_pipeline.weights import file_sha256
 from stages import distill, prepare_data
@@ -274,3 +276,99 @@ def test_cached_teacher_subbands_give_the_recomputed_kd_loss(tmp_path: Path) -> 
         )
     # float16 storage of the subbands is the only difference (about 1e-3 relative).
     np.testing.assert_allclose(logs[True], logs[False], rtol=5e-3)
+
+
+@pytest.mark.parametrize(
+    ("teacher_dwt", "kd", "expected"),
+    [
+        (True, {}, True),  # the paper's J=2 Haar loss reads the cached subbands
+        (True, {"kind": "dwt_uniform"}, True),
+        (True, {"levels": 1}, False),  # the cache holds J=2 bands only
+        (True, {"levels": 3}, False),
+        (True, {"wavelet": "db2"}, False),
+        (True, {"kind": "pixel_l1"}, False),
+        (False, {}, False),
+    ],
+)
+def test_cached_subbands_stand_in_only_for_the_haar_dwt_at_the_cached_depth(
+    params: Params, teacher_dwt: bool, kd: dict, expected: bool
+) -> None:
+    changed = params.model_copy(
+        update={
+            "teacher": params.teacher.model_copy(update={"dwt": teacher_dwt}),
+            "distill": params.distill.model_copy(
+                update={"kd": params.distill.kd.model_copy(update=kd)}
+            ),
+        }
+    )
+    assert distill.uses_cached_subbands(changed) is expected
+
+
+def test_one_level_kd_loss_trains_on_a_store_with_cached_subbands(tmp_path: Path) -> None:
+    """The J=1 ablation on a cache built with teacher.dwt=true once failed: 'lack LL1'."""
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 320), (256, 256)])
+    params = tiny_params(
+        tmp_path, hr_dir, ["teacher.dwt=true", "distill.kd.levels=1", "distill.iterations=2"]
+    )
+    build_stores(params)
+    final = torch.load(distill.run(params, device="cpu"), weights_only=False)
+    assert final["iteration"] == 2 and final["params"]["kd"]["levels"] == 1
+
+
+@pytest.mark.parametrize(
+    "kd",
+    [
+        {"weights": {"lf": 0.0, "mf": 1.0, "hf": 0.0}},
+        {"kind": "dwt_uniform", "levels": 1, "wavelet": "db2"},
+        {"kind": "pixel_l1", "schedule": "constant"},
+        {"kind": "fft"},
+    ],
+)
+def test_the_loop_trains_with_the_configured_kd_loss_and_schedule(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kd: dict
+) -> None:
+    from dtkd_pipeline.losses import DistillationObjective, build_kd_loss
+
+    seen: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
+    original = DistillationObjective.forward
+
+    def recording(self, student, ground_truth, teacher=None, **kwargs):  # type: ignore[no-untyped-def]
+        parts = original(self, student, ground_truth, teacher, **kwargs)
+        seen.append((student.detach().clone(), teacher.clone(), parts))
+        return parts
+
+    monkeypatch.setattr(DistillationObjective, "forward", recording)
+    cfg_kd = params.distill.kd.model_copy(update=kd)
+    _run(params, tmp_path / "out", iterations=2, kd=cfg_kd)
+
+    weights = (cfg_kd.weights["lf"], cfg_kd.weights["mf"], cfg_kd.weights["hf"])
+    expected_loss = build_kd_loss(cfg_kd.kind, cfg_kd.levels, cfg_kd.wavelet, weights)
+    student, teacher, parts = seen[0]
+    assert parts["kd"].item() == pytest.approx(expected_loss(student, teacher).item(), rel=1e-5)
+    first_lambda = cfg_kd.final_weight if cfg_kd.schedule == "constant" else 0.0
+    assert parts["lambda"].item() == pytest.approx(first_lambda)
+
+
+def test_grad_clip_bounds_the_update_of_a_step(params: Params, tmp_path: Path) -> None:
+    """Adam rescales gradients, so only a clip far below eps shows: the step all but vanishes."""
+    torch.manual_seed(params.distill.seed)  # as the loop seeds itself before building the model
+    initial = build_student(params.distill.student).state_dict()
+
+    def moved(**updates: object) -> float:
+        final = _run(params, tmp_path / str(len(updates)), iterations=1, **updates)["model"]
+        return max((final[k] - initial[k]).abs().max().item() for k in initial)
+
+    assert moved(grad_clip=1e-12) < 1e-2 * moved()
+
+
+def test_checkpoints_made_on_another_teacher_cache_are_refused(params: Params) -> None:
+    small = params.model_copy(
+        update={"distill": params.distill.model_copy(update={"iterations": 2, "val_every": 2})}
+    )
+    distill.run(small, device="cpu")
+    reseeded = small.model_copy(update={"teacher": small.teacher.model_copy(update={"seed": 7})})
+    shutil.rmtree(reseeded.teacher.store)
+    build_teacher_store(reseeded)  # the cache rebuilt with another noise seed
+    with pytest.raises(ConfigError, match=r"teacher_cache\.seed: checkpoint 12345, now 7"):
+        distill.run(reseeded, device="cpu")
