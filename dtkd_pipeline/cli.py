@@ -372,7 +372,11 @@ def teacher_sr(
     seed: Annotated[int, typer.Option(help="Noise seed (official default 12345).")] = 12345,
     chop_size: Annotated[int, typer.Option(help="LR chop size for large images.")] = 512,
     chop_stride: Annotated[
-        int | None, typer.Option(help="LR chop stride (default: 7/8 of size).")
+        int | None,
+        typer.Option(
+            help="LR chop stride (default: upstream's auto stride, 512->448, 256->224, 64->48, "
+            "else 7/8 of the chop size)."
+        ),
     ] = None,
     weights_dir: Annotated[Path | None, typer.Option(help="Folder with the .pth files.")] = None,
     unet: Annotated[str | None, typer.Option(help="UNet weight name or path.")] = None,

@@ -260,6 +260,26 @@ class Params(_Section):
         return self
 
     @model_validator(mode="after")
+    def _paper_deltas_name_evaluated_sets_and_metrics(self) -> Params:
+        from dtkd_pipeline.evaluate.metrics import result_key  # torch: only when params load
+
+        sets = [item.name for item in self.evaluate.sets]
+        keys = [result_key(name, self.evaluate.color) for name in self.evaluate.metrics]
+        for set_name, deltas in self.report.paper_deltas.items():
+            if set_name not in sets:
+                raise ValueError(
+                    f"report.paper_deltas names set {set_name!r}, which evaluate.sets lacks; "
+                    f"use one of {sets}"
+                )
+            unknown = sorted(set(deltas) - set(keys))
+            if unknown:
+                raise ValueError(
+                    f"report.paper_deltas.{set_name}: {unknown} are not metric columns; with "
+                    f"evaluate.metrics and evaluate.color as set, use {keys}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _patch_fits_tile(self) -> Params:
         if self.distill.patch_size > self.data.lr_tile:
             raise ValueError(
@@ -319,6 +339,9 @@ def _format_validation_error(error: ValidationError, path: Path) -> str:
             lines.append(f"  {key}: missing; add it to {path} (see the documented params.yaml)")
         elif item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; remove it or check its spelling")
+        elif item["type"] == "value_error":  # our validators: the message names key and value
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  {message}" if not item["loc"] else f"  {key}: {message}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

@@ -66,7 +66,7 @@ def check_steps(teacher: TeacherParams) -> None:
     trained = resolve_config(teacher.version).diffusion.steps
     if teacher.steps != trained:
         raise CacheError(
-            f"--steps {teacher.steps} (teacher.steps) does not match ResShift "
+            f"teacher.steps={teacher.steps} (--steps) does not match ResShift "
             f"{teacher.version}, which was trained for {trained} steps; its checkpoints only work "
             f"with their own step count. Use --steps {trained}, or choose another teacher.version"
         )
@@ -395,7 +395,14 @@ def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: 
 
 def verify(path: Path, params: Params, repair: bool = False, device: str | None = None) -> bool:
     """Print a verification report; with ``repair`` recompute bad shards. True when intact."""
-    with TileStore.open(path, mode="r+" if repair else "r", lock=repair) as store:
+    try:
+        store = TileStore.open(path, mode="r+" if repair else "r", lock=repair)
+    except StoreLayoutError as error:
+        raise StoreLayoutError(
+            f"{error}: verify-cache checks the store that `dtkd-pipeline cache-teacher` writes "
+            f"(teacher.store, here {params.teacher.store}); build it first or pass its path"
+        ) from None
+    with store:
         store.require_kind(KIND_TEACHER)  # a prepared store is rebuilt by prepare-data instead
         report = store.verify()
         prepared = _open_prepared(params)

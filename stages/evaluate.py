@@ -1,6 +1,6 @@
 """Evaluate stage: metrics of every contender on every test set, efficiency table, band analysis.
 
-Writes, under ``evaluate.out_dir`` (default data/metrics):
+Writes three folders:
 
 * ``evaluate.metrics_dir``/``<set>.json`` (DVC metrics): per model, each metric's mean, std and
   number of runs, numbers only;

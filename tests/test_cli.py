@@ -85,7 +85,7 @@ def test_cache_teacher_refuses_a_step_count_the_checkpoint_was_not_trained_for(
     store = tmp_path / "teacher.zarr"
     result = runner.invoke(app, ["cache-teacher", "--steps", "4", "-S", f"teacher.store={store}"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "--steps 4 (teacher.steps)" in result.output and "trained for 15 steps" in result.output
+    assert "teacher.steps=4 (--steps)" in result.output and "trained for 15 steps" in result.output
     assert not store.exists()
 
 
@@ -181,3 +181,11 @@ def test_only_the_cli_front_end_imports_the_stages() -> None:
             if any(name == "stages" or name.startswith("stages.") for name in names):
                 importers.add(path.relative_to(REPO_ROOT).as_posix())
     assert importers == {"dtkd_pipeline/cli.py"}
+
+
+def test_verify_cache_on_a_missing_store_says_which_stage_builds_it(tmp_path: Path) -> None:
+    for target in (tmp_path / "absent.zarr", tmp_path):
+        result = runner.invoke(app, ["verify-cache", str(target)])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert str(target) in result.output
+        assert "`dtkd-pipeline cache-teacher` writes (teacher.store" in result.output

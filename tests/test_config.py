@@ -150,3 +150,29 @@ def test_every_documented_override_names_a_valid_params_key_and_value() -> None:
     for argv in commands:
         overrides = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-S"]
         load_params(REPO_PARAMS, overrides)  # raises ConfigError naming the key
+
+
+@pytest.mark.parametrize(
+    ("deltas", "message"),
+    [
+        (
+            "{Demo: {psnr_y: 0.1}}",
+            r"names set 'Demo', which evaluate\.sets lacks; use one of \['demo'\]",
+        ),
+        ("{demo: {psnr: 0.1}}", r"paper_deltas\.demo: \['psnr'\] are not metric columns.*'psnr_y'"),
+    ],
+)
+def test_paper_deltas_must_name_an_evaluated_set_and_a_metric_column(
+    deltas: str, message: str
+) -> None:
+    """A misspelt key once printed an empty 'paper (reported)' row or nothing at all."""
+    with pytest.raises(ConfigError, match=message):
+        load_params(REPO_PARAMS, [f"report.paper_deltas={deltas}"])
+    rgb = load_params(REPO_PARAMS, ["evaluate.color=rgb", "report.paper_deltas={demo: {psnr: 1}}"])
+    assert rgb.report.paper_deltas == {"demo": {"psnr": 1.0}}
+
+
+def test_validator_messages_state_the_value_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_params(REPO_PARAMS, ["data.lr_tile=100"])
+    assert str(info.value).count("100") == 1 and "Value error" not in str(info.value)

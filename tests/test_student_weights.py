@@ -133,7 +133,10 @@ def test_truncated_file(tmp_path: Path) -> None:
 def test_files_that_are_not_weights(tmp_path: Path) -> None:
     text = tmp_path / "notes.pth"
     text.write_text("<html>404 Not Found</html>")  # what a misconfigured mirror serves
-    with pytest.raises(StudentWeightsError, match=r"notes\.pth .*not a torch\.save file"):
+    with pytest.raises(
+        StudentWeightsError,
+        match=r"notes\.pth is not a student checkpoint \(not a torch\.save.*--model",
+    ):
         load_student_weights(_tiny(), text)
     empty = tmp_path / "empty.pth"
     empty.touch()

@@ -41,6 +41,7 @@ __all__ = [
     "WeightFile",
     "evaluate_pairs",
     "missing_metric_weights",
+    "result_key",
 ]
 
 Color = Literal["y", "rgb"]
@@ -199,6 +200,11 @@ class MetricWeightsError(MetricUnavailableError):
         super().__init__("\n".join(lines))
 
 
+def result_key(name: str, color: str) -> str:
+    """The result key of metric ``name``: ``psnr_y``/``ssim_y`` on Y, else the name."""
+    return f"{name}_y" if METRICS[name].color_option and color == "y" else name
+
+
 def _note(missing: MissingWeight) -> str:
     notes = [w.note for w in METRICS[missing.metric].weights if w.filename == missing.filename]
     return f"  ({notes[0]})" if notes and notes[0] else ""
@@ -331,9 +337,7 @@ class MetricSuite:
         return metric.eval()
 
     def key(self, name: str) -> str:
-        """The result key of metric ``name``: ``psnr_y``/``ssim_y`` on Y, else the name."""
-        spec = METRICS[name]
-        return f"{name}_y" if spec.color_option and self.color == "y" else name
+        return result_key(name, self.color)
 
     @property
     def keys(self) -> list[str]:

@@ -93,6 +93,12 @@ def read_checkpoint(path: Path) -> Any:
 
 def _unreadable(path: Path, error: BaseException | str) -> StudentWeightsError:
     size = path.stat().st_size
+    if error == NOT_TORCH_FILE and size > 0:  # not damaged: some other kind of file
+        return StudentWeightsError(
+            f"{path} is not a student checkpoint ({NOT_TORCH_FILE}); point --model (or "
+            "evaluate.models) at a student.pt written by `dtkd-pipeline distill`, or an official "
+            "SwinIR .pth file"
+        )
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     reason = "the file is empty" if size == 0 else reason
     return StudentWeightsError(

@@ -71,6 +71,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _corrupt(path: Path, reason: BaseException | str) -> TeacherCheckpointError:
     size = path.stat().st_size
+    if reason == NOT_TORCH_FILE and size > 0:  # not damaged: some other kind of file
+        return TeacherCheckpointError(
+            f"teacher checkpoint {path} is not a torch checkpoint ({NOT_TORCH_FILE}): an error "
+            "page saved by a download, or the wrong file. Delete it and download it again, or "
+            "point teacher.unet_weights / teacher.autoencoder_weights at the official ResShift "
+            ".pth files (see `dtkd-pipeline weights`)"
+        )
     if isinstance(reason, BaseException):
         reason = f"{type(reason).__name__}: {reason}"
     return TeacherCheckpointError(
