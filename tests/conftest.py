@@ -1,7 +1,11 @@
-"""Shared pytest fixtures: where the parity fixtures live, and a skip when they are absent."""
+"""Shared pytest fixtures: where the parity fixtures live, and a skip when they are absent.
+
+CI sets DTKD_REQUIRE_PARITY=1, which turns that skip into a failure.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ PARITY_DIR = REPO_ROOT.parent / "shared" / "parity"
 def _parity_subdir(name: str) -> Path:
     path = PARITY_DIR / name
     if not path.is_dir():
+        if os.environ.get("DTKD_REQUIRE_PARITY") == "1":  # CI: a silent skip would hide a break
+            pytest.fail(f"parity fixtures not found at {path} (DTKD_REQUIRE_PARITY=1)")
         pytest.skip(
             f"parity fixtures not found at {path}: they ship in ../shared/parity beside the "
             "project checkout (developer and CI machines only)"
