@@ -257,6 +257,23 @@ def test_open_or_create_resumes_refuses_and_overwrites(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # no tmp/trash left
 
 
+def test_reopening_without_a_stored_field_is_refused_by_name(tmp_path: Path) -> None:
+    """Resuming is exact: a field the store recorded but the caller no longer sends is a change."""
+    path = tmp_path / "s.zarr"
+    TileStore.create(path, prepared_layout(), PROVENANCE).close()
+    without_scale = {key: value for key, value in PROVENANCE.items() if key != "scale"}
+    with pytest.raises(ProvenanceMismatchError) as caught:
+        TileStore.open_or_create(path, prepared_layout(), without_scale)
+    message = str(caught.value)
+    assert "scale: stored 4, requested <absent>" in message
+    assert "tile_size" not in message and "sources" not in message
+    store = TileStore.open(path)
+    store.check_provenance(without_scale)  # a subset passes when exactness is not asked for
+    with pytest.raises(ProvenanceMismatchError, match="scale: stored 4, requested <absent>"):
+        store.check_provenance(without_scale, exact=True)
+    TileStore.open(path, mode="r+", lock=True).close()  # the refused open released its lock
+
+
 def test_failed_creation_leaves_nothing(tmp_path: Path) -> None:
     bad = StoreLayout(
         KIND_PREPARED, N_TILES, SHARD, prepared_arrays(TILE, SCALE), Compression("lz9")

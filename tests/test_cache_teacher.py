@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,14 +57,40 @@ def params_for(prepared_root: Path, tmp_path: Path, extra: list[str] | None = No
     return tiny_params(tmp_path, prepared_root / "hr", overrides)
 
 
+@pytest.fixture(scope="module")
+def cached_root(prepared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One complete teacher cache (default params) for tests that only need a copy of it."""
+    root = tmp_path_factory.mktemp("cached")
+    cache_teacher.run(params_for(prepared_root, root), device="cpu")
+    return root
+
+
+def copy_of_cache(cached_root: Path, tmp_path: Path) -> Path:
+    """The module's cache copied to where `params_for(..., tmp_path)` expects its store."""
+    return Path(shutil.copytree(cached_root / "teacher.zarr", tmp_path / "teacher.zarr"))
+
+
 def teacher_bytes(path: Path) -> np.ndarray:
     with TileStore.open(path) as store:
         return store.read_tiles(range(store.n_tiles), [TEACHER])[TEACHER]
 
 
-def test_store_holds_teacher_output_of_every_tile(prepared_root: Path, tmp_path: Path) -> None:
+def test_store_holds_teacher_output_of_every_tile(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stored tile is round(255 * the teacher's float output), exactly, for its own id."""
+    sampled: dict[int, torch.Tensor] = {}
+    original = Teacher.sample
+
+    def recording(self: Teacher, lr: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        out = original(self, lr, **kwargs)  # type: ignore[arg-type]
+        sampled.update(zip(kwargs["sample_ids"], out.clone(), strict=True))  # type: ignore[arg-type]
+        return out
+
+    monkeypatch.setattr(Teacher, "sample", recording)
     params = params_for(prepared_root, tmp_path, ["teacher.dwt=true"])
     path = cache_teacher.run(params, device="cpu")
+    monkeypatch.undo()
     with TileStore.open(path) as store:
         assert store.missing_shards() == [] and store.n_tiles == 4
         provenance = store.provenance
@@ -80,11 +107,19 @@ def test_store_holds_teacher_output_of_every_tile(prepared_root: Path, tmp_path:
         tiles = store.read_tiles(range(4))
     with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
         assert provenance["prepared_fingerprint"] == prepared.fingerprint()
-        lr = torch.from_numpy(prepared.read_tiles([1, 2], ["lr"])["lr"]).float() / 255
+        lr = torch.from_numpy(prepared.read_tiles([2], ["lr"])["lr"]).float() / 255
+    # Quantisation: the uint8 bytes are the rounding (not truncation) of the floats it sampled.
+    assert sorted(sampled) == [0, 1, 2, 3]
+    outputs = torch.stack([sampled[i] for i in range(4)])
+    expected_u8 = (outputs.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(tiles[TEACHER], expected_u8)
+    # Independently: one tile per shard, so the stage sampled tile 2 alone with noise seeded by
+    # its id; doing the same here reproduces its bytes exactly.
     teacher = cache_teacher.build_teacher(params.teacher, torch.device("cpu"))
-    expected = teacher.sample(lr, seed=params.teacher.seed, sample_ids=[1, 2])
-    expected_u8 = (expected * 255).round().to(torch.uint8).numpy()
-    assert np.abs(tiles[TEACHER][1:3].astype(int) - expected_u8).max() <= 1
+    tp = params.teacher
+    again = teacher.sample(lr, seed=tp.seed, rng=tp.rng, sample_ids=[2], steps=tp.steps)
+    again_u8 = (again.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(tiles[TEACHER][2:3], again_u8)
     bands = dwt_subbands(torch.from_numpy(tiles[TEACHER]).float() / 255, levels=2)
     for name, band in bands.items():
         np.testing.assert_allclose(tiles[f"dwt/{name}"], band.half().numpy(), atol=0)
@@ -162,6 +197,40 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
         cache_teacher.verify(prepared_root / "prepared" / prepare_data.TRAIN_STORE, params)
     assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
     np.testing.assert_array_equal(teacher_bytes(path), before)
+
+
+def test_repair_with_another_seed_is_refused_and_leaves_the_shard_missing(
+    prepared_root: Path, cached_root: Path, tmp_path: Path
+) -> None:
+    """--repair must not fill a store's holes with another teacher setting's outputs."""
+    path = copy_of_cache(cached_root, tmp_path)
+    before = teacher_bytes(path)
+    with TileStore.open(path, mode="r+") as store:
+        store.invalidate_shard(2)
+    other_seed = params_for(prepared_root, tmp_path, ["teacher.seed=1"])
+    with pytest.raises(ProvenanceMismatchError, match="seed: stored 12345, requested 1"):
+        cache_teacher.verify(path, other_seed, repair=True, device="cpu")
+    with TileStore.open(path) as store:
+        assert store.missing_shards() == [2]
+        kept = store.read_tiles([0, 1, 3], [TEACHER])[TEACHER]
+    np.testing.assert_array_equal(kept, before[[0, 1, 3]])
+
+
+def test_verify_fails_a_cache_built_from_another_prepared_store(
+    prepared_root: Path, cached_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Intact shards are not enough: the cache must come from the prepared store in params."""
+    path = copy_of_cache(cached_root, tmp_path)
+    assert cache_teacher.verify(path, params_for(prepared_root, tmp_path)) is True
+    assert "fingerprint" not in capsys.readouterr().out
+    other = tmp_path / "other"
+    make_hr_images(other / "hr", [(256, 256), (256, 256), (256, 320), (256, 256)], seed=1)
+    prepare_data.run(tiny_params(other, other / "hr", TEACHER_OVERRIDES))
+    assert cache_teacher.verify(path, params_for(other, tmp_path)) is False
+    printed = capsys.readouterr().out
+    assert "4/4 shards complete and intact" in printed  # only the provenance is wrong
+    assert "fingerprint differs" in printed and str(other / "prepared") in printed
+    assert "cache-teacher --overwrite" in printed
 
 
 def test_resume_with_other_settings_is_refused_by_field(

@@ -114,6 +114,7 @@ def test_crops_are_aligned_without_augmentation(stores: dict[str, Any]) -> None:
 
 
 def test_augmentation_is_identical_across_arrays_and_subbands(stores: dict[str, Any]) -> None:
+    """lr, hr, teacher and every cached subband get the one symmetry recorded in "aug"."""
     dataset = make_dataset(stores, augment=True, patches_per_tile=3, seed=3)
     codes: set[int] = set()
     for batch in make_loader(dataset):
@@ -126,6 +127,10 @@ def test_augmentation_is_identical_across_arrays_and_subbands(stores: dict[str, 
             assert np.array_equal(hr, lr.repeat(SCALE, axis=1).repeat(SCALE, axis=2))
             raw = stores["lr"][tile, :, y : y + PATCH, x : x + PATCH]
             assert np.array_equal(lr, apply_symmetry(raw, code))
+            # The teacher patch is its stored region under the same symmetry as the lr patch.
+            s, p = SCALE, PATCH
+            stored_teacher = stores["teacher"][tile, :, s * y : s * (y + p), s * x : s * (x + p)]
+            assert np.array_equal(teacher, apply_symmetry(stored_teacher, code)), code
             # Cached subbands, transformed, equal the subbands of the transformed teacher crop.
             for name, band in haar_bands(teacher).items():
                 got = batch["dwt"][name][i].numpy().astype(np.float64)

@@ -25,6 +25,7 @@ class Server:
     base_url: str
     honour_range: bool = True
     drop_after: int | None = None  # send only this many body bytes, then close
+    range_start: int | None = None  # answer Range requests from this byte instead of the asked one
     range_headers: list[str | None] = field(default_factory=list)
 
 
@@ -39,6 +40,8 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             start = 0
             if header and server.honour_range:
                 start = int(header.removeprefix("bytes=").split("-")[0])
+                if server.range_start is not None:
+                    start = server.range_start
                 if start >= len(PAYLOAD):
                     self.send_error(416)
                     return
@@ -138,6 +141,32 @@ def test_complete_part_refused_with_416_restarts(server: Server, tmp_path: Path)
     path = weights.download(_spec(server), tmp_path, progress=False)
     assert path.read_bytes() == PAYLOAD
     assert server.range_headers == [f"bytes={len(PAYLOAD)}-", None]
+
+
+def test_partial_answer_for_another_range_is_distrusted_and_restarts(
+    server: Server, tmp_path: Path
+) -> None:
+    """A 206 whose Content-Range does not start at the .part's length must not be appended."""
+    server.range_start = 0  # answers "bytes 0-.../..." whatever range was asked
+    (tmp_path / f"{FILENAME}.part").write_bytes(PAYLOAD[:300_000])
+    path = weights.download(_spec(server, sha256=PAYLOAD_SHA), tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert (tmp_path / f"{FILENAME}.sha256").read_text().split()[0] == PAYLOAD_SHA
+    assert server.range_headers == ["bytes=300000-", None]  # then a fresh, range-less request
+    assert not (tmp_path / f"{FILENAME}.part").exists()
+
+
+def test_wrong_registry_size_leaves_no_file(server: Server, tmp_path: Path) -> None:
+    """The right hash is not enough: a size_bytes mismatch also fails verification."""
+    spec = replace(_spec(server, sha256=PAYLOAD_SHA), size_bytes=len(PAYLOAD) + 1)
+    with pytest.raises(WeightsError) as info:
+        weights.download(spec, tmp_path, progress=False)
+    message = str(info.value)
+    assert f"expected {len(PAYLOAD) + 1} bytes, got {len(PAYLOAD)}" in message
+    assert "failed verification" in message
+    assert not (tmp_path / FILENAME).exists()
+    assert not (tmp_path / f"{FILENAME}.part").exists()
+    assert not (tmp_path / f"{FILENAME}.sha256").exists()
 
 
 def test_wrong_registry_hash_leaves_no_file(server: Server, tmp_path: Path) -> None:
