@@ -31,7 +31,7 @@ class StemPairs:
     unmatched_lr: list[Path]
 
 
-def decorations(scale: int) -> tuple[str, ...]:
+def _decorations(scale: int) -> tuple[str, ...]:
     # Longest first, so "_x4" is stripped whole rather than leaving a trailing "_".
     return (f"_x{scale}", "_lr", "_hr", f"x{scale}")
 
@@ -40,7 +40,7 @@ def naming_rule(scale: int) -> str:
     """One sentence on how LR files must be named, for error messages."""
     return (
         "LR files must have the HR file's stem, optionally with one of "
-        f"{', '.join(decorations(scale))} appended"
+        f"{', '.join(_decorations(scale))} appended"
     )
 
 
@@ -48,14 +48,14 @@ def _keys(stem: str, scale: int) -> set[str]:
     """The stem, and the stem without one trailing decoration."""
     keys = {stem}
     lowered = stem.lower()
-    for decoration in decorations(scale):
+    for decoration in _decorations(scale):
         if lowered.endswith(decoration) and len(stem) > len(decoration):
             keys.add(stem[: -len(decoration)])
             break
     return keys
 
 
-def by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
+def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
     """Files keyed by stem; two files with one stem (a.png, a.jpg) make pairing ambiguous."""
     found: dict[str, Path] = {}
     for path in files:
@@ -81,8 +81,8 @@ def pair_by_stem(
     hr_files: list[Path], lr_files: list[Path], hr_folder: Path, lr_folder: Path, scale: int
 ) -> StemPairs:
     """Pair by exact stem, then by stem without a decoration; leftovers are returned, not raised."""
-    hr_by_stem = by_stem(hr_files, hr_folder)
-    lr_by_stem = by_stem(lr_files, lr_folder)
+    hr_by_stem = _by_stem(hr_files, hr_folder)
+    lr_by_stem = _by_stem(lr_files, lr_folder)
     exact = sorted(hr_by_stem.keys() & lr_by_stem.keys())
     pairs = [(stem, hr_by_stem.pop(stem), lr_by_stem.pop(stem)) for stem in exact]
 

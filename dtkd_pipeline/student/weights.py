@@ -81,12 +81,14 @@ def read_checkpoint(path: Path) -> Any:
         with torch.serialization.safe_globals(_numpy_array_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower() and looks_like_torch_file(path):
+        if not looks_like_torch_file(path):
+            raise _unreadable(path, NOT_TORCH_FILE) from error
+        if "weights only" in str(error).lower():
             raise StudentWeightsError(
                 f"{path}: holds objects other than tensors, arrays, dicts and numbers, which "
                 "are not unpickled for safety; save the weights as a state dict"
             ) from error
-        raise _unreadable(path, NOT_TORCH_FILE) from error
+        raise _unreadable(path, error) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise _unreadable(path, error) from error
 

@@ -48,13 +48,14 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        weights_only = "weights_only" in str(exc).lower() or "weights only" in str(exc).lower()
-        if weights_only and looks_like_torch_file(path):
+        if not looks_like_torch_file(path):
+            raise _corrupt(path, NOT_TORCH_FILE) from exc
+        if "weights_only" in str(exc).lower() or "weights only" in str(exc).lower():
             raise TeacherCheckpointError(
                 f"teacher checkpoint {path} contains Python objects other than tensors, so it is "
                 f"not loaded (unsafe to unpickle). Save its state dict alone: {exc}"
             ) from exc
-        raise _corrupt(path, NOT_TORCH_FILE) from exc
+        raise _corrupt(path, exc) from exc
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for truncated archives
         raise _corrupt(path, exc) from exc
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
