@@ -47,7 +47,7 @@ from dtkd_pipeline.images import (
     to_uint8,
     write_image,
 )
-from dtkd_pipeline.pairing import PairingError, naming_rule, pair_by_stem
+from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
 from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.tiles import TilePlan, cut_tiles, pad_bottom_right, plan_tiles
 
@@ -70,6 +70,7 @@ class Sources:
     scale: int
     lr_dir: Path | None
     lr_by_hr: dict[Path, Path]
+    unpaired_lr: tuple[Path, ...] = ()  # LR files no HR image claims; reported, not used
 
     @classmethod
     def from_params(cls, data: DataParams, hr_paths: list[Path]) -> Sources:
@@ -82,7 +83,8 @@ class Sources:
             )
         except PairingError as error:
             raise ImageReadError(f"data.lr_dir: {error}") from None
-        return cls(data.scale, data.lr_dir, {hr: lr for _, hr, lr in matched.pairs})
+        lr_by_hr = {hr: lr for _, hr, lr in matched.pairs}
+        return cls(data.scale, data.lr_dir, lr_by_hr, tuple(matched.unmatched_lr))
 
     def lr_path(self, hr_path: Path) -> Path | None:
         if self.lr_dir is None:
@@ -254,14 +256,19 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     train_paths, val_paths = _check_inputs(data)
     all_paths = train_paths + val_paths
     sources = Sources.from_params(data, all_paths)
+    if sources.unpaired_lr and sources.lr_dir is not None:
+        # Unlike a test set (where a leftover would silently shrink the scored set), an extra LR
+        # file here costs nothing, but it usually means a misnamed HR file: say so.
+        unpaired = listing(list(sources.unpaired_lr), sources.lr_dir, "LR files with no HR image")
+        tqdm.write(f"note: ignoring {unpaired}({naming_rule(data.scale)})")
     with tqdm(total=len(all_paths), desc="checking images", unit="img") as bar:
         probes = _compute([dask.delayed(_probe)(p, sources, data) for p in all_paths], data, bar)
     bad = {p: r for p, r in zip(all_paths, probes, strict=True) if isinstance(r, Exception)}
     if bad and not skip_bad:
-        listing = "\n".join(f"  {exc}" for exc in bad.values())
+        problems = "\n".join(f"  {exc}" for exc in bad.values())
         raise ImageReadError(
             f"{len(bad)} image(s) could not be read or paired; nothing was written. Fix or remove "
-            f"them, or rerun with --skip-bad (data.skip_bad: true):\n{listing}"
+            f"them, or rerun with --skip-bad (data.skip_bad: true):\n{problems}"
         )
     for exc in bad.values():
         tqdm.write(f"skipping: {exc}")

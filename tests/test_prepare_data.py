@@ -139,9 +139,10 @@ def test_paired_lr_folder_is_used_and_unpaired_images_are_reported(tmp_path: Pat
 
 
 def test_div2k_style_lr_names_pair_with_their_hr_and_ambiguous_names_are_refused(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """DIV2K names 0001.png's LR 0001x4.png; prepare pairs them as the test-set readers do."""
+    """DIV2K names 0001.png's LR 0001x4.png; prepare pairs them as the test-set readers do, and
+    names LR files that no HR image claims."""
     hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
     paths = make_hr_images(hr_dir, [(256, 256), (256, 320)])
     lr_dir.mkdir()
@@ -153,6 +154,11 @@ def test_div2k_style_lr_names_pair_with_their_hr_and_ambiguous_names_are_refused
         tile = store.read_tile(0, LR)
     expected = to_uint8(1.0 - bicubic_downscale_x4(read_image(paths[0]).rgb)[0])
     np.testing.assert_array_equal(tile, expected[:64, :64].transpose(2, 0, 1))
+
+    write_image(lr_dir / "stray_x4.png", np.zeros((64, 64, 3)))
+    prepare_data.run(tiny_params(tmp_path / "c", hr_dir, [f"data.lr_dir={lr_dir}"]))
+    note = capsys.readouterr().out
+    assert "ignoring [1 LR files with no HR image in" in note and "stray_x4.png" in note
 
     write_image(lr_dir / f"{paths[0].stem}_x4.png", np.zeros((64, 64, 3)))
     with pytest.raises(ImageReadError, match=r"data.lr_dir: .*match more than one file"):
