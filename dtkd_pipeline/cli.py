@@ -9,9 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` stays fast
+    from dtkd_pipeline.config import Params
 
 app = typer.Typer(
     help="Diffusion-to-transformer distillation for x4 SR: cache a ResShift teacher, train SwinIR.",
@@ -102,7 +105,7 @@ def _message(exc: BaseException) -> str:
     return text
 
 
-def _params(path: Path, overrides: list[str] | None):
+def _params(path: Path, overrides: list[str] | None) -> Params:
     from dtkd_pipeline.config import load_params
 
     return load_params(path, overrides or [])
@@ -413,7 +416,7 @@ def weights(
     ] = None,
     weights_dir: Annotated[Path | None, typer.Option(help="Target folder.")] = None,
 ) -> None:
-    """List the known official checkpoints and where they are (or would be) stored."""
+    """List the known official checkpoints, their licences, and where they are or would be kept."""
     from dtkd_pipeline import weights as registry
 
     def action() -> None:
@@ -423,6 +426,7 @@ def weights(
         for spec in registry.list_weights():
             present = "present" if (target / spec.filename).exists() else "absent"
             typer.echo(f"{spec.name:24s} {present:8s} {target / spec.filename}  <- {spec.url}")
+            typer.echo(f"{'':24s} licence: {spec.license}")  # ResShift's forbids commercial use
 
     _run(action)
 

@@ -519,7 +519,8 @@ def _resize_geometry(
         if min(out) < 1:
             raise ValueError(f"output_shape must be positive, got {output_shape}")
         return (out[0] / in_shape[0], out[1] / in_shape[1]), out
-    scales = (float(scale), float(scale)) if isinstance(scale, int | float) else tuple(scale)
+    # np.ndim covers numpy and 0-d torch scalars too, which are not int | float.
+    scales = (float(scale), float(scale)) if np.ndim(scale) == 0 else tuple(scale)
     if len(scales) != 2 or min(scales) <= 0:
         raise ValueError(f"scale must be positive (one value or two), got {scale}")
     out = (math.ceil(in_shape[0] * scales[0]), math.ceil(in_shape[1] * scales[1]))

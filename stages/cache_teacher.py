@@ -4,16 +4,19 @@
   and the ``--weights-dir`` alternative, before anything is written.
 - The store's provenance (teacher settings, checkpoint hashes, prepared-store fingerprint) must
   match to resume; only shards without a completion record are computed.
-- Noise is per sample, seeded from (seed, tile index), so a shard's bytes do not depend on batch
-  size, on which worker computes it, or on whether the run was resumed.
-- Locally the device computes shard k+1 while a writer thread compresses and writes shard k. With
-  ``--scheduler`` each missing shard is one dask task on a GPU worker (one writer per shard).
+- Noise is per sample, seeded from (seed, tile index), and a tile's batch is fixed by its index, so
+  a shard's bytes do not depend on which worker computes it or on whether the run was resumed.
+- Batches run across the shards of a batch group (``ceil(batch_size / shard_size)`` shards), so
+  ``teacher.batch_size`` may exceed ``data.shard_size``; a tile's batch depends on its index only.
+- Locally the device computes the next shard while a writer thread compresses and writes the last
+  one. With ``--scheduler`` each batch group with missing shards is one dask task on a GPU worker
+  (one writer per shard).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,35 +169,82 @@ def store_layout(prepared: TileStore, params: Params) -> StoreLayout:
     )
 
 
-def compute_shard(
-    teacher: Teacher, prepared: TileStore, shard: int, params: Params, bar: tqdm | None = None
+def _teacher_outputs(
+    teacher: Teacher, lr: np.ndarray, ids: list[int], tp: TeacherParams
 ) -> dict[str, np.ndarray]:
-    """The teacher's uint8 outputs (and float16 subbands) for every tile of one shard."""
-    tp = params.teacher
-    start, stop = prepared.layout.shard_range(shard)
-    lr = prepared.read_shard(shard, [LR])[LR]
-    outputs: dict[str, list[np.ndarray]] = {}
-    for first in range(0, stop - start, tp.batch_size):
-        batch = torch.from_numpy(lr[first : first + tp.batch_size]).float().div_(255.0)
-        ids = list(range(start + first, start + first + len(batch)))
-        real = len(batch)
-        if teacher.compile_mode is not None:  # one batch shape: one compilation
-            batch = fill_batch(batch, tp.batch_size)
-            ids += [ids[-1]] * (len(batch) - real)
-        sr = teacher.sample(batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps)
-        sr = sr[:real]
-        sr_u8 = (sr.clamp(0, 1) * 255).round_()
-        outputs.setdefault(TEACHER, []).append(sr_u8.to(torch.uint8).cpu().numpy())
-        if tp.dwt:
-            # Subbands of the stored (quantised) image, so they equal the DWT stage two would
-            # compute from the uint8 teacher tile.
-            bands = dwt_subbands(sr_u8.float().div_(255.0), levels=DWT_LEVELS, wavelet="haar")
-            for name, band in bands.items():
-                key = f"dwt/{name}"
-                outputs.setdefault(key, []).append(band.half().cpu().numpy())
-        if bar is not None:
-            bar.update(real)
-    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+    """uint8 teacher tiles (and float16 subbands) for one batch of uint8 LR tiles."""
+    batch = torch.from_numpy(lr).float().div_(255.0)
+    real = len(batch)
+    if teacher.compile_mode is not None:  # one batch shape: one compilation
+        batch = fill_batch(batch, tp.batch_size)
+        ids = ids + [ids[-1]] * (len(batch) - real)
+    sr = teacher.sample(batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps)[:real]
+    sr_u8 = (sr.clamp(0, 1) * 255).round_()
+    outputs = {TEACHER: sr_u8.to(torch.uint8).cpu().numpy()}
+    if tp.dwt:
+        # Subbands of the stored (quantised) image, so they equal the DWT stage two would compute
+        # from the uint8 teacher tile.
+        bands = dwt_subbands(sr_u8.float().div_(255.0), levels=DWT_LEVELS, wavelet="haar")
+        outputs |= {f"dwt/{name}": band.half().cpu().numpy() for name, band in bands.items()}
+    return outputs
+
+
+def _group_size(layout: StoreLayout, batch_size: int) -> int:
+    """Shards per batch group: enough that a group holds at least one batch of tiles."""
+    return max(1, -(-batch_size // layout.shard_size))
+
+
+def shard_groups(layout: StoreLayout, shards: Iterable[int], batch_size: int) -> list[list[int]]:
+    """`shards` split by batch group (shards ``[k*g, (k+1)*g)``), in order of first appearance.
+
+    A group is the unit of computation: its tiles are batched from the group's first tile, so a
+    tile's batch depends only on its index and a resumed or repaired shard gets the same bytes.
+    """
+    g = _group_size(layout, batch_size)
+    groups: dict[int, list[int]] = {}
+    for shard in shards:
+        groups.setdefault(shard // g, []).append(shard)
+    return list(groups.values())
+
+
+def compute_shards(
+    teacher: Teacher,
+    prepared: TileStore,
+    shards: Iterable[int],
+    params: Params,
+    bar: tqdm | None = None,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(shard, its teacher arrays) for each of `shards`, one batch group at a time.
+
+    Batches run across the shards of a group, so `teacher.batch_size` may exceed
+    `data.shard_size` and batches stay full. A wanted shard's group-mates are computed with it
+    (their outputs are dropped) so its batches are the ones a full run would have formed.
+    """
+    tp, layout = params.teacher, prepared.layout
+    g = _group_size(layout, tp.batch_size)
+    for wanted in shard_groups(layout, shards, tp.batch_size):
+        members = range(wanted[0] // g * g, min(wanted[0] // g * g + g, layout.n_shards))
+        start, stop = layout.shard_range(members[0])[0], layout.shard_range(members[-1])[1]
+        lr = np.concatenate([prepared.read_shard(shard, [LR])[LR] for shard in members])
+        is_wanted = np.zeros(stop - start, bool)
+        for shard in wanted:
+            first, last = layout.shard_range(shard)
+            is_wanted[first - start : last - start] = True
+        parts: dict[str, list[np.ndarray]] = {}
+        for first in range(0, stop - start, tp.batch_size):
+            chunk = slice(first, min(first + tp.batch_size, stop - start))
+            ids = list(range(start + chunk.start, start + chunk.stop))
+            for name, part in _teacher_outputs(teacher, lr[chunk], ids, tp).items():
+                parts.setdefault(name, []).append(part)
+            if bar is not None:
+                bar.update(int(is_wanted[chunk].sum()))
+        outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        for shard in wanted:
+            first, last = layout.shard_range(shard)
+            yield (
+                shard,
+                {name: data[first - start : last - start] for name, data in outputs.items()},
+            )
 
 
 def _open_prepared(params: Params) -> TileStore:
@@ -214,8 +264,7 @@ def _fill_locally(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
         tqdm(total=prepared.layout.tiles_in(shards), desc="teacher", unit="tile") as bar,
     ):
-        for shard in shards:
-            arrays = compute_shard(teacher, prepared, shard, params, bar)
+        for shard, arrays in compute_shards(teacher, prepared, shards, params, bar):
             if pending is not None:
                 pending.result()  # at most one shard in flight: bounded memory, errors surface
             pending = writer.submit(store.write_shard, shard, arrays)
@@ -238,8 +287,9 @@ def _worker_device_type(dask_worker: Any) -> str:
     return _worker_device(dask_worker.name).type
 
 
-def _dask_shard_task(params_json: str, store_path: str, shard: int) -> int:
-    """One dask task: compute one shard on this worker's device and write it (sole writer)."""
+def _dask_shard_task(params_json: str, store_path: str, shards: list[int]) -> list[int]:
+    """One dask task: compute a run of shards on this worker's device and write them (their
+    sole writer)."""
     from distributed import get_worker
 
     from dtkd_pipeline.config import Params as ParamsModel
@@ -257,8 +307,9 @@ def _dask_shard_task(params_json: str, store_path: str, shard: int) -> int:
                 f"dask worker {get_worker().name} would fill {store_path} with another teacher "
                 f"({mismatch}); give every worker the same checkpoint files and device kind"
             )
-        store.write_shard(shard, compute_shard(teacher, prepared, shard, params))
-    return shard
+        for shard, arrays in compute_shards(teacher, prepared, shards, params):
+            store.write_shard(shard, arrays)
+    return shards
 
 
 def _gpu_workers(client: Any) -> list[str] | None:
@@ -291,16 +342,16 @@ def _fill_with_dask(store: TileStore, params: Params, shards: list[int], address
                 _dask_shard_task,
                 params.model_dump_json(),
                 str(store.path),
-                shard,
-                key=f"teacher-shard-{shard}",
+                group,
+                key=f"teacher-shards-{group[0]}-{group[-1]}",
                 resources=resources,
                 pure=False,
             )
-            for shard in shards
+            for group in shard_groups(store.layout, shards, params.teacher.batch_size)
         ]
         with tqdm(total=store.layout.tiles_in(shards), desc="teacher", unit="tile") as bar:
             for future in as_completed(futures):
-                bar.update(store.layout.tiles_in([future.result()]))
+                bar.update(store.layout.tiles_in(future.result()))
 
 
 def _fill_on_local_gpus(store: TileStore, params: Params, shards: list[int], gpus: int) -> None:

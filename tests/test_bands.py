@@ -273,6 +273,10 @@ def test_write_band_report_writes_json_and_png(data: dict[str, Any], tmp_path: P
     chart = band_chart({"a": payload, "b": stats}, tmp_path / "dicts.png")
     with Image.open(chart) as image:
         assert image.format == "PNG"
+    for bad in ({"subbands": None, "groups": {}}, {"subbands": {}, "groups": {}}):
+        with pytest.raises(TypeError, match="'subbands' must be a non-empty mapping"):
+            band_chart(bad, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_missing_inputs_raise_errors_naming_the_path(data: dict[str, Any], tmp_path: Path) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,6 +213,34 @@ def test_damaged_files_are_named_with_the_command_that_checks_them(tmp_path: Pat
         TileStore.open(store.path)
     with pytest.raises(StoreLayoutError, match="does not exist"):
         TileStore.open(tmp_path / "nowhere.zarr")
+
+
+def _edit_store_attributes(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    meta = json.loads((path / "zarr.json").read_text())
+    edit(meta["attributes"])
+    (path / "zarr.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda a: a.update({store_module.LAYOUT_ATTR: "v1"}), "damaged 'dtkd_layout'"),
+        (lambda a: a[store_module.LAYOUT_ATTR].pop("compression"), "damaged .*compression"),
+        (lambda a: a.update({store_module.PROVENANCE_ATTR: None}), "damaged .*not a mapping"),
+        (lambda a: a.update({store_module.LAYOUT_ATTR: {"format_version": 0}}), "store format 0"),
+    ],
+    ids=["layout-not-a-mapping", "layout-key-missing", "provenance-null", "older-format"],
+)
+def test_damaged_or_foreign_store_metadata_is_a_store_error_naming_the_fix(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    """A CacheError (one-line CLI message, and what cache-teacher's rebuild_on_change catches),
+    never a bare KeyError/TypeError from parsing; an older format is named before parsing it."""
+    store = filled_prepared(tmp_path / "s.zarr")
+    _edit_store_attributes(store.path, edit)
+    with pytest.raises(StoreLayoutError, match=message) as error:
+        TileStore.open(store.path)
+    assert "--overwrite" in str(error.value)
 
 
 def test_verify_catches_content_that_decodes_cleanly(tmp_path: Path) -> None:

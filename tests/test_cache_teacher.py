@@ -107,19 +107,19 @@ def test_store_holds_teacher_output_of_every_tile(
         tiles = store.read_tiles(range(4))
     with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
         assert provenance["prepared_fingerprint"] == prepared.fingerprint()
-        lr = torch.from_numpy(prepared.read_tiles([2], ["lr"])["lr"]).float() / 255
+        lr = torch.from_numpy(prepared.read_tiles([2, 3], ["lr"])["lr"]).float() / 255
     # Quantisation: the uint8 bytes are the rounding (not truncation) of the floats it sampled.
     assert sorted(sampled) == [0, 1, 2, 3]
     outputs = torch.stack([sampled[i] for i in range(4)])
     expected_u8 = (outputs.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     np.testing.assert_array_equal(tiles[TEACHER], expected_u8)
-    # Independently: one tile per shard, so the stage sampled tile 2 alone with noise seeded by
-    # its id; doing the same here reproduces its bytes exactly.
+    # Independently: batches of 2 run across the one-tile shards, so the stage sampled tiles 2
+    # and 3 together with noise seeded by their ids; doing the same reproduces their bytes.
     teacher = cache_teacher.build_teacher(params.teacher, torch.device("cpu"))
     tp = params.teacher
-    again = teacher.sample(lr, seed=tp.seed, rng=tp.rng, sample_ids=[2], steps=tp.steps)
+    again = teacher.sample(lr, seed=tp.seed, rng=tp.rng, sample_ids=[2, 3], steps=tp.steps)
     again_u8 = (again.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    np.testing.assert_array_equal(tiles[TEACHER][2:3], again_u8)
+    np.testing.assert_array_equal(tiles[TEACHER][2:4], again_u8)
     bands = dwt_subbands(torch.from_numpy(tiles[TEACHER]).float() / 255, levels=2)
     for name, band in bands.items():
         np.testing.assert_allclose(tiles[f"dwt/{name}"], band.half().numpy(), atol=0)
@@ -299,23 +299,48 @@ class _RecordingTeacher:
 
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
+        self.batch_ids: list[list[int]] = []
 
-    def sample(self, lr: torch.Tensor, **_: object) -> torch.Tensor:
+    def sample(self, lr: torch.Tensor, sample_ids: list[int], **_: object) -> torch.Tensor:
         self.batch_sizes.append(lr.shape[0])
+        self.batch_ids.append(list(sample_ids))
         return lr.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
 
 
-def test_compiled_teacher_always_gets_full_batches(prepared_root: Path, tmp_path: Path) -> None:
-    params = params_for(prepared_root, tmp_path, ["teacher.batch_size=3"])
+@pytest.mark.parametrize("batch", [3, 11])
+def test_compiled_teacher_gets_full_batches_across_shard_boundaries(
+    prepared_root: Path, tmp_path: Path, batch: int
+) -> None:
+    """Batches run across shards (a batch may exceed data.shard_size), a ragged batch is filled
+    (no new compiled shape), and each shard gets exactly its own tiles' outputs."""
+    params = params_for(prepared_root, tmp_path, [f"teacher.batch_size={batch}"])
     prepared = cache_teacher._open_prepared(params)
+    layout = prepared.layout
+    assert layout.shard_size < batch and layout.n_tiles % batch != 0, "fixture: ragged, small"
     teacher = _RecordingTeacher()
-    shard = cache_teacher.compute_shard(teacher, prepared, 0, params)  # type: ignore[arg-type]
-    n = prepared.layout.shard_range(0)[1] - prepared.layout.shard_range(0)[0]
-    assert n % 3 != 0, "the fixture must leave a ragged last batch"
-    assert set(teacher.batch_sizes) == {3}  # the ragged batch was filled, no new shape
-    lr = prepared.read_shard(0, ["lr"])["lr"]
-    assert shard[TEACHER].shape[0] == n  # filler outputs dropped
-    np.testing.assert_array_equal(shard[TEACHER], lr.repeat(4, axis=2).repeat(4, axis=3))
+    shards = list(range(layout.n_shards))[::-1]  # any order the store's gaps dictate
+    results = dict(cache_teacher.compute_shards(teacher, prepared, shards, params))  # type: ignore[arg-type]
+    assert set(teacher.batch_sizes) == {batch}
+    assert len(teacher.batch_sizes) == -(-layout.n_tiles // batch)  # no tile computed twice
+    assert sorted(results) == sorted(shards)
+    for shard, arrays in results.items():
+        lr = prepared.read_shard(shard, ["lr"])["lr"]
+        np.testing.assert_array_equal(arrays[TEACHER], lr.repeat(4, axis=2).repeat(4, axis=3))
+
+
+def test_a_resumed_shard_is_sampled_in_the_batch_a_full_run_gives_it(
+    prepared_root: Path, tmp_path: Path
+) -> None:
+    """Bit-exact resume and --repair: batch composition depends on tile indices only."""
+    params = params_for(prepared_root, tmp_path, ["teacher.batch_size=2"])
+    prepared = cache_teacher._open_prepared(params)
+    full, alone = _RecordingTeacher(), _RecordingTeacher()
+    list(cache_teacher.compute_shards(full, prepared, range(prepared.n_tiles), params))  # type: ignore[arg-type]
+    (shard, _), *rest = cache_teacher.compute_shards(alone, prepared, [3], params)  # type: ignore[arg-type]
+    assert shard == 3 and rest == []
+    assert alone.batch_ids == [[2, 3]] and [2, 3] in full.batch_ids
+    groups = cache_teacher.shard_groups(prepared.layout, [3, 0, 2, 1], batch_size=2)
+    assert groups == [[3, 2], [0, 1]]  # one dask task per group: no shard has two writers
 
 
 @pytest.fixture

@@ -154,6 +154,14 @@ def test_unwritable_output_location_is_named_without_traceback(tmp_path: Path) -
     assert f"{blocker / 'w'}: Not a directory; choose another location" in result.output
 
 
+def test_weights_listing_names_each_checkpoint_its_location_and_licence(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["weights", "--weights-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"absent   {tmp_path / 'resshift_realsrx4_s15_v1.pth'}" in result.output
+    assert "licence: NTU S-Lab License 1.0 (non-commercial" in result.output
+    assert "licence: Apache-2.0" in result.output
+
+
 def test_cli_reference_matches_the_app(tmp_path: Path) -> None:
     generated = tmp_path / "cli.md"
     typer_bin = Path(sys.executable).parent / "typer"

@@ -301,6 +301,14 @@ def test_linear_ramp_is_sampled_at_matlab_coordinates() -> None:
         np.testing.assert_allclose(out[inner], x_in[inner], atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "scale", [np.float32(0.25), np.float64(0.25), torch.tensor(0.25)], ids=["np32", "np64", "torch"]
+)
+def test_numpy_and_torch_scalar_scales_resize_like_a_float(scale: object) -> None:
+    image = np.random.default_rng(0).random((16, 12, 3))
+    np.testing.assert_array_equal(imresize(image, scale), imresize(image, 0.25))
+
+
 def test_hand_computed_downscale_x4_weights() -> None:
     # Output pixel x (1-based) sits at u = 4x - 1.5; an impulse at input 10 (1-based) contributes
     # 0.25 * k((u - 10)/4) with Keys' a = -0.5 kernel, values worked out by hand.

@@ -25,10 +25,6 @@ class StoreLock:
         self.path = Path(store_path) / LOCK_NAME
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> StoreLock:
         if self._fd is not None:
             return self

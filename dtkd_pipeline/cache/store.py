@@ -214,13 +214,26 @@ class TileStore:
             raise StoreLayoutError(
                 f"{path} is a Zarr group but not a dtkd tile store (no {LAYOUT_ATTR!r} attribute)"
             )
-        layout = StoreLayout.from_json(attrs[LAYOUT_ATTR])
-        if layout.format_version != FORMAT_VERSION:
+        raw_layout, provenance = attrs[LAYOUT_ATTR], attrs.get(PROVENANCE_ATTR, {})
+        version = raw_layout.get("format_version") if isinstance(raw_layout, Mapping) else None
+        # The version is checked before the rest is parsed: another format may lack our keys.
+        if isinstance(version, int) and version != FORMAT_VERSION:
             raise StoreLayoutError(
-                f"{path} has store format {layout.format_version}, this code reads format "
+                f"{path} has store format {version}, this code reads format "
                 f"{FORMAT_VERSION}: rerun with --overwrite or delete {path}"
             )
-        return cls(path, group, layout, dict(attrs.get(PROVENANCE_ATTR, {})), mode == "r+", lock)
+        try:
+            if not isinstance(provenance, Mapping):
+                raise TypeError(
+                    f"{PROVENANCE_ATTR!r} is {type(provenance).__name__}, not a mapping"
+                )
+            layout = StoreLayout.from_json(raw_layout)
+        except (KeyError, TypeError, ValueError) as error:
+            raise StoreLayoutError(
+                f"{path}/zarr.json has a damaged {LAYOUT_ATTR!r} or {PROVENANCE_ATTR!r} attribute "
+                f"({type(error).__name__}: {error}); rebuild it with --overwrite or delete {path}"
+            ) from None
+        return cls(path, group, layout, dict(provenance), mode == "r+", lock)
 
     def close(self) -> None:
         """Release the lock if held; the store stays readable through this object."""

@@ -135,6 +135,10 @@ def _as_band_entry(value: Any) -> dict[str, Any] | None:
 
     else:
         return None
+    if not (isinstance(get("subbands"), Mapping) and get("subbands")):
+        raise TypeError("band_chart: 'subbands' must be a non-empty mapping of subband -> value")
+    if not isinstance(get("groups"), Mapping):
+        raise TypeError("band_chart: 'groups' must be a mapping of group -> value")
     subbands = {str(k): float(v) for k, v in get("subbands").items()}
     levels = get("levels") or max(int(name[2:]) for name in subbands)
     return {

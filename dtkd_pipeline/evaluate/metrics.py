@@ -183,7 +183,9 @@ class MetricUnavailableError(RuntimeError):
 class MetricWeightsError(MetricUnavailableError):
     """Weight files are missing; the message lists each file, where to put it and its URL."""
 
-    def __init__(self, missing: Sequence[MissingWeight], other: Mapping[str, str] | None = None):
+    def __init__(
+        self, missing: Sequence[MissingWeight], other: Mapping[str, str] | None = None
+    ) -> None:
         self.missing = list(missing)
         self.other = dict(other or {})
         lines = [

@@ -277,11 +277,6 @@ class VQModel(nn.Module):
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
 
-    def set_attention_backend(self, backend: AttentionBackend) -> None:
-        for module in self.modules():
-            if isinstance(module, AttnBlock):
-                module.backend = backend
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(self.encoder(x))
 

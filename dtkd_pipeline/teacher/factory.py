@@ -81,7 +81,6 @@ def load_teacher(
         "unet": file_sha256(unet_path),
         "autoencoder": file_sha256(vq_path),
     }
-    teacher.checkpoint_paths = {"unet": str(unet_path), "autoencoder": str(vq_path)}
     return teacher
 
 

@@ -81,7 +81,6 @@ class Teacher:
     precision: Precision
     random_weights: bool
     checkpoint_sha256: dict[str, str | None] = field(default_factory=dict)
-    checkpoint_paths: dict[str, str | None] = field(default_factory=dict)
     channels_last: bool = False
     """NHWC activations and weights: the layout cuDNN's tensor-core convolutions run natively."""
     compile_mode: CompileMode | None = None
