@@ -82,6 +82,14 @@ class TeacherParams(_Section):
     store: Path
 
 
+def _discrete_wavelet(value: str) -> str:
+    import pywt
+
+    if value not in pywt.wavelist(kind="discrete"):
+        raise ValueError(f"unknown discrete wavelet {value!r}; see pywt.wavelist(kind='discrete')")
+    return value
+
+
 class KDLossParams(_Section):
     kind: Literal["dwt", "dwt_uniform", "pixel_l1", "fft", "dtcwt"]
     levels: Annotated[int, Field(ge=1, le=4)]
@@ -101,13 +109,7 @@ class KDLossParams(_Section):
     @field_validator("wavelet")
     @classmethod
     def _known_wavelet(cls, value: str) -> str:
-        import pywt
-
-        if value not in pywt.wavelist(kind="discrete"):
-            raise ValueError(
-                f"unknown discrete wavelet {value!r}; see pywt.wavelist(kind='discrete')"
-            )
-        return value
+        return _discrete_wavelet(value)
 
 
 class DistillParams(_Section):
@@ -116,7 +118,7 @@ class DistillParams(_Section):
     batch_size: PositiveInt
     patch_size: PositiveInt
     lr: PositiveFloat
-    betas: tuple[float, float]
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
     weight_decay: NonNegativeFloat
     milestones: list[PositiveInt]
     gamma: PositiveFloat
@@ -128,7 +130,7 @@ class DistillParams(_Section):
     num_workers: NonNegativeInt
     precision: Literal["fp32", "bf16"]
     compile: bool
-    seed: int
+    seed: NonNegativeInt
     log_every: PositiveInt
     val_every: PositiveInt
     checkpoint_every: PositiveInt
@@ -196,6 +198,17 @@ class EfficiencyParams(_Section):
     teacher: bool
     student_compile: CompileMode | None
 
+    @model_validator(mode="after")
+    def _teacher_fits_lr_size(self) -> EfficiencyParams:
+        from dtkd_pipeline.teacher import MIN_LR_SIDE  # torch: only when params load
+
+        if self.enabled and self.teacher and self.lr_size < MIN_LR_SIDE:
+            raise ValueError(
+                f"lr_size {self.lr_size} is too small for the teacher (it needs at least "
+                f"{MIN_LR_SIDE} px per side): raise lr_size or set teacher=false"
+            )
+        return self
+
 
 class BandsParams(_Section):
     enabled: bool
@@ -204,6 +217,11 @@ class BandsParams(_Section):
     wavelet: str
     max_tiles: NonNegativeInt
     batch_size: PositiveInt
+
+    @field_validator("wavelet")
+    @classmethod
+    def _known_wavelet(cls, value: str) -> str:
+        return _discrete_wavelet(value)
 
 
 class EvaluateParams(_Section):
@@ -225,6 +243,15 @@ class EvaluateParams(_Section):
     metrics_dir: Path
     plots_dir: Path
     out_dir: Path
+
+    @model_validator(mode="after")
+    def _overlap_inside_tile(self) -> EvaluateParams:
+        if self.student_tile and self.student_overlap >= self.student_tile:
+            raise ValueError(
+                f"student_overlap ({self.student_overlap}) must be smaller than student_tile "
+                f"({self.student_tile}); or set student_tile=0 for whole images"
+            )
+        return self
 
     @field_validator("sets")
     @classmethod
@@ -277,6 +304,18 @@ class Params(_Section):
                     f"report.paper_deltas.{set_name}: {unknown} are not metric columns; with "
                     f"evaluate.metrics and evaluate.color as set, use {keys}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _student_scale_is_data_scale(self) -> Params:
+        from dtkd_pipeline.student import student_config  # torch: only when params load
+
+        upscale = student_config(self.distill.student).upscale
+        if upscale != self.data.scale:
+            raise ValueError(
+                f"distill.student {self.distill.student!r} upscales x{upscale} but data.scale is "
+                f"{self.data.scale}: choose an x{self.data.scale} student"
+            )
         return self
 
     @model_validator(mode="after")

@@ -31,6 +31,9 @@ from stages.prepare_data import TRAIN_STORE, VAL_DIR
 
 STUDENT_FILE = "student.pt"
 DVCLIVE_DIR = "dvclive"
+# distill keys that decide when to log, validate, keep or save, or how fast to run, never what is
+# trained: changing them resumes the checkpoints instead of starting over.
+BOOKKEEPING_KEYS = ("log_every", "val_every", "checkpoint_every", "keep_last", "compile")
 
 
 def uses_cached_subbands(params: Params) -> bool:
@@ -92,9 +95,16 @@ def _reconcile_checkpoints(
     if latest is None:
         return
     saved = torch.load(latest, map_location="cpu", weights_only=False)
+
+    def recipe(params_section: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in params_section.items() if k not in BOOKKEEPING_KEYS}
+
     differences = diff_fields(
-        {"params": saved["params"], "teacher_cache": saved["provenance"].get("teacher_cache")},
-        {"params": section_dict(cfg), "teacher_cache": provenance},
+        {
+            "params": recipe(saved["params"]),
+            "teacher_cache": saved["provenance"].get("teacher_cache"),
+        },
+        {"params": recipe(section_dict(cfg)), "teacher_cache": provenance},
     )
     if not differences:
         return

@@ -32,7 +32,12 @@ from dtkd_pipeline.atomic import staged_folder
 from dtkd_pipeline.config import EvaluateParams, Params, section_dict
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate import contenders as zoo
-from dtkd_pipeline.evaluate.bands import analyze_cache, analyze_folder, write_band_report
+from dtkd_pipeline.evaluate.bands import (
+    analyze_cache,
+    analyze_folder,
+    folder_pairs,
+    write_band_report,
+)
 from dtkd_pipeline.evaluate.efficiency import (
     benchmark_models,
     student_target,
@@ -66,7 +71,7 @@ def _contenders(
     if models.one_step is not None:
         # The one-step UNet runs on the teacher's VQGAN, loaded like the teacher itself.
         spec = params.teacher.model_copy(
-            update={"unet_weights": models.one_step, "random_weights": False}
+            update={"unet_weights": models.one_step, "random_weights": False, "compile": None}
         )
         one_step = build_teacher(spec, device)
         found.append(
@@ -184,7 +189,7 @@ def run_efficiency(
     if cfg.efficiency.teacher:
         if teacher is None or teacher.precision != "fp32":
             # fp32: benchmark_models applies each measured precision itself.
-            fp32 = params.teacher.model_copy(update={"precision": "fp32"})
+            fp32 = params.teacher.model_copy(update={"precision": "fp32", "compile": None})
             teacher = build_teacher(fp32, device)
         targets.append(teacher_target(teacher, one_step=False))
         targets.append(teacher_target(teacher, one_step=True))
@@ -228,7 +233,9 @@ def run_bands(
                 **common,
             )
         else:
-            stats[label] = analyze_folder(Path(cfg.source), checkpoint, **common)
+            stats[label] = analyze_folder(
+                Path(cfg.source), checkpoint, max_images=cfg.max_tiles or None, **common
+            )
     write_band_report(stats, out_dir, plots_dir)
 
 
@@ -257,8 +264,16 @@ def run(params: Params, device: str | None = None) -> Path:
                     "(dtkd-pipeline distill) or fix the path in params.yaml"
                 )
 
+    if cfg.bands.enabled and cfg.bands.source != "cache":
+        try:
+            folder_pairs(cfg.bands.source)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"evaluate.bands.source: {error}") from None
+
     wants_teacher = cfg.models.teacher or (cfg.efficiency.enabled and cfg.efficiency.teacher)
-    teacher = build_teacher(params.teacher, target) if wants_teacher else None
+    # Eager: test images come in many sizes, and a compiled teacher recompiles (minutes) for each.
+    eager = params.teacher.model_copy(update={"compile": None})
+    teacher = build_teacher(eager, target) if wants_teacher else None
     contenders = _contenders(params, target, teacher if cfg.models.teacher else None)
     summary: dict[str, Any] = {}
     with (

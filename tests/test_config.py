@@ -71,6 +71,26 @@ def test_patch_larger_than_tile_is_refused() -> None:
         load_params(REPO_PARAMS, ["distill.patch_size=128"])
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distill.betas=[1.5,0.999]", r"distill\.betas\.0: .*less than 1"),
+        ("distill.seed=-1", r"distill\.seed: .*greater than or equal to 0"),
+        ("distill.student=swinir-s-x2", r"upscales x2 but data\.scale is 4"),
+        ("evaluate.bands.wavelet=haarr", r"evaluate\.bands\.wavelet: .*unknown discrete wavelet"),
+        ("evaluate.efficiency.lr_size=16", r"evaluate\.efficiency: .*lr_size 16 is too small"),
+        ("evaluate.student_tile=16", r"student_overlap \(16\) must be smaller than student_tile"),
+    ],
+)
+def test_values_that_would_fail_late_are_refused_when_params_load(
+    override: str, message: str
+) -> None:
+    """Each of these used to pass loading and fail mid-run (distill: after --restart-on-change had
+    deleted the checkpoints; evaluate: after every test set was scored)."""
+    with pytest.raises(ConfigError, match=message):
+        load_params(REPO_PARAMS, [override])
+
+
 def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")

@@ -94,6 +94,30 @@ def _run(
     return train(cfg, spec, DistributedContext(0, 1, torch.device("cpu")), log=log)
 
 
+def test_best_validation_is_saved_even_between_checkpoint_steps(
+    params: Params, tmp_path: Path
+) -> None:
+    """val_every=3, checkpoint_every=2: the best model of iteration 3 is in best.pt at once."""
+    scores = iter([20.0, 19.0])  # iteration 3 is the best; iteration 5 (last) is worse
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        return {"psnr_y": next(scores)}
+
+    cfg = params.distill.model_copy(
+        update={"iterations": 5, "val_every": 3, "checkpoint_every": 2, "out_dir": tmp_path / "b"}
+    )
+    spec = TrainingRun(
+        prepared_store=params.data.prepared_dir / prepare_data.TRAIN_STORE,
+        teacher_store=params.teacher.store,
+        out_dir=tmp_path / "b",
+        use_cached_dwt=False,
+        provenance={},
+    )
+    train(cfg, spec, DistributedContext(0, 1, torch.device("cpu")), validate=validate)
+    best = torch.load(tmp_path / "b" / "checkpoints" / "best.pt", weights_only=False)
+    assert best["iteration"] == 3 and best["best_psnr"] == 20.0
+
+
 def test_training_decreases_task_and_kd_losses(params: Params, tmp_path: Path) -> None:
     history: list[dict[str, float]] = []
     cfg = params.distill.model_copy(
@@ -258,6 +282,16 @@ def test_checkpoints_from_other_params_are_refused_or_restarted(params: Params) 
     assert final["params"]["lr"] == 1e-3 and final["iteration"] == 3
     assert final["provenance"]["teacher_cache"]["steps"] == params.teacher.steps
     assert (params.distill.out_dir / "dvclive" / "metrics.json").is_file()
+
+    # Bookkeeping keys (when to log, validate, save; compile) resume instead of starting over.
+    kept = sorted((params.distill.out_dir / "checkpoints").iterdir())
+    bookkeeping = {"keep_last": 5, "log_every": 7, "val_every": 2, "checkpoint_every": 2}
+    relogged = changed.model_copy(
+        update={"distill": changed.distill.model_copy(update=bookkeeping | {"compile": True})}
+    )
+    assert set(bookkeeping) | {"compile"} == set(distill.BOOKKEEPING_KEYS)
+    distill.run(relogged, device="cpu")  # refused before, as if the recipe had changed
+    assert sorted((params.distill.out_dir / "checkpoints").iterdir()) == kept
 
 
 def test_cached_teacher_subbands_give_the_recomputed_kd_loss(tmp_path: Path) -> None:

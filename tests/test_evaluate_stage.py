@@ -149,3 +149,36 @@ def test_upscale_command_writes_x4_image_and_checked_onnx(tmp_path: Path) -> Non
 
     bad = CliRunner().invoke(app, [*args, "--precision", "bf16", "--device", "cpu"])
     assert bad.exit_code == 1 and "needs a CUDA device" in bad.output
+
+
+def test_band_folder_source_is_checked_first_and_capped_by_max_tiles(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def with_bands(**update: object) -> Params:
+        bands = params.evaluate.bands.model_copy(update={"enabled": True, **update})
+        return params.model_copy(
+            update={"evaluate": params.evaluate.model_copy(update={"bands": bands})}
+        )
+
+    ran: list[str] = []
+    monkeypatch.setattr(evaluate, "_contenders", lambda *a: ran.append("models") or [])
+    with pytest.raises(FileNotFoundError, match=r"evaluate\.bands\.source: .*nowhere.lr not found"):
+        evaluate.run(with_bands(source=tmp_path / "nowhere"), device="cpu")
+    assert ran == [] and not params.evaluate.metrics_dir.exists()
+
+    folder = tmp_path / "bands"
+    for index in range(3):
+        write_image(folder / "lr" / f"{index}.png", np.full((16, 16, 3), 0.5))
+        write_image(folder / "teacher" / f"{index}.png", np.full((64, 64, 3), 0.5))
+    seen: list[int | None] = []
+    monkeypatch.setattr(
+        evaluate, "analyze_folder", lambda *a, max_images, **k: seen.append(max_images)
+    )
+    monkeypatch.setattr(evaluate, "write_band_report", lambda *a: None)
+    evaluate.run_bands(
+        with_bands(source=folder, max_tiles=2), torch.device("cpu"), tmp_path, tmp_path
+    )
+    evaluate.run_bands(
+        with_bands(source=folder, max_tiles=0), torch.device("cpu"), tmp_path, tmp_path
+    )
+    assert seen == [2, None]  # 0 = all images

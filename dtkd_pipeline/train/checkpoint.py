@@ -74,9 +74,15 @@ class CheckpointManager:
         path = self.path_for(iteration)
         atomic_torch_save(state, path)
         if is_best:
-            atomic_torch_save(state, self.folder / "best.pt")
+            self.save_best(state)
         for old in self.iterations()[: -self.keep_last]:
             self.path_for(old).unlink(missing_ok=True)
+        return path
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        """`best.pt` alone: for a validation that beat the best between checkpoint steps."""
+        path = self.folder / "best.pt"
+        atomic_torch_save(state, path)
         return path
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:

@@ -276,6 +276,10 @@ def train(
             bar.set_postfix(psnr_y=f"{metrics['psnr_y']:.2f}")
             if log is not None:
                 log(iteration, {f"val/{k}": v for k, v in metrics.items()})
+        if is_best and not (iteration % cfg.checkpoint_every == 0 or last):
+            # Validation and checkpoint steps need not coincide; best.pt (main rank only, never
+            # resumed from) must not wait for the next checkpoint step.
+            checkpoints.save_best(checkpoint_state(dataset.state_dict(consumed), rng_states()))
         if iteration % cfg.checkpoint_every == 0 or last:
             position, rng = dataset.state_dict(consumed), rng_states()
             if ctx.world_size > 1:
