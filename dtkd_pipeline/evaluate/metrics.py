@@ -4,8 +4,10 @@
   pixels cropped from every border (BasicSR/SwinIR convention; keys ``psnr_y``/``ssim_y``), or on
   RGB with ``color="rgb"`` (keys ``psnr``/``ssim``, same border crop). pyiqa's own default for
   ``psnry``/``ssim`` is the Y of YIQ, which gives different numbers, so the colour space is passed
-  explicitly. pyiqa's SSIM rounds Y·255 to integers first (as MATLAB's uint8 ``rgb2ycbcr`` does;
-  BasicSR does not), and its PSNR adds 1e-8 to the MSE; both are kept.
+  explicitly. pyiqa's SSIM module rounds Y·255 to integers first (MATLAB's uint8 ``rgb2ycbcr``),
+  which lowers SSIM-Y by ~0.001 against SwinIR's and BasicSR's float Y, so ``ssim`` on Y feeds
+  pyiqa's SSIM function the unrounded Y (:class:`FloatYSSIM`) and PSNR-Y and SSIM-Y share one
+  convention; pyiqa's PSNR adds 1e-8 to the MSE (kept).
 * ``lpips`` (full-reference, AlexNet v0.1, whole image), ``musiq`` (KonIQ-10k), ``niqe`` and
   ``clipiqa`` (no-reference, on the SR image only) use pyiqa's defaults, as ResShift reports them.
 
@@ -32,6 +34,7 @@ from torch import nn
 
 __all__ = [
     "METRICS",
+    "FloatYSSIM",
     "FullReferenceMetrics",
     "MetricSpec",
     "MetricSuite",
@@ -161,6 +164,28 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
         ),
     }
 )
+
+
+class FloatYSSIM(nn.Module):
+    """SSIM-Y as SwinIR and BasicSR compute it: BT.601 Y·255 in float64, unrounded, border cropped,
+    11×11 Gaussian (σ 1.5) 'valid' windows, through pyiqa's SSIM function."""
+
+    def __init__(self, crop_border: int) -> None:
+        super().__init__()
+        self.crop_border = crop_border
+
+    def forward(self, sr: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        from pyiqa.archs.ssim_arch import ssim
+        from pyiqa.utils.color_util import rgb2ycbcr
+
+        c = self.crop_border
+        if c:
+            sr, gt = sr[..., c:-c, c:-c], gt[..., c:-c, c:-c]
+
+        def luma(image: torch.Tensor) -> torch.Tensor:
+            return rgb2ycbcr(image.double())[:, :1] * 255
+
+        return ssim(luma(sr), luma(gt), data_range=255.0)
 
 
 # ------------------------------------------------------------------------- availability checks
@@ -326,6 +351,8 @@ class MetricSuite:
     def _create(self, spec: MetricSpec) -> nn.Module:
         import pyiqa  # late: a slow import, and only needed once metrics are actually built
 
+        if spec.name == "ssim" and self.color == "y":
+            return FloatYSSIM(self.crop_border).to(self.device).eval()
         kwargs = dict(spec.kwargs)
         if spec.color_option:
             kwargs["test_y_channel"] = self.color == "y"
