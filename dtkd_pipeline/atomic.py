@@ -47,16 +47,50 @@ def write_json(path: Path, payload: Any) -> Path:
     return write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
+# Marks a folder a stage wrote, so a rerun may replace it whole. Listed in .dvcignore.
+OUTPUT_MARKER = ".dtkd-output"
+
+
+class OutputFolderError(Exception):
+    """An output location that must not be replaced; the message names the params key."""
+
+
+def check_replaceable(folder: Path, key: str) -> None:
+    """Refuse (before any work) to replace a folder that no stage wrote: it would be deleted whole.
+
+    A missing or empty folder, or one holding :data:`OUTPUT_MARKER`, may be replaced.
+    """
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise OutputFolderError(f"{key}: {folder} is a file, not a folder; choose another {key}")
+    if (folder / OUTPUT_MARKER).is_file() or not any(folder.iterdir()):
+        return
+    raise OutputFolderError(
+        f"{key}: {folder} holds files no stage of this pipeline wrote, and the stage replaces "
+        f"that folder whole; set {key} to a new or empty folder, or delete {folder} yourself"
+    )
+
+
+def mark_output(folder: Path) -> None:
+    """Mark `folder` as a stage's output (see :func:`check_replaceable`)."""
+    (folder / OUTPUT_MARKER).write_text("written by a dtkd-pipeline stage; replaced on rerun\n")
+
+
 @contextlib.contextmanager
-def staged_folder(final: Path) -> Iterator[Path]:
+def staged_folder(final: Path, key: str) -> Iterator[Path]:
     """Yield an empty ``<final>.partial`` folder; on success it replaces ``final`` whole.
 
-    On an exception the partial folder is removed and ``final`` (the previous result) is untouched.
+    ``key`` names the params key of ``final`` in errors. A ``final`` no stage wrote is refused up
+    front. On an exception the partial folder is removed and ``final`` (the previous result) is
+    untouched.
     """
+    check_replaceable(final, key)
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
+        mark_output(staging)
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

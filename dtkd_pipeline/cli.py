@@ -57,6 +57,7 @@ DeviceOption = Annotated[
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that carry a complete, user-facing message."""
+    from dtkd_pipeline.atomic import OutputFolderError
     from dtkd_pipeline.cache.store import CacheError
     from dtkd_pipeline.config import ConfigError
     from dtkd_pipeline.devices import DeviceError
@@ -81,6 +82,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         MetricUnavailableError,
         TestSetError,
         OnnxExportError,
+        OutputFolderError,
     )
 
 

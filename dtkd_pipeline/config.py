@@ -9,6 +9,7 @@ Errors name the offending key and the file so a user can fix them without readin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -304,6 +305,42 @@ class Params(_Section):
                     f"report.paper_deltas.{set_name}: {unknown} are not metric columns; with "
                     f"evaluate.metrics and evaluate.color as set, use {keys}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _outputs_apart_from_each_other_and_the_inputs(self) -> Params:
+        """Stages replace their output folders whole: two that nest, or an input inside one,
+        would be deleted by a stage (or clobber another stage's results)."""
+        outputs = {
+            "data.prepared_dir": self.data.prepared_dir,
+            "teacher.store": self.teacher.store,
+            "distill.out_dir": self.distill.out_dir,
+            "evaluate.metrics_dir": self.evaluate.metrics_dir,
+            "evaluate.plots_dir": self.evaluate.plots_dir,
+            "evaluate.out_dir": self.evaluate.out_dir,
+            "report.out_dir": self.report.out_dir,
+        }
+        inputs = {"data.hr_dir": self.data.hr_dir, "data.lr_dir": self.data.lr_dir}
+        absolute = {key: Path(os.path.abspath(path)) for key, path in outputs.items()}
+        keys = list(absolute)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1 :]:
+                if absolute[a].is_relative_to(absolute[b]) or absolute[b].is_relative_to(
+                    absolute[a]
+                ):
+                    raise ValueError(
+                        f"{a} ({outputs[a]}) and {b} ({outputs[b]}) overlap; each stage replaces "
+                        "its output folder whole, so give them separate folders"
+                    )
+        for name, path in inputs.items():
+            if path is None:
+                continue
+            for key, folder in absolute.items():
+                if Path(os.path.abspath(path)).is_relative_to(folder):
+                    raise ValueError(
+                        f"{name} ({path}) lies inside {key} ({outputs[key]}), which that stage "
+                        f"replaces whole: move the images or choose another {key}"
+                    )
         return self
 
     @model_validator(mode="after")

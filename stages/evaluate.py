@@ -277,9 +277,9 @@ def run(params: Params, device: str | None = None) -> Path:
     contenders = _contenders(params, target, teacher if cfg.models.teacher else None)
     summary: dict[str, Any] = {}
     with (
-        staged_folder(cfg.metrics_dir) as metrics_dir,
-        staged_folder(cfg.plots_dir) as plots_dir,
-        staged_folder(cfg.out_dir) as out_dir,
+        staged_folder(cfg.metrics_dir, "evaluate.metrics_dir") as metrics_dir,
+        staged_folder(cfg.plots_dir, "evaluate.plots_dir") as plots_dir,
+        staged_folder(cfg.out_dir, "evaluate.out_dir") as out_dir,
     ):
         for test_set in test_sets:
             result = evaluate_set(

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import __version__
-from dtkd_pipeline.atomic import remove_dead_siblings
+from dtkd_pipeline.atomic import check_replaceable, mark_output, remove_dead_siblings
 from dtkd_pipeline.cache import (
     HR,
     KIND_PREPARED,
@@ -253,6 +253,8 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     data = params.data
     skip_bad = data.skip_bad if skip_bad is None else skip_bad
     started = time.perf_counter()
+    if not (data.prepared_dir / TRAIN_STORE / "zarr.json").is_file():  # (a DVC checkout: no marker)
+        check_replaceable(data.prepared_dir, "data.prepared_dir")  # replaced whole at the end
     train_paths, val_paths = _check_inputs(data)
     all_paths = train_paths + val_paths
     sources = Sources.from_params(data, all_paths)
@@ -292,6 +294,7 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        mark_output(tmp)
         paths = [p for p, _ in kept]
         plans = [plan for _, plan in kept]
         n_tiles = _write_train_store(tmp / TRAIN_STORE, paths, plans, sources, data)

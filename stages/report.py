@@ -143,7 +143,7 @@ def _provenance(student_path: Path) -> dict[str, Any]:
 
 def build_report(params: Params) -> str:
     """Write the report folder; returns the markdown text."""
-    with staged_folder(params.report.out_dir) as staging:
+    with staged_folder(params.report.out_dir, "report.out_dir") as staging:
         text = _write_report(params, staging)
     return text
 

@@ -91,6 +91,23 @@ def test_values_that_would_fail_late_are_refused_when_params_load(
         load_params(REPO_PARAMS, [override])
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.prepared_dir=data/demo", r"data\.hr_dir \(data/demo/hr\) lies inside data\.prep"),
+        ("evaluate.metrics_dir=data/evaluation", r"evaluate\.metrics_dir .* and evaluate\.out_dir"),
+        ("evaluate.plots_dir=data/evaluation/plots", r"evaluate\.plots_dir .* overlap"),
+        ("report.out_dir=data", r"and report\.out_dir \(data\) overlap"),
+    ],
+)
+def test_output_folders_that_nest_or_hold_the_inputs_are_refused(
+    override: str, message: str
+) -> None:
+    """Stages replace output folders whole: prepare into data/demo deleted the demo photos."""
+    with pytest.raises(ConfigError, match=message):
+        load_params(REPO_PARAMS, [override])
+
+
 def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")

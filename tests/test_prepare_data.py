@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError
 from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
 from dtkd_pipeline.images import (
     ImageReadError,
@@ -164,3 +165,19 @@ def test_div2k_style_lr_names_pair_with_their_hr_and_ambiguous_names_are_refused
     with pytest.raises(ImageReadError, match=r"data.lr_dir: .*match more than one file"):
         prepare_data.run(tiny_params(tmp_path / "b", hr_dir, [f"data.lr_dir={lr_dir}"]))
     assert not (tmp_path / "b" / "prepared").exists()
+
+
+def test_a_prepared_dir_no_stage_wrote_is_refused_before_work(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    foreign = tmp_path / "my-folder"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    params = tiny_params(tmp_path, hr_dir, [f"data.prepared_dir={foreign}"])
+    with pytest.raises(OutputFolderError, match=r"data\.prepared_dir: .*my-folder holds files"):
+        prepare_data.run(params)
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+    prepared = prepare_data.run(tiny_params(tmp_path, hr_dir))  # its own output: replaced
+    prepare_data.run(tiny_params(tmp_path, hr_dir))
+    assert (prepared / OUTPUT_MARKER).is_file()

@@ -1,0 +1,43 @@
+"""Stage outputs are replaced whole, and only when a stage wrote them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError, staged_folder
+
+
+def test_a_folder_no_stage_wrote_is_refused_before_any_work(tmp_path: Path) -> None:
+    mine = tmp_path / "docs"
+    mine.mkdir()
+    (mine / "notes.md").write_text("keep me")
+    refused = pytest.raises(OutputFolderError, match=r"report\.out_dir: .*docs holds files no")
+    with refused, staged_folder(mine, "report.out_dir"):
+        pytest.fail("the stage must not start")
+    assert (mine / "notes.md").read_text() == "keep me"
+    assert not (tmp_path / "docs.partial").exists()
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    refused = pytest.raises(OutputFolderError, match=r"evaluate\.out_dir: .*a-file is a file")
+    with refused, staged_folder(a_file, "evaluate.out_dir"):
+        pytest.fail("the stage must not start")
+
+
+def test_a_stage_output_is_replaced_whole_and_marked(tmp_path: Path) -> None:
+    final = tmp_path / "out"
+    final.mkdir()  # empty: allowed
+    for text in ("first", "second"):
+        with staged_folder(final, "report.out_dir") as staging:
+            (staging / "README.md").write_text(text)
+            if text == "first":
+                (staging / "stale.txt").write_text("gone on rerun")
+    assert sorted(p.name for p in final.iterdir()) == [OUTPUT_MARKER, "README.md"]
+    assert (final / "README.md").read_text() == "second"
+
+    with pytest.raises(RuntimeError), staged_folder(final, "report.out_dir") as staging:
+        (staging / "README.md").write_text("third")
+        raise RuntimeError("stage failed")
+    assert (final / "README.md").read_text() == "second"  # the previous result stays
