@@ -206,7 +206,7 @@ def test_damaged_files_are_named_with_the_command_that_checks_them(tmp_path: Pat
 
     shutil.rmtree(store.path / "lr")  # a whole array folder gone
     report = TileStore.open(store.path).verify()
-    assert set(report.corrupt) == {0, 1, 2} and "lr: unreadable" in report.corrupt[0]
+    assert set(report.corrupt) == {0, 1, 2} and "lr: array folder" in report.corrupt[0]
 
     (store.path / "zarr.json").write_text("{not json")
     with pytest.raises(StoreLayoutError, match=r"zarr\.json cannot be read .* --overwrite"):
@@ -241,6 +241,20 @@ def test_damaged_or_foreign_store_metadata_is_a_store_error_naming_the_fix(
     with pytest.raises(StoreLayoutError, match=message) as error:
         TileStore.open(store.path)
     assert "--overwrite" in str(error.value)
+
+
+def test_a_deleted_shard_file_is_a_missing_shard_never_zeros(tmp_path: Path) -> None:
+    """zarr reads an absent chunk file as zeros: a complete shard whose file is gone must be
+    refused on read, listed as missing (so the filling stage recomputes it) and named by verify."""
+    store = filled_prepared(tmp_path / "s.zarr")
+    store.shard_file("hr", 1).unlink()
+    with pytest.raises(IncompleteShardError, match=r"shard 1 .* a file of it was deleted"):
+        store.read_shard(1)
+    with pytest.raises(IncompleteShardError, match="shard 1"):
+        store.read_tiles([5], ["lr"])  # even an array whose own file is intact
+    assert store.missing_shards() == [1] and store.completed_shards() == [0, 2]
+    report = TileStore.open(store.path).verify()
+    assert report.missing == [] and "hr: shard file hr/c/1/0/0/0 missing" in report.corrupt[1]
 
 
 def test_verify_catches_content_that_decodes_cleanly(tmp_path: Path) -> None:

@@ -326,14 +326,33 @@ class TileStore:
     def _read_record(self, shard_index: int) -> dict[str, Any]:
         return json.loads(self._record_path(shard_index).read_text())
 
+    def _absent_file(self, shard_index: int) -> str | None:
+        """The first of the shard's array files that is gone, or None when all exist.
+
+        zarr reads an absent chunk file as its fill value (zeros), so a recorded shard whose file
+        was deleted must count as missing, not be read as black tiles.
+        """
+        for name in self.names:
+            try:
+                path = self.shard_file(name, shard_index)
+            except (KeyError, OSError, ValueError):  # the array folder itself is gone
+                return f"{name}: array folder {self.path / name} unreadable"
+            if not path.is_file():
+                return f"{name}: shard file {path.relative_to(self.path)} missing"
+        return None
+
+    def _files_present(self, shard_index: int) -> bool:
+        return self._absent_file(shard_index) is None
+
     def is_complete(self, shard_index: int) -> bool:
+        """Whether the shard has its completion record and every array's file."""
         self.layout.shard_range(shard_index)  # range check
-        return self._record_path(shard_index).is_file()
+        return self._record_path(shard_index).is_file() and self._files_present(shard_index)
 
     def completed_shards(self) -> list[int]:
         done_dir = self.path / DONE_DIR
         found = {int(p.stem) for p in done_dir.glob("*.json") if p.stem.isdigit()}
-        return sorted(k for k in found if k < self.n_shards)
+        return sorted(k for k in found if k < self.n_shards and self._files_present(k))
 
     def missing_shards(self) -> list[int]:
         completed = set(self.completed_shards())
@@ -358,7 +377,8 @@ class TileStore:
             start, stop = self.layout.shard_range(shard_index)
             raise IncompleteShardError(
                 f"shard {shard_index} (tiles {start}..{stop - 1}) of {self.path} is not "
-                "complete: it was never written, its writer failed, or it was invalidated. "
+                "complete: it was never written, its writer failed, it was invalidated, or a "
+                "file of it was deleted. "
                 "Resume the stage that fills this store, or run "
                 f"`dtkd-pipeline verify-cache {self.path} --repair`."
             )
@@ -418,7 +438,7 @@ class TileStore:
         """Path of the file holding shard `shard_index` of array `name` (may not exist yet)."""
         spec = self.layout.spec(name)
         coords = (shard_index,) + (0,) * len(spec.tile_shape)
-        key = self._group[name].metadata.encode_chunk_key(coords)
+        key = self._array(name).metadata.encode_chunk_key(coords)
         return self.path / name / key
 
     def remove_partial_files(self) -> list[Path]:
@@ -483,10 +503,11 @@ class TileStore:
         """Decode every complete shard and compare with its recorded checksums."""
         report = VerifyReport(self.path, self.n_shards)
         for shard_index in shards if shards is not None else range(self.n_shards):
-            if not self.is_complete(shard_index):
+            self.layout.shard_range(shard_index)  # range check
+            if not self._record_path(shard_index).is_file():
                 report.missing.append(shard_index)
                 continue
-            problem = self._shard_problem(shard_index)
+            problem = self._absent_file(shard_index) or self._shard_problem(shard_index)
             if problem is not None:
                 report.corrupt[shard_index] = problem
         report.partial_files = [
