@@ -157,7 +157,7 @@ params = load_params({params!r}, {overrides!r})
 original = loop.CheckpointManager.save
 def save_then_die(self, state, iteration, is_best=False):
     path = original(self, state, iteration, is_best)
-    if iteration == 3:
+    if iteration == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 loop.CheckpointManager.save = save_then_die
@@ -166,7 +166,10 @@ _run(params, Path({out!r}))
 
 
 def test_resume_after_sigkill_gives_identical_weights(params: Params, tmp_path: Path) -> None:
-    straight = _run(params, tmp_path / "straight")
+    """Killed mid-epoch (3 batches per epoch at batch 1, checkpoint at iteration 2): a new loader
+    iterator must not draw from the global RNG, or the resumed drop-path masks shift."""
+    recipe = {"batch_size": 1, "checkpoint_every": 2}
+    straight = _run(params, tmp_path / "straight", **recipe)
 
     resumed_dir = tmp_path / "resumed"
     overrides = [
@@ -174,18 +177,20 @@ def test_resume_after_sigkill_gives_identical_weights(params: Params, tmp_path: 
         f"data.prepared_dir={params.data.prepared_dir}",
         f"teacher.store={params.teacher.store}",
         *TINY_DISTILL,
+        *(f"distill.{key}={value}" for key, value in recipe.items()),
     ]
     script = _KILL_SCRIPT.format(
         root=str(REPO_ROOT),
         params=str(tmp_path / "params.yaml"),
         overrides=overrides,
         out=str(resumed_dir),
+        kill_at=2,
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert sorted(p.name for p in (resumed_dir / "checkpoints").iterdir()) == ["iter_00000003.pt"]
+    assert sorted(p.name for p in (resumed_dir / "checkpoints").iterdir()) == ["iter_00000002.pt"]
 
-    resumed = _run(params, resumed_dir)
+    resumed = _run(params, resumed_dir, **recipe)
     for key in ("model", "ema"):
         for name, tensor in straight[key].items():
             assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs after resume"

@@ -408,6 +408,9 @@ def make_loader(dataset: ShardStreamDataset, *, pin_memory: bool = False) -> Dat
     """DataLoader matching the dataset's settings (batches come from the dataset itself).
 
     Workers are not persistent, so each `iter()` copies the dataset's current epoch and position.
+    Every `iter()` draws a base seed; from its own generator, not the global RNG, or a resumed run
+    (which opens an iterator mid-epoch) would shift the training RNG (drop-path masks). The
+    samples come from the dataset's own seeded generators and do not use that base seed.
     """
     n = dataset.settings.num_workers
     return DataLoader(
@@ -417,6 +420,7 @@ def make_loader(dataset: ShardStreamDataset, *, pin_memory: bool = False) -> Dat
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if n else None,
+        generator=torch.Generator().manual_seed(dataset.settings.seed),
     )
 
 
