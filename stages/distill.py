@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dtkd_pipeline import atomic
 from dtkd_pipeline.cache import KIND_TEACHER, TileStore
 from dtkd_pipeline.cache.provenance import diff_fields
 from dtkd_pipeline.cache.teacher_record import (
@@ -68,12 +69,41 @@ def _teacher_provenance(params: Params) -> dict[str, Any]:
         return store.provenance
 
 
-class _DvcLiveLogger:
-    """dvclive curves; ``dvcyaml=None`` because dvc.yaml already declares metrics and plots."""
+def truncate_curves(folder: Path, last_step: int) -> int:
+    """Drop rows logged after `last_step` from the dvclive curves under `folder`; returns how many.
 
-    def __init__(self, folder: Path, resume: bool) -> None:
+    A killed run logs past its last checkpoint; the resumed run logs those steps again, so the
+    curves would repeat them (21 22 23 21 22 ...) without this.
+    """
+    dropped = 0
+    for tsv in sorted((folder / "plots" / "metrics").rglob("*.tsv")):
+        header, *rows = tsv.read_text().splitlines()
+        step = header.split("\t").index("step")
+        kept = [row for row in rows if int(row.split("\t")[step]) <= last_step]
+        if len(kept) != len(rows):
+            dropped += len(rows) - len(kept)
+            atomic.write_text(tsv, "\n".join([header, *kept]) + "\n")
+    return dropped
+
+
+class _DvcLiveLogger:
+    """dvclive curves; ``dvcyaml=None`` because dvc.yaml already declares metrics and plots.
+
+    ``resume_from``: the checkpoint iteration a resumed run continues from (None: a fresh run).
+    """
+
+    def __init__(self, folder: Path, resume_from: int | None) -> None:
         from dvclive import Live
 
+        if resume_from is not None:
+            if (folder / "metrics.json").is_file():
+                truncate_curves(folder, resume_from)
+            else:
+                print(
+                    f"note: resuming at iteration {resume_from} but {folder} is gone; the "
+                    "training curves start here"
+                )
+        resume = resume_from is not None
         self.live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, resume=resume)
 
     def __call__(self, iteration: int, values: dict[str, float]) -> None:
@@ -146,8 +176,8 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
         def validate(model: torch.nn.Module) -> dict[str, float]:
             return evaluate_pairs(model, pairs, metrics, ctx.device)
 
-        resume = (out_dir / "checkpoints").is_dir()
-        logger = _DvcLiveLogger(out_dir / DVCLIVE_DIR, resume=resume)
+        done = CheckpointManager(out_dir / "checkpoints", cfg.keep_last).iterations()
+        logger = _DvcLiveLogger(out_dir / DVCLIVE_DIR, resume_from=done[-1] if done else None)
     try:
         final = train(cfg, run_spec, ctx, validate=validate, log=logger)
     finally:

@@ -299,6 +299,18 @@ def test_checkpoints_from_other_params_are_refused_or_restarted(params: Params) 
     assert sorted((params.distill.out_dir / "checkpoints").iterdir()) == kept
 
 
+def test_a_resumed_run_continues_its_curves_without_repeating_steps(params: Params) -> None:
+    """A run killed after logging past its last checkpoint logs those steps again on resume."""
+    distill.run(params, device="cpu")
+    out = params.distill.out_dir
+    (out / "checkpoints" / "iter_00000006.pt").unlink()  # as if killed between 3 and 6
+    distill.run(params, device="cpu")
+    curve = (out / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
+    steps = [int(line.split("\t")[0]) for line in curve.splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert distill.truncate_curves(out / "dvclive", 6) == 0
+
+
 def test_cached_teacher_subbands_give_the_recomputed_kd_loss(tmp_path: Path) -> None:
     hr_dir = tmp_path / "hr"
     make_hr_images(hr_dir, [(256, 256), (256, 320), (256, 256)])
