@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from dtkd_pipeline.compiled import CompileMode
 from dtkd_pipeline.teacher.autoencoder import VQModel
@@ -99,6 +100,12 @@ def random_teacher(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet_model, vq_model = build_teacher_networks(config)
+        # The UNet's zero-initialised convolutions (output layer, residual branches) are what
+        # training fills in; left at zero, it predicts 0 for every input and every tile would
+        # come out the same image, hiding tile-order or noise-seeding bugs from the tests.
+        for module in unet_model.modules():
+            if isinstance(module, nn.Conv2d) and not module.weight.any():
+                module.reset_parameters()
     teacher = Teacher.from_networks(
         unet_model,
         vq_model,
