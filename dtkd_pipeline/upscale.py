@@ -479,6 +479,12 @@ def _plan_outputs(inputs: Path, out: Path, suffix: str) -> list[tuple[Path, Path
         else:
             if out.exists() and not out.is_dir():
                 raise NotADirectoryError(f"output {out} exists and is not a folder")
+            if out.suffix and not out.exists():  # "x.pgn" is a typo far more often than a folder
+                raise ValueError(
+                    f"output {out}: {out.suffix} is not an image format "
+                    f"({', '.join(sorted(IMAGE_EXTENSIONS))}); to write into a new folder of "
+                    "that name, create it first"
+                )
             target = output_path_for(inputs, out, suffix)
         pairs = [(inputs, target)]
     else:

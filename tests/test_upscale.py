@@ -365,6 +365,12 @@ def test_bad_paths_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="clash"):
         upscale_paths(clash, tmp_path / "o", model_path=checkpoint, device="cpu")
     assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match=r"out\.pgn: \.pgn is not an image format"):
+        upscale_paths(source, tmp_path / "out.pgn", model_path=checkpoint, device="cpu")
+    assert not (tmp_path / "out.pgn").exists()  # was made as a folder holding x.png
+    (tmp_path / "run.v2").mkdir()  # a folder with a dot that exists is still a folder
+    upscale_paths(source, tmp_path / "run.v2", model_path=checkpoint, device="cpu")
+    assert (tmp_path / "run.v2" / "x.png").is_file()
 
 
 # ------------------------------------------------------------------------------------- ONNX
