@@ -81,7 +81,12 @@ def params(tmp_path: Path) -> Params:
 
 
 def _run(
-    params: Params, out_dir: Path, use_cached_dwt: bool = False, log=None, **updates: object
+    params: Params,
+    out_dir: Path,
+    use_cached_dwt: bool = False,
+    log=None,
+    validate=None,
+    **updates: object,
 ) -> dict:
     cfg = params.distill.model_copy(update={"out_dir": out_dir, **updates})
     spec = TrainingRun(
@@ -91,7 +96,8 @@ def _run(
         use_cached_dwt=use_cached_dwt,
         provenance={},
     )
-    return train(cfg, spec, DistributedContext(0, 1, torch.device("cpu")), log=log)
+    context = DistributedContext(0, 1, torch.device("cpu"))
+    return train(cfg, spec, context, validate=validate, log=log)
 
 
 def test_best_validation_is_saved_even_between_checkpoint_steps(
@@ -103,17 +109,7 @@ def test_best_validation_is_saved_even_between_checkpoint_steps(
     def validate(model: torch.nn.Module) -> dict[str, float]:
         return {"psnr_y": next(scores)}
 
-    cfg = params.distill.model_copy(
-        update={"iterations": 5, "val_every": 3, "checkpoint_every": 2, "out_dir": tmp_path / "b"}
-    )
-    spec = TrainingRun(
-        prepared_store=params.data.prepared_dir / prepare_data.TRAIN_STORE,
-        teacher_store=params.teacher.store,
-        out_dir=tmp_path / "b",
-        use_cached_dwt=False,
-        provenance={},
-    )
-    train(cfg, spec, DistributedContext(0, 1, torch.device("cpu")), validate=validate)
+    _run(params, tmp_path / "b", validate=validate, iterations=5, val_every=3, checkpoint_every=2)
     best = torch.load(tmp_path / "b" / "checkpoints" / "best.pt", weights_only=False)
     assert best["iteration"] == 3 and best["best_psnr"] == 20.0
 
