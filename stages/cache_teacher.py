@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -259,17 +260,20 @@ def _open_prepared(params: Params) -> TileStore:
 def _fill_locally(
     store: TileStore, prepared: TileStore, teacher: Teacher, params: Params, shards: list[int]
 ) -> None:
-    pending: Future[Any] | None = None
+    # A batch group's shards arrive together; all of them are written while the device computes
+    # the next group. At most one group in flight: bounded memory, and errors surface.
+    in_flight = _group_size(prepared.layout, params.teacher.batch_size)
+    pending: deque[Future[Any]] = deque()
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
         tqdm(total=prepared.layout.tiles_in(shards), desc="teacher", unit="tile") as bar,
     ):
         for shard, arrays in compute_shards(teacher, prepared, shards, params, bar):
-            if pending is not None:
-                pending.result()  # at most one shard in flight: bounded memory, errors surface
-            pending = writer.submit(store.write_shard, shard, arrays)
-        if pending is not None:
-            pending.result()
+            while len(pending) >= in_flight:
+                pending.popleft().result()
+            pending.append(writer.submit(store.write_shard, shard, arrays))
+        while pending:
+            pending.popleft().result()
 
 
 _WORKER_TEACHERS: dict[str, Teacher] = {}
