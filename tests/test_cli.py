@@ -144,6 +144,17 @@ def test_teacher_sr_refuses_before_loading_and_writes_nothing(
     assert (tmp_path / "x.png").read_bytes() == before
 
 
+def test_teacher_sr_names_a_bad_image_before_resolving_weights(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    result = runner.invoke(
+        app, ["teacher-sr", str(tmp_path / "broken.png"), str(tmp_path / "o"),
+              "--unet", str(tmp_path / "absent-unet.pth")],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "broken.png" in result.output and "absent-unet.pth" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_output_location_is_named_without_traceback(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

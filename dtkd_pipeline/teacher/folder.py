@@ -80,6 +80,8 @@ def super_resolve_paths(
         raise TeacherConfigError(
             f"--version {version} is a config file: pass --unet with its weights"
         )
+    for path, _ in plan:  # a bad image is named before ~700 MB of weights download
+        read_image(path)  # (decoding twice costs nothing beside 15 diffusion steps)
     unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
     vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
     teacher = load_teacher(
