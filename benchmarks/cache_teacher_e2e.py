@@ -88,7 +88,7 @@ def main() -> None:
         return load_params(
             root / "params.yaml",
             [
-                f"data.prepared_dir={root / name}",
+                f"data.prepared_dir={root / name / 'prepared'}",  # beside the store, not above
                 f"data.lr_tile={args.lr_size}",
                 f"data.shard_size={shard}",
                 f"data.compression.codec={args.codec}",
@@ -104,8 +104,8 @@ def main() -> None:
         )
 
     warm, timed = params_for("warm"), params_for("timed")
-    synthetic_prepared(root / "warm" / prepare_data.TRAIN_STORE, warm.data, batch)
-    synthetic_prepared(root / "timed" / prepare_data.TRAIN_STORE, timed.data, tiles)
+    synthetic_prepared(warm.data.prepared_dir / prepare_data.TRAIN_STORE, warm.data, batch)
+    synthetic_prepared(timed.data.prepared_dir / prepare_data.TRAIN_STORE, timed.data, tiles)
     teacher = cache_teacher.build_teacher(timed.teacher, device)
     if args.channels_last:  # a benchmark-only lever: measured slower in eager mode on an H100
         teacher = Teacher.from_networks(
