@@ -9,6 +9,7 @@ Errors name the offending key and the file so a user can fix them without readin
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -322,16 +323,12 @@ class Params(_Section):
         }
         inputs = {"data.hr_dir": self.data.hr_dir, "data.lr_dir": self.data.lr_dir}
         absolute = {key: Path(os.path.abspath(path)) for key, path in outputs.items()}
-        keys = list(absolute)
-        for i, a in enumerate(keys):
-            for b in keys[i + 1 :]:
-                if absolute[a].is_relative_to(absolute[b]) or absolute[b].is_relative_to(
-                    absolute[a]
-                ):
-                    raise ValueError(
-                        f"{a} ({outputs[a]}) and {b} ({outputs[b]}) overlap; each stage replaces "
-                        "its output folder whole, so give them separate folders"
-                    )
+        for a, b in itertools.combinations(absolute, 2):
+            if absolute[a].is_relative_to(absolute[b]) or absolute[b].is_relative_to(absolute[a]):
+                raise ValueError(
+                    f"{a} ({outputs[a]}) and {b} ({outputs[b]}) overlap; each stage replaces "
+                    "its output folder whole, so give them separate folders"
+                )
         for name, path in inputs.items():
             if path is None:
                 continue

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.atomic import staged_folder
-from dtkd_pipeline.config import EvaluateParams, Params, section_dict
+from dtkd_pipeline.config import EvaluateParams, Params, TeacherParams, section_dict
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate import contenders as zoo
 from dtkd_pipeline.evaluate.bands import (
@@ -56,6 +56,12 @@ EFFICIENCY_MD = "efficiency.md"
 COMPARISONS_DIR = "comparisons"
 
 
+def _eager_teacher(params: Params, **update: Any) -> TeacherParams:
+    """The teacher params (with `update`) as evaluate builds them: eager, because test images come
+    in many sizes and a compiled teacher recompiles (minutes) for each."""
+    return params.teacher.model_copy(update={"compile": None, **update})
+
+
 def _contenders(
     params: Params, device: torch.device, teacher: Teacher | None
 ) -> list[zoo.Contender]:
@@ -70,9 +76,7 @@ def _contenders(
         )
     if models.one_step is not None:
         # The one-step UNet runs on the teacher's VQGAN, loaded like the teacher itself.
-        spec = params.teacher.model_copy(
-            update={"unet_weights": models.one_step, "random_weights": False, "compile": None}
-        )
+        spec = _eager_teacher(params, unet_weights=models.one_step, random_weights=False)
         one_step = build_teacher(spec, device)
         found.append(
             zoo.diffusion(zoo.ONE_STEP, one_step, cfg.teacher_seeds, cfg.teacher_chop, True)
@@ -189,8 +193,7 @@ def run_efficiency(
     if cfg.efficiency.teacher:
         if teacher is None or teacher.precision != "fp32":
             # fp32: benchmark_models applies each measured precision itself.
-            fp32 = params.teacher.model_copy(update={"precision": "fp32", "compile": None})
-            teacher = build_teacher(fp32, device)
+            teacher = build_teacher(_eager_teacher(params, precision="fp32"), device)
         targets.append(teacher_target(teacher, one_step=False))
         targets.append(teacher_target(teacher, one_step=True))
     rows = benchmark_models(
@@ -271,9 +274,7 @@ def run(params: Params, device: str | None = None) -> Path:
             raise FileNotFoundError(f"evaluate.bands.source: {error}") from None
 
     wants_teacher = cfg.models.teacher or (cfg.efficiency.enabled and cfg.efficiency.teacher)
-    # Eager: test images come in many sizes, and a compiled teacher recompiles (minutes) for each.
-    eager = params.teacher.model_copy(update={"compile": None})
-    teacher = build_teacher(eager, target) if wants_teacher else None
+    teacher = build_teacher(_eager_teacher(params), target) if wants_teacher else None
     contenders = _contenders(params, target, teacher if cfg.models.teacher else None)
     summary: dict[str, Any] = {}
     with (

@@ -135,15 +135,16 @@ def _as_band_entry(value: Any) -> dict[str, Any] | None:
 
     else:
         return None
-    if not (isinstance(get("subbands"), Mapping) and get("subbands")):
+    raw_subbands, raw_groups = get("subbands"), get("groups")
+    if not (isinstance(raw_subbands, Mapping) and raw_subbands):
         raise TypeError("band_chart: 'subbands' must be a non-empty mapping of subband -> value")
-    if not isinstance(get("groups"), Mapping):
+    if not isinstance(raw_groups, Mapping):
         raise TypeError("band_chart: 'groups' must be a mapping of group -> value")
-    subbands = {str(k): float(v) for k, v in get("subbands").items()}
+    subbands = {str(k): float(v) for k, v in raw_subbands.items()}
     levels = get("levels") or max(int(name[2:]) for name in subbands)
     return {
         "subbands": subbands,
-        "groups": {str(k): float(v) for k, v in get("groups").items()},
+        "groups": {str(k): float(v) for k, v in raw_groups.items()},
         "levels": int(levels),
         "wavelet": str(get("wavelet") or "haar"),
         "student": get("student", ""),
