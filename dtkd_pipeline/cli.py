@@ -148,7 +148,10 @@ def cache_teacher(
         Path | None, typer.Option(help="Folder with the official .pth files (offline use).")
     ] = None,
     scheduler: Annotated[
-        str | None, typer.Option(help="dask.distributed scheduler address: one task per shard.")
+        str | None,
+        typer.Option(
+            help="dask.distributed scheduler address: one task per shard (or per batch of shards)."
+        ),
     ] = None,
     device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
     rebuild_on_change: Annotated[
