@@ -469,8 +469,10 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
                 f"  provenance: built from a different prepared store than {prepared.path} "
                 "(fingerprint differs); rebuild with `dtkd-pipeline cache-teacher --overwrite`"
             )
-        if report.bad_shards and not repair:
-            print(f"  recompute them with `dtkd-pipeline verify-cache {path} --repair`")
+        if (report.bad_shards or report.partial_files) and not repair:
+            print(f"  recompute or clean up with `dtkd-pipeline verify-cache {path} --repair`")
+        if repair and report.partial_files:
+            print(f"removing {len(store.remove_partial_files())} leftover partial write(s)")
         if repair and report.bad_shards:
             print(f"repairing shards {report.bad_shards}")
             _recompute(store, params, report.bad_shards, device)

@@ -142,6 +142,28 @@ def test_a_crash_between_data_and_record_leaves_the_shard_missing(
         store.read_shard(1)
 
 
+def test_a_record_write_killed_before_its_rename_leaves_a_reported_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = TileStore.create(tmp_path / "p.zarr", prepared_layout(), PROVENANCE)
+
+    real_replace = os.replace
+
+    def killed_before_the_record_rename(src: Any, dst: Any) -> None:
+        if str(dst).endswith(".json"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_record_rename)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_shard(0, shard_slice(prepared_tiles(), 0))
+    monkeypatch.undo()
+    leftover = f"_done/0.json.{os.getpid()}.partial"
+    assert store.verify().partial_files == [leftover]
+    assert store.remove_partial_files() == [store.path / leftover]
+    assert store.missing_shards() == [0, 1, 2]
+
+
 def test_incomplete_shard_raises_instead_of_zeros(tmp_path: Path) -> None:
     store = TileStore.create(tmp_path / "s.zarr", prepared_layout(), PROVENANCE)
     tiles = prepared_tiles()

@@ -199,6 +199,25 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
     np.testing.assert_array_equal(teacher_bytes(path), before)
 
 
+def test_leftovers_of_a_killed_writer_are_reported_and_removed_by_repair(
+    prepared_root: Path, cached_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL mid-write leaves a record temp and a zarr temp; both would change DVC's hash."""
+    path = copy_of_cache(cached_root, tmp_path)
+    params = params_for(prepared_root, tmp_path)
+    leftovers = [path / "_done" / "1.json.4242.partial", path / TEACHER / "c" / "x.1234.partial"]
+    for leftover in leftovers:
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"half")
+
+    assert cache_teacher.verify(path, params) is True  # every shard is still intact
+    assert "leftover partial writes: 2 file(s)" in capsys.readouterr().out
+    assert all(leftover.exists() for leftover in leftovers)  # plain verify changes nothing
+    cache_teacher.verify(path, params, repair=True, device="cpu")
+    assert "removing 2 leftover partial write(s)" in capsys.readouterr().out
+    assert not any(leftover.exists() for leftover in leftovers)
+
+
 def test_repair_with_another_seed_is_refused_and_leaves_the_shard_missing(
     prepared_root: Path, cached_root: Path, tmp_path: Path
 ) -> None:

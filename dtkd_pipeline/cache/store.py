@@ -578,7 +578,9 @@ def _conform(spec: ArraySpec, data: np.ndarray, n_rows: int, shard_index: int) -
 
 
 def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    # Named like zarr's own interrupted writes, so a killed writer's leftover is reported by
+    # verify and removed with them.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
     tmp.write_text(json.dumps(payload, sort_keys=True))
     os.replace(tmp, path)
 
