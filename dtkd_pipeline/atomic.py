@@ -109,8 +109,12 @@ def remove_dead_siblings(path: Path) -> None:
         if stem not in (f"{path.name}.tmp", f"{path.name}.trash") or not pid_text.isdigit():
             continue
         pid = int(pid_text)
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
             shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:

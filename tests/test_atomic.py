@@ -1,12 +1,17 @@
-"""Stage outputs are replaced whole, and only when a stage wrote them."""
+"""Stage outputs are replaced whole, only when a stage wrote them; dead writers' temporaries go."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError, staged_folder
+from dtkd_pipeline.train.checkpoint import atomic_torch_save
 
 
 def test_a_folder_no_stage_wrote_is_refused_before_any_work(tmp_path: Path) -> None:
@@ -41,3 +46,20 @@ def test_a_stage_output_is_replaced_whole_and_marked(tmp_path: Path) -> None:
         (staging / "README.md").write_text("third")
         raise RuntimeError("stage failed")
     assert (final / "README.md").read_text() == "second"  # the previous result stays
+
+
+def test_a_checkpoint_temporary_left_by_a_killed_run_is_removed_by_the_next_save(
+    tmp_path: Path,
+) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    )
+    leftover = tmp_path / f".student.pt.tmp-{int(dead.stdout)}"
+    leftover.write_bytes(b"half a checkpoint")
+    alive = tmp_path / f".student.pt.tmp-{os.getppid()}"  # another live writer's: left alone
+    alive.write_bytes(b"in progress")
+
+    atomic_torch_save({"weights": torch.ones(2)}, tmp_path / "student.pt")
+
+    assert not leftover.exists() and alive.exists()
+    assert torch.load(tmp_path / "student.pt")["weights"].tolist() == [1.0, 1.0]

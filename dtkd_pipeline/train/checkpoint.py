@@ -11,13 +11,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from dtkd_pipeline.atomic import remove_dead_siblings
+
 CHECKPOINT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temporary file beside ``path`` and rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    hidden = path.with_name(f".{path.name}")
+    remove_dead_siblings(hidden)  # a killed run's half-written temporary (checkpoints are large)
+    tmp = hidden.with_name(f"{hidden.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
