@@ -62,14 +62,19 @@ def check_replaceable(folder: Path, key: str) -> None:
     """
     if not folder.exists() and not folder.is_symlink():
         return
-    if not folder.is_dir():
-        raise OutputFolderError(f"{key}: {folder} is a file, not a folder; choose another {key}")
+    require_folder(folder, key)
     if (folder / OUTPUT_MARKER).is_file() or not any(folder.iterdir()):
         return
     raise OutputFolderError(
         f"{key}: {folder} holds files no stage of this pipeline wrote, and the stage replaces "
         f"that folder whole; set {key} to a new or empty folder, or delete {folder} yourself"
     )
+
+
+def require_folder(folder: Path, key: str) -> None:
+    """Refuse an output location that exists as something other than a folder (or a dangling link)."""
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise OutputFolderError(f"{key}: {folder} is a file, not a folder; choose another {key}")
 
 
 def mark_output(folder: Path) -> None:

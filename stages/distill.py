@@ -156,6 +156,7 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     provenance = _teacher_provenance(params)
     ctx = setup_distributed(device)
     check_recipe(cfg, ctx.device)  # before --restart-on-change deletes the old checkpoints
+    atomic.require_folder(cfg.out_dir, "distill.out_dir")
     val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
     _reconcile_checkpoints(params, provenance, restart_on_change)
     out_dir = cfg.out_dir

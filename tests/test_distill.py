@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from dtkd_pipeline.atomic import OutputFolderError
 from dtkd_pipeline.cache import (
     HR,
     KIND_TEACHER,
@@ -196,6 +197,14 @@ def test_bf16_on_cpu_is_refused_naming_the_key(params: Params, tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"distill\.precision 'bf16'.*distill\.precision=fp32"):
         _run(params, tmp_path / "out", precision="bf16")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_dir_that_is_a_file_is_refused_naming_the_key(params: Params) -> None:
+    params.distill.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    params.distill.out_dir.write_text("not a folder")
+    with pytest.raises(OutputFolderError, match=r"distill\.out_dir: .* is a file"):
+        distill.run(params, device="cpu")
+    assert params.distill.out_dir.read_text() == "not a folder"
 
 
 def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -> None:
