@@ -100,6 +100,7 @@ def main() -> None:
                 f"teacher.compile={args.compile or 'null'}",
                 f"teacher.dwt={str(args.dwt).lower()}",
                 f"teacher.store={root / name / 'teacher.zarr'}",
+                f"teacher.preview={root / name / 'teacher_preview.png'}",
             ],
         )
 

@@ -72,7 +72,7 @@ def check_replaceable(folder: Path, key: str) -> None:
 
 
 def require_folder(folder: Path, key: str) -> None:
-    """Refuse an output location that exists as something other than a folder (or a dangling link)."""
+    """Refuse an output location that exists as a file (or a link to one, or a dangling link)."""
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         raise OutputFolderError(f"{key}: {folder} is a file, not a folder; choose another {key}")
 

@@ -82,6 +82,15 @@ class TeacherParams(_Section):
     compile: Literal["default", "max-autotune-no-cudagraphs"] | None
     dwt: bool
     store: Path
+    preview: Path
+    preview_tiles: PositiveInt
+
+    @field_validator("preview")
+    @classmethod
+    def _png(cls, value: Path) -> Path:
+        if value.suffix.lower() != ".png":
+            raise ValueError(f"{value} is written as PNG: give it a name ending in .png")
+        return value
 
 
 def _discrete_wavelet(value: str) -> str:
@@ -315,6 +324,7 @@ class Params(_Section):
         outputs = {
             "data.prepared_dir": self.data.prepared_dir,
             "teacher.store": self.teacher.store,
+            "teacher.preview": self.teacher.preview,
             "distill.out_dir": self.distill.out_dir,
             "evaluate.metrics_dir": self.evaluate.metrics_dir,
             "evaluate.plots_dir": self.evaluate.plots_dir,

@@ -29,11 +29,14 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline import __version__
 from dtkd_pipeline.cache import (
+    HR,
     KIND_PREPARED,
     KIND_TEACHER,
     LR,
     PREPARED_FINGERPRINT,
+    SOURCES,
     TEACHER,
+    TILE_SOURCE,
     CacheError,
     Compression,
     ProvenanceMismatchError,
@@ -51,6 +54,8 @@ from dtkd_pipeline.cache.teacher_record import (
 from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
+from dtkd_pipeline.evaluate.figures import image_grid
+from dtkd_pipeline.images import imresize
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.scheduler import connect
 from dtkd_pipeline.teacher import (
@@ -435,7 +440,44 @@ def run(
         if remaining:
             raise CacheError(f"{store.path}: shards {remaining[:8]} still missing after the run")
         print(_summary(store, todo, time.perf_counter() - started))
+        print(f"preview of {params.teacher.preview_tiles} tiles -> {write_preview(store, params)}")
     return params.teacher.store
+
+
+def write_preview(store: TileStore, params: Params) -> Path:
+    """PNG of a few cached tiles, spread evenly over the store: LR (bicubic) | teacher | HR.
+
+    A look at it before distilling catches a wrong checkpoint or a broken cache (noise, colour
+    shifts, black tiles) that checksums cannot.
+    """
+    prepared = _open_prepared(params)
+    count = min(params.teacher.preview_tiles, store.n_tiles)
+    tiles = np.linspace(0, store.n_tiles - 1, count).round().astype(int).tolist()
+    inputs = prepared.read_tiles(tiles, [LR, HR, TILE_SOURCE])
+    outputs = store.read_tiles(tiles, [TEACHER])[TEACHER]
+    sources = prepared.provenance.get(SOURCES, [])
+    scale = params.data.scale
+
+    def image(tile: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(tile).float().div_(255.0)
+
+    rows = []
+    for row, tile in enumerate(tiles):
+        source = int(inputs[TILE_SOURCE][row])
+        name = sources[source] if source < len(sources) else f"source {source}"
+        bicubic = imresize(image(inputs[LR][row]), scale).clamp_(0, 1)
+        panels = [
+            (f"LR, bicubic x{scale}", bicubic),
+            ("teacher", image(outputs[row])),
+            ("HR", image(inputs[HR][row])),
+        ]
+        rows.append((f"tile {tile}\n{name}", panels))
+    tp = params.teacher
+    weights = (
+        "RANDOM WEIGHTS (tests/speed only)" if tp.random_weights else Path(tp.unet_weights).name
+    )
+    title = f"{store.path.name}: ResShift {Path(tp.version).name}, {tp.steps} steps\n{weights}"
+    return image_grid(rows, tp.preview, title=title)
 
 
 def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:

@@ -30,6 +30,7 @@ from stages.evaluate import COMPARISONS_DIR, EFFICIENCY_MD
 
 REPORT_FILE = "README.md"
 FIGURES_DIR = "figures"
+TEACHER_PREVIEW_PNG = "teacher_preview.png"
 LOWER_IS_BETTER = {name for name, spec in METRICS.items() if spec.lower_is_better}
 
 
@@ -199,6 +200,12 @@ def _write_report(params: Params, staging: Path) -> str:
     if series:
         curves = training_curves(series, figures / "training.png")
         parts += ["", "## Training curves", "", f"![training curves]({FIGURES_DIR}/{curves.name})"]
+
+    if params.teacher.preview.is_file():
+        shutil.copy2(params.teacher.preview, figures / TEACHER_PREVIEW_PNG)
+        parts += ["", "## Cached teacher tiles", ""]
+        parts += ["LR (bicubic) | teacher | HR of a few training tiles, as distill reads them.", ""]
+        parts += [f"![teacher cache preview]({FIGURES_DIR}/{TEACHER_PREVIEW_PNG})"]
 
     comparisons = _copy_figures(
         params.evaluate.plots_dir / COMPARISONS_DIR, figures / COMPARISONS_DIR

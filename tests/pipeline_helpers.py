@@ -111,6 +111,7 @@ def tiny_params(tmp_path: Path, hr_dir: Path, overrides: list[str] | None = None
         "data.shard_size=2",
         "data.workers=1",
         f"teacher.store={tmp_path / 'cache' / 'teacher.zarr'}",
+        f"teacher.preview={tmp_path / 'cache' / 'teacher_preview.png'}",
         f"distill.out_dir={tmp_path / 'models'}",
         *TINY_DISTILL,
         f"evaluate.sets=[{{name: demo, layout: paired, path: '{tmp_path / 'prepared' / 'val'}'}}]",

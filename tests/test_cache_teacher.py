@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import dtkd_pipeline
 from dtkd_pipeline.cache import (
@@ -21,6 +22,7 @@ from dtkd_pipeline.cache import (
     TileStore,
 )
 from dtkd_pipeline.config import Params
+from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.scheduler import SchedulerUnreachableError, connect
 from dtkd_pipeline.teacher import Teacher, build_teacher_networks
@@ -123,6 +125,39 @@ def test_store_holds_teacher_output_of_every_tile(
     bands = dwt_subbands(torch.from_numpy(tiles[TEACHER]).float() / 255, levels=2)
     for name, band in bands.items():
         np.testing.assert_allclose(tiles[f"dwt/{name}"], band.half().numpy(), atol=0)
+
+
+def test_preview_shows_bicubic_teacher_and_hr_of_tiles_spread_over_the_store(
+    prepared_root: Path, cached_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy_of_cache(cached_root, tmp_path)
+    params = params_for(prepared_root, tmp_path, ["teacher.preview_tiles=3"])
+    drawn: dict = {}
+
+    def recording(rows: list, path: Path, *, title: str) -> Path:
+        drawn.update(rows=rows, title=title)
+        return image_grid(rows, path, title=title)
+
+    monkeypatch.setattr(cache_teacher, "image_grid", recording)
+    with TileStore.open(params.teacher.store) as store:
+        path = cache_teacher.write_preview(store, params)
+        teacher = store.read_tiles([0, 2, 3], [TEACHER])[TEACHER]
+    with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
+        hr = prepared.read_tiles([0, 2, 3], ["hr"])["hr"]
+        names = prepared.provenance["sources"]
+
+    assert [row[0].split("\n")[0] for row in drawn["rows"]] == ["tile 0", "tile 2", "tile 3"]
+    assert all(row[0].split("\n")[1] in names for row in drawn["rows"])
+    assert "RANDOM WEIGHTS" in drawn["title"]
+    for row, (_, panels) in enumerate(drawn["rows"]):
+        labels = [label for label, _ in panels]
+        assert labels == ["LR, bicubic x4", "teacher", "HR"]
+        np.testing.assert_array_equal((panels[1][1] * 255).round().byte().numpy(), teacher[row])
+        np.testing.assert_array_equal((panels[2][1] * 255).round().byte().numpy(), hr[row])
+        assert panels[0][1].shape == panels[2][1].shape
+    with Image.open(path) as picture:
+        assert path == params.teacher.preview and picture.format == "PNG"
+        assert picture.height > picture.width / 3 * 2  # three rows of three near-square panels
 
 
 _KILL_AFTER_FIRST_SHARD = """

@@ -80,6 +80,7 @@ def test_patch_larger_than_tile_is_refused() -> None:
         ("evaluate.bands.wavelet=haarr", r"evaluate\.bands\.wavelet: .*unknown discrete wavelet"),
         ("evaluate.efficiency.lr_size=16", r"evaluate\.efficiency: .*lr_size 16 is too small"),
         ("evaluate.student_tile=16", r"student_overlap \(16\) must be smaller than student_tile"),
+        ("teacher.preview=data/cache/preview.jpg", r"teacher\.preview: .*name ending in \.png"),
     ],
 )
 def test_values_that_would_fail_late_are_refused_when_params_load(
@@ -98,6 +99,7 @@ def test_values_that_would_fail_late_are_refused_when_params_load(
         ("evaluate.metrics_dir=data/evaluation", r"evaluate\.metrics_dir .* and evaluate\.out_dir"),
         ("evaluate.plots_dir=data/evaluation/plots", r"evaluate\.plots_dir .* overlap"),
         ("report.out_dir=data", r"and report\.out_dir \(data\) overlap"),
+        ("teacher.preview=data/cache/teacher.zarr/p.png", r"teacher\.store .* teacher\.preview"),
     ],
 )
 def test_output_folders_that_nest_or_hold_the_inputs_are_refused(

@@ -29,6 +29,8 @@ OTHER_VALUES: dict[str, Any] = {
     "compile": "default",
     "dwt": True,
     "store": Path("elsewhere.zarr"),
+    "preview": Path("elsewhere.png"),
+    "preview_tiles": 9,
 }
 
 

@@ -86,7 +86,10 @@ def test_evaluate_averages_runs_and_writes_metrics_csv_and_figures(params: Param
     assert (cfg.plots_dir / "comparisons" / "demo" / "img00.png").is_file()
     assert not (cfg.plots_dir / "comparisons" / "demo" / "img01.png").exists()
 
+    params.teacher.preview.parent.mkdir(parents=True)
+    write_image(params.teacher.preview, np.zeros((8, 8, 3)))  # as cache-teacher leaves it
     text = report.build_report(params)
+    assert "![teacher cache preview](figures/teacher_preview.png)" in text
     assert "| *paper (reported)* | +0.2500 |" in text
     assert re.search(r"\| DTKD \| [-+]\d+\.\d{4} \|", text)  # delta against bicubic
     for link in re.findall(r"\]\(([^)]+\.png)\)", text):

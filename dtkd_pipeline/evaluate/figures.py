@@ -6,7 +6,7 @@ Every figure is rendered in memory and written atomically (`dtkd_pipeline.atomic
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,22 +214,50 @@ def comparison_figure(
     LR-bicubic | L1 student | DTKD student | teacher | GT. Crops are shown pixel for pixel
     (nearest-neighbour), so SR artefacts are not smoothed away by the viewer.
     """
+    top, left, size = crop
+    crops = [
+        (label, image.reshape(-1, *image.shape[-2:])[:3, top : top + size, left : left + size])
+        for label, image in panels
+    ]
+    if title:
+        title = f"{title}  (crop {size}x{size} at y={top}, x={left})"
+    return image_grid([("", crops)], path, title=title)
+
+
+def image_grid(
+    rows: Sequence[tuple[str, Sequence[tuple[str, Any]]]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Rows of labelled images (3xHxW or 1x3xHxW in [0, 1]), shown pixel for pixel.
+
+    Each row is (row label, [(column label, image), ...]); a row label may be empty, and column
+    labels are drawn above the first row. Images are
+    drawn nearest-neighbour so SR artefacts are not smoothed away by the viewer.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    top, left, size = crop
-    columns = len(panels)
-    figure = Figure(figsize=(2.4 * columns, 2.8 if title else 2.6))
+    columns = max(len(panels) for _, panels in rows)
+    height = 2.4 * len(rows) + (0.4 if title else 0.2)
+    figure = Figure(figsize=(2.4 * columns, height))
     FigureCanvasAgg(figure)
-    for index, (label, image) in enumerate(panels):
-        chw = image.reshape(-1, *image.shape[-2:])[:3].float().clamp(0, 1)
-        region = chw[:, top : top + size, left : left + size].permute(1, 2, 0).cpu().numpy()
-        axis = figure.add_subplot(1, columns, index + 1)
-        axis.imshow(region, interpolation="nearest")
-        axis.set_title(label, fontsize=10)
-        axis.set_axis_off()
+    for row, (row_label, panels) in enumerate(rows):
+        for column, (label, image) in enumerate(panels):
+            chw = image.reshape(-1, *image.shape[-2:])[:3].float().clamp(0, 1)
+            axis = figure.add_subplot(len(rows), columns, row * columns + column + 1)
+            axis.imshow(chw.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+            if row == 0:  # columns hold the same kind of image in every row
+                axis.set_title(label, fontsize=10)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_visible(False)
+            if column == 0 and row_label:
+                axis.set_ylabel(row_label, fontsize=9)
     if title:
-        figure.suptitle(f"{title}  (crop {size}x{size} at y={top}, x={left})", fontsize=10)
+        figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return _save_atomic(figure, Path(path))
 
