@@ -19,7 +19,7 @@ Also:
 * --quality: each variant's uint8 tiles against fp32 (IEEE) on the same tiles and noise: PSNR and
   the share of uint8 values that differ.
 
-    python benchmarks/teacher_throughput.py                          # CPU: 2 tiles, fp32
+    python benchmarks/teacher_throughput.py                          # CPU: batches 1, 2; fp32
     python benchmarks/teacher_throughput.py --device cuda --variants bf16,bf16+nhwc \\
         --batch-sizes 16,64 --baseline --breakdown --quality 32
     python benchmarks/teacher_throughput.py --config ../shared/parity/resshift_tiny/config.yaml
@@ -93,7 +93,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--variants", help="comma list (see above); default bf16 on CUDA, fp32 CPU")
     parser.add_argument("--lr-size", type=int, default=64, help="LR tile side (SR is 4x)")
     parser.add_argument("--batch-sizes", help="comma list; default 1,2 on CPU, 1,16,64 on CUDA")
-    parser.add_argument("--tiles", type=int, help="tiles per measurement (default 2x max batch)")
+    parser.add_argument(
+        "--tiles",
+        type=int,
+        help="tiles generated (default 2x max batch); each batch size is timed on 2x its size",
+    )
     parser.add_argument("--baseline", action="store_true", help="time upstream's batch-1 loop")
     parser.add_argument("--baseline-tiles", type=int, default=8)
     parser.add_argument("--breakdown", action="store_true", help="per-network ms and TFLOP/s")

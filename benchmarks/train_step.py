@@ -11,7 +11,7 @@
     synthetic (teacher = blurred HR, as in tests/test_distill.py) so no teacher runs.
 
     python benchmarks/train_step.py                      # CPU: batch 2, 1 warm-up + 3 steps
-    python benchmarks/train_step.py --batch 16 --iters 5 # CPU, SwinIR recipe batch (~1 min/step)
+    python benchmarks/train_step.py --batch 16 --iters 5 # CPU, 4x the default batch (slow)
     python benchmarks/train_step.py --device cuda        # batch 64, fp32/bf16, foreach/fused Adam
 (c) --loop N: the real `distill` stage for N iterations on those stores (batch --batch, patch
     --patch, --loop-precision, --loop-compile, --num-workers), which prints samples/s and the share
@@ -65,7 +65,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--student", default="swinir-s-x4")
     parser.add_argument("--patch", type=int, default=64, help="LR patch side (HR = 4x)")
-    # A batch-16 step takes ~1 min on 2 CPU cores, so the CPU default stays small.
+    # A step costs ~0.8 s per sample of patch 64 on 2 CPU cores (batch 4: 3.3 s): the CPU default
+    # stays small.
     parser.add_argument("--batch", type=int, help="step batch; default 2 on CPU, 64 on CUDA")
     parser.add_argument("--warmup", type=int, help="untimed steps (default 1 CPU, 10 CUDA)")
     parser.add_argument("--iters", type=int, help="timed steps (default 3 CPU, 50 CUDA)")

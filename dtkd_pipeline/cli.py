@@ -136,7 +136,7 @@ def cache_teacher(
     overrides: SetOption = None,
     steps: Annotated[
         int | None,
-        typer.Option(help="Diffusion steps; must equal teacher.steps / the checkpoint's."),
+        typer.Option(help="Diffusion steps (sets teacher.steps); must be the checkpoint's."),
     ] = None,
     dwt: Annotated[
         bool | None, typer.Option("--dwt/--no-dwt", help="Also store 2-level DWT subbands.")
@@ -153,7 +153,10 @@ def cache_teacher(
             help="dask.distributed scheduler address: one task per shard (or per batch of shards)."
         ),
     ] = None,
-    device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
+    device: Annotated[
+        str | None,
+        _device_option("cpu, cuda or cuda:N (default: auto; several GPUs: one worker per GPU)."),
+    ] = None,
     rebuild_on_change: Annotated[
         bool,
         typer.Option(help="Rebuild a store made with other settings instead of refusing (DVC)."),
@@ -185,10 +188,15 @@ def verify_cache(
     path: Annotated[Path, typer.Argument(help="A teacher store, e.g. data/cache/teacher.zarr.")],
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
-    repair: Annotated[bool, typer.Option(help="Recompute corrupt or missing shards.")] = False,
+    repair: Annotated[
+        bool, typer.Option(help="Recompute corrupt or missing shards; delete partial writes.")
+    ] = False,
     device: Annotated[str | None, _device_option("Device for --repair.")] = None,
 ) -> None:
-    """Check every shard's checksum and completion flag; exit 1 when any is corrupt or missing."""
+    """Check every shard's checksum and completion flag.
+
+    Exits 1 when a shard is corrupt or missing, or the store was built from another prepared store.
+    """
     from stages import cache_teacher as stage
 
     ok = _run(lambda: stage.verify(path, _params(params, overrides), repair=repair, device=device))
@@ -317,7 +325,7 @@ def upscale(
     arch: Annotated[
         str | None,
         typer.Option(
-            help="Architecture of an official file [default: swinir-s-x4]; student.pt "
+            help="Architecture of an official file (default swinir-s-x4); student.pt "
             "records its own."
         ),
     ] = None,

@@ -85,6 +85,21 @@ class TeacherParams(_Section):
     preview: Path
     preview_tiles: PositiveInt
 
+    @model_validator(mode="after")
+    def _weights_of_the_version(self) -> TeacherParams:
+        """A preset with another preset's registered UNet runs silently wrong weights."""
+        from dtkd_pipeline.teacher.folder import VERSION_WEIGHTS  # torch: only when params load
+
+        meant = VERSION_WEIGHTS.get(self.version)
+        registered = set(VERSION_WEIGHTS.values())
+        wrong = self.unet_weights in registered and self.unet_weights != meant
+        if meant is not None and wrong and not self.random_weights:
+            raise ValueError(
+                f"teacher.unet_weights {self.unet_weights!r} are not the weights of "
+                f"teacher.version {self.version}: set teacher.unet_weights={meant}"
+            )
+        return self
+
     @field_validator("preview")
     @classmethod
     def _png(cls, value: Path) -> Path:

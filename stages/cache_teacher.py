@@ -6,6 +6,8 @@
   match to resume; only shards without a completion record are computed.
 - Noise is per sample, seeded from (seed, tile index), and a tile's batch is fixed by its index, so
   a shard's bytes do not depend on which worker computes it or on whether the run was resumed.
+  With ``teacher.rng: official`` one stream runs through the batches in tile order; a run that
+  skips cached tiles replays their draws (`TileOrderStream`), with the same result.
 - Batches run across the shards of a batch group (``ceil(batch_size / shard_size)`` shards), so
   ``teacher.batch_size`` may exceed ``data.shard_size``; a tile's batch depends on its index only.
 - Locally the device computes the next shard while a writer thread compresses and writes the last
@@ -59,6 +61,7 @@ from dtkd_pipeline.images import imresize
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.scheduler import connect
 from dtkd_pipeline.teacher import (
+    OfficialNoise,
     Teacher,
     load_teacher,
     random_teacher,
@@ -175,21 +178,31 @@ def store_layout(prepared: TileStore, params: Params) -> StoreLayout:
     )
 
 
+def _network_rows(teacher: Teacher, real: int, tp: TeacherParams) -> int:
+    """Rows the teacher runs for a batch of `real` tiles: compiled runs fill every batch."""
+    return max(real, tp.batch_size) if teacher.compile_mode is not None else real
+
+
 def _teacher_outputs(
-    teacher: Teacher, lr: np.ndarray, ids: list[int], tp: TeacherParams
+    teacher: Teacher,
+    lr: np.ndarray,
+    ids: list[int],
+    tp: TeacherParams,
+    stream: OfficialNoise | None = None,
 ) -> dict[str, np.ndarray]:
     """uint8 teacher tiles (and float16 subbands) for one batch of uint8 LR tiles."""
     batch = torch.from_numpy(lr).float().div_(255.0)
     real = len(batch)
-    if teacher.compile_mode is not None:  # one batch shape: one compilation
-        batch = fill_batch(batch, tp.batch_size)
-        ids = ids + [ids[-1]] * (len(batch) - real)
-    sr = teacher.sample(batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps)[:real]
+    batch = fill_batch(batch, _network_rows(teacher, real, tp))  # one shape: one compilation
+    ids = ids + [ids[-1]] * (len(batch) - real)
+    sr = teacher.sample(
+        batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps, stream=stream
+    )[:real]
     sr_u8 = (sr.clamp(0, 1) * 255).round_()
     outputs = {TEACHER: sr_u8.to(torch.uint8).cpu().numpy()}
     if tp.dwt:
-        # Subbands of the stored (quantised) image, so they equal the DWT stage two would compute
-        # from the uint8 teacher tile.
+        # Subbands of the stored (quantised) image: the DWT stage two would compute from the uint8
+        # teacher tile, up to float16 rounding (at most ~1e-3 in LL2, about one grey level there).
         bands = dwt_subbands(sr_u8.float().div_(255.0), levels=DWT_LEVELS, wavelet="haar")
         outputs |= {f"dwt/{name}": band.half().cpu().numpy() for name, band in bands.items()}
     return outputs
@@ -198,6 +211,49 @@ def _teacher_outputs(
 def _group_size(layout: StoreLayout, batch_size: int) -> int:
     """Shards per batch group: enough that a group holds at least one batch of tiles."""
     return max(1, -(-batch_size // layout.shard_size))
+
+
+def _group_tiles(layout: StoreLayout, group: int, batch_size: int) -> tuple[int, int]:
+    """Tile range [start, stop) of batch group `group`."""
+    g = _group_size(layout, batch_size)
+    last = min((group + 1) * g, layout.n_shards) - 1
+    return layout.shard_range(group * g)[0], layout.shard_range(last)[1]
+
+
+class TileOrderStream:
+    """teacher.rng=official: upstream's one noise stream, continued over the batches in tile order.
+
+    Upstream seeds once and draws image after image. Batches already cached (a resumed, repaired
+    or fanned-out run) are replayed as draws without running the teacher, so every tile gets the
+    noise a full run from tile 0 gives it.
+    """
+
+    def __init__(self, teacher: Teacher, tp: TeacherParams, layout: StoreLayout) -> None:
+        self.teacher, self.tp, self.layout = teacher, tp, layout
+        self.tile_side = layout.spec(LR).tile_shape[1:]
+        self._restart()
+
+    def _restart(self) -> None:
+        self.noise, self.position = OfficialNoise(self.tp.seed, self.teacher.device), 0
+
+    def at(self, start: int) -> OfficialNoise:
+        """The stream positioned at the first batch of the group starting at tile `start`."""
+        if start < self.position:
+            self._restart()
+        while self.position < start:
+            group = self.layout.shard_of(self.position) // _group_size(
+                self.layout, self.tp.batch_size
+            )
+            _, stop = _group_tiles(self.layout, group, self.tp.batch_size)
+            for first in range(self.position, stop, self.tp.batch_size):
+                rows = _network_rows(self.teacher, min(self.tp.batch_size, stop - first), self.tp)
+                self.noise.skip(self.teacher.noise_shapes(rows, *self.tile_side))
+            self.position = stop
+        return self.noise
+
+    def done(self, stop: int) -> None:
+        """The group ending before tile `stop` drew its noise from the stream."""
+        self.position = stop
 
 
 def shard_groups(layout: StoreLayout, shards: Iterable[int], batch_size: int) -> list[list[int]]:
@@ -228,9 +284,11 @@ def compute_shards(
     """
     tp, layout = params.teacher, prepared.layout
     g = _group_size(layout, tp.batch_size)
+    order = TileOrderStream(teacher, tp, layout) if tp.rng == "official" else None
     for wanted in shard_groups(layout, shards, tp.batch_size):
         members = range(wanted[0] // g * g, min(wanted[0] // g * g + g, layout.n_shards))
-        start, stop = layout.shard_range(members[0])[0], layout.shard_range(members[-1])[1]
+        start, stop = _group_tiles(layout, wanted[0] // g, tp.batch_size)
+        stream = order.at(start) if order is not None else None
         lr = np.concatenate([prepared.read_shard(shard, [LR])[LR] for shard in members])
         is_wanted = np.zeros(stop - start, bool)
         for shard in wanted:
@@ -240,10 +298,12 @@ def compute_shards(
         for first in range(0, stop - start, tp.batch_size):
             chunk = slice(first, min(first + tp.batch_size, stop - start))
             ids = list(range(start + chunk.start, start + chunk.stop))
-            for name, part in _teacher_outputs(teacher, lr[chunk], ids, tp).items():
+            for name, part in _teacher_outputs(teacher, lr[chunk], ids, tp, stream).items():
                 parts.setdefault(name, []).append(part)
             if bar is not None:
                 bar.update(int(is_wanted[chunk].sum()))
+        if order is not None:
+            order.done(stop)
         outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
         for shard in wanted:
             first, last = layout.shard_range(shard)

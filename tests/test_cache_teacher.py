@@ -25,7 +25,7 @@ from dtkd_pipeline.config import Params
 from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.scheduler import SchedulerUnreachableError, connect
-from dtkd_pipeline.teacher import Teacher, build_teacher_networks
+from dtkd_pipeline.teacher import OfficialNoise, Teacher, build_teacher_networks
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
 from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
@@ -232,6 +232,29 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
         cache_teacher.verify(prepared_root / "prepared" / prepare_data.TRAIN_STORE, params)
     assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
     np.testing.assert_array_equal(teacher_bytes(path), before)
+
+
+def test_official_rng_continues_one_stream_in_tile_order_through_resumes(
+    prepared_root: Path, tmp_path: Path
+) -> None:
+    """teacher.rng=official: one stream seeded once, as upstream's script runs image after image
+    (re-seeding per batch gave every batch the same noise); a resumed shard gets the same bytes."""
+    params = params_for(prepared_root, tmp_path, ["teacher.rng=official", "teacher.batch_size=1"])
+    path = cache_teacher.run(params, device="cpu")
+    cached = teacher_bytes(path)
+
+    teacher = cache_teacher.build_teacher(params.teacher, torch.device("cpu"))
+    with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
+        lr = torch.from_numpy(prepared.read_tiles(range(4), ["lr"])["lr"]).float() / 255
+    stream = OfficialNoise(params.teacher.seed, torch.device("cpu"))
+    for tile in range(4):
+        sr = teacher.sample(lr[tile : tile + 1], rng="official", steps=2, stream=stream)
+        np.testing.assert_array_equal(cached[tile], (sr[0] * 255).round().byte().numpy())
+
+    with TileStore.open(path, mode="r+") as store:
+        store.invalidate_shard(2)
+    cache_teacher.run(params, device="cpu")
+    np.testing.assert_array_equal(teacher_bytes(path), cached)
 
 
 def test_leftovers_of_a_killed_writer_are_reported_and_removed_by_repair(

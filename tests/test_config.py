@@ -81,6 +81,10 @@ def test_patch_larger_than_tile_is_refused() -> None:
         ("evaluate.efficiency.lr_size=16", r"evaluate\.efficiency: .*lr_size 16 is too small"),
         ("evaluate.student_tile=16", r"student_overlap \(16\) must be smaller than student_tile"),
         ("teacher.preview=data/cache/preview.jpg", r"teacher\.preview: .*name ending in \.png"),
+        (
+            "teacher.version=v3",
+            r"'resshift-realsr-v1' are not .* set teacher\.unet_weights=resshift-realsr-v3",
+        ),
     ],
 )
 def test_values_that_would_fail_late_are_refused_when_params_load(

@@ -75,3 +75,19 @@ def test_objective_validates_schedule_up_front() -> None:
         DistillationObjective(build_kd_loss("pixel_l1"), 1.0, 10, schedule="step")
     with pytest.raises(ValueError, match="total_iterations"):
         DistillationObjective(build_kd_loss("pixel_l1"), 1.0, 0)
+
+
+@pytest.mark.parametrize("kind", KD_LOSS_KINDS)
+def test_no_gradient_flows_into_an_online_teacher(kind: str) -> None:
+    student = torch.rand(1, 3, 16, 16, requires_grad=True)
+    teacher = torch.rand(1, 3, 16, 16, requires_grad=True)
+    objective = DistillationObjective(build_kd_loss(kind), 1.0, 10)
+    objective(student, torch.rand(1, 3, 16, 16), teacher, iteration=5)["total"].backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+    bands = {name: band.requires_grad_() for name, band in dwt_subbands(teacher.detach()).items()}
+    cached = DistillationObjective(build_kd_loss("dwt"), 1.0, 10)
+    cached(student, torch.rand(1, 3, 16, 16), iteration=5, teacher_subbands=bands)[
+        "total"
+    ].backward()
+    assert all(band.grad is None for band in bands.values())

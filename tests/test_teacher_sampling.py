@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from dtkd_pipeline.teacher import Teacher, load_teacher, per_sample_seed, random_teacher
-from dtkd_pipeline.teacher.noise import PerSampleNoise
+from dtkd_pipeline.teacher.noise import OfficialNoise, PerSampleNoise
 from dtkd_pipeline.teacher.tiling import chop_grid, chop_starts, default_chop_stride
+
+TINY_T2 = Path(__file__).parent / "data" / "resshift_tiny_t2.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +211,39 @@ def test_one_step_decodes_the_first_x0_prediction(tiny_teacher: Teacher) -> None
         x0 = tiny_teacher.unet(z / coeff.input_std[last], coeff.timesteps[last:], y0).float()
         expected = tiny_teacher.autoencoder.decode(x0 / sf).float().clamp(-1, 1) * 0.5 + 0.5
     torch.testing.assert_close(one, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("height", "width", "chop"), [(64, 64, None), (100, 70, 64)])
+def test_noise_shapes_are_the_draws_a_sample_call_makes(
+    height: int, width: int, chop: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher = random_teacher(TINY_T2, seed=0)
+    drawn: list[torch.Size] = []
+    original = OfficialNoise.draw
+
+    def recording(self: OfficialNoise, shape: torch.Size) -> torch.Tensor:
+        drawn.append(torch.Size(shape))
+        return original(self, shape)
+
+    monkeypatch.setattr(OfficialNoise, "draw", recording)
+    teacher.sample(torch.rand(2, 3, height, width), rng="official", chop_size=chop)
+    assert drawn == teacher.noise_shapes(2, height, width, chop_size=chop)
+
+
+def test_a_continued_official_stream_can_skip_images_exactly() -> None:
+    """Upstream seeds once and draws image after image: skipping an image's draws without
+    running it must leave the stream where running it would."""
+    teacher = random_teacher(TINY_T2, seed=0)
+    lr = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    cpu = torch.device("cpu")
+    stream = OfficialNoise(5, cpu)
+    teacher.sample(lr[:1], rng="official", stream=stream)
+    second = teacher.sample(lr[1:], rng="official", stream=stream)
+
+    skipped = OfficialNoise(5, cpu)
+    skipped.skip(teacher.noise_shapes(1, 64, 64))
+    assert torch.equal(teacher.sample(lr[1:], rng="official", stream=skipped), second)
+    reseeded = teacher.sample(lr[1:], seed=5, rng="official")  # what a fresh call per image gets
+    assert not torch.equal(reseeded, second)
+    with pytest.raises(ValueError, match="rng='official'"):
+        teacher.sample(lr[1:], rng="per-sample", stream=OfficialNoise(5, cpu))

@@ -77,6 +77,10 @@ class DistillationObjective(nn.Module):
         teacher_subbands: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         weight = kd_weight(iteration, self.total_iterations, self.final_weight, self.schedule)
+        # The teacher is a target: an online teacher (outputs with a graph) must get no gradient.
+        teacher = teacher.detach() if teacher is not None else None
+        if teacher_subbands is not None:
+            teacher_subbands = {name: band.detach() for name, band in teacher_subbands.items()}
         with torch.autocast(student.device.type, enabled=False):
             task = F.l1_loss(student.float(), ground_truth.float())
         if teacher_subbands is not None:

@@ -18,12 +18,13 @@ from dtkd_pipeline.teacher.config import (
     resolve_config,
 )
 from dtkd_pipeline.teacher.factory import build_teacher_networks, load_teacher, random_teacher
-from dtkd_pipeline.teacher.noise import per_sample_seed
+from dtkd_pipeline.teacher.noise import OfficialNoise, per_sample_seed
 from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, Teacher, teacher_name
 
 __all__ = [
     "MIN_LR_SIDE",
     "PRESETS",
+    "OfficialNoise",
     "Teacher",
     "TeacherCheckpointError",
     "TeacherConfig",

@@ -33,6 +33,11 @@ class OfficialNoise:
     def draw(self, shape: torch.Size) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32)
 
+    def skip(self, shapes: Sequence[torch.Size]) -> None:
+        """Advance the stream past these draws (made one by one, so the state matches exactly)."""
+        for shape in shapes:
+            self.draw(shape)
+
 
 def per_sample_seed(seed: int, sample_id: int, patch_index: int = 0) -> int:
     """Seed of one diffusion run: the first 8 bytes (little-endian, top bit cleared) of

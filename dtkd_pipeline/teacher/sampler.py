@@ -170,12 +170,15 @@ class Teacher:
         chop_stride: int | None = None,
         steps: int | None = None,
         one_step: bool = False,
+        stream: OfficialNoise | None = None,
     ) -> torch.Tensor:
         """Super-resolve B×3×h×w LR in [0, 1] to B×3×4h×4w in [0, 1] = clamp(x, -1, 1)·0.5 + 0.5.
 
         rng="official": one generator seeded with `seed` at the start of this call, drawn exactly as
           upstream's sampler does (1 + T draws of shape B×3×H×W per patch, patches in row-major
           order, the stream continuing across patches): bit-exact with upstream on CPU in fp32.
+          With `stream`, that stream is continued instead (`seed` is unused), as upstream's
+          seeded-once script continues it from image to image (see `noise_shapes` to skip ahead).
         rng="per-sample": row k's noise comes from its own generator seeded from
           (seed, sample_ids[k], patch index) (see `noise.per_sample_seed`), so a tile's output
           does not depend on the batch it is in. `sample_ids` defaults to 0..B-1.
@@ -197,7 +200,11 @@ class Teacher:
         chop, stride = resolve_chop(chop_size, chop_stride)
 
         y0 = (lr.to(self.device, torch.float32) - 0.5) / 0.5
-        official = OfficialNoise(seed, self.device) if rng == "official" else None
+        if stream is not None and (rng != "official" or stream.device != self.device):
+            raise ValueError("a noise stream is continued with rng='official' on its own device")
+        official = None
+        if rng == "official":
+            official = stream if stream is not None else OfficialNoise(seed, self.device)
 
         def noise_for(patch_index: int) -> NoiseSource:
             if official is not None:  # one stream, continuing across patches
@@ -220,6 +227,36 @@ class Teacher:
                 count[:, :, sr_rows, sr_cols] += 1
             result = total / count
         return result.clamp(-1.0, 1.0) * 0.5 + 0.5
+
+    def noise_shapes(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        chop_size: int | None = None,
+        chop_stride: int | None = None,
+    ) -> list[torch.Size]:
+        """The shapes of the noise draws one multi-step `sample` call makes, in order.
+
+        Drawing them from an official stream advances it exactly as that call would, so a run
+        that skips images (a resumed cache) still gives every later image its own noise.
+        """
+        chop, stride = resolve_chop(chop_size, chop_stride)
+        ae = self.config.autoencoder
+        down = 2 ** (len(ae.ch_mult) - 1)
+        offset = self.config.padding_offset
+        shapes = []
+        for patch in chop_grid(height, width, chop, stride):
+            padded_h = math.ceil(patch.height / offset) * offset
+            padded_w = math.ceil(patch.width / offset) * offset
+            latent = (
+                batch,
+                ae.embed_dim,
+                padded_h * self.scale // down,
+                padded_w * self.scale // down,
+            )
+            shapes += [torch.Size(latent)] * (1 + self.steps)
+        return shapes
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision in ("fp32", "tf32"):
