@@ -243,7 +243,8 @@ def _write_record(path: Path, sha256: str) -> None:
 
 def _how_to_fix(spec: WeightSpec, final: Path) -> str:
     return (
-        f"Download it by hand to {final}, or pass --weights-dir DIR containing {spec.filename}, "
+        f"Download it by hand to {final}, or point --weights-dir DIR (in params: "
+        f"teacher.weights_dir) at a folder containing {spec.filename}, "
         f"or set {HOME_ENV} (files then live in ${HOME_ENV}/weights), "
         f"or set {MIRROR_ENV} to a base URL that serves {spec.filename}."
     )
@@ -340,6 +341,9 @@ def _looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or Path(text).suffix in {".pth", ".pt", ".ckpt", ".bin"}
 
 
+_TORCH_SUFFIXES = {".pth", ".pt", ".ckpt"}
+
+
 def download(spec: WeightSpec, dest_dir: str | os.PathLike[str], progress: bool = True) -> Path:
     """Download ``spec`` into ``dest_dir`` and return the verified final path.
 
@@ -365,6 +369,9 @@ def download(spec: WeightSpec, dest_dir: str | os.PathLike[str], progress: bool 
             problem = f"expected sha256 {spec.sha256.lower()}, got {actual}"
         elif spec.size_bytes is not None and size != spec.size_bytes:
             problem = f"expected {spec.size_bytes} bytes, got {size}"
+        elif Path(spec.filename).suffix in _TORCH_SUFFIXES and not looks_like_torch_file(part):
+            # With no published hash this is the only check before the hash is trusted for good.
+            problem = f"the {size} bytes received are not a torch checkpoint (an error page?)"
         if problem:
             part.unlink(missing_ok=True)
             raise WeightsError(

@@ -541,6 +541,7 @@ def write_preview(store: TileStore, params: Params) -> Path:
 
 
 def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:
+    store.check_arrays()  # a damaged array cannot be repaired shard by shard: say so first
     prepared = _open_prepared(params)
     teacher = build_teacher(params.teacher, resolve_device(device))
     expected = store_provenance(TeacherIdentity.of(teacher), params, prepared.fingerprint())

@@ -227,8 +227,13 @@ def test_damaged_files_are_named_with_the_command_that_checks_them(tmp_path: Pat
     assert store.read_shard(0)["hr"].shape[0] == SHARD  # the other shards still read
 
     shutil.rmtree(store.path / "lr")  # a whole array folder gone
-    report = TileStore.open(store.path).verify()
+    reopened = TileStore.open(store.path, mode="r+")
+    report = reopened.verify()
     assert set(report.corrupt) == {0, 1, 2} and "lr: array folder" in report.corrupt[0]
+    with pytest.raises(StoreLayoutError, match=r"/lr: the array is missing .* prepare-data"):
+        reopened.invalidate_shard(1)  # a repair cannot restore it shard by shard
+    assert reopened.verify().missing == []  # nothing was withdrawn before the refusal
+    reopened.close()
 
     (store.path / "zarr.json").write_text("{not json")
     with pytest.raises(StoreLayoutError, match=r"zarr\.json cannot be read .* --overwrite"):

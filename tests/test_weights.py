@@ -15,7 +15,8 @@ import pytest
 from dtkd_pipeline import weights
 from dtkd_pipeline.weights import WeightsError, WeightSpec
 
-PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one read chunk
+# A pickle header (as a legacy torch.save file starts), then 1 MiB: more than one read chunk.
+PAYLOAD = b"\x80\x02" + bytes(range(256)) * 4096 + b"tail"
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 FILENAME = "model.pth"
 
@@ -167,6 +168,18 @@ def test_wrong_registry_size_leaves_no_file(server: Server, tmp_path: Path) -> N
     assert not (tmp_path / FILENAME).exists()
     assert not (tmp_path / f"{FILENAME}.part").exists()
     assert not (tmp_path / f"{FILENAME}.sha256").exists()
+
+
+def test_an_error_page_instead_of_a_checkpoint_is_refused_and_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / FILENAME).write_text("<html>rate limited</html>")
+    spec = replace(_spec(Server("")), url=(served / FILENAME).as_uri())
+    with pytest.raises(WeightsError, match="25 bytes received are not a torch checkpoint"):
+        weights.download(spec, tmp_path / "cache", progress=False)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{FILENAME}.lock"]
 
 
 def test_wrong_registry_hash_leaves_no_file(server: Server, tmp_path: Path) -> None:

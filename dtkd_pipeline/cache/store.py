@@ -41,7 +41,7 @@ import zarr
 from dtkd_pipeline.atomic import remove_dead_siblings
 
 from .errors import CacheError, CorruptShardError, IncompleteShardError, StoreLayoutError
-from .layout import FORMAT_VERSION, ArraySpec, StoreLayout
+from .layout import FORMAT_VERSION, KIND_PREPARED, KIND_TEACHER, ArraySpec, StoreLayout
 from .lock import LOCK_NAME, StoreLock
 from .provenance import ABSENT, SOURCES, diff_fields, fingerprint_of, mismatch_error, to_json_value
 
@@ -51,6 +51,10 @@ _DECODE_ERRORS = (ValueError, OSError, KeyError)
 LAYOUT_ATTR = "dtkd_layout"
 PROVENANCE_ATTR = "provenance"
 DONE_DIR = "_done"
+_BUILDERS = {  # how to rebuild a store of each kind from scratch
+    KIND_PREPARED: "`dtkd-pipeline prepare-data`",
+    KIND_TEACHER: "`dtkd-pipeline cache-teacher --overwrite`",
+}
 _PARTIAL_SUFFIX = ".partial"  # zarr's LocalStore writes `<key>.<uuid>.partial` then renames
 
 
@@ -335,7 +339,7 @@ class TileStore:
         for name in self.names:
             try:
                 path = self.shard_file(name, shard_index)
-            except (KeyError, OSError, ValueError):  # the array folder itself is gone
+            except StoreLayoutError:  # the array folder itself is gone or damaged
                 return f"{name}: array folder {self.path / name} unreadable"
             if not path.is_file():
                 return f"{name}: shard file {path.relative_to(self.path)} missing"
@@ -388,7 +392,15 @@ class TileStore:
     def _array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
             self.layout.spec(name)  # clear KeyError for unknown names
-            array = self._group[name]
+            try:
+                array = self._group[name]
+            except (KeyError, ValueError, TypeError, OSError) as error:
+                command = _BUILDERS.get(self.kind, "the command that built it")
+                raise StoreLayoutError(
+                    f"{self.path}/{name}: the array is missing or its zarr.json is damaged "
+                    f"({type(error).__name__}: {error}); shards cannot be repaired without it: "
+                    f"rebuild the store with {command}"
+                ) from None
             if self._writable:
                 # Runtime config is not persisted, so it is set again on every open: an all-zero
                 # tile must still be stored, or it would be indistinguishable from a missing one.
@@ -425,14 +437,21 @@ class TileStore:
         _write_json_atomic(self._record_path(shard_index), record)
         return checksums
 
+    def check_arrays(self) -> None:
+        """Raise StoreLayoutError, with the rebuild command, when an array cannot be opened."""
+        for name in self.names:
+            self._array(name)
+
     def invalidate_shard(self, shard_index: int) -> None:
         """Withdraw a shard's completion record, then delete its data, so it is recomputed."""
         if not self._writable:
             raise PermissionError(f"{self.path} was opened read-only; open it with mode='r+'")
         self.layout.shard_range(shard_index)
+        self.check_arrays()  # before anything is deleted
+        files = [self.shard_file(name, shard_index) for name in self.names]
         self._record_path(shard_index).unlink(missing_ok=True)
-        for name in self.names:
-            self.shard_file(name, shard_index).unlink(missing_ok=True)
+        for file in files:
+            file.unlink(missing_ok=True)
 
     def shard_file(self, name: str, shard_index: int) -> Path:
         """Path of the file holding shard `shard_index` of array `name` (may not exist yet)."""
@@ -529,7 +548,7 @@ class TileStore:
                 data = self._array(name)[start:stop]
             except ValueError as error:  # zarr's crc32c codec raises ValueError on mismatch
                 return f"{name}: codec checksum failed ({error})"
-            except (OSError, KeyError) as error:  # a shard file or array folder is gone
+            except (OSError, KeyError, StoreLayoutError) as error:  # a file or array is gone
                 return f"{name}: unreadable ({type(error).__name__}: {error})"
             if content_checksum(data) != recorded.get(name):
                 return f"{name}: content checksum differs from the completion record"
