@@ -6,7 +6,9 @@ does not match) are printed as one clear message with exit code 1, without a tra
 
 from __future__ import annotations
 
+import json
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -171,7 +173,8 @@ def cache_teacher(
     if dwt is not None:
         extra.append(f"teacher.dwt={str(dwt).lower()}")
     if weights_dir is not None:
-        extra.append(f"teacher.weights_dir={weights_dir}")
+        # Quoted: a path is a string whatever it holds ("#", ": ", "null").
+        extra.append(f"teacher.weights_dir={json.dumps(str(weights_dir))}")
     _run(
         lambda: stage.run(
             _params(params, extra),
@@ -303,16 +306,31 @@ def analyze_bands(
         loaded = _params(params, overrides)
         for path in model or []:
             require_model_file(path)
-        models = {path.stem: path for path in model} if model else None
-        stage.run_bands(
+        written = stage.run_bands(
             loaded,
             resolve_device(device or loaded.evaluate.device),
             out_dir or loaded.evaluate.out_dir,
             out_dir or loaded.evaluate.plots_dir,
-            models,
+            _model_labels(model) if model else None,
         )
+        typer.echo(f"band analysis -> {written['json']}, chart -> {written['png']}")
 
-    _run(action)
+    _run(action, also=(ValueError,))  # e.g. teacher images of another size than the student's
+
+
+def _model_labels(paths: list[Path]) -> dict[str, Path]:
+    """Chart label per checkpoint: its file stem, or folder/stem where stems repeat."""
+    stems = Counter(path.stem for path in paths)
+    labels: dict[str, Path] = {}
+    for path in paths:
+        label = path.stem if stems[path.stem] == 1 else f"{path.parent.name}/{path.stem}"
+        if label in labels:
+            raise ValueError(
+                f"--model {path} and {labels[label]} would share the label {label!r}: "
+                "give each checkpoint once, from folders with different names"
+            )
+        labels[label] = path
+    return labels
 
 
 @app.command("upscale")

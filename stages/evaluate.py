@@ -214,8 +214,9 @@ def run_bands(
     out_dir: Path,
     plots_dir: Path,
     models: dict[str, Path] | None = None,
-) -> None:
-    """Band analysis of each student (first checkpoint per label, or ``models``)."""
+) -> dict[str, Path]:
+    """Band analysis of each student (first checkpoint per label, or ``models``); returns the
+    written files ({"json": ..., "png": ...})."""
     cfg = params.evaluate.bands
     if models is None:
         models = {label: runs[0] for label, runs in params.evaluate.models.students.items()}
@@ -239,7 +240,7 @@ def run_bands(
             stats[label] = analyze_folder(
                 Path(cfg.source), checkpoint, max_images=cfg.max_tiles or None, **common
             )
-    write_band_report(stats, out_dir, plots_dir)
+    return write_band_report(stats, out_dir, plots_dir)
 
 
 def run(params: Params, device: str | None = None) -> Path:

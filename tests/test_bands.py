@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +337,21 @@ def test_cli_analyzes_the_given_checkpoint_into_out_dir(
     reference = reference_means(model.eval(), data["lr"][:3], data["teacher"][:3], levels=2)
     assert stats["subbands"] == pytest.approx(reference, rel=1e-5)  # float32 DWT sums
     assert (out / "bands.png").is_file()
+    assert f"chart -> {out / 'bands.png'}" in result.output
+
+    (tmp_path / "run-a").mkdir()
+    (tmp_path / "run-b").mkdir()
+    for run in ("run-a", "run-b"):  # two runs' student.pt: one series each, labelled by folder
+        shutil.copy(checkpoint, tmp_path / run / "student.pt")
+    both = [str(tmp_path / run / "student.pt") for run in ("run-a", "run-b")]
+    result = runner.invoke(
+        app, [*common, "--device", "cpu", "--model", both[0], "--model", both[1]]
+    )
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((out / "bands.json").read_text())["students"]) == {
+        "run-a/student",
+        "run-b/student",
+    }
+    twice = runner.invoke(app, [*common, "--device", "cpu", "--model", both[0], "--model", both[0]])
+    assert twice.exit_code == 1 and "share the label" in twice.output
+    assert "Traceback" not in twice.output

@@ -69,11 +69,12 @@ def test_cache_teacher_flags_set_their_params_keys(
         return tmp_path
 
     monkeypatch.setattr(cache_teacher, "run", record)
-    flags = ["--steps", "15", "--dwt", "--weights-dir", str(tmp_path), "--overwrite"]
+    weights = tmp_path / "w #1: null"  # a path, not YAML: no comment, mapping or null in it
+    flags = ["--steps", "15", "--dwt", "--weights-dir", str(weights), "--overwrite"]
     result = runner.invoke(app, ["cache-teacher", *flags, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     teacher = seen["teacher"]
-    assert (teacher.steps, teacher.dwt, teacher.weights_dir) == (15, True, tmp_path)
+    assert (teacher.steps, teacher.dwt, teacher.weights_dir) == (15, True, weights)
     assert seen["overwrite"] is True and seen["device"] == "cpu"
     assert runner.invoke(app, ["cache-teacher", "--no-dwt"]).exit_code == 0
     assert seen["teacher"].dwt is False
@@ -144,14 +145,18 @@ def test_teacher_sr_refuses_before_loading_and_writes_nothing(
     assert (tmp_path / "x.png").read_bytes() == before
 
 
-def test_teacher_sr_names_a_bad_image_before_resolving_weights(tmp_path: Path) -> None:
-    (tmp_path / "broken.png").write_bytes(b"not a png")
+@pytest.mark.parametrize("bad", ["broken", "too-small"])
+def test_teacher_sr_names_a_bad_image_before_resolving_weights(tmp_path: Path, bad: str) -> None:
+    if bad == "broken":
+        (tmp_path / f"{bad}.png").write_bytes(b"not a png")
+    else:  # the teacher needs sides of 33 px or more
+        write_image(tmp_path / f"{bad}.png", np.full((20, 30, 3), 0.5))
     result = runner.invoke(
-        app, ["teacher-sr", str(tmp_path / "broken.png"), str(tmp_path / "o"),
+        app, ["teacher-sr", str(tmp_path / f"{bad}.png"), str(tmp_path / "o"),
               "--unet", str(tmp_path / "absent-unet.pth")],
     )  # fmt: skip
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "broken.png" in result.output and "absent-unet.pth" not in result.output
+    assert f"{bad}.png" in result.output and "absent-unet.pth" not in result.output
     assert not (tmp_path / "o").exists()
 
 

@@ -24,7 +24,7 @@ from dtkd_pipeline.images import (
 )
 from dtkd_pipeline.teacher.config import TeacherConfigError, resolve_config
 from dtkd_pipeline.teacher.factory import load_teacher
-from dtkd_pipeline.teacher.sampler import check_precision, resolve_chop
+from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, check_precision, resolve_chop
 from dtkd_pipeline.weights import resolve_weights
 
 VERSION_WEIGHTS = {
@@ -81,7 +81,12 @@ def super_resolve_paths(
             f"--version {version} is a config file: pass --unet with its weights"
         )
     for path, _ in plan:  # a bad image is named before ~700 MB of weights download
-        read_image(path)  # (decoding twice costs nothing beside 15 diffusion steps)
+        height, width = read_image(path).rgb.shape[:2]  # (decoding twice costs nothing beside
+        if min(height, width) < MIN_LR_SIDE:  # 15 diffusion steps)
+            raise ValueError(
+                f"{path}: {width}x{height} is too small for the teacher (its sides need at least "
+                f"{MIN_LR_SIDE} px); pad or enlarge the image, or leave it out"
+            )
     unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
     vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
     teacher = load_teacher(
