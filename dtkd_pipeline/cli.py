@@ -368,9 +368,12 @@ def upscale(
 ) -> None:
     """Super-resolve images x4 with the distilled student (tiled, keeps bit depth and alpha)."""
     from dtkd_pipeline import upscale as runner
+    from dtkd_pipeline.student.onnx_export import check_onnx_target
     from dtkd_pipeline.student.onnx_export import export_onnx as to_onnx
 
     def action() -> None:
+        if export_onnx is not None:
+            check_onnx_target(export_onnx)  # before the images, not after them
         written = runner.upscale_paths(
             inputs,
             output,

@@ -153,6 +153,12 @@ def test_upscale_command_writes_x4_image_and_checked_onnx(tmp_path: Path) -> Non
     bad = CliRunner().invoke(app, [*args, "--precision", "bf16", "--device", "cpu"])
     assert bad.exit_code == 1 and "needs a CUDA device" in bad.output
 
+    out.unlink()
+    for target in (tmp_path / "in", tmp_path / "student.txt"):  # a folder; not an .onnx name
+        refused = CliRunner().invoke(app, [*args, "--export-onnx", str(target)])
+        assert refused.exit_code == 1 and "give a file name ending in .onnx" in refused.output
+        assert not out.exists()  # refused before any image was upscaled
+
 
 def test_band_folder_source_is_checked_first_and_capped_by_max_tiles(
     params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -60,6 +60,20 @@ def _require(module: str) -> Any:
         ) from error
 
 
+def check_onnx_target(path: str | os.PathLike[str]) -> Path:
+    """Refuse an export that would fail at the end (packages missing, not a .onnx file name, a
+    folder in the way), so callers can check before their own long work."""
+    _require("onnx")
+    _require("onnxruntime")
+    path = Path(path)
+    if path.suffix.lower() != ".onnx" or path.is_dir():
+        raise ValueError(f"ONNX output {path}: give a file name ending in .onnx (not a folder)")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"ONNX output {path}: {blocker} is a file, not a folder")
+    return path
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -79,9 +93,8 @@ def export_onnx(
     too) and written only if the output matches PyTorch to ``atol``; otherwise
     :class:`OnnxExportError` is raised and nothing is left at ``path``.
     """
-    onnx = _require("onnx")
-    ort = _require("onnxruntime")
-    path = Path(path)
+    path = check_onnx_target(path)
+    onnx, ort = _require("onnx"), _require("onnxruntime")
     window = int(getattr(model, "window_size", 1) or 1)
     if tile <= window // 2:
         raise ValueError(f"tile must be larger than half the window ({window}), got {tile}")
