@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.atomic import staged_folder
-from dtkd_pipeline.config import EvaluateParams, Params, TeacherParams, section_dict
+from dtkd_pipeline.config import ConfigError, EvaluateParams, Params, TeacherParams, section_dict
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate import contenders as zoo
 from dtkd_pipeline.evaluate.bands import (
@@ -184,6 +184,12 @@ def run_efficiency(
     A given fp32 `teacher` is reused; otherwise one is built (weights are read once per run).
     """
     cfg = params.evaluate
+    if device.type != "cuda" and "fp32" not in cfg.efficiency.precisions:
+        raise ConfigError(
+            f"evaluate.efficiency.precisions {cfg.efficiency.precisions}: half precisions are "
+            f"measured on CUDA only and this run is on {device}, so nothing would be timed; "
+            "add fp32 or run on a GPU"
+        )
     targets = [
         student_target(
             label, arch_or_path=checkpoints[0], compile_mode=cfg.efficiency.student_compile

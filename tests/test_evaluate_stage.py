@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from dtkd_pipeline.cli import app
-from dtkd_pipeline.config import Params
+from dtkd_pipeline.config import ConfigError, Params
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
 from dtkd_pipeline.images import bicubic_downscale_x4, read_image, write_image
 from dtkd_pipeline.student import build_student
@@ -191,3 +191,14 @@ def test_band_folder_source_is_checked_first_and_capped_by_max_tiles(
         with_bands(source=folder, max_tiles=0), torch.device("cpu"), tmp_path, tmp_path
     )
     assert seen == [2, None]  # 0 = all images
+
+
+def test_only_half_precisions_on_cpu_are_refused_instead_of_timing_nothing(
+    params: Params, tmp_path: Path
+) -> None:
+    efficiency = params.evaluate.efficiency.model_copy(update={"precisions": ["bf16"]})
+    evaluate_cfg = params.evaluate.model_copy(update={"efficiency": efficiency})
+    half_only = params.model_copy(update={"evaluate": evaluate_cfg})
+    with pytest.raises(ConfigError, match=r"precisions \['bf16'\].*add fp32 or run on a GPU"):
+        evaluate.run_efficiency(half_only, torch.device("cpu"), tmp_path / "efficiency")
+    assert not (tmp_path / "efficiency").exists()
