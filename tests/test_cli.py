@@ -97,7 +97,7 @@ def test_teacher_sr_writes_x4_png_per_image(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     rng = np.random.default_rng(0)
-    write_image(inputs / "a.png", rng.random((40, 48, 3)))
+    write_image(inputs / "a.png", rng.random((40, 48, 3)), rng.random((40, 48)))  # RGBA
     write_image(inputs / "b.png", rng.random((64, 64)))  # gray input becomes RGB
     result = runner.invoke(
         app,
@@ -112,6 +112,8 @@ def test_teacher_sr_writes_x4_png_per_image(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert read_image(tmp_path / "out" / "a.png").rgb.shape == (160, 192, 3)
     assert read_image(tmp_path / "out" / "b.png").rgb.shape == (256, 256, 3)
+    assert "1 image(s) have alpha or 16-bit samples" in result.output and "a.png" in result.output
+    assert f"2 image(s) -> {tmp_path / 'out'}" in result.output
 
 
 def test_teacher_sr_refuses_other_step_count(tmp_path: Path) -> None:

@@ -80,13 +80,22 @@ def super_resolve_paths(
         raise TeacherConfigError(
             f"--version {version} is a config file: pass --unet with its weights"
         )
+    reduced = []
     for path, _ in plan:  # a bad image is named before ~700 MB of weights download
-        height, width = read_image(path).rgb.shape[:2]  # (decoding twice costs nothing beside
-        if min(height, width) < MIN_LR_SIDE:  # 15 diffusion steps)
+        image = read_image(path)  # (decoding twice costs nothing beside 15 diffusion steps)
+        height, width = image.rgb.shape[:2]
+        if min(height, width) < MIN_LR_SIDE:
             raise ValueError(
                 f"{path}: {width}x{height} is too small for the teacher (its sides need at least "
                 f"{MIN_LR_SIDE} px); pad or enlarge the image, or leave it out"
             )
+        if image.alpha is not None or image.bit_depth > 8:
+            reduced.append(path.name)
+    if reduced:  # the teacher's VQGAN decodes 8-bit RGB; say so rather than drop data silently
+        print(
+            f"note: {len(reduced)} image(s) have alpha or 16-bit samples, which the teacher does "
+            f"not keep (outputs are 8-bit RGB): {', '.join(reduced[:5])}"
+        )
     unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
     vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
     teacher = load_teacher(
@@ -102,6 +111,7 @@ def super_resolve_paths(
         rgb = sr[0].permute(1, 2, 0).cpu().numpy()
         out_dir.mkdir(parents=True, exist_ok=True)  # only once there is a result to write
         written.append(write_image(output, rgb))
+    print(f"{len(written)} image(s) -> {out_dir}")
     return written
 
 
