@@ -337,11 +337,11 @@ def _resolve(
     return downloaded, _read_record(downloaded)  # hashed while streaming, then recorded
 
 
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or Path(text).suffix in {".pth", ".pt", ".ckpt", ".bin"}
-
-
 _TORCH_SUFFIXES = {".pth", ".pt", ".ckpt"}
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or Path(text).suffix in _TORCH_SUFFIXES | {".bin"}
 
 
 def download(spec: WeightSpec, dest_dir: str | os.PathLike[str], progress: bool = True) -> Path:

@@ -231,6 +231,7 @@ class TileOrderStream:
     def __init__(self, teacher: Teacher, tp: TeacherParams, layout: StoreLayout) -> None:
         self.teacher, self.tp, self.layout = teacher, tp, layout
         self.tile_side = layout.spec(LR).tile_shape[1:]
+        self.group_size = _group_size(layout, tp.batch_size)
         self._restart()
 
     def _restart(self) -> None:
@@ -241,9 +242,7 @@ class TileOrderStream:
         if start < self.position:
             self._restart()
         while self.position < start:
-            group = self.layout.shard_of(self.position) // _group_size(
-                self.layout, self.tp.batch_size
-            )
+            group = self.layout.shard_of(self.position) // self.group_size
             _, stop = _group_tiles(self.layout, group, self.tp.batch_size)
             for first in range(self.position, stop, self.tp.batch_size):
                 rows = _network_rows(self.teacher, min(self.tp.batch_size, stop - first), self.tp)
@@ -286,8 +285,9 @@ def compute_shards(
     g = _group_size(layout, tp.batch_size)
     order = TileOrderStream(teacher, tp, layout) if tp.rng == "official" else None
     for wanted in shard_groups(layout, shards, tp.batch_size):
-        members = range(wanted[0] // g * g, min(wanted[0] // g * g + g, layout.n_shards))
-        start, stop = _group_tiles(layout, wanted[0] // g, tp.batch_size)
+        group = wanted[0] // g
+        members = range(group * g, min(group * g + g, layout.n_shards))
+        start, stop = _group_tiles(layout, group, tp.batch_size)
         stream = order.at(start) if order is not None else None
         lr = np.concatenate([prepared.read_shard(shard, [LR])[LR] for shard in members])
         is_wanted = np.zeros(stop - start, bool)

@@ -244,19 +244,17 @@ class Teacher:
         chop, stride = resolve_chop(chop_size, chop_stride)
         ae = self.config.autoencoder
         down = 2 ** (len(ae.ch_mult) - 1)
-        offset = self.config.padding_offset
         shapes = []
         for patch in chop_grid(height, width, chop, stride):
-            padded_h = math.ceil(patch.height / offset) * offset
-            padded_w = math.ceil(patch.width / offset) * offset
-            latent = (
-                batch,
-                ae.embed_dim,
-                padded_h * self.scale // down,
-                padded_w * self.scale // down,
-            )
-            shapes += [torch.Size(latent)] * (1 + self.steps)
+            latent_h = self._padded(patch.height) * self.scale // down
+            latent_w = self._padded(patch.width) * self.scale // down
+            shapes += [torch.Size((batch, ae.embed_dim, latent_h, latent_w))] * (1 + self.steps)
         return shapes
+
+    def _padded(self, side: int) -> int:
+        """An LR side after `_sample_func`'s padding to a multiple of lq_size."""
+        offset = self.config.padding_offset
+        return math.ceil(side / offset) * offset
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision in ("fp32", "tf32"):
@@ -305,10 +303,9 @@ class Teacher:
         coeff = self._coefficients
         scale_factor = self.config.diffusion.scale_factor
         height, width = y0.shape[-2:]
-        offset = self.config.padding_offset
         # Right/bottom reflect padding to a multiple of lq_size (upstream sampler.py:130-138).
-        pad_h = math.ceil(height / offset) * offset - height
-        pad_w = math.ceil(width / offset) * offset - width
+        pad_h = self._padded(height) - height
+        pad_w = self._padded(width) - width
         if pad_h or pad_w:
             y0 = F.pad(y0, (0, pad_w, 0, pad_h), mode="reflect")
 
