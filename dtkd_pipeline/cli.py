@@ -338,8 +338,12 @@ def upscale(
     inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
     output: Annotated[Path, typer.Argument(help="Output file (for one image) or folder.")],
     model: Annotated[
-        Path, typer.Option(help="Student checkpoint (student.pt) or an official SwinIR file.")
-    ] = Path("data/models/student.pt"),
+        str,
+        typer.Option(
+            help="Student checkpoint (student.pt), an official SwinIR file, or an official "
+            "release's name (swinir-s-x2/x3/x4, downloaded once; see `weights`)."
+        ),
+    ] = "data/models/student.pt",
     arch: Annotated[
         str | None,
         typer.Option(
@@ -365,6 +369,9 @@ def upscale(
         Path | None,
         typer.Option(help="Also export the student to this ONNX file (checked against PyTorch)."),
     ] = None,
+    weights_dir: Annotated[
+        Path | None, typer.Option(help="Folder with official .pth files (offline use).")
+    ] = None,
 ) -> None:
     """Super-resolve images x4 with the distilled student (tiled, keeps bit depth and alpha)."""
     from dtkd_pipeline import upscale as runner
@@ -385,10 +392,13 @@ def upscale(
             precision=precision,
             device=device or "auto",
             compile_mode=compile_mode,  # type: ignore[arg-type]  # checked by the upscaler
+            weights_dir=weights_dir,
         )
         typer.echo(f"{len(written)} image(s) -> {output}")
         if export_onnx is not None:
-            student = runner.load_upscaler(model, device="cpu", arch=arch).model
+            student = runner.load_upscaler(
+                model, device="cpu", arch=arch, weights_dir=weights_dir
+            ).model
             error = to_onnx(student, export_onnx)
             typer.echo(f"ONNX -> {export_onnx} (max |onnx - torch| = {error:.1e}, dynamic sizes)")
 

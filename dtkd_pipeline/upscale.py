@@ -27,6 +27,7 @@ CUDA graphs, which is what brings batch-1 latency down on a GPU (docs/performanc
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,9 @@ from dtkd_pipeline.images import (
     write_image,
 )
 from dtkd_pipeline.student import build_student, load_student_weights, student_config
+from dtkd_pipeline.student.registry import STUDENT_CONFIGS
 from dtkd_pipeline.student.weights import read_checkpoint
+from dtkd_pipeline.weights import REGISTRY, resolve_weights
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -133,17 +136,46 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-def require_model_file(path: Path) -> None:
-    """Refuse a student path that is not a file, saying where students come from."""
+def registered_student(model: str | os.PathLike[str]) -> str | None:
+    """The name, when ``model`` names an official student release in the weights registry
+    (e.g. ``swinir-s-x4``) rather than a file that exists."""
+    text = os.fspath(model)
+    if Path(text).exists() or text not in REGISTRY or text not in STUDENT_CONFIGS:
+        return None
+    return text
+
+
+def require_model_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a student that is neither a file nor a registered release, saying where students
+    come from."""
+    path = Path(path)
+    if registered_student(path) is not None:
+        return
     if path.is_dir():
         raise IsADirectoryError(
             f"model {path} is a folder; pass the checkpoint file in it, e.g. {path / 'student.pt'}"
         )
     if not path.is_file():
+        official = ", ".join(name for name in REGISTRY if name in STUDENT_CONFIGS)
         raise FileNotFoundError(
             f"model file not found: {path}; train one with `dtkd-pipeline distill` (it writes "
-            "data/models/student.pt) or pass the path of yours with --model"
+            f"data/models/student.pt), pass the path of yours with --model, or name an official "
+            f"release ({official}; downloaded once)"
         )
+
+
+def resolve_model_file(
+    model: str | os.PathLike[str], arch: str | None, weights_dir: str | os.PathLike[str] | None
+) -> tuple[Path, str | None]:
+    """(checkpoint file, architecture) for a student path or a registered release name; a
+    release is downloaded and verified on first use and implies its own architecture."""
+    name = registered_student(model)
+    if name is None:
+        require_model_file(model)
+        return Path(model), arch
+    if arch is not None and arch != name:
+        raise ValueError(f"--model {name} is a {name!r} student, not --arch {arch!r}; drop --arch")
+    return resolve_weights(name, weights_dir=weights_dir), name
 
 
 def load_upscaler(
@@ -153,22 +185,23 @@ def load_upscaler(
     *,
     arch: str | None = None,
     compile_mode: CompileMode | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
 ) -> Upscaler:
     """Build the student and load weights from ``model_path``; return an :class:`Upscaler`.
 
     ``model_path`` is this project's ``student.pt`` (a dict with ``model``, ``ema``, ``arch``, ...)
-    or an official SwinIR release file (``params`` / ``params_ema``) or a plain state dict. EMA
+    or an official SwinIR release file (``params`` / ``params_ema``) or a plain state dict, or the
+    registry name of an official release (``swinir-s-x4``: fetched into ``weights_dir``). EMA
     weights are preferred. The architecture comes from the file's ``arch`` entry; for files
     without one it is ``arch`` (default ``"swinir-s-x4"``). An ``arch`` that contradicts the file's
     raises ValueError. ``compile_mode``: see the module docstring (None: eager).
     Missing file → FileNotFoundError; unreadable or mis-shaped weights →
     :class:`~dtkd_pipeline.student.StudentWeightsError` (a ValueError naming the file).
     """
-    path = Path(model_path)
-    require_model_file(path)
     resolved = resolve_device(device)
     check_precision(precision, resolved)
     check_compile_mode(compile_mode)
+    path, arch = resolve_model_file(model_path, arch, weights_dir)
     checkpoint = read_checkpoint(path)
     stored_arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
     if stored_arch is not None and not isinstance(stored_arch, str):
@@ -516,6 +549,7 @@ def upscale_paths(
     suffix: str = "",
     progress: bool = True,
     compile_mode: CompileMode | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
     """Super-resolve an image file or a folder of images; return the written paths.
 
@@ -532,7 +566,7 @@ def upscale_paths(
     when that image's turn comes (outputs already written are complete: writes are atomic, and
     nothing is ever half-written).
     """
-    inputs, out, model_path = Path(inputs), Path(out), Path(model_path)
+    inputs, out = Path(inputs), Path(out)
     if not inputs.exists():
         raise FileNotFoundError(f"input not found: {inputs}")
     require_model_file(model_path)
@@ -541,7 +575,9 @@ def upscale_paths(
     if len(pairs) == 1:  # read and check a single input before paying for the model load
         first = read_image(pairs[0][0])
         _check_writable(pairs[0][1], first)
-    upscaler = load_upscaler(model_path, device, precision, arch=arch, compile_mode=compile_mode)
+    upscaler = load_upscaler(
+        model_path, device, precision, arch=arch, compile_mode=compile_mode, weights_dir=weights_dir
+    )
     written = []
     bar = tqdm(pairs, desc="upscale", unit="img", disable=not progress or len(pairs) < 2)
     for source, target in bar:

@@ -267,6 +267,29 @@ def test_load_upscaler_rejects_contradicting_arch(checkpoint: Path) -> None:
         load_upscaler(checkpoint, "cpu", arch="swinir-s-x4")
 
 
+def test_official_release_name_resolves_through_the_weights_folder(tmp_path: Path) -> None:
+    """`--model swinir-s-x2` finds the registry file (as the release ships it, {'params': ...})
+    and builds the x2 architecture the name implies, though the file records none."""
+    from dtkd_pipeline.weights import get_spec
+
+    torch.manual_seed(0)
+    official = build_student("swinir-s-x2").eval()
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.save({"params": official.state_dict()}, folder / get_spec("swinir-s-x2").filename)
+    upscaler = load_upscaler("swinir-s-x2", "cpu", weights_dir=folder)
+    assert upscaler.arch == "swinir-s-x2" and upscaler.scale == 2
+    lr = _smooth_image(8, 8)
+    torch.testing.assert_close(upscaler(lr, tile=0), upscale_tensor(official, lr, scale=2, tile=0))
+    with pytest.raises(ValueError, match="drop --arch"):
+        load_upscaler("swinir-s-x2", "cpu", arch="swinir-s-x4", weights_dir=folder)
+
+
+def test_missing_model_error_names_the_official_releases(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="swinir-s-x4; downloaded once"):
+        upscale_paths(tmp_path, tmp_path / "out", model_path="no-such-model")
+
+
 # ------------------------------------------------------------------------------------ files
 
 
