@@ -372,6 +372,9 @@ def upscale(
     weights_dir: Annotated[
         Path | None, typer.Option(help="Folder with official .pth files (offline use).")
     ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Skip unreadable images with a note instead of stopping.")
+    ] = False,
 ) -> None:
     """Super-resolve images x4 with the distilled student (tiled, keeps bit depth and alpha)."""
     from dtkd_pipeline import upscale as runner
@@ -393,6 +396,7 @@ def upscale(
             device=device or "auto",
             compile_mode=compile_mode,  # type: ignore[arg-type]  # checked by the upscaler
             weights_dir=weights_dir,
+            skip_bad=skip_bad,
         )
         typer.echo(f"{len(written)} image(s) -> {output}")
         if export_onnx is not None:

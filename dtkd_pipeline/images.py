@@ -11,11 +11,13 @@ to 16-bit PNG to keep the extra bits.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ImageHeader",
     "ImageReadError",
     "LoadedImage",
     "bicubic_downscale_x4",
@@ -37,6 +40,7 @@ __all__ = [
     "imresize",
     "list_images",
     "modcrop",
+    "probe_image",
     "read_image",
     "resize_weights",
     "rgb_to_y",
@@ -73,6 +77,66 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
     Gray becomes three equal channels; palette images are expanded; EXIF orientation is applied
     (as cv2.imread does). Any failure raises :class:`ImageReadError` naming the file.
     """
+    path = _existing_file(path)
+    with _reading(path):
+        if _is_16bit_colour_png(_png_head(path)):
+            return _read_png16(path)
+        with Image.open(path) as image:
+            image.load()
+            # Read the stored bit depth first: the transposed copy has no format or TIFF tags.
+            stored_bits = _stored_bits(image)
+            return _from_pillow(ImageOps.exif_transpose(image), path, stored_bits)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header promises; :func:`read_image` gives the same size, bit depth
+    and alpha, or finds the pixel data corrupt."""
+
+    path: Path
+    width: int  # after EXIF orientation, as read_image returns it
+    height: int
+    bit_depth: int
+    has_alpha: bool
+
+
+def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
+    """Read only the header: a cheap pre-scan that names unreadable files before costly work.
+
+    Refuses what :func:`read_image` would refuse from the header alone (not an image, empty,
+    float or 32-bit samples); truncated or corrupt pixel data shows only when the image is read.
+    """
+    path = _existing_file(path)
+    with _reading(path):
+        deep_colour = _is_16bit_colour_png(_png_head(path))
+        with Image.open(path) as image:
+            stored_bits = 16 if deep_colour else _stored_bits(image)
+            _check_sample_format(image.mode, stored_bits, path)
+            width, height = image.size
+            if _orientation(image) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+            bit_depth = 16 if deep_colour or _is_gray16(image.mode, stored_bits) else 8
+            return ImageHeader(path, width, height, bit_depth, _has_alpha(image))
+
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # rotations by 90/270 degrees swap width and height
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation without decoding pixels: Pillow's PNG getexif() loads the image, so a
+    PNG's eXIf chunk is parsed from the header (one placed after the pixel data is not seen)."""
+    if image.format != "PNG":
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    exif.load(raw)
+    return int(exif.get(_EXIF_ORIENTATION, 1))
+
+
+def _existing_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -84,16 +148,19 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
         raise ImageReadError(f"{path}: not a regular file")
     if size == 0:
         raise ImageReadError(f"{path}: the file is empty (0 bytes)")
+    return path
+
+
+def _png_head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(_PNG_HEAD_LEN)
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn whatever Pillow raises for a bad file into an ImageReadError naming ``path``."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(_PNG_HEAD_LEN)
-        if _is_16bit_colour_png(head):
-            return _read_png16(path)
-        with Image.open(path) as image:
-            image.load()
-            # Read the stored bit depth first: the transposed copy has no format or TIFF tags.
-            stored_bits = _stored_bits(image)
-            return _from_pillow(ImageOps.exif_transpose(image), path, stored_bits)
+        yield
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -105,20 +172,32 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
         raise ImageReadError(f"{path}: {err}") from err
 
 
+def _is_gray16(mode: str, stored_bits: int) -> bool:
+    return mode in ("I;16", "I;16L", "I;16B", "I;16N") or (mode == "I" and stored_bits == 16)
+
+
+def _check_sample_format(mode: str, stored_bits: int, path: Path) -> None:
+    if mode in ("I", "F") and not _is_gray16(mode, stored_bits):
+        raise ImageReadError(
+            f"{path}: {'floating-point' if mode == 'F' else '32-bit integer'} images have no "
+            "defined [0, 1] range; save it as an 8- or 16-bit image"
+        )
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
 def _from_pillow(image: Image.Image, path: Path, stored_bits: int) -> LoadedImage:
     mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N") or (mode == "I" and stored_bits == 16):
+    if _is_gray16(mode, stored_bits):
         gray = np.asarray(image).astype(np.float32) / 65535.0
         alpha = None
         key = image.info.get("transparency")
         if isinstance(key, int):  # 16-bit gray PNG with a tRNS colour key
             alpha = (np.asarray(image) != key).astype(np.float32)
         return LoadedImage(np.repeat(gray[..., None], 3, axis=2), alpha, 16, path)
-    if mode in ("I", "F"):
-        raise ImageReadError(
-            f"{path}: {'floating-point' if mode == 'F' else '32-bit integer'} images have no "
-            "defined [0, 1] range; save it as an 8- or 16-bit image"
-        )
+    _check_sample_format(mode, stored_bits, path)
     bit_depth = 8
     if stored_bits > 8:
         warnings.warn(
@@ -126,8 +205,7 @@ def _from_pillow(image: Image.Image, path: Path, stored_bits: int) -> LoadedImag
             "convert it to 16-bit PNG to keep all bits",
             stacklevel=3,
         )
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if _has_alpha(image):
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
         return LoadedImage(
             np.ascontiguousarray(rgba[..., :3]), rgba[..., 3].copy(), bit_depth, path

@@ -49,11 +49,13 @@ from dtkd_pipeline.compiled import (
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import (
     IMAGE_EXTENSIONS,
+    ImageHeader,
     ImageReadError,
     LoadedImage,
     check_output_plan,
     imresize,
     list_images,
+    probe_image,
     read_image,
     write_image,
 )
@@ -492,15 +494,38 @@ def output_path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
     return out_dir / f"{source.stem}{suffix}.png"
 
 
-def _check_writable(path: Path, image: LoadedImage) -> None:
+def _check_writable(path: Path, image: ImageHeader) -> None:
     """Refuse early what write_image would refuse after the model ran."""
     suffix = path.suffix.lower()
     if image.bit_depth == 16 and suffix != ".png":
         raise ValueError(f"{image.path} is a 16-bit image; write it to a .png, not {path.name}")
-    if image.alpha is not None and suffix in _NO_ALPHA_SUFFIXES:
+    if image.has_alpha and suffix in _NO_ALPHA_SUFFIXES:
         raise ValueError(
             f"{image.path} has an alpha channel, which {suffix} cannot store; use .png"
         )
+
+
+def _prescan(pairs: list[tuple[Path, Path]], skip_bad: bool) -> list[tuple[Path, Path]]:
+    """Read every input's header before the model loads; name all bad files at once, or skip
+    them (``skip_bad``)."""
+    kept, bad = [], []
+    for source, target in pairs:
+        try:
+            _check_writable(target, probe_image(source))
+            kept.append((source, target))
+        except ImageReadError as error:
+            bad.append(error)
+    if bad and not skip_bad:
+        problems = "\n".join(f"  {error}" for error in bad)
+        raise ImageReadError(
+            f"{len(bad)} input image(s) cannot be read; nothing was written. Fix or remove them, "
+            f"or rerun with --skip-bad:\n{problems}"
+        )
+    for error in bad:
+        tqdm.write(f"skipping: {error}")
+    if not kept:
+        raise ImageReadError("no readable input images; nothing was written")
+    return kept
 
 
 def _plan_outputs(inputs: Path, out: Path, suffix: str) -> list[tuple[Path, Path]]:
@@ -550,6 +575,7 @@ def upscale_paths(
     progress: bool = True,
     compile_mode: CompileMode | None = None,
     weights_dir: str | os.PathLike[str] | None = None,
+    skip_bad: bool = False,
 ) -> list[Path]:
     """Super-resolve an image file or a folder of images; return the written paths.
 
@@ -562,19 +588,17 @@ def upscale_paths(
     16-bit inputs are written as 16-bit PNG, 8-bit ones as 8-bit; alpha is upscaled separately
     and kept (see :func:`upscale_image`); gray inputs come back RGB. ``arch``: the student for
     files that do not record one (official releases; default ``"swinir-s-x4"``). Missing
-    ``inputs``/model → FileNotFoundError; an unreadable image → ImageReadError naming it, raised
-    when that image's turn comes (outputs already written are complete: writes are atomic, and
-    nothing is ever half-written).
+    ``inputs``/model → FileNotFoundError. Every input's header is read before the model loads:
+    unreadable files are all named in one ImageReadError and nothing is written, or, with
+    ``skip_bad``, skipped with a note. Pixel data corrupt behind a good header shows only when its
+    turn comes: an ImageReadError naming it (outputs already written are complete: writes are
+    atomic), or a skip.
     """
     inputs, out = Path(inputs), Path(out)
     if not inputs.exists():
         raise FileNotFoundError(f"input not found: {inputs}")
     require_model_file(model_path)
-    pairs = _plan_outputs(inputs, out, suffix)
-    first: LoadedImage | None = None
-    if len(pairs) == 1:  # read and check a single input before paying for the model load
-        first = read_image(pairs[0][0])
-        _check_writable(pairs[0][1], first)
+    pairs = _prescan(_plan_outputs(inputs, out, suffix), skip_bad)
     upscaler = load_upscaler(
         model_path, device, precision, arch=arch, compile_mode=compile_mode, weights_dir=weights_dir
     )
@@ -582,8 +606,16 @@ def upscale_paths(
     bar = tqdm(pairs, desc="upscale", unit="img", disable=not progress or len(pairs) < 2)
     for source, target in bar:
         bar.set_postfix_str(source.name, refresh=False)
-        image = first if first is not None else read_image(source)
-        _check_writable(target, image)
+        try:
+            image = read_image(source)
+        except ImageReadError as error:  # pixel data the header scan could not vouch for
+            if not skip_bad:
+                raise ImageReadError(
+                    f"{error}; {len(written)} of {len(pairs)} image(s) were written to {out} "
+                    "before it. Rerun with --skip-bad to go past unreadable images"
+                ) from error
+            tqdm.write(f"skipping: {error}")
+            continue
         rgb, alpha = upscale_image(
             upscaler, image, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -247,6 +248,51 @@ def test_bad_files_raise_image_read_error_naming_the_file(tmp_path: Path) -> Non
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "missing.png")
     assert issubclass(ImageReadError, ValueError)
+
+
+def _varied_images(tmp_path: Path) -> list[Path]:
+    """8/16-bit, gray, alpha, palette with a transparent index, EXIF-rotated, other formats."""
+    rgb = _smooth_rgb(8, 12)
+    paths = [
+        write_image(tmp_path / "rgb8.png", rgb),
+        write_image(tmp_path / "rgba16.png", rgb, rgb[..., 0], bit_depth=16),
+        write_image(tmp_path / "rgb16.png", rgb, bit_depth=16),
+        write_image(tmp_path / "rgb.tif", rgb),
+        write_image(tmp_path / "rgb.webp", rgb),
+    ]
+    Image.fromarray(RNG.integers(0, 65536, (9, 7)).astype(np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(RNG.integers(0, 256, (9, 7, 2), dtype=np.uint8), "LA").save(tmp_path / "la.png")
+    palette = Image.fromarray(RNG.integers(0, 256, (5, 9), dtype=np.uint8), "P")
+    palette.putpalette(RNG.integers(0, 256, 768, dtype=np.uint8).tolist())
+    palette.save(tmp_path / "pt.png", transparency=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(tmp_path / "r.jpg", exif=exif)
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(tmp_path / "r.png", exif=exif)
+    names = ("g16.png", "la.png", "pt.png", "r.jpg", "r.png")
+    return paths + [tmp_path / name for name in names]
+
+
+def test_probe_image_promises_what_read_image_delivers(tmp_path: Path) -> None:
+    for path in _varied_images(tmp_path):
+        header, loaded = images.probe_image(path), read_image(path)
+        assert (header.height, header.width) == loaded.rgb.shape[:2], path.name
+        assert header.bit_depth == loaded.bit_depth, path.name
+        assert header.has_alpha == (loaded.alpha is not None), path.name
+
+
+def test_probe_image_refuses_what_the_header_shows_is_not_an_image(tmp_path: Path) -> None:
+    bad = _bad_files(tmp_path)
+    for name in ("empty", "text"):
+        with pytest.raises(ImageReadError, match=re.escape(str(bad[name]))):
+            images.probe_image(bad[name])
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ImageReadError, match="floating-point"):
+        images.probe_image(tmp_path / "float.tif")
+    # Truncated pixel data passes the header and is found only when decoding.
+    assert images.probe_image(bad["truncated_png"]).width == 64
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(bad["truncated_png"])
 
 
 # ---------------------------------------------------------------------------------- conversions

@@ -356,18 +356,48 @@ def test_folder_to_folder(checkpoint: Path, tmp_path: Path) -> None:
     assert shapes == [(40, 48, 3), (36, 28, 3), (32, 32, 3)]
 
 
-def test_unreadable_image_is_named(checkpoint: Path, tmp_path: Path) -> None:
+def _folder_with_bad_images(tmp_path: Path) -> Path:
+    """a.png and c.png fine; broken.png is not a PNG at all; b_truncated.png has a good header
+    but half its pixel data."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     write_image(inputs / "a.png", _random_rgb(8, 8, seed=8))
+    good = write_image(inputs / "c.png", _random_rgb(24, 24, seed=9)).read_bytes()
+    (inputs / "b_truncated.png").write_bytes(good[: len(good) // 2])
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    out = tmp_path / "out"
+    return inputs
+
+
+def test_unreadable_headers_are_all_named_before_anything_is_written(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    inputs, out = _folder_with_bad_images(tmp_path), tmp_path / "out"
+    (inputs / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"2 input image\(s\)[\s\S]*broken.png[\s\S]*empty"):
+        upscale_paths(inputs, out, model_path=checkpoint, tile=0, device="cpu")
+    assert not out.exists()
     with pytest.raises(ImageReadError, match=re.escape("broken.png")):
+        upscale_paths(inputs / "broken.png", out, model_path=checkpoint, device="cpu")
+
+
+def test_corrupt_pixel_data_stops_the_run_saying_what_was_written(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    inputs, out = _folder_with_bad_images(tmp_path), tmp_path / "out"
+    (inputs / "broken.png").unlink()
+    with pytest.raises(ImageReadError, match=r"b_truncated.png.*1 of 3 image\(s\) were written"):
         upscale_paths(inputs, out, model_path=checkpoint, tile=0, device="cpu")
     # Whatever was written is complete; no temporary files are left behind.
     assert [p.name for p in out.iterdir()] == ["a.png"]
-    with pytest.raises(ImageReadError, match=re.escape("broken.png")):
-        upscale_paths(inputs / "broken.png", out, model_path=checkpoint, device="cpu")
+
+
+def test_skip_bad_upscales_every_readable_image(checkpoint: Path, tmp_path: Path) -> None:
+    inputs, out = _folder_with_bad_images(tmp_path), tmp_path / "out"
+    written = upscale_paths(
+        inputs, out, model_path=checkpoint, tile=0, device="cpu", skip_bad=True, progress=False
+    )
+    assert [p.name for p in written] == ["a.png", "c.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
 
 
 def test_bad_paths_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
