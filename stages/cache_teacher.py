@@ -7,7 +7,8 @@
 - Noise is per sample, seeded from (seed, tile index), and a tile's batch is fixed by its index, so
   a shard's bytes do not depend on which worker computes it or on whether the run was resumed.
   With ``teacher.rng: official`` one stream runs through the batches in tile order; a run that
-  skips cached tiles replays their draws (`TileOrderStream`), with the same result.
+  skips cached tiles replays their draws (`TileOrderStream`), with the same result. The batching
+  then decides each tile's noise, so the batch size is recorded and a resume must keep it.
 - Batches run across the shards of a batch group (``ceil(batch_size / shard_size)`` shards), so
   ``teacher.batch_size`` may exceed ``data.shard_size``; a tile's batch depends on its index only.
 - Locally the device computes the next shard while a writer thread compresses and writes the last
@@ -145,11 +146,14 @@ class TeacherIdentity:
         return None
 
 
+OFFICIAL_NOISE_BATCH = "teacher.batch_size (rng: official)"
+
+
 def store_provenance(
     identity: TeacherIdentity, params: Params, prepared_fingerprint: str
 ) -> dict[str, Any]:
     diffusion = resolve_config(params.teacher.version).diffusion
-    return {
+    provenance = {
         **teacher_params_provenance(params.teacher),
         PREPARED_FINGERPRINT: prepared_fingerprint,
         **identity.fields(),
@@ -157,6 +161,11 @@ def store_provenance(
         "scale": diffusion.sf,
         "package_version": __version__,
     }
+    if params.teacher.rng == "official":
+        # One stream drawn batch by batch: a tile's noise depends on the batching, so a resume
+        # with another batch size would mix two streams in one store. (Stage two does not care.)
+        provenance[OFFICIAL_NOISE_BATCH] = params.teacher.batch_size
+    return provenance
 
 
 def dwt_tile_shapes(hr_size: int) -> dict[str, tuple[int, int, int]]:

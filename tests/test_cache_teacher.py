@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -255,6 +256,17 @@ def test_official_rng_continues_one_stream_in_tile_order_through_resumes(
         store.invalidate_shard(2)
     cache_teacher.run(params, device="cpu")
     np.testing.assert_array_equal(teacher_bytes(path), cached)
+
+    # Another batching would continue the stream at other tiles: a resume with it is refused.
+    with TileStore.open(path, mode="r+") as store:
+        store.invalidate_shard(2)
+    rebatched = params_for(
+        prepared_root, tmp_path, ["teacher.rng=official", "teacher.batch_size=2"]
+    )
+    with pytest.raises(
+        ProvenanceMismatchError, match=re.escape("teacher.batch_size (rng: official)")
+    ):
+        cache_teacher.run(rebatched, device="cpu")
 
 
 def test_leftovers_of_a_killed_writer_are_reported_and_removed_by_repair(
