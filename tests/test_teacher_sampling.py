@@ -230,6 +230,27 @@ def test_noise_shapes_are_the_draws_a_sample_call_makes(
     assert drawn == teacher.noise_shapes(2, height, width, chop_size=chop)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "chop", "one_step"),
+    [(64, 64, None, False), (100, 70, 64, False), (100, 70, 64, True)],
+)
+def test_on_step_reports_every_unet_call_that_unet_calls_predicts(
+    height: int, width: int, chop: int | None, one_step: bool
+) -> None:
+    """teacher-sr's per-image progress bar: its total and its updates must agree."""
+    teacher = random_teacher(TINY_T2, seed=0)
+    unet_calls, reported = [], []
+    teacher.unet.register_forward_hook(lambda *_: unet_calls.append(1))
+    lr = torch.rand(1, 3, height, width)
+    teacher.sample(lr, chop_size=chop, one_step=one_step, on_step=lambda: reported.append(1))
+    assert (
+        len(reported)
+        == len(unet_calls)
+        == teacher.unet_calls(height, width, chop_size=chop, one_step=one_step)
+    )
+    assert len(unet_calls) > (1 if one_step else teacher.steps) or chop is None
+
+
 def test_a_continued_official_stream_can_skip_images_exactly() -> None:
     """Upstream seeds once and draws image after image: skipping an image's draws without
     running it must leave the stream where running it would."""

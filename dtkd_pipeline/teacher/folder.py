@@ -105,9 +105,16 @@ def super_resolve_paths(
     for path, output in tqdm(plan, desc="teacher-sr", unit="img"):
         image = read_image(path)
         lr = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None]
-        sr = teacher.sample(
-            lr, seed=seed, rng="official", chop_size=chop_size, chop_stride=chop_stride
-        )
+        calls = teacher.unet_calls(*lr.shape[-2:], chop_size=chop_size, chop_stride=chop_stride)
+        with tqdm(total=calls, desc=path.name, unit="step", leave=False) as steps:
+            sr = teacher.sample(
+                lr,
+                seed=seed,
+                rng="official",
+                chop_size=chop_size,
+                chop_stride=chop_stride,
+                on_step=steps.update,
+            )
         rgb = sr[0].permute(1, 2, 0).cpu().numpy()
         out_dir.mkdir(parents=True, exist_ok=True)  # only once there is a result to write
         written.append(write_image(output, rgb))

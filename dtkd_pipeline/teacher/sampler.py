@@ -171,6 +171,7 @@ class Teacher:
         steps: int | None = None,
         one_step: bool = False,
         stream: OfficialNoise | None = None,
+        on_step: Callable[[], object] | None = None,
     ) -> torch.Tensor:
         """Super-resolve B×3×h×w LR in [0, 1] to B×3×4h×4w in [0, 1] = clamp(x, -1, 1)·0.5 + 0.5.
 
@@ -190,6 +191,8 @@ class Teacher:
         one_step=True runs a single UNet call from the prior at t = T-1 and decodes its x0
           prediction: how SinSR's one-step model (distilled from v1, same UNet) samples, and the
           cost of one teacher step. With the multi-step weights it is only a cost reference.
+        on_step is called after every UNet call (`unet_calls` of them), e.g. a progress bar's
+          update: a large image on a CPU runs for hours.
         """
         if rng not in ("official", "per-sample"):
             raise ValueError(f"rng must be 'official' or 'per-sample', got {rng!r}")
@@ -212,7 +215,7 @@ class Teacher:
             return PerSampleNoise(seed, ids, self.device, patch_index)
 
         if height <= chop and width <= chop:
-            result = self._sample_func(y0, noise_for(0), one_step)
+            result = self._sample_func(y0, noise_for(0), one_step, on_step)
         else:
             sf = self.scale
             total = torch.zeros(batch, 3, height * sf, width * sf, device=self.device)
@@ -220,7 +223,9 @@ class Teacher:
             for patch in chop_grid(height, width, chop, stride):
                 rows = slice(patch.top, patch.top + patch.height)
                 cols = slice(patch.left, patch.left + patch.width)
-                out = self._sample_func(y0[:, :, rows, cols], noise_for(patch.index), one_step)
+                out = self._sample_func(
+                    y0[:, :, rows, cols], noise_for(patch.index), one_step, on_step
+                )
                 sr_rows = slice(patch.top * sf, (patch.top + patch.height) * sf)
                 sr_cols = slice(patch.left * sf, (patch.left + patch.width) * sf)
                 total[:, :, sr_rows, sr_cols] += out
@@ -250,6 +255,19 @@ class Teacher:
             latent_w = self._padded(patch.width) * self.scale // down
             shapes += [torch.Size((batch, ae.embed_dim, latent_h, latent_w))] * (1 + self.steps)
         return shapes
+
+    def unet_calls(
+        self,
+        height: int,
+        width: int,
+        chop_size: int | None = None,
+        chop_stride: int | None = None,
+        one_step: bool = False,
+    ) -> int:
+        """UNet calls one `sample` call makes on an LR image of height x width (the steps of
+        every chopped patch)."""
+        chop, stride = resolve_chop(chop_size, chop_stride)
+        return len(chop_grid(height, width, chop, stride)) * (1 if one_step else self.steps)
 
     def _padded(self, side: int) -> int:
         """An LR side after `_sample_func`'s padding to a multiple of lq_size."""
@@ -297,7 +315,11 @@ class Teacher:
         return run_compiled(network, self.compile_mode, *args).float()
 
     def _sample_func(
-        self, y0: torch.Tensor, noise: NoiseSource, one_step: bool = False
+        self,
+        y0: torch.Tensor,
+        noise: NoiseSource,
+        one_step: bool = False,
+        on_step: Callable[[], object] | None = None,
     ) -> torch.Tensor:
         """One upstream `sample_func` call on LR in [-1, 1]; returns the SR result in [-1, 1]."""
         coeff = self._coefficients
@@ -318,6 +340,8 @@ class Teacher:
             for i in reversed(range(self.steps)):
                 x_in = self._layout(z / coeff.input_std[i])
                 x0_hat = self._call(unet, x_in, coeff.timesteps[i : i + 1], lq)
+                if on_step is not None:
+                    on_step()
                 if one_step:  # SinSR: the x0 prediction at t = T-1 is the result
                     z = x0_hat
                     break
