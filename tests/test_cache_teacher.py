@@ -22,11 +22,17 @@ from dtkd_pipeline.cache import (
     StoreLayoutError,
     TileStore,
 )
+from dtkd_pipeline.cache.teacher_record import teacher_version_identity
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.scheduler import SchedulerUnreachableError, connect
-from dtkd_pipeline.teacher import OfficialNoise, Teacher, build_teacher_networks
+from dtkd_pipeline.teacher import (
+    OfficialNoise,
+    Teacher,
+    TeacherConfigError,
+    build_teacher_networks,
+)
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
 from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
@@ -101,7 +107,7 @@ def test_store_holds_teacher_output_of_every_tile(
         assert provenance["teacher_name"].endswith("RANDOM-WEIGHTS")
         recorded = {key: provenance[key] for key in ("teacher_version", "seed", "precision")}
         assert recorded == {
-            "teacher_version": str(TINY_TEACHER),
+            "teacher_version": teacher_version_identity(str(TINY_TEACHER)),
             "seed": 12345,
             "precision": "fp32",
         }
@@ -233,6 +239,22 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
         cache_teacher.verify(prepared_root / "prepared" / prepare_data.TRAIN_STORE, params)
     assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
     np.testing.assert_array_equal(teacher_bytes(path), before)
+
+
+def test_a_config_file_teacher_is_recorded_by_content_not_by_how_its_path_is_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "teacher.yaml"
+    shutil.copy(TINY_TEACHER, config)
+    monkeypatch.chdir(tmp_path)
+    recorded = teacher_version_identity(str(config))
+    assert teacher_version_identity("teacher.yaml") == recorded
+    assert recorded.startswith("teacher.yaml (sha256 ")
+    config.write_text(config.read_text().replace("kappa: 2.0", "kappa: 1.0"))
+    assert teacher_version_identity("teacher.yaml") != recorded  # an edited teacher is another
+    assert teacher_version_identity("v1") == "v1"
+    with pytest.raises(TeacherConfigError, match=re.escape("missing.yaml: no such config file")):
+        teacher_version_identity("missing.yaml")
 
 
 def test_official_rng_continues_one_stream_in_tile_order_through_resumes(

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dtkd_pipeline.config import TeacherParams
-from dtkd_pipeline.weights import WeightsError, resolve_hashed_weights, resolve_weights
+from dtkd_pipeline.teacher.config import PRESETS, TeacherConfigError
+from dtkd_pipeline.weights import (
+    WeightsError,
+    file_sha256,
+    resolve_hashed_weights,
+    resolve_weights,
+)
 
 CHECKPOINT_SHA256 = "checkpoint_sha256"
 _Resolved = TypeVar("_Resolved")
@@ -26,7 +32,7 @@ REBUILD_ADVICE = (
 
 def teacher_params_provenance(teacher: TeacherParams) -> dict[str, Any]:
     return {
-        "teacher_version": teacher.version,
+        "teacher_version": teacher_version_identity(teacher.version),
         "random_weights": teacher.random_weights,
         "steps": teacher.steps,
         "seed": teacher.seed,
@@ -34,6 +40,20 @@ def teacher_params_provenance(teacher: TeacherParams) -> dict[str, Any]:
         "precision": teacher.precision,
         "dwt": teacher.dwt,
     }
+
+
+def teacher_version_identity(version: str) -> str:
+    """A preset's name, or a config file's name and content hash: one YAML named by a relative
+    and by an absolute path is one teacher, and an edited YAML (kappa, steps) is another."""
+    if version in PRESETS:
+        return version
+    path = Path(version).expanduser()
+    if not path.is_file():
+        raise TeacherConfigError(
+            f"teacher.version {version}: no such config file; name a preset "
+            f"({', '.join(PRESETS)}) or an official-format ResShift YAML"
+        )
+    return f"{path.name} (sha256 {file_sha256(path)[:16]})"
 
 
 def checkpoint_files(teacher: TeacherParams, *, download: bool = True) -> dict[str, Path]:
