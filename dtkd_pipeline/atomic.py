@@ -106,20 +106,28 @@ def staged_folder(final: Path, key: str) -> Iterator[Path]:
 
 def remove_dead_siblings(path: Path) -> None:
     """Remove `<name>.tmp-<pid>` / `<name>.trash-<pid>` left by creators that have since died."""
-    parent = path.parent
-    if not parent.is_dir():
+    remove_dead_temporaries(path.parent, path.name)
+
+
+def remove_dead_temporaries(folder: Path, name: str | None = None) -> None:
+    """Remove `<name>.tmp-<pid>` / `<name>.trash-<pid>` in `folder` (any name when None) whose
+    creating process has died."""
+    if not folder.is_dir():
         return
-    for sibling in parent.iterdir():
-        stem, _, pid_text = sibling.name.rpartition("-")
-        if stem not in (f"{path.name}.tmp", f"{path.name}.trash") or not pid_text.isdigit():
+    for entry in folder.iterdir():
+        stem, _, pid_text = entry.name.rpartition("-")
+        base, dot, kind = stem.rpartition(".")
+        if not (dot and kind in ("tmp", "trash") and pid_text.isdigit()):
+            continue
+        if name is not None and base != name:
             continue
         pid = int(pid_text)
         if pid == os.getpid() or _pid_alive(pid):
             continue
-        if sibling.is_dir() and not sibling.is_symlink():
-            shutil.rmtree(sibling, ignore_errors=True)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
         else:
-            sibling.unlink(missing_ok=True)
+            entry.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -69,6 +69,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dtkd_pipeline.student import StudentWeightsError
     from dtkd_pipeline.student.onnx_export import OnnxExportError
     from dtkd_pipeline.teacher import TeacherCheckpointError, TeacherConfigError
+    from dtkd_pipeline.train.checkpoint import CheckpointReadError
     from dtkd_pipeline.weights import WeightsError
 
     return (
@@ -85,6 +86,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         TestSetError,
         OnnxExportError,
         OutputFolderError,
+        CheckpointReadError,
     )
 
 

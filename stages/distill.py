@@ -26,15 +26,22 @@ from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
 from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
-from dtkd_pipeline.train.loop import TrainingRun, check_recipe, setup_distributed, train
+from dtkd_pipeline.train.loop import (
+    DistributedContext,
+    TrainingRun,
+    check_recipe,
+    setup_distributed,
+    train,
+)
 from stages.cache_teacher import DWT_LEVELS
 from stages.prepare_data import TRAIN_STORE, VAL_DIR
 
 STUDENT_FILE = "student.pt"
 DVCLIVE_DIR = "dvclive"
-# distill keys that decide when to log, validate, keep or save, or how fast to run, never what is
-# trained: changing them resumes the checkpoints instead of starting over.
-BOOKKEEPING_KEYS = ("log_every", "val_every", "checkpoint_every", "keep_last", "compile")
+# distill keys that decide when to log, validate, keep or save, how fast to run, or where the run
+# lives (a moved folder, or one path spelled relative and absolute), never what is trained:
+# changing them resumes the checkpoints instead of starting over.
+BOOKKEEPING_KEYS = ("log_every", "val_every", "checkpoint_every", "keep_last", "compile", "out_dir")
 
 
 def uses_cached_subbands(params: Params) -> bool:
@@ -117,24 +124,31 @@ class _DvcLiveLogger:
 
 
 def _reconcile_checkpoints(
-    params: Params, provenance: dict[str, Any], restart_on_change: bool
+    params: Params, provenance: dict[str, Any], ctx: DistributedContext, restart_on_change: bool
 ) -> None:
-    """Resume only checkpoints made with these params and this cache; otherwise refuse/restart."""
+    """Resume only checkpoints made with these params, this cache and this many processes;
+    otherwise refuse, or start over (``restart_on_change``)."""
     cfg = params.distill
-    latest = CheckpointManager(cfg.out_dir / "checkpoints", cfg.keep_last).latest()
-    if latest is None:
+    saved = CheckpointManager(cfg.out_dir / "checkpoints", cfg.keep_last).load_latest()
+    if saved is None:
         return
-    saved = torch.load(latest, map_location="cpu", weights_only=False)
 
     def recipe(params_section: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in params_section.items() if k not in BOOKKEEPING_KEYS}
 
+    # Ranks shard the data and draw their own noise: another process count cannot continue it.
+    saved_ranks = len(saved["data"]) if isinstance(saved["data"], list) else 1
     differences = diff_fields(
         {
             "params": recipe(saved["params"]),
             "teacher_cache": saved["provenance"].get("teacher_cache"),
+            "processes": saved_ranks,
         },
-        {"params": recipe(section_dict(cfg)), "teacher_cache": provenance},
+        {
+            "params": recipe(section_dict(cfg)),
+            "teacher_cache": provenance,
+            "processes": ctx.world_size,
+        },
     )
     if not differences:
         return
@@ -144,11 +158,15 @@ def _reconcile_checkpoints(
     if not restart_on_change:
         raise ConfigError(
             f"checkpoints in {cfg.out_dir / 'checkpoints'} were made with other settings:\n"
-            f"{listing}\nDelete that folder to start over (or pass --restart-on-change)"
+            f"{listing}\nRestore those settings (for processes: torchrun --nproc_per_node), "
+            "delete that folder to start over, or pass --restart-on-change"
         )
-    print(f"settings changed since the last checkpoint, starting over:\n{listing}")
-    shutil.rmtree(cfg.out_dir / "checkpoints")
-    shutil.rmtree(cfg.out_dir / DVCLIVE_DIR, ignore_errors=True)
+    if ctx.is_main:
+        print(f"settings changed since the last checkpoint, starting over:\n{listing}")
+        shutil.rmtree(cfg.out_dir / "checkpoints")
+        shutil.rmtree(cfg.out_dir / DVCLIVE_DIR, ignore_errors=True)
+    if ctx.world_size > 1:
+        torch.distributed.barrier()  # no rank may look for checkpoints while they are deleted
 
 
 def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
@@ -158,7 +176,7 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     check_recipe(cfg, ctx.device)  # before --restart-on-change deletes the old checkpoints
     atomic.require_folder(cfg.out_dir, "distill.out_dir")
     val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
-    _reconcile_checkpoints(params, provenance, restart_on_change)
+    _reconcile_checkpoints(params, provenance, ctx, restart_on_change)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     run_spec = TrainingRun(
@@ -181,6 +199,12 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
         logger = _DvcLiveLogger(out_dir / DVCLIVE_DIR, resume_from=done[-1] if done else None)
     try:
         final = train(cfg, run_spec, ctx, validate=validate, log=logger)
+    except KeyboardInterrupt:
+        if ctx.is_main:
+            latest = CheckpointManager(out_dir / "checkpoints", cfg.keep_last).latest()
+            where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written"
+            print(f"\ninterrupted: {where}; run the same command again to resume from it")
+        raise
     finally:
         if logger is not None:
             logger.close()
@@ -189,8 +213,10 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     if ctx.is_main:
         atomic_torch_save(final, path)
         print(f"student (EMA weights) -> {path}; best val PSNR-Y {final['best_psnr']:.2f} dB")
-        print(
-            f"training speed: {speed['samples_per_s']:.1f} samples/s over {speed['timed_steps']} "
-            f"steps after the first; waiting for data {100 * speed['loader_wait']:.1f}% of the time"
-        )
+        if speed["timed_steps"]:  # none when a finished run is rerun
+            print(
+                f"training speed: {speed['samples_per_s']:.1f} samples/s over "
+                f"{speed['timed_steps']} steps after the first; waiting for data "
+                f"{100 * speed['loader_wait']:.1f}% of the time"
+            )
     return path

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError, staged_folder
-from dtkd_pipeline.train.checkpoint import atomic_torch_save
+from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
 
 
 def test_a_folder_no_stage_wrote_is_refused_before_any_work(tmp_path: Path) -> None:
@@ -63,3 +63,22 @@ def test_a_checkpoint_temporary_left_by_a_killed_run_is_removed_by_the_next_save
 
     assert not leftover.exists() and alive.exists()
     assert torch.load(tmp_path / "student.pt")["weights"].tolist() == [1.0, 1.0]
+
+
+def test_a_checkpoint_save_removes_every_dead_writers_temporary_whatever_its_name(
+    tmp_path: Path,
+) -> None:
+    """A run killed while saving iter_10, resumed with another checkpoint_every, never writes
+    iter_10 again: its temporary must go all the same."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    )
+    leftover = tmp_path / f".iter_00000010.pt.tmp-{int(dead.stdout)}"
+    leftover.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / "notes-2024.txt"  # not a temporary: a name ending in -<digits>
+    unrelated.write_text("keep")
+
+    CheckpointManager(tmp_path, keep_last=2).save({"weights": torch.ones(1)}, iteration=14)
+
+    assert not leftover.exists() and unrelated.exists()
+    assert (tmp_path / "iter_00000014.pt").is_file()

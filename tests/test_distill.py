@@ -28,6 +28,7 @@ from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.student import build_student
+from dtkd_pipeline.train.checkpoint import CheckpointReadError
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from dtkd_pipeline.weights import file_sha256
 from stages import distill, prepare_data
@@ -299,9 +300,54 @@ def test_checkpoints_from_other_params_are_refused_or_restarted(params: Params) 
     relogged = changed.model_copy(
         update={"distill": changed.distill.model_copy(update=bookkeeping | {"compile": True})}
     )
-    assert set(bookkeeping) | {"compile"} == set(distill.BOOKKEEPING_KEYS)
+    assert set(bookkeeping) | {"compile", "out_dir"} == set(distill.BOOKKEEPING_KEYS)
     distill.run(relogged, device="cpu")  # refused before, as if the recipe had changed
     assert sorted((params.distill.out_dir / "checkpoints").iterdir()) == kept
+
+    # A moved run folder resumes too (under DVC, a refusal would have meant retraining).
+    moved_dir = params.distill.out_dir.with_name("moved")
+    shutil.copytree(params.distill.out_dir, moved_dir)
+    moved = relogged.model_copy(
+        update={"distill": relogged.distill.model_copy(update={"out_dir": moved_dir})}
+    )
+    distill.run(moved, device="cpu", restart_on_change=True)
+    assert sorted(p.name for p in (moved_dir / "checkpoints").iterdir()) == [p.name for p in kept]
+
+
+def test_a_damaged_newest_checkpoint_is_named_before_anything_is_deleted(params: Params) -> None:
+    distill.run(params, device="cpu")
+    newest = params.distill.out_dir / "checkpoints" / "iter_00000006.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.raises(CheckpointReadError, match=r"iter_00000006\.pt cannot be read.*delete it"):
+        distill.run(params, device="cpu", restart_on_change=True)
+    assert newest.exists()
+
+
+def test_checkpoints_of_another_process_count_are_refused(params: Params) -> None:
+    distill.run(params, device="cpu")
+    newest = params.distill.out_dir / "checkpoints" / "iter_00000006.pt"
+    state = torch.load(newest, weights_only=False)
+    state["data"], state["rng"] = [state["data"]] * 2, [state["rng"]] * 2  # as 2 DDP ranks save
+    torch.save(state, newest)
+    with pytest.raises(ConfigError, match=r"processes: checkpoint 2, now 1[\s\S]*torchrun"):
+        distill.run(params, device="cpu")
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_trained_with(
+    params: Params, tmp_path: Path
+) -> None:
+    """milestones=[4]: steps 1-4 train at lr, step 5 on at lr * gamma."""
+    logged: dict[int, float] = {}
+
+    def log(iteration: int, values: dict[str, float]) -> None:
+        if "train/lr" in values:
+            logged[iteration] = values["train/lr"]
+
+    _run(params, tmp_path / "lr", log=log)
+    cfg = params.distill
+    assert cfg.milestones == [4] and cfg.log_every == 1
+    expected = {step: cfg.lr * (cfg.gamma if step > 4 else 1) for step in range(1, 7)}
+    assert logged == pytest.approx(expected)
 
 
 def test_a_resumed_run_continues_its_curves_without_repeating_steps(params: Params) -> None:
@@ -428,3 +474,19 @@ def test_checkpoints_made_on_another_teacher_cache_are_refused(params: Params) -
     build_teacher_store(reseeded)  # the cache rebuilt with another noise seed
     with pytest.raises(ConfigError, match=r"teacher_cache\.seed: checkpoint 12345, now 7"):
         distill.run(reseeded, device="cpu")
+
+
+def test_ctrl_c_says_where_training_will_resume_from(
+    params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    distill.run(params, device="cpu")
+    newest = params.distill.out_dir / "checkpoints" / "iter_00000006.pt"
+
+    def interrupted(*args: object, **kwargs: object) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill.run(params, device="cpu")
+    out = capsys.readouterr().out
+    assert f"interrupted: the last checkpoint is {newest}; run the same command again" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtkd_pipeline.atomic import remove_dead_siblings
+from dtkd_pipeline.atomic import remove_dead_siblings, remove_dead_temporaries
 
 CHECKPOINT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
 
@@ -52,6 +53,10 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+class CheckpointReadError(RuntimeError):
+    """The newest checkpoint is damaged; the message names it and what to delete."""
+
+
 class CheckpointManager:
     """``iter_<n>.pt`` files in one folder: the newest ``keep_last`` kept, plus best.pt."""
 
@@ -76,6 +81,9 @@ class CheckpointManager:
 
     def save(self, state: dict[str, Any], iteration: int, is_best: bool = False) -> Path:
         path = self.path_for(iteration)
+        # Every killed writer's temporary, not only this name's: a resume with another
+        # checkpoint_every never writes the name a killed save was writing.
+        remove_dead_temporaries(self.folder)
         atomic_torch_save(state, path)
         if is_best:
             self.save_best(state)
@@ -95,8 +103,8 @@ class CheckpointManager:
             return None
         try:
             return torch.load(path, map_location=map_location, weights_only=False)
-        except (RuntimeError, EOFError, OSError) as exc:
-            raise RuntimeError(
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            raise CheckpointReadError(
                 f"checkpoint {path} cannot be read ({exc}); delete it to resume from the "
                 "previous one, or delete the folder to start over"
             ) from exc

@@ -95,7 +95,7 @@ def _this_rank(saved: Any, ctx: DistributedContext, what: str) -> Any:
     per_rank = isinstance(saved, list)
     saved_ranks = len(saved) if per_rank else 1
     if saved_ranks != ctx.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint's {what} was saved by {saved_ranks} rank(s) but this run has "
             f"{ctx.world_size}: resume with the same number of processes, or start over"
         )
@@ -137,8 +137,9 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) to ``cfg.iterations``; returns the final state (model, EMA, params)."""
     if cfg.batch_size % ctx.world_size:
-        raise ValueError(
-            f"distill.batch_size ({cfg.batch_size}) must be divisible by the {ctx.world_size} ranks"
+        raise ConfigError(
+            f"distill.batch_size ({cfg.batch_size}) is the batch over all processes and must be "
+            f"divisible by their number, {ctx.world_size}: change one of them"
         )
     device = ctx.device
     check_recipe(cfg, device)
@@ -222,6 +223,7 @@ def train(
     model.train()
     bar = tqdm(total=cfg.iterations, initial=iteration, desc="distill", disable=not ctx.is_main)
     throughput = Throughput()
+    shown: dict[str, str] = {}  # the bar's postfix: last logged loss and validation PSNR-Y
     while iteration < cfg.iterations:
         waiting_since = time.perf_counter()
         batch, consumed = next(batches)
@@ -249,6 +251,7 @@ def train(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        step_lr = scheduler.get_last_lr()[0]  # the rate this step used (step() moves to the next)
         scheduler.step()
         ema.update(model)
         iteration += 1
@@ -256,15 +259,19 @@ def train(
         throughput.stepped(cfg.batch_size)
 
         last = iteration == cfg.iterations
+        if ctx.is_main and (iteration % cfg.log_every == 0 or last):
+            loss = parts["total"].item()
+            shown["loss"] = f"{loss:.4g}"
+            bar.set_postfix(shown)
         if ctx.is_main and log is not None and (iteration % cfg.log_every == 0 or last):
             log(
                 iteration,
                 {
-                    "train/loss": parts["total"].item(),
+                    "train/loss": loss,
                     "train/task_l1": parts["task"].item(),
                     "train/kd": parts["kd"].item(),
                     "train/lambda": float(parts["lambda"]),
-                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/lr": step_lr,
                     **throughput.window(),
                 },
             )
@@ -273,7 +280,8 @@ def train(
             metrics = validate(ema.module)
             is_best = metrics["psnr_y"] > best_psnr
             best_psnr = max(best_psnr, metrics["psnr_y"])
-            bar.set_postfix(psnr_y=f"{metrics['psnr_y']:.2f}")
+            shown["val_psnr_y"] = f"{metrics['psnr_y']:.2f}"
+            bar.set_postfix(shown)
             if log is not None:
                 log(iteration, {f"val/{k}": v for k, v in metrics.items()})
         if is_best and not (iteration % cfg.checkpoint_every == 0 or last):
