@@ -69,12 +69,13 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
 
 
 def listing(paths: list[Path], folder: Path, what: str) -> str:
-    """'[3 HR with no LR in folder: a.png, b.png, c.png] ', at most MAX_LISTED names."""
+    """'3 HR with no LR in folder: a.png, b.png, c.png', at most MAX_LISTED names ('' for none;
+    join several with '; ')."""
     if not paths:
         return ""
     names = sorted(p.name for p in paths)
     more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
-    return f"[{len(names)} {what} in {folder}: {', '.join(names[:MAX_LISTED])}{more}] "
+    return f"{len(names)} {what} in {folder}: {', '.join(names[:MAX_LISTED])}{more}"
 
 
 def pair_by_stem(

@@ -46,7 +46,7 @@ from dtkd_pipeline.evaluate.efficiency import (
 )
 from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
-from dtkd_pipeline.evaluate.testsets import TestSet, load_pair, open_test_set
+from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
 from dtkd_pipeline.teacher import Teacher
 from stages.cache_teacher import build_teacher
 from stages.prepare_data import TRAIN_STORE
@@ -138,7 +138,14 @@ def evaluate_set(
                 for run in contender:
                     sr = run.super_resolve(lr, index).clamp(0, 1)
                     sr = torch.round(sr * 255) / 255  # scored as the 8-bit PNG a user would save
-                    scores = suite(sr, hr)
+                    try:
+                        scores = suite(sr, hr)
+                    except RuntimeError as error:  # a metric network's own size limits
+                        raise TestSetError(
+                            f"{pair.hr}: the metrics could not score this "
+                            f"{hr.shape[-1]}x{hr.shape[-2]} image ({error}); leave it out of "
+                            f"test set {test_set.name!r}"
+                        ) from error
                     rows.append(
                         {"image": pair.stem, "model": contender.label, "run": run.name, **scores}
                     )
@@ -262,7 +269,13 @@ def run(params: Params, device: str | None = None) -> Path:
     )
     test_sets = [
         open_test_set(
-            item.name, item.layout, item.path, params.data.scale, item.hr_dir, item.lr_dir
+            item.name,
+            item.layout,
+            item.path,
+            params.data.scale,
+            item.hr_dir,
+            item.lr_dir,
+            min_hr_side=suite.min_hr_side,
         )
         for item in cfg.sets
     ]
@@ -306,13 +319,20 @@ def run(params: Params, device: str | None = None) -> Path:
             run_efficiency(params, target, out_dir, teacher)
         if cfg.bands.enabled:
             run_bands(params, target, out_dir, plots_dir)
-    _print_summary(summary)
+    _print_summary(summary, suite.skipped)
+    print(
+        f"metrics -> {cfg.metrics_dir}, per-image scores and records -> {cfg.out_dir}, "
+        f"figures -> {cfg.plots_dir}"
+    )
     return cfg.metrics_dir
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(summary: dict[str, Any], skipped: dict[str, str]) -> None:
     for name, models in summary.items():
         print(f"[{name}]")
+        width = max(map(len, models), default=0)
         for label, metrics in models.items():
             shown = "  ".join(f"{metric} {value['mean']:.4f}" for metric, value in metrics.items())
-            print(f"  {label:12s} {shown}")
+            print(f"  {label:{width}s}  {shown}")
+    for metric, reason in skipped.items():  # asked for in evaluate.metrics, yet not scored
+        print(f"note: metric {metric} skipped: {reason}")

@@ -262,7 +262,7 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
         # Unlike a test set (where a leftover would silently shrink the scored set), an extra LR
         # file here costs nothing, but it usually means a misnamed HR file: say so.
         unpaired = listing(list(sources.unpaired_lr), sources.lr_dir, "LR files with no HR image")
-        tqdm.write(f"note: ignoring {unpaired}({naming_rule(data.scale)})")
+        tqdm.write(f"note: ignoring {unpaired} ({naming_rule(data.scale)})")
     with tqdm(total=len(all_paths), desc="checking images", unit="img") as bar:
         probes = _compute([dask.delayed(_probe)(p, sources, data) for p in all_paths], data, bar)
     bad = {p: r for p, r in zip(all_paths, probes, strict=True) if isinstance(r, Exception)}

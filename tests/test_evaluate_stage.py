@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from dtkd_pipeline.cli import app
-from dtkd_pipeline.config import ConfigError, Params
+from dtkd_pipeline.config import ConfigError, Params, section_dict
+from dtkd_pipeline.evaluate.figures import curve_panels, training_curves
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
 from dtkd_pipeline.images import bicubic_downscale_x4, read_image, write_image
 from dtkd_pipeline.student import build_student
@@ -92,8 +94,48 @@ def test_evaluate_averages_runs_and_writes_metrics_csv_and_figures(params: Param
     assert "![teacher cache preview](figures/teacher_preview.png)" in text
     assert "| *paper (reported)* | +0.2500 |" in text
     assert re.search(r"\| DTKD \| [-+]\d+\.\d{4} \|", text)  # delta against bicubic
-    for link in re.findall(r"\]\(([^)]+\.png)\)", text):
+    for link in re.findall(r"\]\(([^)]+\.(?:png|csv))\)", text):
         assert (params.report.out_dir / link).is_file()
+    assert "Per-image values: [demo.csv](demo.csv)" in text and "(2 images," in text
+    # Each absent piece is named with the stage that makes it, not silently left out.
+    assert "*Not measured: `evaluate.efficiency.enabled` is false.*" in text
+    assert "*Not analysed: `evaluate.bands.enabled` is false.*" in text
+    assert "*No training curves: `" in text and "run `dtkd-pipeline distill`" in text
+    assert "No student checkpoint at" in text
+
+
+def test_report_describes_the_run_its_checkpoint_records_not_the_current_params(
+    params: Params,
+) -> None:
+    evaluate.run(params, device="cpu")
+    trained = params.distill.model_copy(update={"iterations": 20})
+    student = params.distill.out_dir / "student.pt"
+    student.parent.mkdir(parents=True)
+    torch.save(
+        {"arch": "swinir-tiny-x4", "iteration": 20, "params": section_dict(trained)}, student
+    )
+    text = report.build_report(params)  # params.yaml still says 6 iterations
+    assert "20 of 20 iterations (as the student checkpoint records them)" in text
+    assert "iteration: 20" in text  # provenance
+
+
+def test_training_curves_read_losses_first_three_panels_to_a_row(tmp_path: Path) -> None:
+    names = ["perf/samples_per_s", "perf/loader_wait", "val/psnr_y", "train/lr", "train/kd"]
+    names += ["train/lambda", "train/loss", "train/task_l1"]
+    panels = curve_panels(names)
+    assert list(panels) == [
+        "training losses",
+        "train/lambda",
+        "train/lr",
+        "val/psnr_y",
+        "perf/loader_wait",
+        "perf/samples_per_s",
+    ]
+    assert panels["training losses"] == ["train/loss", "train/task_l1", "train/kd"]
+    series = {name: [(1.0, 1.0), (2.0, 0.5)] for name in names}
+    with Image.open(training_curves(series, tmp_path / "curves.png")) as image:
+        width, height = image.size
+    assert width < 2 * height  # 3 columns x 2 rows, not one strip of 6 panels
 
 
 def test_missing_metric_weights_stop_before_any_model_runs(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dtkd_pipeline.evaluate.metrics import MetricSuite
 from dtkd_pipeline.evaluate.testsets import (
     TestSetError,
     load_pair,
@@ -179,6 +180,7 @@ def test_unmatched_files_are_listed(tmp_path: Path) -> None:
     assert "13 HR with no LR" in message and "img01.png" in message and "img10.png" in message
     assert "img11.png" not in message and "and 3 more" in message  # ten names at most
     assert "1 LR with no HR" in message and "stray.png" in message
+    assert "and 3 more; 1 LR with no HR in" in message and "stray.png; " in message  # one list
 
     realsr = tmp_path / "RealSR" / "Canon" / "Test" / "4"
     _write(realsr / "Canon_001_HR.png", 8, 8)
@@ -193,6 +195,20 @@ def test_ambiguous_names_are_refused(tmp_path: Path) -> None:
     _write(tmp_path / "lr" / "ax4.png", 2, 2)
     with pytest.raises(TestSetError, match="more than one"):
         open_test_set("s", "paired", tmp_path, SCALE)
+
+
+def test_images_too_small_for_the_metrics_are_named_before_any_model_runs(
+    tmp_path: Path,
+) -> None:
+    """SSIM-Y needs its 11-px window inside the image less 4-px borders: 19 px per side."""
+    suite = MetricSuite(["psnr", "ssim"], scale=SCALE)
+    assert suite.min_hr_side[0] == 19
+    _write(tmp_path / "hr" / "big.png", 64, 64)
+    _write(tmp_path / "hr" / "small.png", 16, 22)  # 16 rows: SSIM's window would not fit
+    with pytest.raises(TestSetError, match=r"small\.png: 22x16 is smaller than 19 px per side"):
+        open_test_set("s", "hr-only", tmp_path / "hr", SCALE, min_hr_side=suite.min_hr_side)
+    assert MetricSuite(["psnr"], scale=SCALE).min_hr_side[0] == 9
+    open_test_set("s", "hr-only", tmp_path / "hr", SCALE, min_hr_side=(9, "PSNR"))
 
 
 def test_size_mismatch_names_both_files(tmp_path: Path) -> None:

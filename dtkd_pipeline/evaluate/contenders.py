@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from dtkd_pipeline.images import imresize
 from dtkd_pipeline.teacher import Teacher
@@ -72,14 +73,18 @@ def diffusion(
             pad_h, pad_w = max(0, MIN_SIDE - height), max(0, MIN_SIDE - width)
             if pad_h or pad_w:
                 lr = F.pad(lr, (0, pad_w, 0, pad_h), mode="replicate")
-            sr = teacher.sample(
-                lr,
-                seed=seed,
-                rng="per-sample",
-                sample_ids=[index],
-                chop_size=chop_size,
-                one_step=one_step,
-            )
+            calls = teacher.unet_calls(*lr.shape[-2:], chop_size=chop_size, one_step=one_step)
+            # A teacher image takes minutes on a CPU: a bar of its own, gone when it is done.
+            with tqdm(total=calls, desc=f"{label} image {index}", unit="step", leave=False) as bar:
+                sr = teacher.sample(
+                    lr,
+                    seed=seed,
+                    rng="per-sample",
+                    sample_ids=[index],
+                    chop_size=chop_size,
+                    one_step=one_step,
+                    on_step=bar.update,
+                )
             return sr[..., : height * teacher.scale, : width * teacher.scale].cpu()
 
         return run

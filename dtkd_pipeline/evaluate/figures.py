@@ -6,7 +6,7 @@ Every figure is rendered in memory and written atomically (`dtkd_pipeline.atomic
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,26 +266,23 @@ def image_grid(
 
 
 def training_curves(series: Mapping[str, list[tuple[float, float]]], path: str | Path) -> Path:
-    """Training curves from dvclive: one panel per metric family (train/*, val/*).
+    """Training curves from dvclive: one panel per metric family, three panels to a row.
 
     `series` maps names such as "train/loss" or "val/psnr_y" to (step, value) points. Losses
     share a log-scaled panel; the KD weight lambda, learning rate and validation metrics get
-    their own panels because their scales differ.
+    their own panels because their scales differ. Panels run losses, lambda, learning rate,
+    validation, then speed (perf/*): what a reader looks for first comes first.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels: dict[str, list[str]] = {}
-    for name in series:
-        key = name.split("/")[-1]
-        if name.startswith("train/") and key in ("loss", "task_l1", "kd"):
-            panels.setdefault("training losses", []).append(name)
-        else:
-            panels.setdefault(name, []).append(name)
-    figure = Figure(figsize=(4.2 * len(panels), 3.2))
+    panels = curve_panels(series)
+    columns = min(_CURVE_COLUMNS, len(panels))
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.2 * rows))
     FigureCanvasAgg(figure)
     for index, (panel, names) in enumerate(panels.items()):
-        axis = figure.add_subplot(1, len(panels), index + 1)
+        axis = figure.add_subplot(rows, columns, index + 1)
         for name in names:
             points = series[name]
             axis.plot([p[0] for p in points], [p[1] for p in points], label=name, marker=".")
@@ -298,3 +295,28 @@ def training_curves(series: Mapping[str, list[tuple[float, float]]], path: str |
             axis.legend(fontsize=8)
     figure.tight_layout()
     return _save_atomic(figure, Path(path))
+
+
+def curve_panels(names: Iterable[str]) -> dict[str, list[str]]:
+    """{panel title: the series drawn in it}, in reading order (see `training_curves`)."""
+    panels: dict[str, list[str]] = {}
+    for name in sorted(names, key=_curve_order):
+        if name.startswith("train/") and name.split("/")[-1] in _LOSS_CURVES:
+            panels.setdefault("training losses", []).append(name)
+        else:
+            panels.setdefault(name, []).append(name)
+    return panels
+
+
+_CURVE_COLUMNS = 3
+_LOSS_CURVES = ("loss", "task_l1", "kd")
+_CURVE_GROUPS = ("train/loss", "train/task_l1", "train/kd", "train/lambda", "train/lr", "val/")
+
+
+def _curve_order(name: str) -> tuple[int, str]:
+    """Losses, lambda, learning rate, validation metrics, then anything else (speed)."""
+    rank = next(
+        (i for i, prefix in enumerate(_CURVE_GROUPS) if name.startswith(prefix)),
+        len(_CURVE_GROUPS),
+    )
+    return rank, name

@@ -166,6 +166,9 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
 )
 
 
+SSIM_WINDOW = 11  # the Gaussian window side of SSIM (sigma 1.5), in BasicSR and pyiqa alike
+
+
 class FloatYSSIM(nn.Module):
     """SSIM-Y as SwinIR and BasicSR compute it: BT.601 Y·255 in float64, unrounded, border cropped,
     11×11 Gaussian (σ 1.5) 'valid' windows, through pyiqa's SSIM function."""
@@ -364,6 +367,18 @@ class MetricSuite:
                 kwargs[weight.pass_as] = str(weight.path())
         metric = pyiqa.create_metric(spec.pyiqa_name, device=self.device, as_loss=False, **kwargs)
         return metric.eval()
+
+    @property
+    def min_hr_side(self) -> tuple[int, str]:
+        """(pixels, which metric needs them): the smallest image side the suite can score.
+        SSIM's 11x11 'valid' window must fit inside the border-cropped image."""
+        if "ssim" in self.metrics:
+            return SSIM_WINDOW + 2 * self.crop_border, (
+                f"SSIM (its {SSIM_WINDOW}-px window after cropping {self.crop_border} px borders)"
+            )
+        if self.crop_border and any(name in self.metrics for name in ("psnr", "ssim")):
+            return 2 * self.crop_border + 1, f"PSNR (after cropping {self.crop_border} px borders)"
+        return 0, ""
 
     def key(self, name: str) -> str:
         return result_key(name, self.color)

@@ -37,14 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from dtkd_pipeline.images import (
-    ImageReadError,
     bicubic_downscale_x4,
     imresize,
     list_images,
     modcrop,
+    probe_image,
     read_image,
     to_uint8,
 )
@@ -114,11 +113,14 @@ def open_test_set(
     hr_dir: str | os.PathLike[str] | None = None,
     lr_dir: str | os.PathLike[str] | None = None,
     check_sizes: bool = True,
+    min_hr_side: tuple[int, str] = (0, ""),
 ) -> TestSet:
     """List and pair a test set's files (see the module docstring for the layouts).
 
     ``check_sizes`` reads every image header (not the pixels) so a size mismatch is reported now,
-    before any model runs, rather than in the middle of an evaluation.
+    before any model runs, rather than in the middle of an evaluation. ``min_hr_side`` is
+    (pixels, who needs them): the smallest HR side (after cropping to a multiple of ``scale``)
+    the metrics can score, e.g. ``MetricSuite.min_hr_side``.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"test set {name!r}: unknown layout {layout!r}; use one of {LAYOUTS}")
@@ -144,8 +146,12 @@ def open_test_set(
         _check_unique_stems(name, pairs, folder)
     if check_sizes:
         for pair in pairs:
-            _check_pair_size(pair, scale)
+            _check_pair_size(pair, scale, min_hr_side)
     return TestSet(name=name, layout=layout, root=root, pairs=sorted(pairs, key=lambda p: p.stem))
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
 
 
 def _folder(name: str, folder: Path, layout: str) -> Path:
@@ -203,9 +209,11 @@ def _match_by_stem(
     if matched.unmatched_hr or matched.unmatched_lr:
         raise TestSetError(
             f"test set {name!r}: unmatched files: "
-            + listing(matched.unmatched_hr, hr_folder, "HR with no LR")
-            + listing(matched.unmatched_lr, lr_folder, "LR with no HR")
-            + f"; {naming_rule(scale)}, or remove the extra files"
+            + _joined(
+                listing(matched.unmatched_hr, hr_folder, "HR with no LR"),
+                listing(matched.unmatched_lr, lr_folder, "LR with no HR"),
+                f"{naming_rule(scale)}, or remove the extra files",
+            )
         )
     pairs = [TestPair(stem, hr, lr) for stem, hr, lr in matched.pairs]
     _check_unique_stems(name, pairs, hr_folder)
@@ -250,9 +258,11 @@ def _open_realsr(name: str, root: Path, scale: int) -> list[TestPair]:
         if unmatched or other:
             raise TestSetError(
                 f"test set {name!r} (realsr): unmatched files: "
-                + listing(unmatched, folder, f"*_HR / *_LR{scale} without a partner")
-                + listing(other, folder, f"neither *_HR nor *_LR{scale}")
-                + f"; every <Name>_HR.png needs a <Name>_LR{scale}.png beside it"
+                + _joined(
+                    listing(unmatched, folder, f"*_HR / *_LR{scale} without a partner"),
+                    listing(other, folder, f"neither *_HR nor *_LR{scale}"),
+                    f"every <Name>_HR.png needs a <Name>_LR{scale}.png beside it",
+                )
             )
         pairs += [TestPair(s, hr[s], lr[s], lr_may_be_upsampled=True) for s in sorted(hr)]
     _check_unique_stems(name, pairs, root)
@@ -310,13 +320,18 @@ def _tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(quantised.transpose(2, 0, 1)))[None]
 
 
-def _check_pair_size(pair: TestPair, scale: int) -> None:
+def _check_pair_size(pair: TestPair, scale: int, min_hr_side: tuple[int, str]) -> None:
     """The size check of :func:`load_pair`, from image headers only."""
     hr_full = _header_size(pair.hr)
     hr = (hr_full[0] - hr_full[0] % scale, hr_full[1] - hr_full[1] % scale)
+    side, who = min_hr_side
+    if min(hr) < max(side, scale):
+        needed = f"{side} px per side for {who}" if side > scale else f"the scale ({scale})"
+        raise TestSetError(
+            f"{pair.hr}: {hr_full[1]}x{hr_full[0]} is smaller than {needed}; leave the image out "
+            "of the test set"
+        )
     if pair.lr is None:
-        if min(hr) < scale:
-            raise TestSetError(f"{pair.hr}: {hr_full[1]}x{hr_full[0]} is smaller than the scale")
         return
     lr = _header_size(pair.lr)
     if pair.lr_may_be_upsampled and lr == hr_full:
@@ -335,12 +350,5 @@ def _require_scale(pair: TestPair, scale: int, hr: tuple[int, int], lr: tuple[in
 
 def _header_size(path: Path) -> tuple[int, int]:
     """(height, width) as read_image will return it (EXIF rotation applied), without decoding."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            # Orientations 5-8 rotate by 90 degrees: read_image (exif_transpose) swaps the sides.
-            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                width, height = height, width
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot read the image header ({err})") from err
-    return height, width
+    header = probe_image(path)
+    return header.height, header.width
