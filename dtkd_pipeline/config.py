@@ -21,8 +21,10 @@ from dtkd_pipeline.compiled import CompileMode
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# torch and numpy seed from at most 64 bits; larger seeds failed deep inside a run.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class ConfigError(ValueError):
@@ -73,7 +75,7 @@ class TeacherParams(_Section):
     weights_dir: Path | None
     random_weights: bool
     steps: PositiveInt
-    seed: int
+    seed: Seed
     rng: Literal["per-sample", "official"]
     precision: Literal["fp32", "tf32", "bf16", "fp16"]
     batch_size: PositiveInt
@@ -156,7 +158,7 @@ class DistillParams(_Section):
     num_workers: NonNegativeInt
     precision: Literal["fp32", "bf16"]
     compile: bool
-    seed: NonNegativeInt
+    seed: Seed
     log_every: PositiveInt
     val_every: PositiveInt
     checkpoint_every: PositiveInt
@@ -181,8 +183,10 @@ class DistillParams(_Section):
 
     @model_validator(mode="after")
     def _milestones_sorted(self) -> DistillParams:
-        if list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        steps = list(self.milestones)
+        if any(a >= b for a, b in itertools.pairwise(steps)):
+            # MultiStepLR applies gamma once per listing: [100, 100] would mean gamma**2 at 100.
+            raise ValueError(f"milestones must be strictly increasing, got {self.milestones}")
         return self
 
 
@@ -192,6 +196,15 @@ class TestSetParams(_Section):
     path: Path
     hr_dir: Path | None = Field(default=None, description="paired layout: explicit HR folder")
     lr_dir: Path | None = Field(default=None, description="paired layout: explicit LR folder")
+
+    @model_validator(mode="after")
+    def _folders_for_paired_only(self) -> TestSetParams:
+        if self.layout != "paired" and (self.hr_dir is not None or self.lr_dir is not None):
+            raise ValueError(
+                f"test set {self.name!r}: hr_dir/lr_dir apply to the paired layout only, not "
+                f"{self.layout!r}; drop them or use layout: paired"
+            )
+        return self
 
 
 class EvaluatedModelsParams(_Section):
@@ -206,7 +219,23 @@ class EvaluatedModelsParams(_Section):
         empty = [label for label, runs in value.items() if not runs]
         if empty:
             raise ValueError(f"student(s) {empty} list no checkpoint; give at least one per label")
+        from dtkd_pipeline.evaluate.contenders import RESERVED_LABELS  # torch: when params load
+
+        taken = sorted(set(value) & set(RESERVED_LABELS))
+        if taken:
+            raise ValueError(
+                f"student label(s) {taken} name built-in rows ({', '.join(RESERVED_LABELS)}), "
+                "whose results they would be averaged with; rename them"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _something_to_evaluate(self) -> EvaluatedModelsParams:
+        if not (self.bicubic or self.teacher or self.one_step or self.students):
+            raise ValueError(
+                "no model to evaluate: enable bicubic or teacher, or list students or one_step"
+            )
+        return self
 
 
 class ComparisonParams(_Section):
@@ -258,7 +287,7 @@ class EvaluateParams(_Section):
     ]
     color: Literal["y", "rgb"]
     skip_unavailable: bool
-    teacher_seeds: Annotated[list[int], Field(min_length=1)]
+    teacher_seeds: Annotated[list[Seed], Field(min_length=1)]
     teacher_chop: Annotated[int, Field(ge=64)]
     student_tile: NonNegativeInt
     student_overlap: NonNegativeInt
@@ -278,6 +307,13 @@ class EvaluateParams(_Section):
                 f"({self.student_tile}); or set student_tile=0 for whole images"
             )
         return self
+
+    @field_validator("teacher_seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"repeats a seed, which would count one run twice: {value}")
+        return value
 
     @field_validator("sets")
     @classmethod
@@ -357,11 +393,18 @@ class Params(_Section):
         for name, path in inputs.items():
             if path is None:
                 continue
+            images = Path(os.path.abspath(path))
             for key, folder in absolute.items():
-                if Path(os.path.abspath(path)).is_relative_to(folder):
+                if images.is_relative_to(folder):
                     raise ValueError(
                         f"{name} ({path}) lies inside {key} ({outputs[key]}), which that stage "
                         f"replaces whole: move the images or choose another {key}"
+                    )
+                if folder.is_relative_to(images):
+                    raise ValueError(
+                        f"{key} ({outputs[key]}) lies inside {name} ({path}): outputs there "
+                        f"would be read as input images (and DVC refuses an output inside a "
+                        f"dependency); choose another {key}"
                     )
         return self
 

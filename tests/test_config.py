@@ -85,6 +85,24 @@ def test_patch_larger_than_tile_is_refused() -> None:
             "teacher.version=v3",
             r"'resshift-realsr-v1' are not .* set teacher\.unet_weights=resshift-realsr-v3",
         ),
+        ("teacher.seed=99999999999999999999", r"teacher\.seed: .*less than 9223372036854775808"),
+        ("distill.seed=99999999999999999999", r"distill\.seed: .*less than"),
+        ("evaluate.teacher_seeds=[1, 1]", r"evaluate\.teacher_seeds: .*repeats a seed"),
+        ("distill.lr=.inf", r"distill\.lr: .*finite number"),
+        ("distill.kd.final_weight=.nan", r"distill\.kd\.final_weight: .*finite number"),
+        ("distill.milestones=[100, 100]", r"strictly increasing"),
+        (
+            "evaluate.sets=[{name: s, layout: hr-only, path: x, lr_dir: y}]",
+            r"hr_dir/lr_dir apply to the paired layout only, not 'hr-only'",
+        ),
+        (
+            "evaluate.models.students={bicubic: [data/models/student.pt]}",
+            r"student label\(s\) \['bicubic'\] name built-in rows",
+        ),
+        (
+            "evaluate.models={bicubic: false, teacher: false, one_step: null, students: {}}",
+            r"no model to evaluate",
+        ),
     ],
 )
 def test_values_that_would_fail_late_are_refused_when_params_load(
@@ -104,6 +122,7 @@ def test_values_that_would_fail_late_are_refused_when_params_load(
         ("evaluate.plots_dir=data/evaluation/plots", r"evaluate\.plots_dir .* overlap"),
         ("report.out_dir=data", r"and report\.out_dir \(data\) overlap"),
         ("teacher.preview=data/cache/teacher.zarr/p.png", r"teacher\.store .* teacher\.preview"),
+        ("evaluate.out_dir=data/demo/hr/eval", r"evaluate\.out_dir .* lies inside data\.hr_dir"),
     ],
 )
 def test_output_folders_that_nest_or_hold_the_inputs_are_refused(

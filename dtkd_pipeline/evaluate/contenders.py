@@ -29,6 +29,7 @@ BICUBIC = "bicubic"
 TEACHER = "teacher"
 RANDOM_TEACHER = "teacher (RANDOM weights)"  # tests and speed runs: named so in every output
 ONE_STEP = "one-step"
+RESERVED_LABELS = (BICUBIC, TEACHER, RANDOM_TEACHER, ONE_STEP)  # rows no student may be named
 
 
 @dataclass
