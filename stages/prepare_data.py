@@ -38,6 +38,7 @@ from dtkd_pipeline.cache import (
     prepared_arrays,
 )
 from dtkd_pipeline.config import DataParams, Params
+from dtkd_pipeline.evaluate.metrics import SSIM_WINDOW
 from dtkd_pipeline.images import (
     ImageReadError,
     bicubic_downscale_x4,
@@ -121,15 +122,24 @@ def load_pair(hr_path: Path, sources: Sources) -> ImagePair:
     return ImagePair(to_uint8(hr), to_uint8(lr))
 
 
-def _probe(hr_path: Path, sources: Sources, data: DataParams) -> TilePlan | ImageReadError | None:
+def _probe(
+    hr_path: Path, sources: Sources, data: DataParams, min_hr_side: int
+) -> TilePlan | ImageReadError | None:
     """Decode and plan one image; a read problem is returned (not raised) to be reported in bulk.
 
     The LR size follows from the HR size, so the (costly) bicubic resize waits for tiling.
+    ``min_hr_side``: the smallest usable HR side (validation images are scored with SSIM).
     """
     try:
         hr, _ = _read_checked(hr_path, sources)
     except ImageReadError as exc:
         return exc
+    if min(hr.shape[:2]) < max(min_hr_side, data.scale):
+        return ImageReadError(
+            f"{hr_path}: {hr.shape[1]}x{hr.shape[0]} (cropped to a multiple of {data.scale}) is "
+            f"too small: {'validation images need' if min_hr_side else 'images need'} at least "
+            f"{max(min_hr_side, data.scale)} px per side; leave it out"
+        )
     lr_height, lr_width = hr.shape[0] // data.scale, hr.shape[1] // data.scale
     return plan_tiles(lr_height, lr_width, data.lr_tile, data.stride, data.small_images)
 
@@ -264,7 +274,13 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
         unpaired = listing(list(sources.unpaired_lr), sources.lr_dir, "LR files with no HR image")
         tqdm.write(f"note: ignoring {unpaired} ({naming_rule(data.scale)})")
     with tqdm(total=len(all_paths), desc="checking images", unit="img") as bar:
-        probes = _compute([dask.delayed(_probe)(p, sources, data) for p in all_paths], data, bar)
+        # Validation images are scored with SSIM-Y: its window must fit inside the cropped image.
+        val_side = SSIM_WINDOW + 2 * data.scale
+        tasks = [
+            dask.delayed(_probe)(p, sources, data, val_side if p in val_paths else 0)
+            for p in all_paths
+        ]
+        probes = _compute(tasks, data, bar)
     bad = {p: r for p, r in zip(all_paths, probes, strict=True) if isinstance(r, Exception)}
     if bad and not skip_bad:
         problems = "\n".join(f"  {exc}" for exc in bad.values())
@@ -286,6 +302,11 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
         )
         raise ImageReadError(
             f"no training tiles: every training image in {data.hr_dir} was unreadable{small}"
+        )
+    if not val_paths:  # distill validates (and keeps best.pt) on them
+        raise ImageReadError(
+            f"no validation image left: the last {data.val_images} image(s) of {data.hr_dir} "
+            "(data.val_images) were all unusable; fix them, or add images"
         )
 
     final = data.prepared_dir

@@ -83,6 +83,29 @@ def test_skip_bad_skips_and_continues(tmp_path: Path) -> None:
         assert store.provenance["sources"] == ["img00.png", "img01.png"]
 
 
+def test_images_too_small_to_tile_or_to_validate_on_are_reported_with_the_bad_ones(
+    tmp_path: Path,
+) -> None:
+    """A 3-px image has no LR pixel at x4 (tiling crashed); a validation image needs 19 px per
+    side for SSIM-Y (distill's validation crashed)."""
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    write_image(hr_dir / "img00_tiny.png", np.zeros((3, 3, 3)))
+    write_image(hr_dir / "img99_val.png", np.zeros((16, 64, 3)))  # the last: validation
+    params = tiny_params(tmp_path, hr_dir)
+    with pytest.raises(ImageReadError) as info:
+        prepare_data.run(params)
+    message = str(info.value)
+    assert "2 image(s) could not be read" in message
+    assert "img00_tiny.png: 0x0 (cropped to a multiple of 4)" in message
+    assert "images need at least 4 px" in message
+    assert "img99_val.png: 64x16" in message and "validation images need at least 19" in message
+    # Skipping them leaves no validation image: refused, not a run distill cannot validate.
+    with pytest.raises(ImageReadError, match=r"no validation image left.*data\.val_images"):
+        prepare_data.run(params, skip_bad=True)
+    assert not params.data.prepared_dir.exists()
+
+
 def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path: Path) -> None:
     hr_dir = tmp_path / "hr"
     make_hr_images(hr_dir, [(256, 256), (256, 256)])
@@ -159,7 +182,7 @@ def test_div2k_style_lr_names_pair_with_their_hr_and_ambiguous_names_are_refused
     write_image(lr_dir / "stray_x4.png", np.zeros((64, 64, 3)))
     prepare_data.run(tiny_params(tmp_path / "c", hr_dir, [f"data.lr_dir={lr_dir}"]))
     note = capsys.readouterr().out
-    assert "ignoring [1 LR files with no HR image in" in note and "stray_x4.png" in note
+    assert "ignoring 1 LR files with no HR image in" in note and "stray_x4.png" in note
 
     write_image(lr_dir / f"{paths[0].stem}_x4.png", np.zeros((64, 64, 3)))
     with pytest.raises(ImageReadError, match=r"data.lr_dir: .*match more than one file"):
