@@ -77,6 +77,17 @@ def require_folder(folder: Path, key: str) -> None:
         raise OutputFolderError(f"{key}: {folder} is a file, not a folder; choose another {key}")
 
 
+def require_file_target(path: Path, key: str) -> None:
+    """Refuse an output file location that is a folder or lies under a file, before the work
+    that produces the file (the write would fail at the end, naming a temporary)."""
+    if path.is_dir():
+        raise OutputFolderError(f"{key}: {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            require_folder(parent, key)
+            return
+
+
 def mark_output(folder: Path) -> None:
     """Mark `folder` as a stage's output (see :func:`check_replaceable`)."""
     (folder / OUTPUT_MARKER).write_text("written by a dtkd-pipeline stage; replaced on rerun\n")

@@ -271,12 +271,14 @@ def benchmark(
     ] = None,
 ) -> None:
     """Params, FLOPs and latency of the students and the teacher (settings: evaluate.efficiency)."""
+    from dtkd_pipeline.atomic import require_folder
     from dtkd_pipeline.devices import resolve_device
     from stages import evaluate as stage
 
     def action() -> None:
         loaded = _params(params, overrides)
         target = out_dir or loaded.evaluate.out_dir  # created by the atomic writes at the end
+        require_folder(target, "--out-dir" if out_dir else "evaluate.out_dir")  # before timing
         stage.run_efficiency(loaded, resolve_device(device or loaded.evaluate.device), target)
         typer.echo((target / stage.EFFICIENCY_MD).read_text())
 
@@ -300,6 +302,7 @@ def analyze_bands(
     ] = None,
 ) -> None:
     """Mean |teacher - student| per DWT subband and group over the cache or a folder (bar chart)."""
+    from dtkd_pipeline.atomic import require_folder
     from dtkd_pipeline.devices import resolve_device
     from dtkd_pipeline.upscale import require_model_file
     from stages import evaluate as stage
@@ -308,6 +311,16 @@ def analyze_bands(
         loaded = _params(params, overrides)
         for path in model or []:
             require_model_file(path)
+        targets = (
+            {"--out-dir": out_dir}
+            if out_dir
+            else {
+                "evaluate.out_dir": loaded.evaluate.out_dir,
+                "evaluate.plots_dir": loaded.evaluate.plots_dir,
+            }
+        )
+        for key, folder in targets.items():  # before the analysis, not after it
+            require_folder(folder, key)
         written = stage.run_bands(
             loaded,
             resolve_device(device or loaded.evaluate.device),

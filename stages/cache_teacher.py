@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import __version__
+from dtkd_pipeline.atomic import require_file_target
 from dtkd_pipeline.cache import (
     HR,
     KIND_PREPARED,
@@ -42,6 +43,7 @@ from dtkd_pipeline.cache import (
     TILE_SOURCE,
     CacheError,
     Compression,
+    NotAStoreError,
     ProvenanceMismatchError,
     StoreLayout,
     StoreLayoutError,
@@ -470,6 +472,13 @@ def run(
     if teacher is not None and scheduler:
         raise ValueError("pass a built teacher (local run) or a scheduler, not both")
     check_steps(params.teacher)
+    require_file_target(params.teacher.preview, "teacher.preview")  # written after the teacher ran
+    try:
+        TileStore.check_target(params.teacher.store, overwrite)
+    except NotAStoreError as error:
+        raise NotAStoreError(
+            f"teacher.store: {error}; point teacher.store at a teacher store or a new folder"
+        ) from None
     prepared = _open_prepared(params)
     prepared.require_complete("prepare-data")
     gpus = torch.cuda.device_count() if device is None and teacher is None else 0
@@ -490,7 +499,7 @@ def run(
             params.teacher.store, layout, provenance, overwrite=overwrite
         )
     except (ProvenanceMismatchError, StoreLayoutError) as exc:
-        if not rebuild_on_change:
+        if not rebuild_on_change or isinstance(exc, NotAStoreError):
             raise
         print(f"{exc}\n-> settings changed: rebuilding {params.teacher.store} from scratch")
         store = TileStore.create(params.teacher.store, layout, provenance, overwrite=True)
@@ -509,7 +518,8 @@ def run(
         if remaining:
             raise CacheError(f"{store.path}: shards {remaining[:8]} still missing after the run")
         print(_summary(store, todo, time.perf_counter() - started))
-        print(f"preview of {params.teacher.preview_tiles} tiles -> {write_preview(store, params)}")
+        shown = min(params.teacher.preview_tiles, store.n_tiles)
+        print(f"preview of {shown} tiles -> {write_preview(store, params)}")
     return params.teacher.store
 
 

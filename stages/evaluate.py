@@ -47,7 +47,9 @@ from dtkd_pipeline.evaluate.efficiency import (
 from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
 from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
+from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
+from dtkd_pipeline.upscale import load_upscaler
 from stages.cache_teacher import build_teacher
 from stages.prepare_data import TRAIN_STORE
 
@@ -183,6 +185,16 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def check_efficiency_precisions(params: Params, device: torch.device) -> None:
+    precisions = params.evaluate.efficiency.precisions
+    if device.type != "cuda" and "fp32" not in precisions:
+        raise ConfigError(
+            f"evaluate.efficiency.precisions {precisions}: half precisions are measured on CUDA "
+            f"only and this run is on {device}, so nothing would be timed; add fp32 or run on a "
+            "GPU"
+        )
+
+
 def run_efficiency(
     params: Params, device: torch.device, out_dir: Path, teacher: Teacher | None = None
 ) -> None:
@@ -191,12 +203,7 @@ def run_efficiency(
     A given fp32 `teacher` is reused; otherwise one is built (weights are read once per run).
     """
     cfg = params.evaluate
-    if device.type != "cuda" and "fp32" not in cfg.efficiency.precisions:
-        raise ConfigError(
-            f"evaluate.efficiency.precisions {cfg.efficiency.precisions}: half precisions are "
-            f"measured on CUDA only and this run is on {device}, so nothing would be timed; "
-            "add fp32 or run on a GPU"
-        )
+    check_efficiency_precisions(params, device)
     targets = [
         student_target(
             label, arch_or_path=checkpoints[0], compile_mode=cfg.efficiency.student_compile
@@ -279,13 +286,19 @@ def run(params: Params, device: str | None = None) -> Path:
         )
         for item in cfg.sets
     ]
-    for checkpoints in cfg.models.students.values():
+    for label, checkpoints in cfg.models.students.items():
         for path in checkpoints:
-            if not path.is_file():
+            if not path.exists():
                 raise FileNotFoundError(
                     f"evaluate.models.students: checkpoint {path} not found; train it first "
                     "(dtkd-pipeline distill) or fix the path in params.yaml"
                 )
+            try:  # loads in well under a second: before the teacher, not after it ran
+                load_upscaler(path, device="cpu")
+            except (StudentWeightsError, ValueError, OSError) as error:
+                raise StudentWeightsError(f"evaluate.models.students.{label}: {error}") from error
+    if cfg.efficiency.enabled:
+        check_efficiency_precisions(params, target)
 
     if cfg.bands.enabled and cfg.bands.source != "cache":
         try:

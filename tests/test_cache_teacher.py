@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 
 import dtkd_pipeline
+from dtkd_pipeline.atomic import OutputFolderError
 from dtkd_pipeline.cache import (
     TEACHER,
     CacheError,
+    NotAStoreError,
     ProvenanceMismatchError,
     StoreLayoutError,
     TileStore,
@@ -361,6 +363,31 @@ def test_wrong_step_count_is_refused_before_any_work(prepared_root: Path, tmp_pa
     with pytest.raises(CacheError, match="trained for 2 steps"):
         cache_teacher.run(params, device="cpu")
     assert not params.teacher.store.exists()
+
+
+def test_output_locations_that_cannot_be_written_are_refused_before_the_teacher_is_built(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_teacher(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the teacher was built before the outputs were checked")
+
+    monkeypatch.setattr(cache_teacher, "build_teacher", no_teacher)
+    mine = tmp_path / "my-photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"a user's file")
+    params = params_for(prepared_root, tmp_path, [f"teacher.store={mine}"])
+    for rebuild in (False, True):  # DVC runs it with --rebuild-on-change
+        with pytest.raises(NotAStoreError, match=r"teacher\.store: .*my-photos is not a tile"):
+            cache_teacher.run(params, rebuild_on_change=rebuild)
+    assert sorted(p.name for p in mine.iterdir()) == ["holiday.jpg"]  # not even a .lock file
+    with pytest.raises(NotAStoreError, match="refusing to overwrite"):
+        cache_teacher.run(params, overwrite=True)
+
+    folder = tmp_path / "preview.png"
+    folder.mkdir()
+    params = params_for(prepared_root, tmp_path, [f"teacher.preview={folder}"])
+    with pytest.raises(OutputFolderError, match=r"teacher\.preview: .*preview\.png is a folder"):
+        cache_teacher.run(params)
 
 
 def test_offline_weights_stop_at_once_with_url_path_and_alternative(

@@ -172,6 +172,17 @@ def test_unwritable_output_location_is_named_without_traceback(tmp_path: Path) -
     assert f"{blocker / 'w'}: Not a directory; choose another location" in result.output
 
 
+@pytest.mark.parametrize("command", ["benchmark", "analyze-bands"])
+def test_an_out_dir_that_is_a_file_is_named_before_any_measurement(
+    tmp_path: Path, command: str
+) -> None:
+    taken = tmp_path / "results"
+    taken.write_text("a file")
+    result = runner.invoke(app, [command, "--out-dir", str(taken)])
+    assert result.exit_code == 1
+    assert "--out-dir:" in result.output and "is a file, not a folder" in result.output
+
+
 def test_weights_listing_names_each_checkpoint_its_location_and_licence(tmp_path: Path) -> None:
     result = runner.invoke(app, ["weights", "--weights-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output

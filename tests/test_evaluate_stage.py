@@ -18,7 +18,7 @@ from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.figures import curve_panels, training_curves
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
 from dtkd_pipeline.images import bicubic_downscale_x4, read_image, write_image
-from dtkd_pipeline.student import build_student
+from dtkd_pipeline.student import StudentWeightsError, build_student
 from stages import evaluate, report
 from tests.pipeline_helpers import make_hr_images, tiny_params
 
@@ -169,6 +169,31 @@ def test_missing_student_checkpoint_is_named(params: Params, tmp_path: Path) -> 
     )
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         evaluate.run(broken, device="cpu")
+
+
+def test_unusable_checkpoints_and_precisions_are_refused_before_the_teacher_runs(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_teacher(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the teacher was built before the inputs were checked")
+
+    monkeypatch.setattr(evaluate, "build_teacher", no_teacher)
+    picture = write_image(tmp_path / "photo.png", np.zeros((8, 8, 3)))
+    models = params.evaluate.models.model_copy(update={"students": {"X": [picture]}})
+    wrong = params.model_copy(
+        update={"evaluate": params.evaluate.model_copy(update={"models": models})}
+    )
+    with pytest.raises(StudentWeightsError, match=r"students\.X: .*photo\.png is not a student"):
+        evaluate.run(wrong, device="cpu")
+    efficiency = params.evaluate.efficiency.model_copy(
+        update={"enabled": True, "precisions": ["fp16"]}
+    )
+    half_only = params.model_copy(
+        update={"evaluate": params.evaluate.model_copy(update={"efficiency": efficiency})}
+    )
+    with pytest.raises(ConfigError, match=r"half precisions are measured on CUDA only"):
+        evaluate.run(half_only, device="cpu")
+    assert not params.evaluate.metrics_dir.exists()
 
 
 def test_upscale_command_writes_x4_image_and_checked_onnx(tmp_path: Path) -> None:

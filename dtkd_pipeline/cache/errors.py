@@ -23,5 +23,9 @@ class StoreLayoutError(CacheError):
     """A path is not a tile store, or its layout does not fit the request."""
 
 
+class NotAStoreError(StoreLayoutError):
+    """A path holds no tile store: missing, a file, or a folder without zarr.json."""
+
+
 class CorruptShardError(CacheError):
     """A complete shard whose bytes no longer decode (truncated, flipped or deleted files)."""

@@ -40,7 +40,13 @@ import zarr
 
 from dtkd_pipeline.atomic import remove_dead_siblings
 
-from .errors import CacheError, CorruptShardError, IncompleteShardError, StoreLayoutError
+from .errors import (
+    CacheError,
+    CorruptShardError,
+    IncompleteShardError,
+    NotAStoreError,
+    StoreLayoutError,
+)
 from .layout import FORMAT_VERSION, KIND_PREPARED, KIND_TEACHER, ArraySpec, StoreLayout
 from .lock import LOCK_NAME, StoreLock
 from .provenance import ABSENT, SOURCES, diff_fields, fingerprint_of, mismatch_error, to_json_value
@@ -166,6 +172,7 @@ class TileStore:
     ) -> TileStore:
         """Open an existing store. `lock=True` takes the coordinator lock (fails fast if held)."""
         path = Path(path)
+        cls.require_store(path)  # before the lock, which would leave a file in any folder
         store_lock = StoreLock(path).acquire() if lock else None
         try:
             return cls._open(path, mode=mode, lock=store_lock)
@@ -200,12 +207,30 @@ class TileStore:
             raise
         return store
 
+    @staticmethod
+    def require_store(path: Path) -> None:
+        """Raise `NotAStoreError` unless `path` is a folder with a zarr.json."""
+        if not path.exists():
+            raise NotAStoreError(f"{path} does not exist")
+        if not path.is_dir():
+            raise NotAStoreError(f"{path} is a file, not a tile store")
+        if not (path / "zarr.json").is_file():
+            raise NotAStoreError(f"{path} is not a tile store (no zarr.json)")
+
+    @classmethod
+    def check_target(cls, path: Path, overwrite: bool) -> None:
+        """Refuse, before any work, a location `open_or_create` would refuse: something that is
+        not a store (to resume), or not a store nor empty (to overwrite)."""
+        if not (path.exists() or path.is_symlink()):
+            return
+        if overwrite:
+            _refuse_unless_store(path)
+        else:
+            cls.require_store(path)
+
     @classmethod
     def _open(cls, path: Path, mode: str, lock: StoreLock | None) -> TileStore:
-        if not path.exists():
-            raise StoreLayoutError(f"{path} does not exist")
-        if not (path / "zarr.json").is_file():
-            raise StoreLayoutError(f"{path} is not a tile store (no zarr.json)")
+        cls.require_store(path)
         try:
             group = zarr.open_group(path, mode=mode)
             attrs = group.attrs.asdict()
@@ -608,7 +633,7 @@ def _refuse_unless_store(path: Path) -> None:
     """Overwrite deletes a directory tree: only ever one that is a Zarr store (or empty)."""
     if path.is_dir() and ((path / "zarr.json").is_file() or not any(path.iterdir())):
         return
-    raise StoreLayoutError(
+    raise NotAStoreError(
         f"refusing to overwrite {path}: it is not a Zarr store; move or delete it by hand"
     )
 
