@@ -44,7 +44,7 @@ class DataParams(_Section):
     hr_dir: Path
     lr_dir: Path | None
     scale: Literal[4]
-    lr_tile: PositiveInt
+    lr_tile: Annotated[int, Field(gt=0, le=1024)]  # 1024 LR = a 4096-px HR tile, 48 MB each
     stride: PositiveInt
     small_images: Literal["pad", "skip"]
     val_images: PositiveInt  # distill validates on them

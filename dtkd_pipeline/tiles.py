@@ -41,8 +41,8 @@ def plan_tiles(
     """Plan the tiles of an LR image of the given size; None when the image is skipped as too small.
 
     Rule for images smaller than one tile on some side: with ``pad`` they are mirror-padded on the
-    bottom/right up to the tile size (so the tile is mostly real content), with ``skip`` they are
-    left out of the training set.
+    bottom/right up to the tile size (prepare-data notes images that fill under half a tile), with
+    ``skip`` they are left out of the training set.
     """
     if tile <= 0 or stride <= 0:
         raise ValueError(f"tile ({tile}) and stride ({stride}) must be positive")

@@ -293,6 +293,18 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     kept = [(p, r) for p, r in zip(train_paths, probes, strict=False) if p not in bad]
     skipped_small = [p.name for p, plan in kept if plan is None]
     kept = [(p, plan) for p, plan in kept if plan is not None]
+    tile = data.lr_tile
+    mostly_padding = [
+        p.name
+        for p, plan in kept
+        if (tile - plan.pad_bottom) * (tile - plan.pad_right) < tile * tile / 2
+    ]
+    if mostly_padding:
+        tqdm.write(
+            f"note: {len(mostly_padding)} image(s) fill less than half of a {tile}-px LR tile, "
+            f"so their tiles are mostly mirrored padding: {', '.join(mostly_padding[:5])}; lower "
+            "data.lr_tile or set data.small_images=skip"
+        )
     val_paths = [p for p in val_paths if p not in bad]
     if not kept:
         small = (

@@ -79,6 +79,12 @@ def metrics_section(result: dict[str, Any], baseline: str | None, paper: dict[st
         lower = sorted(LOWER_IS_BETTER & set(metric_names))
         if lower:
             lines.append(f"\nLower is better for {', '.join(lower)}.")
+    elif baseline is not None:
+        lines += [
+            "",
+            f"*No deltas: the baseline **{baseline}** has no results in this set (evaluated "
+            f"before it was added?); rerun `dtkd-pipeline evaluate`.*",
+        ]
     if result.get("skipped_metrics"):
         lines += ["", "Skipped metrics:"]
         lines += [f"- `{name}`: {reason}" for name, reason in result["skipped_metrics"].items()]

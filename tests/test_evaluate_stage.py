@@ -119,6 +119,19 @@ def test_report_describes_the_run_its_checkpoint_records_not_the_current_params(
     assert "iteration: 20" in text  # provenance
 
 
+def test_a_baseline_without_results_is_said_not_silently_dropped() -> None:
+    result = {
+        "set": "demo",
+        "images": 1,
+        "layout": "paired",
+        "metrics": {"bicubic": {"psnr_y": {"mean": 30.0, "std": 0.0}}},
+    }
+    text = report.metrics_section(result, "NEW", {})
+    assert "No deltas: the baseline **NEW** has no results in this set" in text
+    assert "(1 image," in text
+    assert "Delta against" in report.metrics_section(result, "bicubic", {})
+
+
 def test_training_curves_read_losses_first_three_panels_to_a_row(tmp_path: Path) -> None:
     names = ["perf/samples_per_s", "perf/loader_wait", "val/psnr_y", "train/lr", "train/kd"]
     names += ["train/lambda", "train/loss", "train/task_l1"]

@@ -60,6 +60,18 @@ def test_small_images_padded_or_skipped(tmp_path: Path) -> None:
         assert store.n_tiles == 1
 
 
+def test_images_that_fill_under_half_a_tile_are_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (80, 120), (160, 300), (256, 256)])
+    prepare_data.run(tiny_params(tmp_path, hr_dir))
+    note = capsys.readouterr().out
+    # 20x30 LR fills 15 % of a 64-px tile; 40x75 fills 62 %: only the first is named.
+    assert "note: 1 image(s) fill less than half of a 64-px LR tile" in note
+    assert "img01.png" in note and "img02.png" not in note
+
+
 def test_corrupt_image_fails_before_writing_anything(tmp_path: Path) -> None:
     hr_dir = tmp_path / "hr"
     make_hr_images(hr_dir, [(256, 256), (256, 256), (256, 256)])
