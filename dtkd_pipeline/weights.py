@@ -354,6 +354,11 @@ def download(spec: WeightSpec, dest_dir: str | os.PathLike[str], progress: bool 
     exists, so only one of them downloads.
     """
     folder = Path(dest_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise WeightsError(
+            f"the weights folder {folder} is a file; point --weights-dir (teacher.weights_dir) "
+            f"or {HOME_ENV} at a folder"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / spec.filename
     with _file_lock(folder / (spec.filename + ".lock")):

@@ -407,9 +407,15 @@ def test_offline_weights_stop_at_once_with_url_path_and_alternative(
     with pytest.raises(WeightsError) as info:
         cache_teacher.run(params, device="cpu")
     message = str(info.value)
+    assert message.startswith("teacher.unet_weights=resshift-realsr-v1: ")  # the key to change
     assert "resshift_realsrx4_s15_v1.pth" in message
     assert str(tmp_path / "weights") in message and "--weights-dir" in message
     assert not params.teacher.store.exists()
+
+    shutil.rmtree(tmp_path / "weights", ignore_errors=True)
+    (tmp_path / "weights").write_text("a file, not a folder")
+    with pytest.raises(WeightsError, match=r"the weights folder .*weights is a file"):
+        cache_teacher.run(params, device="cpu")
 
 
 @pytest.mark.slow

@@ -79,9 +79,9 @@ def _per_role(
     for role, name in names.items():
         try:
             found[role] = resolve(name, weights_dir=teacher.weights_dir, download=download)
-        except WeightsError:
+        except WeightsError as error:
             if download:
-                raise
+                raise WeightsError(f"teacher.{role}_weights={name}: {error}") from error
     return found
 
 
