@@ -173,6 +173,61 @@ def test_resume_continues_the_exact_sequence(stores: dict[str, Any], num_workers
         make_dataset(stores, dwt=False, **(settings | {"batch_size": 2})).load_state_dict(state)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resumed_run_resumes_again_exactly(stores: dict[str, Any], num_workers: int) -> None:
+    """A killed run resumed, killed again and resumed again (the position adds up)."""
+    settings = {"seed": 11, "num_workers": num_workers, "shuffle_buffer": 5}
+    full = list(make_loader(make_dataset(stores, dwt=False, **settings)))
+    first = make_dataset(stores, dwt=False, **settings)
+    head = list(iter(make_loader(first)))[:1]
+    state = first.state_dict(batches_consumed=1)
+    second = make_dataset(stores, dwt=False, **settings)
+    second.load_state_dict(state)
+    iterator = iter(make_loader(second))
+    middle = [next(iterator) for _ in range(2)]
+    state = second.state_dict(batches_consumed=2)
+    del iterator
+    third = make_dataset(stores, dwt=False, **settings)
+    third.load_state_dict(state)
+    tail = list(make_loader(third))
+    assert tile_order(head + middle + tail) == tile_order(full)
+
+
+def test_every_epoch_draws_a_new_order_crops_and_symmetries(
+    stores: dict[str, Any], tmp_path: Path
+) -> None:
+    """One shard: the shard order cannot change between epochs, so only the plan's own seed
+    (which includes the epoch) keeps epoch 1 from repeating epoch 0."""
+    layout = StoreLayout(KIND_PREPARED, 4, 4, prepared_arrays(TILE, SCALE))
+    with TileStore.create(tmp_path / "one.zarr", layout, {"sources": ["x.png"]}) as store:
+        store.write_shard(
+            0,
+            {
+                "lr": stores["lr"][:4],
+                "hr": stores["hr"][:4],
+                "tile_source": np.zeros(4, np.int32),
+                "tile_offset": np.zeros((4, 2), np.int32),
+            },
+        )
+    settings = LoaderSettings(patch_size=PATCH, batch_size=2, shuffle_buffer=2, augment=True)
+    dataset = ShardStreamDataset(tmp_path / "one.zarr", settings=settings)
+    first, second = dataset.plan(0, 0, 0), dataset.plan(1, 0, 0)
+    assert not (
+        np.array_equal(first.tiles, second.tiles)
+        and np.array_equal(first.offsets, second.offsets)
+        and np.array_equal(first.augment, second.augment)
+    )
+
+
+def test_crops_reach_every_offset_including_the_last_row_and_column(
+    stores: dict[str, Any],
+) -> None:
+    dataset = make_dataset(stores, dwt=False, patches_per_tile=3)
+    offsets = np.concatenate([dataset.plan(epoch, 0, 0).offsets for epoch in range(3)])
+    every = set(range(TILE - PATCH + 1))
+    assert set(offsets[:, 0].tolist()) == every and set(offsets[:, 1].tolist()) == every
+
+
 def test_ranks_and_workers_split_shards_disjointly(stores: dict[str, Any]) -> None:
     n_shards = -(-N_TILES // SHARD)
     dataset = make_dataset(stores, dwt=False, world_size=2, num_workers=2)

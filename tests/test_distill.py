@@ -116,6 +116,23 @@ def test_best_validation_is_saved_even_between_checkpoint_steps(
     assert best["iteration"] == 3 and best["best_psnr"] == 20.0
 
 
+def test_validation_scores_the_ema_weights_which_the_loop_keeps_moving(
+    params: Params, tmp_path: Path
+) -> None:
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"psnr_y": float(len(seen))}
+
+    final = _run(params, tmp_path / "e", validate=validate, iterations=4, val_every=2)
+    ema, trained = final["ema"], final["model"]
+    weight = "conv_first.weight"
+    assert torch.equal(seen[-1][weight], ema[weight])  # the EMA is what validation scored
+    assert not torch.equal(ema[weight], trained[weight])  # ... and it is not the raw model
+    assert not torch.equal(seen[0][weight], seen[-1][weight])  # updated between validations
+
+
 def test_training_decreases_task_and_kd_losses(params: Params, tmp_path: Path) -> None:
     history: list[dict[str, float]] = []
     cfg = params.distill.model_copy(

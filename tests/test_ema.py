@@ -47,6 +47,20 @@ def test_one_update_with_decay_half_gives_the_midpoint() -> None:
         torch.testing.assert_close(dict(ema.module.named_parameters())[name], expected)
 
 
+def test_an_update_keeps_decay_of_the_average_and_takes_one_minus_decay_of_the_model() -> None:
+    """decay 0.9: 0.9 old + 0.1 new (at 0.5 the two weights are indistinguishable)."""
+    model = small_model()
+    ema = ModelEMA(model, decay=0.9)
+    old = {name: p.detach().clone() for name, p in ema.module.named_parameters()}
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(10.0)
+    ema.update(model)
+    for name, param in model.named_parameters():
+        expected = 0.9 * old[name] + 0.1 * param.detach()
+        torch.testing.assert_close(dict(ema.module.named_parameters())[name], expected)
+
+
 def test_update_copies_buffers_and_does_not_share_them() -> None:
     model = small_model().train()
     ema = ModelEMA(model, decay=0.9)
