@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import signal
@@ -293,6 +294,23 @@ def test_official_rng_continues_one_stream_in_tile_order_through_resumes(
         cache_teacher.run(rebatched, device="cpu")
 
 
+def test_official_rng_replays_short_batches_of_skipped_groups(tmp_path: Path) -> None:
+    """shard_size 2, batch 3: each group of 4 tiles runs batches of 3 and 1. Resuming only the
+    second group must replay the first group's short batch as a short batch of draws."""
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(512, 512), (512, 512), (256, 256)])  # 4 + 4 tiles, 1 validation
+    overrides = [*TEACHER_OVERRIDES, "data.shard_size=2", "teacher.batch_size=3"]
+    params = tiny_params(tmp_path, hr_dir, [*overrides, "teacher.rng=official"])
+    prepare_data.run(params)
+    path = cache_teacher.run(params, device="cpu")
+    cached = teacher_bytes(path)
+    with TileStore.open(path, mode="r+") as store:
+        assert store.n_tiles == 8
+        store.invalidate_shard(3)
+    cache_teacher.run(params, device="cpu")
+    np.testing.assert_array_equal(teacher_bytes(path), cached)
+
+
 def test_leftovers_of_a_killed_writer_are_reported_and_removed_by_repair(
     prepared_root: Path, cached_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -485,6 +503,9 @@ def test_a_resumed_shard_is_sampled_in_the_batch_a_full_run_gives_it(
     assert alone.batch_ids == [[2, 3]] and [2, 3] in full.batch_ids
     groups = cache_teacher.shard_groups(prepared.layout, [3, 0, 2, 1], batch_size=2)
     assert groups == [[3, 2], [0, 1]]  # one dask task per group: no shard has two writers
+    # A group holds at least one batch: 3 tiles in shards of 2 need groups of 2 shards, not 1.
+    pairs = dataclasses.replace(prepared.layout, n_tiles=8, shard_size=2)
+    assert cache_teacher.shard_groups(pairs, [0, 1, 2, 3], batch_size=3) == [[0, 1], [2, 3]]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from dtkd_pipeline.evaluate.metrics import (
     MetricUnavailableError,
     MetricWeightsError,
     MissingWeight,
+    evaluate_pairs,
     missing_metric_weights,
 )
 
@@ -117,6 +118,35 @@ def test_rgb_option_and_full_reference_wrapper(torch_home: Path) -> None:
     mean = FullReferenceMetrics(scale=SCALE)(batch_sr, batch_gt)
     assert set(mean) == {"psnr_y", "ssim_y"}
     assert mean["ssim_y"] == pytest.approx((single["ssim_y"] + 1.0) / 2, abs=1e-6)
+
+
+def test_scores_clamp_out_of_range_sr_to_what_an_image_file_holds(torch_home: Path) -> None:
+    sr, gt = _pair(seed=2)
+    overshoot = _tensor(sr) * 1.5 - 0.25  # a network's raw output leaves [0, 1]
+    suite = MetricSuite(["psnr", "ssim"], scale=SCALE)
+    assert suite(overshoot, _tensor(gt)) == suite(overshoot.clamp(0, 1), _tensor(gt))
+
+
+class _Shift(torch.nn.Module):
+    """A "model" that returns its LR input brightened by an amount that is not 8-bit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.3 / 255
+
+
+def test_validation_scores_the_8_bit_output_averaged_over_images(torch_home: Path) -> None:
+    pairs = [_pair(seed=seed) for seed in (3, 4)]
+    tensors = [(_tensor(sr), _tensor(gt)) for sr, gt in pairs]
+    metrics = FullReferenceMetrics(scale=SCALE)
+    got = evaluate_pairs(_Shift(), tensors, metrics, torch.device("cpu"))
+    expected = {key: 0.0 for key in got}
+    for lr, hr in tensors:
+        saved = torch.round((lr + 0.3 / 255).clamp(0, 1) * 255) / 255  # as a PNG would hold it
+        for key, value in metrics(saved, hr).items():
+            expected[key] += value / len(tensors)
+    assert got == pytest.approx(expected, abs=1e-9)
+    unrounded = metrics((tensors[0][0] + 0.3 / 255).clamp(0, 1), tensors[0][1])
+    assert unrounded["psnr_y"] != pytest.approx(metrics(tensors[0][0], tensors[0][1])["psnr_y"])
 
 
 def test_call_takes_one_image_and_needs_gt_for_full_reference(torch_home: Path) -> None:

@@ -251,6 +251,28 @@ def test_on_step_reports_every_unet_call_that_unet_calls_predicts(
     assert len(unet_calls) > (1 if one_step else teacher.steps) or chop is None
 
 
+def test_per_sample_noise_differs_between_the_chopped_patches_of_one_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    teacher = random_teacher(TINY_T2, seed=0)
+    first_draws: list[torch.Tensor] = []
+    original = PerSampleNoise.draw
+
+    def recording(self: PerSampleNoise, shape: torch.Size) -> torch.Tensor:
+        noise = original(self, shape)
+        if not getattr(self, "_seen", False):  # the prior draw of each patch
+            self._seen = True  # type: ignore[attr-defined]
+            first_draws.append(noise)
+        return noise
+
+    monkeypatch.setattr(PerSampleNoise, "draw", recording)
+    teacher.sample(torch.rand(1, 3, 100, 70), rng="per-sample", chop_size=64)
+    assert len(first_draws) == len(chop_grid(100, 70, 64, 48)) > 1
+    assert not any(
+        torch.equal(a, b) for i, a in enumerate(first_draws) for b in first_draws[i + 1 :]
+    )
+
+
 def test_a_continued_official_stream_can_skip_images_exactly() -> None:
     """Upstream seeds once and draws image after image: skipping an image's draws without
     running it must leave the stream where running it would."""
