@@ -104,6 +104,8 @@ def test_teacher_round_trip_with_dwt(tmp_path: Path) -> None:
         got = store.read_tiles(range(N_TILES), [f"dwt/{name}"])[f"dwt/{name}"]
         assert got.dtype == np.float16 and np.array_equal(got.view(np.uint16), data.view(np.uint16))
     assert isinstance(zarr.open_group(tmp_path / "teacher.zarr", mode="r")["dwt"], zarr.Group)
+    # float32 subbands were narrowed to float16: the checksums are of the bytes stored.
+    assert store.verify().ok
 
 
 def test_arrays_hold_one_tile_per_chunk_and_one_shard_per_file_with_crc32c(
@@ -140,6 +142,38 @@ def test_a_crash_between_data_and_record_leaves_the_shard_missing(
     assert 1 in store.missing_shards()  # never stale (rewrite) and never zeros (first write)
     with pytest.raises(IncompleteShardError):
         store.read_shard(1)
+
+
+def test_a_rewrite_killed_between_two_arrays_leaves_the_shard_missing_not_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old record goes before the first array is touched: lr new, hr old must not pass."""
+    store = filled_prepared(tmp_path / "p.zarr")
+    fetched: list[str] = []
+    real_array = store._array
+
+    def killed_at_the_second_array(name: str) -> Any:
+        fetched.append(name)
+        if len(fetched) == 2:
+            raise KeyboardInterrupt
+        return real_array(name)
+
+    monkeypatch.setattr(store, "_array", killed_at_the_second_array)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_shard(1, shard_slice(prepared_tiles(seed=5), 1))
+    monkeypatch.undo()
+    assert 1 in store.missing_shards()
+
+
+def test_an_all_zero_shard_written_through_a_reopened_store_is_complete(tmp_path: Path) -> None:
+    """zarr skips all-zero chunks unless told otherwise, and that setting is not stored: a
+    reopened store (resume, dask workers) must set it again or the shard has no file."""
+    TileStore.create(tmp_path / "p.zarr", prepared_layout(), PROVENANCE).close()
+    reopened = TileStore.open(tmp_path / "p.zarr", mode="r+")
+    zeros = {name: np.zeros_like(data) for name, data in shard_slice(prepared_tiles(), 0).items()}
+    reopened.write_shard(0, zeros)
+    assert 0 not in reopened.missing_shards()
+    assert reopened.verify(shards=[0]).ok
 
 
 def test_a_record_write_killed_before_its_rename_leaves_a_reported_partial_file(

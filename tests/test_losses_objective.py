@@ -54,7 +54,13 @@ def test_objective_parts_and_schedule() -> None:
     torch.testing.assert_close(middle["kd"], kd_loss(student, teacher))
     torch.testing.assert_close(middle["total"], middle["task"] + 0.4 * middle["kd"])
     middle["total"].backward()
-    assert student.grad is not None
+    # The gradient is the task's plus 0.4 x the KD loss's, not the task's alone.
+    task_only = student.detach().clone().requires_grad_()
+    kd_only = student.detach().clone().requires_grad_()
+    F.l1_loss(task_only, truth).backward()
+    kd_loss(kd_only, teacher).backward()
+    assert task_only.grad is not None and kd_only.grad is not None
+    torch.testing.assert_close(student.grad, task_only.grad + 0.4 * kd_only.grad)
 
     constant = DistillationObjective(kd_loss, 0.8, 100, schedule="constant")
     assert constant(student, truth, teacher, iteration=0)["lambda"].item() == pytest.approx(0.8)
