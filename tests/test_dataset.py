@@ -272,7 +272,9 @@ def test_refuses_teacher_built_from_other_tiles(stores: dict[str, Any], tmp_path
         ShardStreamDataset(stores["root"] / "train.zarr", other.path, settings=settings)
 
 
-def test_batch_to_float_and_no_teacher(stores: dict[str, Any]) -> None:
+def test_batches_convert_to_float_with_or_without_teacher_and_subbands(
+    stores: dict[str, Any],
+) -> None:
     dataset = ShardStreamDataset(
         stores["root"] / "train.zarr", settings=LoaderSettings(patch_size=PATCH, batch_size=2)
     )

@@ -108,7 +108,9 @@ def tiny_rows(tiny_targets: list[EfficiencyTarget]) -> list[dict[str, Any]]:
     return student_rows + benchmark_models(tiny_targets[1:], batch_sizes=[1], **settings)
 
 
-def test_benchmark_rows(tiny_targets: list[EfficiencyTarget], tiny_rows: list[dict]) -> None:
+def test_every_benchmark_row_has_the_table_fields(
+    tiny_targets: list[EfficiencyTarget], tiny_rows: list[dict]
+) -> None:
     assert len(tiny_rows) == 2 * 2 + 2 * 2 * 1  # student: 2 batches; teachers: 1
     required = {
         "model",
@@ -154,7 +156,9 @@ def test_benchmark_rows(tiny_targets: list[EfficiencyTarget], tiny_rows: list[di
     assert student["flops_per_image"] < one_step["flops_per_image"]
 
 
-def test_write_efficiency(tiny_rows: list[dict], tmp_path: Path) -> None:
+def test_efficiency_is_written_as_json_and_a_markdown_table(
+    tiny_rows: list[dict], tmp_path: Path
+) -> None:
     json_path, markdown_path = tmp_path / "out" / "efficiency.json", tmp_path / "efficiency.md"
     write_efficiency(tiny_rows, json_path, markdown_path)
     assert json.loads(json_path.read_text()) == tiny_rows

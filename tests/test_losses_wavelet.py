@@ -69,7 +69,7 @@ def test_haar_subband_shapes_halve_per_level() -> None:
     assert bands["LH1"].shape == (4, 3, 32, 24)
 
 
-def test_zero_when_equal() -> None:
+def test_loss_is_exactly_zero_when_student_equals_teacher() -> None:
     student, _ = _pair()
     assert DecomposedDWTLoss()(student, student.clone()).item() == 0.0
 
@@ -105,7 +105,7 @@ def test_default_is_the_papers_haar_two_levels_weighted_one_two_one() -> None:
     assert loss.subband_weights["HH1"] == 1.0
 
 
-def test_group_weights() -> None:
+def test_subbands_get_the_weight_of_their_frequency_group() -> None:
     assert group_weights(2, (1.0, 2.0, 3.0)) == {
         "LL2": 1.0,
         "LH2": 2.0,
@@ -133,7 +133,7 @@ def test_uniform_weights_sum_every_subband(levels: int) -> None:
 @pytest.mark.parametrize(
     ("wavelet", "mode"), [("haar", "zero"), ("db2", "zero"), ("db2", "symmetric")]
 )
-def test_gradcheck_float64(wavelet: str, mode: str) -> None:
+def test_gradient_matches_finite_differences_in_float64(wavelet: str, mode: str) -> None:
     student = torch.rand(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
     teacher = torch.rand(1, 2, 8, 8, dtype=torch.float64)
     loss = DecomposedDWTLoss(wavelet=wavelet, mode=mode)
@@ -187,7 +187,7 @@ def test_runs_in_fp32_under_bfloat16_autocast() -> None:
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
 
 
-def test_invalid_arguments() -> None:
+def test_invalid_levels_wavelet_mode_and_weights_are_refused() -> None:
     with pytest.raises(ValueError, match="levels"):
         DecomposedDWTLoss(levels=0)
     with pytest.raises(ValueError, match="wavelet"):

@@ -102,7 +102,7 @@ def test_psnr_y_and_ssim_y_match_hand_computation(torch_home: Path) -> None:
     assert abs(scores["ssim_y"] - ssim_rounded) > 1e-4
 
 
-def test_rgb_option_and_full_reference_wrapper(torch_home: Path) -> None:
+def test_rgb_scores_match_hand_computation_and_validation_averages_y(torch_home: Path) -> None:
     sr, gt = _pair(seed=1)
     scores = MetricSuite(["psnr", "ssim"], scale=SCALE, color="rgb")(_tensor(sr), _tensor(gt))
     assert list(scores) == ["psnr", "ssim"]

@@ -69,7 +69,9 @@ def test_parity_with_official_outputs(swinir_parity_dir: Path) -> None:
 
 @pytest.mark.parametrize("upscale", [2, 3, 4])
 @pytest.mark.parametrize("size", [(16, 16), (13, 22)])
-def test_tiny_model_output_shape(upscale: int, size: tuple[int, int]) -> None:
+def test_output_is_scale_times_any_input_size_and_finite(
+    upscale: int, size: tuple[int, int]
+) -> None:
     model = build_student("swinir-tiny-x4", upscale=upscale).eval()
     with torch.no_grad():
         output = model(torch.rand(2, 3, *size))
@@ -119,7 +121,7 @@ def test_too_small_input_raises_clear_error() -> None:
         model(torch.rand(1, 3, 3, 3))
 
 
-def test_registry_and_overrides() -> None:
+def test_named_students_build_and_accept_config_overrides() -> None:
     assert {"swinir-s-x2", "swinir-s-x3", "swinir-s-x4", "swinir-tiny-x4"} <= set(
         available_students()
     )

@@ -121,7 +121,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path: Path) -> None:
     assert isinstance(error.value, ValueError)
 
 
-def test_truncated_file(tmp_path: Path) -> None:
+def test_a_truncated_checkpoint_is_named_as_truncated(tmp_path: Path) -> None:
     path = tmp_path / "truncated.pth"
     torch.save({"params": _filled(0.5)}, path)
     data = path.read_bytes()

@@ -89,7 +89,9 @@ def test_missing_keys_listed(
         _load(resshift_parity_dir, path, resshift_parity_dir / "vq_basic.pth")
 
 
-def test_truncated_file(resshift_parity_dir: Path, tmp_path: Path) -> None:
+def test_a_truncated_checkpoint_is_named_as_truncated(
+    resshift_parity_dir: Path, tmp_path: Path
+) -> None:
     data = (resshift_parity_dir / "unet.pth").read_bytes()
     path = tmp_path / "resshift_realsrx4_s15_v1.pth"
     path.write_bytes(data[: len(data) // 3])

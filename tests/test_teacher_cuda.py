@@ -95,19 +95,6 @@ def test_large_tile_uses_sdpa_without_oom(resshift_parity_dir: Path) -> None:
     assert out.shape == (1, 3, 1024, 1024) and torch.isfinite(out).all()
 
 
-def test_fp32_mode_turns_tf32_off_and_restores_the_flags(resshift_parity_dir: Path) -> None:
-    teacher = _random(resshift_parity_dir, "fp32")
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = True
-    try:
-        with teacher._math_mode():
-            assert not torch.backends.cudnn.allow_tf32
-            assert not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 @pytest.mark.parametrize(
     "speed",
     [{"channels_last": True}, {"compile_mode": "default"}, {"compile_mode": "reduce-overhead"}],

@@ -31,7 +31,9 @@ def teachers(resshift_parity_dir: Path) -> dict[str, Teacher]:
     return {case: _teacher(resshift_parity_dir, case) for case in CASES}
 
 
-def test_unet_calls_basic(resshift_parity_dir: Path, teachers: dict[str, Teacher]) -> None:
+def test_all_15_unet_calls_match_the_official_outputs(
+    resshift_parity_dir: Path, teachers: dict[str, Teacher]
+) -> None:
     calls = _fixture(resshift_parity_dir, "basic")["unet_calls"]
     assert len(calls) == 15
     worst = 0.0
@@ -43,7 +45,7 @@ def test_unet_calls_basic(resshift_parity_dir: Path, teachers: dict[str, Teacher
 
 
 @pytest.mark.parametrize("case", ["pad", "chop"])
-def test_unet_first_call(
+def test_first_unet_call_matches_the_official_output(
     case: str, resshift_parity_dir: Path, teachers: dict[str, Teacher]
 ) -> None:
     (call,) = _fixture(resshift_parity_dir, case)["unet_calls"]

@@ -273,6 +273,21 @@ def test_per_sample_noise_differs_between_the_chopped_patches_of_one_image(
     )
 
 
+def test_fp32_sampling_turns_tf32_off_and_restores_the_flags() -> None:
+    """PyTorch's own defaults differ by op (cuDNN convolutions TF32, matmuls not): "fp32" must
+    mean IEEE float32 everywhere. The flags are global, so this is checked on any machine."""
+    teacher = random_teacher(TINY_T2, seed=0, precision="fp32")
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = flags[0].allow_tf32, flags[1].allow_tf32
+    flags[0].allow_tf32 = flags[1].allow_tf32 = True
+    try:
+        with teacher._math_mode():
+            assert not flags[0].allow_tf32 and not flags[1].allow_tf32
+        assert flags[0].allow_tf32 and flags[1].allow_tf32
+    finally:
+        flags[0].allow_tf32, flags[1].allow_tf32 = saved
+
+
 def test_a_continued_official_stream_can_skip_images_exactly() -> None:
     """Upstream seeds once and draws image after image: skipping an image's draws without
     running it must leave the stream where running it would."""

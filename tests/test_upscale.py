@@ -148,7 +148,7 @@ def test_seam_check_detects_unblended_tiles(model: torch.nn.Module) -> None:
     ("height", "width", "tile", "overlap"),
     [(20, 27, 32, 8), (3, 5, 16, 4), (9, 45, 12, 6), (37, 21, 10, 3)],
 )
-def test_any_size_and_tile(
+def test_any_image_size_and_tile_gives_a_bounded_seam_free_result(
     model: torch.nn.Module, height: int, width: int, tile: int, overlap: int
 ) -> None:
     """Images smaller than a tile (or than a window), odd sizes, tiles not window multiples."""
@@ -331,7 +331,9 @@ def test_rgba_keeps_upscaled_alpha(checkpoint: Path, tmp_path: Path) -> None:
     assert result.alpha[:8].max() == 0 and result.alpha[20:, 70:].min() == 1
 
 
-def test_folder_to_folder(checkpoint: Path, tmp_path: Path) -> None:
+def test_a_folder_is_upscaled_into_a_folder_of_pngs_gray_as_rgb(
+    checkpoint: Path, tmp_path: Path
+) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     write_image(inputs / "a.png", _random_rgb(10, 12, seed=5))
