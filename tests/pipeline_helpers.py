@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -122,3 +123,12 @@ def tiny_params(tmp_path: Path, hr_dir: Path, overrides: list[str] | None = None
         f"report.out_dir={tmp_path / 'report'}",
     ]
     return load_params(path, base + list(overrides or []))
+
+
+def forbid_teacher(monkeypatch: Any, stage: Any, before: str) -> None:
+    """Make `stage.build_teacher` fail the test: what must be refused `before` it is built."""
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the teacher was built before {before}")
+
+    monkeypatch.setattr(stage, "build_teacher", refused)

@@ -38,7 +38,7 @@ from dtkd_pipeline.teacher import (
 )
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
-from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
+from tests.pipeline_helpers import REPO_ROOT, forbid_teacher, make_hr_images, tiny_params
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
 TEACHER_OVERRIDES = [
@@ -386,10 +386,7 @@ def test_wrong_step_count_is_refused_before_any_work(prepared_root: Path, tmp_pa
 def test_output_locations_that_cannot_be_written_are_refused_before_the_teacher_is_built(
     prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_teacher(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the teacher was built before the outputs were checked")
-
-    monkeypatch.setattr(cache_teacher, "build_teacher", no_teacher)
+    forbid_teacher(monkeypatch, cache_teacher, before="the outputs were checked")
     mine = tmp_path / "my-photos"
     mine.mkdir()
     (mine / "holiday.jpg").write_bytes(b"a user's file")

@@ -20,7 +20,7 @@ from dtkd_pipeline.evaluate.metrics import MetricWeightsError
 from dtkd_pipeline.images import bicubic_downscale_x4, read_image, write_image
 from dtkd_pipeline.student import StudentWeightsError, build_student
 from stages import evaluate, report
-from tests.pipeline_helpers import make_hr_images, tiny_params
+from tests.pipeline_helpers import forbid_teacher, make_hr_images, tiny_params
 
 TINY_TEACHER = [
     "teacher.version=tests/data/resshift_tiny_t2.yaml",
@@ -187,10 +187,7 @@ def test_missing_student_checkpoint_is_named(params: Params, tmp_path: Path) -> 
 def test_unusable_checkpoints_and_precisions_are_refused_before_the_teacher_runs(
     params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_teacher(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the teacher was built before the inputs were checked")
-
-    monkeypatch.setattr(evaluate, "build_teacher", no_teacher)
+    forbid_teacher(monkeypatch, evaluate, before="the inputs were checked")
     picture = write_image(tmp_path / "photo.png", np.zeros((8, 8, 3)))
     models = params.evaluate.models.model_copy(update={"students": {"X": [picture]}})
     wrong = params.model_copy(
