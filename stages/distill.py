@@ -25,7 +25,11 @@ from dtkd_pipeline.cache.teacher_record import (
 from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
-from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
+from dtkd_pipeline.train.checkpoint import (
+    CheckpointManager,
+    CheckpointReadError,
+    atomic_torch_save,
+)
 from dtkd_pipeline.train.loop import (
     DistributedContext,
     TrainingRun,
@@ -123,57 +127,87 @@ class _DvcLiveLogger:
         self.live.end()
 
 
-def _reconcile_checkpoints(
-    params: Params, provenance: dict[str, Any], ctx: DistributedContext, restart_on_change: bool
-) -> None:
-    """Resume only checkpoints made with these params, this cache and this many processes;
-    otherwise refuse, or start over (``restart_on_change``)."""
+def _checkpoint_changes(
+    params: Params, provenance: dict[str, Any], world_size: int
+) -> tuple[str, str] | None:
+    """None when the newest checkpoint (if any) may be resumed; otherwise ("processes" or
+    "settings", a listing of what differs)."""
     cfg = params.distill
     saved = CheckpointManager(cfg.out_dir / "checkpoints", cfg.keep_last).load_latest()
     if saved is None:
-        return
+        return None
+    # Ranks shard the data and draw their own noise: another process count cannot continue it.
+    saved_ranks = len(saved["data"]) if isinstance(saved["data"], list) else 1
+    if saved_ranks != world_size:
+        return "processes", f"  processes: checkpoint {saved_ranks}, now {world_size}"
 
     def recipe(params_section: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in params_section.items() if k not in BOOKKEEPING_KEYS}
 
-    # Ranks shard the data and draw their own noise: another process count cannot continue it.
-    saved_ranks = len(saved["data"]) if isinstance(saved["data"], list) else 1
     differences = diff_fields(
         {
             "params": recipe(saved["params"]),
             "teacher_cache": saved["provenance"].get("teacher_cache"),
-            "processes": saved_ranks,
         },
-        {
-            "params": recipe(section_dict(cfg)),
-            "teacher_cache": provenance,
-            "processes": ctx.world_size,
-        },
+        {"params": recipe(section_dict(cfg)), "teacher_cache": provenance},
     )
     if not differences:
-        return
+        return None
     listing = "\n".join(
         f"  {key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences
     )
+    return "settings", listing
+
+
+def _reconcile_checkpoints(
+    params: Params, provenance: dict[str, Any], ctx: DistributedContext, restart_on_change: bool
+) -> None:
+    """Resume only checkpoints made with these params, this cache and this many processes;
+    otherwise refuse, or start over (``restart_on_change``, for changed params only).
+
+    Rank 0 reads the checkpoint and decides for every rank, so no rank reads files another is
+    deleting, and all ranks raise the same error together instead of one waiting forever.
+    """
+    verdict: Any = None
+    if ctx.is_main:
+        try:
+            verdict = _checkpoint_changes(params, provenance, ctx.world_size)
+        except CheckpointReadError as error:
+            verdict = error
+    if ctx.world_size > 1:
+        shared = [verdict]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        verdict = shared[0]
+    if verdict is None:
+        return
+    if isinstance(verdict, Exception):
+        raise verdict
+    kind, listing = verdict
+    folder = params.distill.out_dir / "checkpoints"
+    if kind == "processes":
+        # Never deleted on its own: the process count is the machine's, not a params change.
+        raise ConfigError(
+            f"checkpoints in {folder} were made by another number of processes:\n{listing}\n"
+            "Resume with that many (torchrun --nproc_per_node), or delete the folder to start over"
+        )
     if not restart_on_change:
         raise ConfigError(
-            f"checkpoints in {cfg.out_dir / 'checkpoints'} were made with other settings:\n"
-            f"{listing}\nRestore those settings (for processes: torchrun --nproc_per_node), "
-            "delete that folder to start over, or pass --restart-on-change"
+            f"checkpoints in {folder} were made with other settings:\n{listing}\n"
+            "Delete that folder to start over (or pass --restart-on-change)"
         )
     if ctx.is_main:
         print(f"settings changed since the last checkpoint, starting over:\n{listing}")
-        shutil.rmtree(cfg.out_dir / "checkpoints")
-        shutil.rmtree(cfg.out_dir / DVCLIVE_DIR, ignore_errors=True)
+        shutil.rmtree(folder)
+        shutil.rmtree(params.distill.out_dir / DVCLIVE_DIR, ignore_errors=True)
     if ctx.world_size > 1:
-        torch.distributed.barrier()  # no rank may look for checkpoints while they are deleted
+        torch.distributed.barrier()  # no rank looks for checkpoints while they are deleted
 
 
 def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
     cfg, scale = params.distill, params.data.scale
     provenance = _teacher_provenance(params)
     ctx = setup_distributed(device)
-    check_recipe(cfg, ctx.device)  # before --restart-on-change deletes the old checkpoints
+    check_recipe(cfg, ctx.device, ctx.world_size)  # before --restart-on-change deletes anything
     atomic.require_folder(cfg.out_dir, "distill.out_dir")
     val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
     _reconcile_checkpoints(params, provenance, ctx, restart_on_change)

@@ -346,8 +346,10 @@ def test_checkpoints_of_another_process_count_are_refused(params: Params) -> Non
     state = torch.load(newest, weights_only=False)
     state["data"], state["rng"] = [state["data"]] * 2, [state["rng"]] * 2  # as 2 DDP ranks save
     torch.save(state, newest)
-    with pytest.raises(ConfigError, match=r"processes: checkpoint 2, now 1[\s\S]*torchrun"):
-        distill.run(params, device="cpu")
+    for restart in (False, True):  # never deleted: the process count is not a params change
+        with pytest.raises(ConfigError, match=r"processes: checkpoint 2, now 1[\s\S]*torchrun"):
+            distill.run(params, device="cpu", restart_on_change=restart)
+    assert newest.exists()
 
 
 def test_the_logged_learning_rate_is_the_one_the_step_trained_with(

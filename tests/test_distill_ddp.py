@@ -31,13 +31,15 @@ from dtkd_pipeline.config import load_params
 from stages import distill
 
 params = load_params(sys.argv[1], json.loads(sys.argv[2]))
-distill.run(params, device="cpu")
+distill.run(params, device="cpu", restart_on_change="--restart-on-change" in sys.argv)
 if dist.is_initialized():
     dist.destroy_process_group()
 """
 
 
-def _torchrun(script: Path, params_file: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+def _torchrun(
+    script: Path, params_file: Path, overrides: list[str], *flags: str
+) -> subprocess.CompletedProcess:
     # torchrun sets the rank variables itself; never inherit a parent's.
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     # One thread per rank: the two ranks share two cores without oversubscription.
@@ -52,6 +54,7 @@ def _torchrun(script: Path, params_file: Path, overrides: list[str]) -> subproce
         str(script),
         str(params_file),
         json.dumps(overrides),
+        *flags,
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
 
@@ -117,3 +120,12 @@ def test_ddp_two_ranks_trains_checkpoints_and_resumes(
     again = torch.load(student, weights_only=False)
     for name, tensor in final["ema"].items():
         assert torch.equal(tensor, again["ema"][name]), name
+
+    # Changed params under --restart-on-change (the DVC command): rank 0 decides and deletes,
+    # the other rank waits for it instead of reading checkpoints as they vanish.
+    changed = [*overrides, "distill.lr=0.001"]
+    third = _torchrun(script, params_file, changed, "--restart-on-change")
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert (third.stdout + third.stderr).count("starting over") == 1
+    restarted = torch.load(student, weights_only=False)
+    assert restarted["params"]["lr"] == 0.001 and restarted["iteration"] == 6

@@ -117,8 +117,14 @@ def _kd_loss(cfg: DistillParams) -> nn.Module:
         raise ConfigError(f"distill.kd.kind={kd.kind}: {error}") from error
 
 
-def check_recipe(cfg: DistillParams, device: torch.device) -> None:
-    """What can refuse a run, checked before it writes or deletes anything (precision, KD loss)."""
+def check_recipe(cfg: DistillParams, device: torch.device, world_size: int = 1) -> None:
+    """What can refuse a run, checked before it writes or deletes anything (precision, KD loss,
+    the batch split over processes)."""
+    if cfg.batch_size % world_size:
+        raise ConfigError(
+            f"distill.batch_size ({cfg.batch_size}) is the batch over all processes and must be "
+            f"divisible by their number, {world_size}: change one of them"
+        )
     if cfg.precision == "bf16" and device.type != "cuda":
         raise ConfigError(
             f"distill.precision 'bf16' is autocast on a CUDA device, but this run is on "
@@ -136,13 +142,8 @@ def train(
     log: Logger | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) to ``cfg.iterations``; returns the final state (model, EMA, params)."""
-    if cfg.batch_size % ctx.world_size:
-        raise ConfigError(
-            f"distill.batch_size ({cfg.batch_size}) is the batch over all processes and must be "
-            f"divisible by their number, {ctx.world_size}: change one of them"
-        )
     device = ctx.device
-    check_recipe(cfg, device)
+    check_recipe(cfg, device, ctx.world_size)
     torch.manual_seed(cfg.seed + ctx.rank)
 
     # -- model, EMA, optimiser, schedule, objective
