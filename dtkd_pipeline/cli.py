@@ -310,7 +310,7 @@ def analyze_bands(
     def action() -> None:
         loaded = _params(params, overrides)
         for path in model or []:
-            require_model_file(path)
+            require_model_file(path, releases=False)  # the analysis reads checkpoint files
         targets = (
             {"--out-dir": out_dir}
             if out_dir

@@ -147,11 +147,11 @@ def registered_student(model: str | os.PathLike[str]) -> str | None:
     return text
 
 
-def require_model_file(path: str | os.PathLike[str]) -> None:
-    """Refuse a student that is neither a file nor a registered release, saying where students
-    come from."""
+def require_model_file(path: str | os.PathLike[str], releases: bool = True) -> None:
+    """Refuse a student that is neither a file nor (with ``releases``) a registered release,
+    saying where students come from."""
     path = Path(path)
-    if registered_student(path) is not None:
+    if releases and registered_student(path) is not None:
         return
     if path.is_dir():
         raise IsADirectoryError(
@@ -159,10 +159,10 @@ def require_model_file(path: str | os.PathLike[str]) -> None:
         )
     if not path.is_file():
         official = ", ".join(name for name in REGISTRY if name in STUDENT_CONFIGS)
+        release = f", or name an official release ({official}; downloaded once)" if releases else ""
         raise FileNotFoundError(
             f"model file not found: {path}; train one with `dtkd-pipeline distill` (it writes "
-            f"data/models/student.pt), pass the path of yours with --model, or name an official "
-            f"release ({official}; downloaded once)"
+            f"data/models/student.pt) or pass the path of yours with --model{release}"
         )
 
 

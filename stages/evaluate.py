@@ -142,6 +142,8 @@ def evaluate_set(
                     sr = torch.round(sr * 255) / 255  # scored as the 8-bit PNG a user would save
                     try:
                         scores = suite(sr, hr)
+                    except torch.OutOfMemoryError:
+                        raise  # the device's limit, not the image's
                     except RuntimeError as error:  # a metric network's own size limits
                         raise TestSetError(
                             f"{pair.hr}: the metrics could not score this "

@@ -252,7 +252,9 @@ def test_a_config_file_teacher_is_recorded_by_content_not_by_how_its_path_is_spe
     monkeypatch.chdir(tmp_path)
     recorded = teacher_version_identity(str(config))
     assert teacher_version_identity("teacher.yaml") == recorded
-    assert recorded.startswith("teacher.yaml (sha256 ")
+    assert recorded.startswith("config file sha256 ")
+    shutil.copy(config, tmp_path / "renamed.yaml")
+    assert teacher_version_identity("renamed.yaml") == recorded
     config.write_text(config.read_text().replace("kappa: 2.0", "kappa: 1.0"))
     assert teacher_version_identity("teacher.yaml") != recorded  # an edited teacher is another
     assert teacher_version_identity("v1") == "v1"
@@ -429,7 +431,7 @@ def test_offline_weights_stop_at_once_with_url_path_and_alternative(
 
     shutil.rmtree(tmp_path / "weights", ignore_errors=True)
     (tmp_path / "weights").write_text("a file, not a folder")
-    with pytest.raises(WeightsError, match=r"the weights folder .*weights is a file"):
+    with pytest.raises(WeightsError, match=r"teacher\.weights_dir: .*weights is a file"):
         cache_teacher.run(params, device="cpu")
 
 

@@ -183,6 +183,13 @@ def test_an_out_dir_that_is_a_file_is_named_before_any_measurement(
     assert "--out-dir:" in result.output and "is a file, not a folder" in result.output
 
 
+def test_analyze_bands_wants_a_checkpoint_file_not_a_release_name() -> None:
+    result = runner.invoke(app, ["analyze-bands", "--model", "swinir-s-x4"])
+    assert result.exit_code == 1
+    assert "model file not found: swinir-s-x4" in result.output
+    assert "official release" not in result.output  # upscale's offer, not this command's
+
+
 def test_weights_listing_names_each_checkpoint_its_location_and_licence(tmp_path: Path) -> None:
     result = runner.invoke(app, ["weights", "--weights-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output

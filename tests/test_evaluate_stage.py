@@ -206,6 +206,17 @@ def test_unusable_checkpoints_and_precisions_are_refused_before_the_teacher_runs
     assert not params.evaluate.metrics_dir.exists()
 
 
+def test_running_out_of_memory_is_not_blamed_on_the_image(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(self: object, sr: torch.Tensor, gt: torch.Tensor) -> dict:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(evaluate.MetricSuite, "__call__", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        evaluate.run(params, device="cpu")
+
+
 def test_upscale_command_writes_x4_image_and_checked_onnx(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     model = _student_file(tmp_path / "student.pt", 0)

@@ -43,8 +43,8 @@ def teacher_params_provenance(teacher: TeacherParams) -> dict[str, Any]:
 
 
 def teacher_version_identity(version: str) -> str:
-    """A preset's name, or a config file's name and content hash: one YAML named by a relative
-    and by an absolute path is one teacher, and an edited YAML (kappa, steps) is another."""
+    """A preset's name, or a config file's content hash: one YAML named by a relative and by an
+    absolute path (or renamed) is one teacher, and an edited YAML (kappa, steps) is another."""
     if version in PRESETS:
         return version
     path = Path(version).expanduser()
@@ -53,7 +53,7 @@ def teacher_version_identity(version: str) -> str:
             f"teacher.version {version}: no such config file; name a preset "
             f"({', '.join(PRESETS)}) or an official-format ResShift YAML"
         )
-    return f"{path.name} (sha256 {file_sha256(path)[:16]})"
+    return f"config file sha256 {file_sha256(path)[:16]}"
 
 
 def checkpoint_files(teacher: TeacherParams, *, download: bool = True) -> dict[str, Path]:
@@ -75,6 +75,9 @@ def _per_role(
     teacher: TeacherParams, download: bool, resolve: Callable[..., _Resolved]
 ) -> dict[str, _Resolved]:
     names = {"unet": teacher.unet_weights, "autoencoder": teacher.autoencoder_weights}
+    folder = teacher.weights_dir
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise WeightsError(f"teacher.weights_dir: {folder} is a file; point it at a folder")
     found: dict[str, _Resolved] = {}
     for role, name in names.items():
         try:
