@@ -23,8 +23,10 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-# torch and numpy seed from at most 64 bits; larger seeds failed deep inside a run.
+# What the generators accept; larger seeds failed deep inside a run. The data loader seeds
+# numpy (non-negative only); the teacher seeds torch generators (-2**63 <= seed < 2**64).
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
+TeacherSeed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 
 
 class ConfigError(ValueError):
@@ -75,7 +77,7 @@ class TeacherParams(_Section):
     weights_dir: Path | None
     random_weights: bool
     steps: PositiveInt
-    seed: Seed
+    seed: TeacherSeed
     rng: Literal["per-sample", "official"]
     precision: Literal["fp32", "tf32", "bf16", "fp16"]
     batch_size: PositiveInt
@@ -287,7 +289,7 @@ class EvaluateParams(_Section):
     ]
     color: Literal["y", "rgb"]
     skip_unavailable: bool
-    teacher_seeds: Annotated[list[Seed], Field(min_length=1)]
+    teacher_seeds: Annotated[list[TeacherSeed], Field(min_length=1)]
     teacher_chop: Annotated[int, Field(ge=64)]
     student_tile: NonNegativeInt
     student_overlap: NonNegativeInt
@@ -402,9 +404,10 @@ class Params(_Section):
                     )
                 if folder.is_relative_to(images):
                     raise ValueError(
-                        f"{key} ({outputs[key]}) lies inside {name} ({path}): outputs there "
-                        f"would be read as input images (and DVC refuses an output inside a "
-                        f"dependency); choose another {key}"
+                        f"{key} ({outputs[key]}) lies inside {name} ({path}), a dependency of "
+                        f"the prepare stage: DVC refuses an output inside a dependency (and "
+                        f"an image written there would be read as training data); choose "
+                        f"another {key}"
                     )
         return self
 

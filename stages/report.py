@@ -82,8 +82,8 @@ def metrics_section(result: dict[str, Any], baseline: str | None, paper: dict[st
     elif baseline is not None:
         lines += [
             "",
-            f"*No deltas: the baseline **{baseline}** has no results in this set (evaluated "
-            f"before it was added?); rerun `dtkd-pipeline evaluate`.*",
+            f"*No deltas: the baseline **{baseline}** has no results in this set; enable it "
+            f"in `evaluate.models` and rerun `dtkd-pipeline evaluate`.*",
         ]
     if result.get("skipped_metrics"):
         lines += ["", "Skipped metrics:"]
@@ -160,7 +160,9 @@ def _missing(what: str, path: Path, how: str) -> list[str]:
 
 def _run_summary(params: Params, checkpoint: dict[str, Any] | None) -> str:
     """The trained run as its checkpoint records it (params.yaml may have changed since)."""
-    teacher = f"ResShift {params.teacher.version}, {params.teacher.steps} steps"
+    cache = (checkpoint or {}).get("provenance", {}).get("teacher_cache") or {}
+    version = cache.get("teacher_version", params.teacher.version)
+    teacher = f"ResShift {version}, {cache.get('steps', params.teacher.steps)} steps"
     if checkpoint is None:
         return (
             f"Teacher: {teacher}. No student checkpoint at "
@@ -174,7 +176,7 @@ def _run_summary(params: Params, checkpoint: dict[str, Any] | None) -> str:
         f"{kd['kind']} (J={kd['levels']}, {kd['wavelet']}, LF:MF:HF = {weights['lf']:g}:"
         f"{weights['mf']:g}:{weights['hf']:g}, λ {kd['schedule']} to {kd['final_weight']:g}), "
         f"{checkpoint.get('iteration', '?')} of {trained['iterations']} iterations (as the "
-        "student checkpoint records them)."
+        "student checkpoint records them, with the teacher cache it was trained on)."
     )
 
 

@@ -176,6 +176,13 @@ def test_an_all_zero_shard_written_through_a_reopened_store_is_complete(tmp_path
     assert reopened.verify(shards=[0]).ok
 
 
+def test_an_empty_folder_made_ahead_is_filled_like_a_new_store(tmp_path: Path) -> None:
+    (tmp_path / "p.zarr").mkdir()
+    TileStore.check_target(tmp_path / "p.zarr", overwrite=False)
+    with TileStore.open_or_create(tmp_path / "p.zarr", prepared_layout(), PROVENANCE) as store:
+        assert store.missing_shards() == list(range(store.n_shards))
+
+
 def test_a_record_write_killed_before_its_rename_leaves_a_reported_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

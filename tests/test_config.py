@@ -85,7 +85,7 @@ def test_patch_larger_than_tile_is_refused() -> None:
             "teacher.version=v3",
             r"'resshift-realsr-v1' are not .* set teacher\.unet_weights=resshift-realsr-v3",
         ),
-        ("teacher.seed=99999999999999999999", r"teacher\.seed: .*less than 9223372036854775808"),
+        ("teacher.seed=99999999999999999999", r"teacher\.seed: .*less than 18446744073709551616"),
         ("distill.seed=99999999999999999999", r"distill\.seed: .*less than"),
         ("evaluate.teacher_seeds=[1, 1]", r"evaluate\.teacher_seeds: .*repeats a seed"),
         ("distill.lr=.inf", r"distill\.lr: .*finite number"),

@@ -111,11 +111,19 @@ def test_report_describes_the_run_its_checkpoint_records_not_the_current_params(
     trained = params.distill.model_copy(update={"iterations": 20})
     student = params.distill.out_dir / "student.pt"
     student.parent.mkdir(parents=True)
+    cache = {"teacher_version": "v3", "steps": 4}
     torch.save(
-        {"arch": "swinir-tiny-x4", "iteration": 20, "params": section_dict(trained)}, student
+        {
+            "arch": "swinir-tiny-x4",
+            "iteration": 20,
+            "params": section_dict(trained),
+            "provenance": {"teacher_cache": cache},
+        },
+        student,
     )
-    text = report.build_report(params)  # params.yaml still says 6 iterations
-    assert "20 of 20 iterations (as the student checkpoint records them)" in text
+    text = report.build_report(params)  # params.yaml still says 6 iterations, a 2-step teacher
+    assert "Teacher: ResShift v3, 4 steps" in text
+    assert "20 of 20 iterations (as the student checkpoint records them" in text
     assert "iteration: 20" in text  # provenance
 
 

@@ -196,8 +196,8 @@ class TileStore:
         field; `overwrite=True` deletes it and starts afresh.
         """
         path = Path(path)
-        if overwrite or not path.exists():
-            return cls.create(path, layout, provenance, overwrite=overwrite)
+        if overwrite or not path.exists() or _is_empty_folder(path):
+            return cls.create(path, layout, provenance, overwrite=path.exists())
         store = cls.open(path, mode="r+", lock=True)
         try:
             store.check_layout(layout)
@@ -221,7 +221,7 @@ class TileStore:
     def check_target(cls, path: Path, overwrite: bool) -> None:
         """Refuse, before any work, a location `open_or_create` would refuse: something that is
         not a store (to resume), or not a store nor empty (to overwrite)."""
-        if not (path.exists() or path.is_symlink()):
+        if not (path.exists() or path.is_symlink()) or _is_empty_folder(path):
             return
         if overwrite:
             _refuse_unless_store(path)
@@ -627,6 +627,11 @@ def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
     tmp.write_text(json.dumps(payload, sort_keys=True))
     os.replace(tmp, path)
+
+
+def _is_empty_folder(path: Path) -> bool:
+    """A folder made ahead (mkdir, a mount point) holding nothing yet: as good as no folder."""
+    return path.is_dir() and not any(path.iterdir())
 
 
 def _refuse_unless_store(path: Path) -> None:
