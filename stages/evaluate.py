@@ -49,7 +49,6 @@ from dtkd_pipeline.evaluate.metrics import MetricSuite
 from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
 from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
-from dtkd_pipeline.upscale import load_upscaler
 from stages.cache_teacher import build_teacher
 from stages.prepare_data import TRAIN_STORE
 
@@ -64,18 +63,39 @@ def _eager_teacher(params: Params, **update: Any) -> TeacherParams:
     return params.teacher.model_copy(update={"compile": None, **update})
 
 
+def _student_contenders(params: Params, device: torch.device) -> list[zoo.Contender]:
+    """One contender per `evaluate.models.students` label. Built before any teacher (they load
+    in under a second): a bad checkpoint is named at once, not after the teacher ran."""
+    cfg = params.evaluate
+    found = []
+    for label, checkpoints in cfg.models.students.items():
+        for path in checkpoints:
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"evaluate.models.students: checkpoint {path} not found; train it first "
+                    "(dtkd-pipeline distill) or fix the path in params.yaml"
+                )
+        try:
+            found.append(
+                zoo.students(label, checkpoints, device, cfg.student_tile, cfg.student_overlap)
+            )
+        except (StudentWeightsError, ValueError, OSError) as error:
+            raise StudentWeightsError(f"evaluate.models.students.{label}: {error}") from error
+    return found
+
+
 def _contenders(
-    params: Params, device: torch.device, teacher: Teacher | None
+    params: Params,
+    device: torch.device,
+    students: list[zoo.Contender],
+    teacher: Teacher | None,
 ) -> list[zoo.Contender]:
     cfg = params.evaluate
     models = cfg.models
     found: list[zoo.Contender] = []  # in the paper's figure order: LR-bicubic | students | teacher
     if models.bicubic:
         found.append(zoo.bicubic(params.data.scale))
-    for label, checkpoints in models.students.items():
-        found.append(
-            zoo.students(label, checkpoints, device, cfg.student_tile, cfg.student_overlap)
-        )
+    found += students
     if models.one_step is not None:
         # The one-step UNet runs on the teacher's VQGAN, loaded like the teacher itself.
         spec = _eager_teacher(params, unet_weights=models.one_step, random_weights=False)
@@ -288,17 +308,7 @@ def run(params: Params, device: str | None = None) -> Path:
         )
         for item in cfg.sets
     ]
-    for label, checkpoints in cfg.models.students.items():
-        for path in checkpoints:
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"evaluate.models.students: checkpoint {path} not found; train it first "
-                    "(dtkd-pipeline distill) or fix the path in params.yaml"
-                )
-            try:  # loads in well under a second: before the teacher, not after it ran
-                load_upscaler(path, device="cpu")
-            except (StudentWeightsError, ValueError, OSError) as error:
-                raise StudentWeightsError(f"evaluate.models.students.{label}: {error}") from error
+    students = _student_contenders(params, target)
     if cfg.efficiency.enabled:
         check_efficiency_precisions(params, target)
 
@@ -310,7 +320,7 @@ def run(params: Params, device: str | None = None) -> Path:
 
     wants_teacher = cfg.models.teacher or (cfg.efficiency.enabled and cfg.efficiency.teacher)
     teacher = build_teacher(_eager_teacher(params), target) if wants_teacher else None
-    contenders = _contenders(params, target, teacher if cfg.models.teacher else None)
+    contenders = _contenders(params, target, students, teacher if cfg.models.teacher else None)
     summary: dict[str, Any] = {}
     with (
         staged_folder(cfg.metrics_dir, "evaluate.metrics_dir") as metrics_dir,

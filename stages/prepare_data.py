@@ -38,7 +38,7 @@ from dtkd_pipeline.cache import (
     prepared_arrays,
 )
 from dtkd_pipeline.config import DataParams, Params
-from dtkd_pipeline.evaluate.metrics import SSIM_WINDOW
+from dtkd_pipeline.evaluate.metrics import VALIDATION_METRICS, min_scored_side
 from dtkd_pipeline.images import (
     ImageReadError,
     bicubic_downscale_x4,
@@ -274,10 +274,11 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
         unpaired = listing(list(sources.unpaired_lr), sources.lr_dir, "LR files with no HR image")
         tqdm.write(f"note: ignoring {unpaired} ({naming_rule(data.scale)})")
     with tqdm(total=len(all_paths), desc="checking images", unit="img") as bar:
-        # Validation images are scored with SSIM-Y: its window must fit inside the cropped image.
-        val_side = SSIM_WINDOW + 2 * data.scale
+        # distill scores the validation images: they must be large enough for its metrics.
+        val_side, _ = min_scored_side(VALIDATION_METRICS, crop_border=data.scale)
+        validation = set(val_paths)
         tasks = [
-            dask.delayed(_probe)(p, sources, data, val_side if p in val_paths else 0)
+            dask.delayed(_probe)(p, sources, data, val_side if p in validation else 0)
             for p in all_paths
         ]
         probes = _compute(tasks, data, bar)

@@ -636,7 +636,7 @@ def _is_empty_folder(path: Path) -> bool:
 
 def _refuse_unless_store(path: Path) -> None:
     """Overwrite deletes a directory tree: only ever one that is a Zarr store (or empty)."""
-    if path.is_dir() and ((path / "zarr.json").is_file() or not any(path.iterdir())):
+    if _is_empty_folder(path) or (path.is_dir() and (path / "zarr.json").is_file()):
         return
     raise NotAStoreError(
         f"refusing to overwrite {path}: it is not a Zarr store; move or delete it by hand"

@@ -167,6 +167,20 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
 
 
 SSIM_WINDOW = 11  # the Gaussian window side of SSIM (sigma 1.5), in BasicSR and pyiqa alike
+VALIDATION_METRICS = ("psnr", "ssim")  # on Y, border cropped by the scale (distill validation)
+
+
+def min_scored_side(metrics: Iterable[str], crop_border: int) -> tuple[int, str]:
+    """(pixels, which metric needs them): the smallest image side these metrics can score.
+    SSIM's 11x11 'valid' window must fit inside the border-cropped image."""
+    names = set(metrics)
+    if "ssim" in names:
+        return SSIM_WINDOW + 2 * crop_border, (
+            f"SSIM (its {SSIM_WINDOW}-px window after cropping {crop_border} px borders)"
+        )
+    if "psnr" in names and crop_border:
+        return 2 * crop_border + 1, f"PSNR (after cropping {crop_border} px borders)"
+    return 0, ""
 
 
 class FloatYSSIM(nn.Module):
@@ -370,15 +384,8 @@ class MetricSuite:
 
     @property
     def min_hr_side(self) -> tuple[int, str]:
-        """(pixels, which metric needs them): the smallest image side the suite can score.
-        SSIM's 11x11 'valid' window must fit inside the border-cropped image."""
-        if "ssim" in self.metrics:
-            return SSIM_WINDOW + 2 * self.crop_border, (
-                f"SSIM (its {SSIM_WINDOW}-px window after cropping {self.crop_border} px borders)"
-            )
-        if self.crop_border and any(name in self.metrics for name in ("psnr", "ssim")):
-            return 2 * self.crop_border + 1, f"PSNR (after cropping {self.crop_border} px borders)"
-        return 0, ""
+        """`min_scored_side` of the metrics this suite runs."""
+        return min_scored_side(self.metrics, self.crop_border)
 
     def key(self, name: str) -> str:
         return result_key(name, self.color)
@@ -423,7 +430,7 @@ class FullReferenceMetrics:
     """PSNR-Y and SSIM-Y of SR images against ground truth, both N x 3 x H x W in [0, 1]."""
 
     def __init__(self, scale: int, device: torch.device | str = "cpu") -> None:
-        self.suite = MetricSuite(["psnr", "ssim"], scale=scale, color="y", device=device)
+        self.suite = MetricSuite(VALIDATION_METRICS, scale=scale, color="y", device=device)
         self.device = self.suite.device
 
     def __call__(self, sr: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
