@@ -113,27 +113,68 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
             stored_bits = 16 if deep_colour else _stored_bits(image)
             _check_sample_format(image.mode, stored_bits, path)
             width, height = image.size
-            if _orientation(image) in _TRANSPOSING_ORIENTATIONS:
+            if _orientation(image, path) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
             bit_depth = 16 if deep_colour or _is_gray16(image.mode, stored_bits) else 8
             return ImageHeader(path, width, height, bit_depth, _has_alpha(image))
 
 
 _EXIF_ORIENTATION = 0x0112
-_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # rotations by 90/270 degrees swap width and height
+# EXIF orientation -> (swap rows and columns, then flip rows, flip columns) to display it upright:
+# 2 mirror, 3 rotate 180°, 4 flip, 5 transpose, 6 rotate 90° clockwise, 7 transverse, 8 rotate 90°
+# anticlockwise. 1 and unknown values leave the image as stored.
+_EXIF_TRANSFORMS = {
+    2: (False, False, True),
+    3: (False, True, True),
+    4: (False, True, False),
+    5: (True, False, False),
+    6: (True, False, True),
+    7: (True, True, True),
+    8: (True, True, False),
+}
+_TRANSPOSING_ORIENTATIONS = {key for key, (swap, _, _) in _EXIF_TRANSFORMS.items() if swap}
 
 
-def _orientation(image: Image.Image) -> int:
-    """EXIF orientation without decoding pixels: Pillow's PNG getexif() loads the image, so a
-    PNG's eXIf chunk is parsed from the header (one placed after the pixel data is not seen)."""
+def _orientation(image: Image.Image, path: Path) -> int:
+    """EXIF orientation without decoding pixels (Pillow's PNG getexif() decodes the image to
+    reach an eXIf chunk placed after the pixel data, so PNG chunks are walked here instead)."""
     if image.format != "PNG":
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    raw = image.info.get("exif")
+    return _exif_orientation(_png_exif(path))
+
+
+def _exif_orientation(raw: bytes | None) -> int:
     if not raw:
         return 1
     exif = Image.Exif()
     exif.load(raw)
     return int(exif.get(_EXIF_ORIENTATION, 1))
+
+
+def _png_exif(path: Path) -> bytes | None:
+    """The body of a PNG's eXIf chunk wherever it sits; reads chunk headers and skips the data."""
+    with open(path, "rb") as handle:
+        handle.seek(len(_PNG_SIGNATURE))
+        while len(head := handle.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                return handle.read(length)
+            if kind == b"IEND":
+                break
+            handle.seek(length + 4, os.SEEK_CUR)  # chunk data and CRC
+    return None
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to H×W(×C) samples, as ImageOps.exif_transpose does."""
+    swap, flip_rows, flip_cols = _EXIF_TRANSFORMS.get(orientation, (False, False, False))
+    if swap:
+        pixels = np.swapaxes(pixels, 0, 1)
+    if flip_rows:
+        pixels = pixels[::-1]
+    if flip_cols:
+        pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels)
 
 
 def _existing_file(path: str | os.PathLike[str]) -> Path:
@@ -253,6 +294,7 @@ def _read_png16(path: Path) -> LoadedImage:
     header: tuple[int, ...] | None = None
     idat: list[bytes] = []
     trns: bytes | None = None
+    exif: bytes | None = None
     while True:
         if pos + 8 > len(data):
             raise ImageReadError(f"{path}: truncated PNG (no IEND chunk)")
@@ -270,6 +312,8 @@ def _read_png16(path: Path) -> LoadedImage:
             idat.append(body)
         elif kind == b"tRNS":
             trns = body
+        elif kind == b"eXIf":
+            exif = body
         elif kind == b"IEND":
             break
     if header is None or not idat:
@@ -303,8 +347,11 @@ def _read_png16(path: Path) -> LoadedImage:
     elif trns is not None and len(trns) == 6:  # RGB colour key: that exact colour is transparent
         key = np.frombuffer(trns, ">u2")
         alpha = (~np.all(samples == key, axis=-1)).astype(np.float32)
-    rgb = np.repeat(values, 3, axis=2) if values.shape[-1] == 1 else np.ascontiguousarray(values)
-    return LoadedImage(rgb, alpha, 16, path)
+    rgb = np.repeat(values, 3, axis=2) if values.shape[-1] == 1 else values
+    orientation = _exif_orientation(exif)
+    if alpha is not None:
+        alpha = _orient(alpha, orientation)
+    return LoadedImage(_orient(rgb, orientation), alpha, 16, path)
 
 
 def _unfilter(raw: bytes, height: int, width: int, bpp: int, path: Path) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dtkd_pipeline import images
 from dtkd_pipeline.images import ImageReadError, imresize, read_image, write_image
@@ -161,6 +161,52 @@ def test_16bit_gray_tiff_and_exif_orientation(tmp_path: Path) -> None:
     rotated = read_image(tmp_path / "r.jpg").rgb
     assert rotated.shape == (16, 8, 3)
     assert rotated[:4].mean() > 0.9 and rotated[-4:].mean() < 0.1  # white half is now on top
+
+
+def _with_exif_chunk(path: Path, orientation: int, after_pixels: bool) -> Path:
+    """Insert an eXIf chunk into a PNG, after IHDR or after the last IDAT (both are legal)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()
+    chunk = (
+        struct.pack(">I", len(body))
+        + b"eXIf"
+        + body
+        + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    )
+    data = path.read_bytes()
+    at = data.rindex(b"IEND") - 4 if after_pixels else 8 + 25  # signature + IHDR chunk
+    path.write_bytes(data[:at] + chunk + data[at:])
+    return path
+
+
+def test_every_exif_orientation_matches_pillow_on_numpy_decoded_pngs(tmp_path: Path) -> None:
+    """16-bit colour PNGs bypass Pillow, so their EXIF orientation is applied here; each of the
+    eight values must turn the pixels exactly as ImageOps.exif_transpose does."""
+    pixels = RNG.integers(0, 256, (5, 9, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        stored = Image.fromarray(pixels)
+        exif = stored.getexif()
+        exif[0x0112] = orientation
+        stored.info["exif"] = exif.tobytes()
+        upright = np.asarray(ImageOps.exif_transpose(stored))
+        np.testing.assert_array_equal(images._orient(pixels, orientation), upright)
+
+        path = write_image(tmp_path / f"o{orientation}.png", pixels / 255.0, bit_depth=16)
+        loaded = read_image(_with_exif_chunk(path, orientation, after_pixels=orientation % 2 == 0))
+        assert loaded.bit_depth == 16
+        np.testing.assert_array_equal(images.to_uint8(loaded.rgb), upright, str(orientation))
+
+
+def test_probe_image_sees_a_png_exif_chunk_after_the_pixel_data(tmp_path: Path) -> None:
+    for name, bits in (("rgb8.png", 8), ("rgba16.png", 16)):
+        rgb = _smooth_rgb(8, 12)
+        alpha = rgb[..., 0] if bits == 16 else None
+        path = _with_exif_chunk(write_image(tmp_path / name, rgb, alpha, bit_depth=bits), 6, True)
+        header, loaded = images.probe_image(path), read_image(path)
+        assert (header.height, header.width) == loaded.rgb.shape[:2] == (12, 8), name
+        if alpha is not None:
+            assert loaded.alpha is not None and loaded.alpha.shape == (12, 8)
 
 
 def test_rgba_keeps_alpha_separately(tmp_path: Path) -> None:
