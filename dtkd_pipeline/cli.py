@@ -484,8 +484,10 @@ def weights(
 
     def action() -> None:
         target = registry.weights_dir(weights_dir)
-        for name in download or []:
-            typer.echo(f"{name}: {registry.resolve_weights(name, weights_dir=weights_dir)}")
+        # Names only: a file path would "resolve" to itself and download nothing.
+        specs = [registry.get_spec(name) for name in download or []]
+        for spec in specs:
+            typer.echo(f"{spec.name}: {registry.resolve_weights(spec.name, weights_dir=target)}")
         for spec in registry.list_weights():
             present = "present" if (target / spec.filename).exists() else "absent"
             typer.echo(f"{spec.name:24s} {present:8s} {target / spec.filename}  <- {spec.url}")

@@ -190,6 +190,29 @@ def test_analyze_bands_wants_a_checkpoint_file_not_a_release_name() -> None:
     assert "official release" not in result.output  # upscale's offer, not this command's
 
 
+def test_weights_download_refuses_a_path_or_unknown_name_before_downloading(
+    tmp_path: Path,
+) -> None:
+    checkpoint = tmp_path / "mine.pth"
+    checkpoint.write_bytes(b"weights")
+    result = runner.invoke(
+        app,
+        [
+            "weights",
+            "--download",
+            "resshift-vq-f4",
+            "--download",
+            str(checkpoint),
+            "--weights-dir",
+            str(tmp_path / "w"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert f"unknown weights name {str(checkpoint)!r}" in result.output
+    assert "known names: " in result.output and "resshift-vq-f4" in result.output
+    assert not (tmp_path / "w").exists()  # refused before the first download started
+
+
 def test_weights_listing_names_each_checkpoint_its_location_and_licence(tmp_path: Path) -> None:
     result = runner.invoke(app, ["weights", "--weights-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
