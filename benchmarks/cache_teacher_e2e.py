@@ -25,6 +25,7 @@ from _common import device_name, synchronize
 
 from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
 from dtkd_pipeline.config import DataParams, Params, load_params
+from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.teacher import Teacher
 from stages import cache_teacher, prepare_data
 
@@ -105,8 +106,8 @@ def main() -> None:
         )
 
     warm, timed = params_for("warm"), params_for("timed")
-    synthetic_prepared(warm.data.prepared_dir / prepare_data.TRAIN_STORE, warm.data, batch)
-    synthetic_prepared(timed.data.prepared_dir / prepare_data.TRAIN_STORE, timed.data, tiles)
+    synthetic_prepared(warm.data.prepared_dir / TRAIN_STORE, warm.data, batch)
+    synthetic_prepared(timed.data.prepared_dir / TRAIN_STORE, timed.data, tiles)
     teacher = cache_teacher.build_teacher(timed.teacher, device)
     if args.channels_last:  # a benchmark-only lever: measured slower in eager mode on an H100
         teacher = Teacher.from_networks(

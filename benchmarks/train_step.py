@@ -52,6 +52,7 @@ from dtkd_pipeline.cache import (
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import Params, load_params
 from dtkd_pipeline.losses import build_kd_loss
+from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.dataset import LoaderSettings, ShardStreamDataset, make_loader
 from stages import prepare_data
@@ -260,7 +261,7 @@ def build_stores(root: Path, args: argparse.Namespace) -> Params:
         ],
     )
     prepare_data.run(params)
-    prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
+    prepared = TileStore.open(params.data.prepared_dir / TRAIN_STORE)
     layout = StoreLayout(
         kind=KIND_TEACHER,
         n_tiles=prepared.n_tiles,
@@ -281,7 +282,7 @@ def build_stores(root: Path, args: argparse.Namespace) -> Params:
 
 def write_png_tiles(params: Params, folder: Path) -> list[int]:
     """The stores' tiles as <folder>/{lr,hr,teacher}/<tile>.png (BasicSR's sub-image layout)."""
-    prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
+    prepared = TileStore.open(params.data.prepared_dir / TRAIN_STORE)
     teacher = TileStore.open(params.teacher.store)
     for name in (LR, HR, TEACHER):
         (folder / name).mkdir(parents=True, exist_ok=True)
@@ -358,7 +359,7 @@ def loader_benchmark(args: argparse.Namespace) -> list[str]:
         params = build_stores(root, args)
         tiles = write_png_tiles(params, root / "png")
         zarr = ShardStreamDataset(
-            params.data.prepared_dir / prepare_data.TRAIN_STORE,
+            params.data.prepared_dir / TRAIN_STORE,
             params.teacher.store,
             settings=LoaderSettings(
                 patch_size=args.patch,

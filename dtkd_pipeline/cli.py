@@ -273,6 +273,7 @@ def benchmark(
     """Params, FLOPs and latency of the students and the teacher (settings: evaluate.efficiency)."""
     from dtkd_pipeline.atomic import require_folder
     from dtkd_pipeline.devices import resolve_device
+    from dtkd_pipeline.stage_files import EFFICIENCY_MD
     from stages import evaluate as stage
 
     def action() -> None:
@@ -280,7 +281,7 @@ def benchmark(
         target = out_dir or loaded.evaluate.out_dir  # created by the atomic writes at the end
         require_folder(target, "--out-dir" if out_dir else "evaluate.out_dir")  # before timing
         stage.run_efficiency(loaded, resolve_device(device or loaded.evaluate.device), target)
-        typer.echo((target / stage.EFFICIENCY_MD).read_text())
+        typer.echo((target / EFFICIENCY_MD).read_text())
 
     _run(action)
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from dtkd_pipeline import __version__
 from dtkd_pipeline.atomic import require_file_target
 from dtkd_pipeline.cache import (
+    DWT_LEVELS,
     HR,
     KIND_PREPARED,
     KIND_TEACHER,
@@ -52,7 +53,8 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.cache.teacher_record import (
     CHECKPOINT_SHA256,
-    checkpoint_files,
+    build_teacher,
+    check_device_type,
     checkpoint_sha256,
     teacher_params_provenance,
 )
@@ -63,17 +65,13 @@ from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.images import imresize
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.scheduler import connect
+from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.teacher import (
     OfficialNoise,
     Teacher,
-    load_teacher,
-    random_teacher,
     resolve_config,
     teacher_name,
 )
-from stages.prepare_data import TRAIN_STORE
-
-DWT_LEVELS = 2  # the paper's J; cached subbands are Haar, exact under patch cropping
 
 
 def check_steps(teacher: TeacherParams) -> None:
@@ -85,27 +83,6 @@ def check_steps(teacher: TeacherParams) -> None:
             f"{teacher.version}, which was trained for {trained} steps; its checkpoints only work "
             f"with their own step count. Use --steps {trained}, or choose another teacher.version"
         )
-
-
-def check_device_type(teacher: TeacherParams, device_type: str) -> None:
-    """Tensor-core precisions need CUDA wherever the teacher runs (here or on dask workers)."""
-    if teacher.precision != "fp32" and device_type != "cuda":
-        raise CacheError(
-            f"teacher.precision={teacher.precision} needs a CUDA device (the teacher would run "
-            f"on {device_type}); use teacher.precision=fp32 on CPU"
-        )
-
-
-def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
-    check_device_type(teacher, device.type)
-    speed = {
-        "device": device,
-        "precision": teacher.precision,
-        "compile_mode": teacher.compile,
-    }
-    if teacher.random_weights:
-        return random_teacher(teacher.version, seed=0, **speed)
-    return load_teacher(teacher.version, **checkpoint_files(teacher), **speed)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dtkd_pipeline import atomic
-from dtkd_pipeline.cache import KIND_TEACHER, TileStore
+from dtkd_pipeline.cache import DWT_LEVELS, KIND_TEACHER, TileStore
 from dtkd_pipeline.cache.provenance import diff_fields
 from dtkd_pipeline.cache.teacher_record import (
     REBUILD_ADVICE,
@@ -25,6 +25,13 @@ from dtkd_pipeline.cache.teacher_record import (
 from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
+from dtkd_pipeline.stage_files import (
+    CHECKPOINTS_DIR,
+    DVCLIVE_DIR,
+    STUDENT_FILE,
+    TRAIN_STORE,
+    VAL_DIR,
+)
 from dtkd_pipeline.train.checkpoint import (
     CheckpointManager,
     CheckpointReadError,
@@ -37,11 +44,7 @@ from dtkd_pipeline.train.loop import (
     setup_distributed,
     train,
 )
-from stages.cache_teacher import DWT_LEVELS
-from stages.prepare_data import TRAIN_STORE, VAL_DIR
 
-STUDENT_FILE = "student.pt"
-DVCLIVE_DIR = "dvclive"
 # distill keys that decide when to log, validate, keep or save, how fast to run, or where the run
 # lives (a moved folder, or one path spelled relative and absolute), never what is trained:
 # changing them resumes the checkpoints instead of starting over.
@@ -133,7 +136,7 @@ def _checkpoint_changes(
     """None when the newest checkpoint (if any) may be resumed; otherwise ("processes" or
     "settings", a listing of what differs)."""
     cfg = params.distill
-    saved = CheckpointManager(cfg.out_dir / "checkpoints", cfg.keep_last).load_latest()
+    saved = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).load_latest()
     if saved is None:
         return None
     # Ranks shard the data and draw their own noise: another process count cannot continue it.
@@ -183,7 +186,7 @@ def _reconcile_checkpoints(
     if isinstance(verdict, Exception):
         raise verdict
     kind, listing = verdict
-    folder = params.distill.out_dir / "checkpoints"
+    folder = params.distill.out_dir / CHECKPOINTS_DIR
     if kind == "processes":
         # Never deleted on its own: the process count is the machine's, not a params change.
         raise ConfigError(
@@ -229,13 +232,13 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
         def validate(model: torch.nn.Module) -> dict[str, float]:
             return evaluate_pairs(model, pairs, metrics, ctx.device)
 
-        done = CheckpointManager(out_dir / "checkpoints", cfg.keep_last).iterations()
+        done = CheckpointManager(out_dir / CHECKPOINTS_DIR, cfg.keep_last).iterations()
         logger = _DvcLiveLogger(out_dir / DVCLIVE_DIR, resume_from=done[-1] if done else None)
     try:
         final = train(cfg, run_spec, ctx, validate=validate, log=logger)
     except KeyboardInterrupt:
         if ctx.is_main:
-            latest = CheckpointManager(out_dir / "checkpoints", cfg.keep_last).latest()
+            latest = CheckpointManager(out_dir / CHECKPOINTS_DIR, cfg.keep_last).latest()
             where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written"
             print(f"\ninterrupted: {where}; run the same command again to resume from it")
         raise

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.atomic import staged_folder
+from dtkd_pipeline.cache.teacher_record import build_teacher
 from dtkd_pipeline.config import ConfigError, EvaluateParams, Params, TeacherParams, section_dict
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate import contenders as zoo
@@ -47,14 +48,9 @@ from dtkd_pipeline.evaluate.efficiency import (
 from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
 from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
+from dtkd_pipeline.stage_files import COMPARISONS_DIR, EFFICIENCY_JSON, EFFICIENCY_MD, TRAIN_STORE
 from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
-from stages.cache_teacher import build_teacher
-from stages.prepare_data import TRAIN_STORE
-
-EFFICIENCY_JSON = "efficiency.json"
-EFFICIENCY_MD = "efficiency.md"
-COMPARISONS_DIR = "comparisons"
 
 
 def _eager_teacher(params: Params, **update: Any) -> TeacherParams:

@@ -50,10 +50,8 @@ from dtkd_pipeline.images import (
 )
 from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
 from dtkd_pipeline.progress import DaskTqdm
+from dtkd_pipeline.stage_files import TRAIN_STORE, VAL_DIR
 from dtkd_pipeline.tiles import TilePlan, cut_tiles, pad_bottom_right, plan_tiles
-
-TRAIN_STORE = "train.zarr"
-VAL_DIR = "val"
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,8 @@ from dtkd_pipeline.evaluate.bands import JSON_NAME as BANDS_JSON
 from dtkd_pipeline.evaluate.bands import PNG_NAME as BANDS_PNG
 from dtkd_pipeline.evaluate.figures import training_curves
 from dtkd_pipeline.evaluate.metrics import METRICS
+from dtkd_pipeline.stage_files import COMPARISONS_DIR, DVCLIVE_DIR, EFFICIENCY_MD, STUDENT_FILE
 from dtkd_pipeline.student.weights import read_checkpoint
-from stages.distill import DVCLIVE_DIR, STUDENT_FILE
-from stages.evaluate import COMPARISONS_DIR, EFFICIENCY_MD
 
 REPORT_FILE = "README.md"
 FIGURES_DIR = "figures"

@@ -30,6 +30,7 @@ from dtkd_pipeline.config import Params
 from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.scheduler import SchedulerUnreachableError, connect
+from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.teacher import (
     OfficialNoise,
     Teacher,
@@ -117,7 +118,7 @@ def test_store_holds_teacher_output_of_every_tile(
         assert provenance["package_version"] == dtkd_pipeline.__version__
         assert provenance["checkpoint_sha256"] == {"unet": None, "autoencoder": None}
         tiles = store.read_tiles(range(4))
-    with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
+    with TileStore.open(prepared_root / "prepared" / TRAIN_STORE) as prepared:
         assert provenance["prepared_fingerprint"] == prepared.fingerprint()
         lr = torch.from_numpy(prepared.read_tiles([2, 3], ["lr"])["lr"]).float() / 255
     # Quantisation: the uint8 bytes are the rounding (not truncation) of the floats it sampled.
@@ -152,7 +153,7 @@ def test_preview_shows_bicubic_teacher_and_hr_of_tiles_spread_over_the_store(
     with TileStore.open(params.teacher.store) as store:
         path = cache_teacher.write_preview(store, params)
         teacher = store.read_tiles([0, 2, 3], [TEACHER])[TEACHER]
-    with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
+    with TileStore.open(prepared_root / "prepared" / TRAIN_STORE) as prepared:
         hr = prepared.read_tiles([0, 2, 3], ["hr"])["hr"]
         names = prepared.provenance["sources"]
 
@@ -239,7 +240,7 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
     printed = capsys.readouterr().out
     assert "corrupt shard 2" in printed and f"verify-cache {path} --repair" in printed
     with pytest.raises(StoreLayoutError, match="expected 'teacher'"):
-        cache_teacher.verify(prepared_root / "prepared" / prepare_data.TRAIN_STORE, params)
+        cache_teacher.verify(prepared_root / "prepared" / TRAIN_STORE, params)
     assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
     np.testing.assert_array_equal(teacher_bytes(path), before)
 
@@ -272,7 +273,7 @@ def test_official_rng_continues_one_stream_in_tile_order_through_resumes(
     cached = teacher_bytes(path)
 
     teacher = cache_teacher.build_teacher(params.teacher, torch.device("cpu"))
-    with TileStore.open(prepared_root / "prepared" / prepare_data.TRAIN_STORE) as prepared:
+    with TileStore.open(prepared_root / "prepared" / TRAIN_STORE) as prepared:
         lr = torch.from_numpy(prepared.read_tiles(range(4), ["lr"])["lr"]).float() / 255
     stream = OfficialNoise(params.teacher.seed, torch.device("cpu"))
     for tile in range(4):

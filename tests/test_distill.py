@@ -27,6 +27,7 @@ from dtkd_pipeline.cache import (
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params
 from dtkd_pipeline.losses.wavelet import dwt_subbands
+from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.checkpoint import CheckpointReadError
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
@@ -48,7 +49,7 @@ def build_teacher_store(params: Params, extra_provenance: dict | None = None) ->
     With ``params.teacher.dwt`` the store also holds the teacher's Haar subbands, as stage one
     writes them.
     """
-    prepared = TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE)
+    prepared = TileStore.open(params.data.prepared_dir / TRAIN_STORE)
     hr_size = prepared.layout.spec(HR).tile_shape[1]
     bands = dwt_tile_shapes(hr_size) if params.teacher.dwt else {}
     layout = StoreLayout(
@@ -92,7 +93,7 @@ def _run(
 ) -> dict:
     cfg = params.distill.model_copy(update={"out_dir": out_dir, **updates})
     spec = TrainingRun(
-        prepared_store=params.data.prepared_dir / prepare_data.TRAIN_STORE,
+        prepared_store=params.data.prepared_dir / TRAIN_STORE,
         teacher_store=params.teacher.store,
         out_dir=out_dir,
         use_cached_dwt=use_cached_dwt,
@@ -139,7 +140,7 @@ def test_training_decreases_task_and_kd_losses(params: Params, tmp_path: Path) -
         update={"iterations": 40, "milestones": [30], "lr": 1e-3, "out_dir": tmp_path / "m"}
     )
     spec = TrainingRun(
-        prepared_store=params.data.prepared_dir / prepare_data.TRAIN_STORE,
+        prepared_store=params.data.prepared_dir / TRAIN_STORE,
         teacher_store=params.teacher.store,
         out_dir=tmp_path / "m",
         use_cached_dwt=False,

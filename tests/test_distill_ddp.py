@@ -13,7 +13,8 @@ import torch
 
 from dtkd_pipeline.cache import TileStore
 from dtkd_pipeline.config import Params
-from stages import distill, prepare_data
+from dtkd_pipeline.stage_files import TRAIN_STORE
+from stages import distill
 from tests.pipeline_helpers import REPO_ROOT, TINY_DISTILL, make_hr_images, tiny_params
 from tests.test_distill import build_stores
 
@@ -82,7 +83,7 @@ def test_ddp_two_ranks_trains_checkpoints_and_resumes(
     ddp_params: tuple[Params, list[str]], tmp_path: Path
 ) -> None:
     params, overrides = ddp_params
-    with TileStore.open(params.data.prepared_dir / prepare_data.TRAIN_STORE) as store:
+    with TileStore.open(params.data.prepared_dir / TRAIN_STORE) as store:
         assert store.n_shards >= 4, "each of the 2 ranks needs >= 2 shards"
     script = tmp_path / "ddp_distill.py"
     script.write_text(_SCRIPT.format(root=str(REPO_ROOT)))

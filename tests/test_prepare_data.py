@@ -18,6 +18,7 @@ from dtkd_pipeline.images import (
     to_uint8,
     write_image,
 )
+from dtkd_pipeline.stage_files import TRAIN_STORE
 from stages import prepare_data
 from tests.pipeline_helpers import make_hr_images, tiny_params
 
@@ -28,7 +29,7 @@ def test_tiles_are_aligned_with_bicubic_lr_of_their_source(tmp_path: Path) -> No
     params = tiny_params(tmp_path, hr_dir)
     prepared = prepare_data.run(params)
 
-    with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
+    with TileStore.open(prepared / TRAIN_STORE) as store:
         assert store.missing_shards() == []
         # 300x260 HR -> 75x65 LR -> starts {0, 11} x {0, 1}: 4 tiles; 256x256 -> 64x64: 1 tile
         assert store.n_tiles == 5
@@ -53,10 +54,10 @@ def test_small_images_padded_or_skipped(tmp_path: Path) -> None:
     hr_dir = tmp_path / "hr"
     make_hr_images(hr_dir, [(160, 300), (256, 256), (100, 100)])
     padded = prepare_data.run(tiny_params(tmp_path / "a", hr_dir))
-    with TileStore.open(padded / prepare_data.TRAIN_STORE) as store:
+    with TileStore.open(padded / TRAIN_STORE) as store:
         assert store.n_tiles == 2 + 1  # 40x75 LR padded to 64x75 -> 2 tiles
     skipped = prepare_data.run(tiny_params(tmp_path / "b", hr_dir, ["data.small_images=skip"]))
-    with TileStore.open(skipped / prepare_data.TRAIN_STORE) as store:
+    with TileStore.open(skipped / TRAIN_STORE) as store:
         assert store.n_tiles == 1
 
 
@@ -91,7 +92,7 @@ def test_skip_bad_skips_and_continues(tmp_path: Path) -> None:
     make_hr_images(hr_dir, [(256, 256), (256, 256), (256, 256)])
     (hr_dir / "a_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     prepared = prepare_data.run(tiny_params(tmp_path, hr_dir), skip_bad=True)
-    with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
+    with TileStore.open(prepared / TRAIN_STORE) as store:
         assert store.provenance["sources"] == ["img00.png", "img01.png"]
 
 
@@ -164,7 +165,7 @@ def test_paired_lr_folder_is_used_and_unpaired_images_are_reported(tmp_path: Pat
         lr, _ = bicubic_downscale_x4(read_image(path).rgb)
         write_image(lr_dir / path.name, 1.0 - lr)  # inverted: proves the folder is read
     prepared = prepare_data.run(tiny_params(tmp_path / "a", hr_dir, [f"data.lr_dir={lr_dir}"]))
-    with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
+    with TileStore.open(prepared / TRAIN_STORE) as store:
         tile = store.read_tile(0, LR)
     expected = to_uint8(1.0 - bicubic_downscale_x4(read_image(paths[0]).rgb)[0])
     np.testing.assert_array_equal(tile, expected[:64, :64].transpose(2, 0, 1))
@@ -186,7 +187,7 @@ def test_div2k_style_lr_names_pair_with_their_hr_and_ambiguous_names_are_refused
         lr, _ = bicubic_downscale_x4(read_image(path).rgb)
         write_image(lr_dir / f"{path.stem}x4.png", 1.0 - lr)
     prepared = prepare_data.run(tiny_params(tmp_path / "a", hr_dir, [f"data.lr_dir={lr_dir}"]))
-    with TileStore.open(prepared / prepare_data.TRAIN_STORE) as store:
+    with TileStore.open(prepared / TRAIN_STORE) as store:
         tile = store.read_tile(0, LR)
     expected = to_uint8(1.0 - bicubic_downscale_x4(read_image(paths[0]).rgb)[0])
     np.testing.assert_array_equal(tile, expected[:64, :64].transpose(2, 0, 1))

@@ -15,6 +15,7 @@ from dtkd_pipeline.evaluate.testsets import (
     open_test_set,
 )
 from dtkd_pipeline.images import bicubic_downscale_x4, imresize, to_uint8, write_image
+from dtkd_pipeline.stage_files import VAL_DIR
 
 SCALE = 4
 
@@ -66,7 +67,7 @@ def test_paired_reads_the_prepare_stage_val_folder(tmp_path: Path) -> None:
     hr_dir = tmp_path / "hr"
     make_hr_images(hr_dir, [(260, 260), (200, 210)])
     prepared = prepare_data.run(tiny_params(tmp_path, hr_dir))
-    test_set = open_test_set("demo", "paired", prepared / prepare_data.VAL_DIR, SCALE)
+    test_set = open_test_set("demo", "paired", prepared / VAL_DIR, SCALE)
     [pair] = test_set.pairs
     lr, hr = load_pair(pair, SCALE)
     assert hr.shape == (1, 3, 200, 208) and lr.shape == (1, 3, 50, 52)

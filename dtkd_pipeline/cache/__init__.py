@@ -15,6 +15,7 @@ from .errors import (
 )
 from .layout import (
     DWT_GROUP,
+    DWT_LEVELS,
     FORMAT_VERSION,
     HR,
     KIND_PREPARED,
@@ -35,6 +36,7 @@ from .store import TileStore, VerifyReport, content_checksum
 
 __all__ = [
     "DWT_GROUP",
+    "DWT_LEVELS",
     "FORMAT_VERSION",
     "HR",
     "KIND_PREPARED",

@@ -25,6 +25,7 @@ TILE_SOURCE = "tile_source"
 TILE_OFFSET = "tile_offset"
 TEACHER = "teacher"
 DWT_GROUP = "dwt"
+DWT_LEVELS = 2  # the paper's J; cached subbands are Haar, exact under patch cropping
 
 
 @dataclass(frozen=True)

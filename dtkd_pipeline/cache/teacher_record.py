@@ -1,9 +1,9 @@
-"""What a teacher store records about its teacher (shared by stages 1 and 2).
+"""The teacher that params.yaml's ``teacher`` section names, and what a store records about it.
 
-Stage one writes the params fields below, the checkpoint hashes and the prepared-store
-fingerprint; stage two compares them with its own params (and the checkpoint files, where this
-machine has them) before training, so a cache built with another teacher, checkpoint, step count,
-seed, RNG mode or precision is refused with the field named.
+Shared by stages 1 and 2 and evaluate. Stage one writes the params fields below, the checkpoint
+hashes and the prepared-store fingerprint; stage two compares them with its own params (and the
+checkpoint files, where this machine has them) before training, so a cache built with another
+teacher, checkpoint, step count, seed, RNG mode or precision is refused with the field named.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
+from dtkd_pipeline.cache.errors import CacheError
 from dtkd_pipeline.config import TeacherParams
+from dtkd_pipeline.teacher import Teacher, load_teacher, random_teacher
 from dtkd_pipeline.teacher.config import PRESETS, TeacherConfigError
 from dtkd_pipeline.weights import (
     WeightsError,
@@ -94,3 +98,34 @@ def local_checkpoint_provenance(teacher: TeacherParams) -> dict[str, Any]:
         return {}
     hashes = checkpoint_sha256(teacher, download=False)
     return {CHECKPOINT_SHA256: hashes} if hashes else {}
+
+
+def check_device_type(teacher: TeacherParams, device_type: str) -> None:
+    """Tensor-core precisions need CUDA wherever the teacher runs (here or on dask workers)."""
+    if teacher.precision != "fp32" and device_type != "cuda":
+        raise CacheError(
+            f"teacher.precision={teacher.precision} needs a CUDA device (the teacher would run "
+            f"on {device_type}); use teacher.precision=fp32 on CPU"
+        )
+
+
+def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
+    """The teacher the params name, on ``device``, at their precision and compile mode."""
+    check_device_type(teacher, device.type)
+    if teacher.random_weights:
+        return random_teacher(
+            teacher.version,
+            seed=0,
+            device=device,
+            precision=teacher.precision,
+            compile_mode=teacher.compile,
+        )
+    files = checkpoint_files(teacher)
+    return load_teacher(
+        teacher.version,
+        unet=files["unet"],
+        autoencoder=files["autoencoder"],
+        device=device,
+        precision=teacher.precision,
+        compile_mode=teacher.compile,
+    )

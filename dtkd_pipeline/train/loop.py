@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from dtkd_pipeline.config import ConfigError, DistillParams, section_dict
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.losses import DistillationObjective, build_kd_loss
+from dtkd_pipeline.stage_files import CHECKPOINTS_DIR
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.checkpoint import CheckpointManager, restore_rng_states, rng_states
 from dtkd_pipeline.train.dataset import (
@@ -190,7 +191,7 @@ def train(
     )
 
     # -- resume
-    checkpoints = CheckpointManager(run.out_dir / "checkpoints", cfg.keep_last)
+    checkpoints = CheckpointManager(run.out_dir / CHECKPOINTS_DIR, cfg.keep_last)
     state = checkpoints.load_latest(map_location=device)
     iteration, best_psnr = 0, -math.inf
     if state is not None:
