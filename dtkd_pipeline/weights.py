@@ -30,6 +30,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -234,17 +235,27 @@ def _read_record(path: Path) -> str | None:
 
 
 def _write_record(path: Path, sha256: str) -> None:
+    """Record the hash beside the file; a read-only folder (a shared mount) goes without one."""
     # sha256sum format, so `sha256sum -c <file>.sha256` works from the weights folder.
     record = _record_path(path)
     tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(f"{sha256}  {path.name}\n", encoding="utf-8")
-    os.replace(tmp, record)
+    try:
+        tmp.write_text(f"{sha256}  {path.name}\n", encoding="utf-8")
+        os.replace(tmp, record)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        warnings.warn(
+            f"{record}: cannot record the checksum ({err.strerror}); {path.name} is used "
+            "unrecorded, so a later change to it will not be noticed",
+            stacklevel=2,
+        )
 
 
 def _how_to_fix(spec: WeightSpec, final: Path) -> str:
     return (
-        f"Download it by hand to {final}, or point --weights-dir DIR (in params: "
-        f"teacher.weights_dir) at a folder containing {spec.filename}, "
+        f"Download it by hand to {final}, or point --weights-dir DIR (for the pipeline "
+        f"stages: teacher.weights_dir in params.yaml) at a folder containing {spec.filename}, "
         f"or set {HOME_ENV} (files then live in ${HOME_ENV}/weights), "
         f"or set {MIRROR_ENV} to a base URL that serves {spec.filename}."
     )
@@ -260,6 +271,11 @@ def verify_file(path: Path, spec: WeightSpec) -> str:
     expected = spec.sha256.lower() if spec.sha256 else _read_record(path)
     source = "the registry" if spec.sha256 else f"the record {_record_path(path)}"
     if expected is None:
+        if not looks_like_torch_file(path):  # a cut-short copy must not become the trusted hash
+            raise WeightsError(
+                f"{path} ({spec.name}) is not a complete checkpoint (a torch file is a zip "
+                f"archive or a pickle): delete it and run again to re-download it"
+            )
         _write_record(path, actual)  # trust on first use
         return actual
     if actual != expected:

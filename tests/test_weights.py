@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from dtkd_pipeline import weights
 from dtkd_pipeline.weights import WeightsError, WeightSpec
@@ -232,6 +233,35 @@ def test_hand_placed_file_is_recorded_on_first_use(
     path = weights.resolve_weights("hand", weights_dir=tmp_path, download=False)
     assert (tmp_path / f"{FILENAME}.sha256").read_text().split()[0] == PAYLOAD_SHA
     assert path == tmp_path / FILENAME
+
+
+def test_a_cut_short_hand_placed_checkpoint_is_refused_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = replace(_spec(Server(base_url="http://127.0.0.1:9")), name="hand")
+    monkeypatch.setitem(weights.REGISTRY, "hand", spec)
+    whole = tmp_path / "whole.pth"
+    torch.save({"params": torch.zeros(64, 64)}, whole)
+    (tmp_path / FILENAME).write_bytes(whole.read_bytes()[:-100])  # a copy that stopped early
+    with pytest.raises(WeightsError, match=r"not a complete checkpoint.*delete it") as info:
+        weights.resolve_weights("hand", weights_dir=tmp_path, download=False)
+    assert str(tmp_path / FILENAME) in str(info.value)
+    assert not (tmp_path / f"{FILENAME}.sha256").exists()
+
+
+def test_a_read_only_weights_folder_is_used_without_a_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = replace(_spec(Server(base_url="http://127.0.0.1:9")), name="hand")
+    monkeypatch.setitem(weights.REGISTRY, "hand", spec)
+    (tmp_path / FILENAME).write_bytes(PAYLOAD)
+    # Root ignores permission bits, so the record's folder is made unwritable by not existing.
+    unwritable = tmp_path / "mount" / f"{FILENAME}.sha256"
+    monkeypatch.setattr(weights, "_record_path", lambda path: unwritable)
+    with pytest.warns(UserWarning, match="cannot record the checksum"):
+        path, sha256 = weights.resolve_hashed_weights("hand", weights_dir=tmp_path, download=False)
+    assert (path, sha256) == (tmp_path / FILENAME, PAYLOAD_SHA)
+    assert not (tmp_path / "mount").exists()
 
 
 def test_server_down_message_says_what_to_do(tmp_path: Path) -> None:
