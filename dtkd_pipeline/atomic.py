@@ -60,15 +60,20 @@ def check_replaceable(folder: Path, key: str) -> None:
 
     A missing or empty folder, or one holding :data:`OUTPUT_MARKER`, may be replaced.
     """
-    if not folder.exists() and not folder.is_symlink():
-        return
     require_folder(folder, key)
-    if (folder / OUTPUT_MARKER).is_file() or not any(folder.iterdir()):
+    if is_replaceable(folder):
         return
     raise OutputFolderError(
         f"{key}: {folder} holds files no stage of this pipeline wrote, and the stage replaces "
         f"that folder whole; set {key} to a new or empty folder, or delete {folder} yourself"
     )
+
+
+def is_replaceable(folder: Path) -> bool:
+    """Missing, empty, or marked as a stage's output (call :func:`require_folder` first)."""
+    if not folder.exists() and not folder.is_symlink():
+        return True
+    return (folder / OUTPUT_MARKER).is_file() or not any(folder.iterdir())
 
 
 def require_folder(folder: Path, key: str) -> None:

@@ -6,10 +6,11 @@ does not match) are printed as one clear message with exit code 1, without a tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -280,7 +281,8 @@ def benchmark(
         loaded = _params(params, overrides)
         target = out_dir or loaded.evaluate.out_dir  # created by the atomic writes at the end
         require_folder(target, "--out-dir" if out_dir else "evaluate.out_dir")  # before timing
-        stage.run_efficiency(loaded, resolve_device(device or loaded.evaluate.device), target)
+        with _still_stage_outputs([] if out_dir else [target]):
+            stage.run_efficiency(loaded, resolve_device(device or loaded.evaluate.device), target)
         typer.echo((target / EFFICIENCY_MD).read_text())
 
     _run(action)
@@ -322,16 +324,30 @@ def analyze_bands(
         )
         for key, folder in targets.items():  # before the analysis, not after it
             require_folder(folder, key)
-        written = stage.run_bands(
-            loaded,
-            resolve_device(device or loaded.evaluate.device),
-            out_dir or loaded.evaluate.out_dir,
-            out_dir or loaded.evaluate.plots_dir,
-            _model_labels(model) if model else None,
-        )
+        with _still_stage_outputs([] if out_dir else list(targets.values())):
+            written = stage.run_bands(
+                loaded,
+                resolve_device(device or loaded.evaluate.device),
+                out_dir or loaded.evaluate.out_dir,
+                out_dir or loaded.evaluate.plots_dir,
+                _model_labels(model) if model else None,
+            )
         typer.echo(f"band analysis -> {written['json']}, chart -> {written['png']}")
 
     _run(action, also=(ValueError,))  # e.g. teacher images of another size than the student's
+
+
+@contextlib.contextmanager
+def _still_stage_outputs(folders: list[Path]) -> Iterator[None]:
+    """Keep evaluate's own folders replaceable when a side command writes into them: marked as
+    stage outputs if they were (or did not exist), so the next `evaluate` may still replace them."""
+    from dtkd_pipeline.atomic import is_replaceable, mark_output
+
+    replaceable = [folder for folder in folders if is_replaceable(folder)]
+    yield
+    for folder in replaceable:
+        if folder.is_dir():
+            mark_output(folder)
 
 
 def _model_labels(paths: list[Path]) -> dict[str, Path]:

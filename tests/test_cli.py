@@ -183,6 +183,41 @@ def test_an_out_dir_that_is_a_file_is_named_before_any_measurement(
     assert "--out-dir:" in result.output and "is a file, not a folder" in result.output
 
 
+def test_benchmark_and_analyze_bands_leave_evaluate_free_to_replace_its_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their default folders are evaluate's outputs: written there, they must stay replaceable
+    (marked) so the next `evaluate` does not refuse them as a user's folders."""
+    from dtkd_pipeline import atomic
+    from stages import evaluate as stage
+
+    out, plots, mine = tmp_path / "evaluation", tmp_path / "plots", tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own")
+
+    def efficiency(params: object, device: object, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "efficiency.md").write_text("table")
+
+    def bands(params: object, device: object, json_dir: Path, png_dir: Path, *_: object) -> dict:
+        for folder, name in ((json_dir, "bands.json"), (png_dir, "bands.png")):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text("x")
+        return {"json": json_dir / "bands.json", "png": png_dir / "bands.png"}
+
+    monkeypatch.setattr(stage, "run_efficiency", efficiency)
+    monkeypatch.setattr(stage, "run_bands", bands)
+    folders = ["-S", f"evaluate.out_dir={out}", "-S", f"evaluate.plots_dir={plots}"]
+    assert runner.invoke(app, ["benchmark", "--device", "cpu", *folders]).exit_code == 0
+    assert runner.invoke(app, ["analyze-bands", "--device", "cpu", *folders]).exit_code == 0
+    for folder, key in ((out, "evaluate.out_dir"), (plots, "evaluate.plots_dir")):
+        atomic.check_replaceable(folder, key)
+    # A folder that already held someone else's files is written to, but never marked.
+    mine_plots = ["-S", f"evaluate.out_dir={out}", "-S", f"evaluate.plots_dir={mine}"]
+    assert runner.invoke(app, ["analyze-bands", "--device", "cpu", *mine_plots]).exit_code == 0
+    assert not (mine / atomic.OUTPUT_MARKER).exists()
+
+
 def test_analyze_bands_wants_a_checkpoint_file_not_a_release_name() -> None:
     result = runner.invoke(app, ["analyze-bands", "--model", "swinir-s-x4"])
     assert result.exit_code == 1

@@ -105,7 +105,8 @@ def _unreadable(path: Path, error: BaseException | str) -> StudentWeightsError:
     reason = "the file is empty" if size == 0 else reason
     return StudentWeightsError(
         f"{path} ({size:,} bytes) is not a readable torch checkpoint, probably truncated or "
-        f"corrupt; train it again (`dtkd-pipeline distill`) or copy it again ({reason})"
+        f"corrupt; train it again (`dtkd-pipeline distill`), copy it again, or for a downloaded "
+        f"release delete it and its .sha256 record to fetch it again ({reason})"
     )
 
 
