@@ -39,6 +39,26 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def flush_to_disk(*paths: Path) -> None:
+    """fsync each file, then each distinct parent folder (so the names survive a power loss too).
+
+    For data whose completion is recorded separately: the record must never reach the disk
+    before the data it vouches for.
+    """
+    for path in paths:
+        _fsync(path, os.O_RDONLY)
+    for folder in dict.fromkeys(path.parent for path in paths):
+        _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text(path: Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 

@@ -191,7 +191,12 @@ def cache_teacher(
 
 @app.command("verify-cache")
 def verify_cache(
-    path: Annotated[Path, typer.Argument(help="A teacher store, e.g. data/cache/teacher.zarr.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A teacher store (data/cache/teacher.zarr) or prepared store (…/train.zarr)."
+        ),
+    ],
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     repair: Annotated[
@@ -199,7 +204,7 @@ def verify_cache(
     ] = False,
     device: Annotated[str | None, _device_option("Device for --repair.")] = None,
 ) -> None:
-    """Check every shard's checksum and completion flag.
+    """Check every shard's checksum and completion flag (teacher cache or prepared store).
 
     Exits 1 when a shard is corrupt or missing, or the store was built from another prepared store.
     """

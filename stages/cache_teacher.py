@@ -557,7 +557,9 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
             f"(teacher.store, here {params.teacher.store}); build it first or pass its path"
         ) from None
     with store:
-        store.require_kind(KIND_TEACHER)  # a prepared store is rebuilt by prepare-data instead
+        if store.kind == KIND_PREPARED:
+            return _verify_prepared(store, repair)
+        store.require_kind(KIND_TEACHER)
         report = store.verify()
         prepared = _open_prepared(params)
         stored_fp = store.provenance.get(PREPARED_FINGERPRINT)
@@ -578,3 +580,17 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
             report = store.verify()
             print(report)
         return report.ok and fingerprint_ok
+
+
+def _verify_prepared(store: TileStore, repair: bool) -> bool:
+    """A prepared store is checked the same way; it is rebuilt by prepare-data, not repaired."""
+    if repair:
+        raise CacheError(
+            f"{store.path} is a prepared store: --repair recomputes teacher shards only; "
+            "rebuild it with `dtkd-pipeline prepare-data`"
+        )
+    report = store.verify()
+    print(report)
+    if not report.ok:
+        print("  rebuild it with `dtkd-pipeline prepare-data` (then rebuild the teacher cache)")
+    return report.ok

@@ -86,6 +86,29 @@ def test_prepared_round_trip_is_bit_identical(tmp_path: Path, codec: str) -> Non
     assert np.array_equal(reopened.read_tile(7, "lr"), tiles["lr"][7])
 
 
+def test_shard_data_reaches_the_disk_before_its_completion_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a power loss the record must not be durable while the data it vouches for is not."""
+    from dtkd_pipeline import atomic
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    store = TileStore.create(tmp_path / "train.zarr", prepared_layout(), PROVENANCE)
+    monkeypatch.setattr(atomic.os, "fsync", recording_fsync)
+    store.write_shard(1, shard_slice(prepared_tiles(), 1))
+    record = str(tmp_path / "train.zarr" / store_module.DONE_DIR / "1.json")
+    shard_files = {str(store.shard_file(name, 1)) for name in store.names}
+    assert shard_files <= set(synced) and record in synced
+    assert max(synced.index(f) for f in shard_files) < synced.index(record)
+    assert str(tmp_path / "train.zarr" / store_module.DONE_DIR) in synced  # the rename too
+
+
 def test_teacher_round_trip_with_dwt(tmp_path: Path) -> None:
     layout = StoreLayout(KIND_TEACHER, N_TILES, SHARD, teacher_arrays(TILE * SCALE, DWT_SHAPES))
     store = TileStore.create(tmp_path / "teacher.zarr", layout, {"steps": 15})

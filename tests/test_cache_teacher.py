@@ -20,11 +20,13 @@ from dtkd_pipeline.atomic import OutputFolderError
 from dtkd_pipeline.cache import (
     TEACHER,
     CacheError,
+    CorruptShardError,
+    IncompleteShardError,
     NotAStoreError,
     ProvenanceMismatchError,
-    StoreLayoutError,
     TileStore,
 )
+from dtkd_pipeline.cache.store import DONE_DIR
 from dtkd_pipeline.cache.teacher_record import teacher_version_identity
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.evaluate.figures import image_grid
@@ -239,10 +241,56 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
     assert cache_teacher.verify(path, params) is False
     printed = capsys.readouterr().out
     assert "corrupt shard 2" in printed and f"verify-cache {path} --repair" in printed
-    with pytest.raises(StoreLayoutError, match="expected 'teacher'"):
-        cache_teacher.verify(prepared_root / "prepared" / TRAIN_STORE, params)
     assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
     np.testing.assert_array_equal(teacher_bytes(path), before)
+
+
+def test_an_emptied_shard_file_counts_as_missing_in_both_stores_never_as_black_tiles(
+    prepared_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """zarr reads a 0-byte shard file as zeros (a power loss can leave one behind its record)."""
+    params = params_for(prepared_root, tmp_path)
+    path = cache_teacher.run(params, device="cpu")
+    before = teacher_bytes(path)
+    with TileStore.open(path) as store:
+        store.shard_file(TEACHER, 1).write_bytes(b"")
+        assert store.missing_shards() == [1]
+        with pytest.raises(IncompleteShardError, match="shard 1"):
+            store.read_shard(1)
+    cache_teacher.run(params, device="cpu")  # a resume recomputes it
+    np.testing.assert_array_equal(teacher_bytes(path), before)
+
+    copy = tmp_path / "prepared_copy"
+    shutil.copytree(prepared_root / "prepared" / TRAIN_STORE, copy)
+    assert cache_teacher.verify(copy, params) is True
+    with TileStore.open(copy) as prepared:
+        prepared.shard_file("lr", 3).write_bytes(b"")
+    capsys.readouterr()
+    assert cache_teacher.verify(copy, params) is False
+    printed = capsys.readouterr().out
+    assert "lr: shard file" in printed and "is empty (0 bytes)" in printed
+    assert "dtkd-pipeline prepare-data" in printed
+    with pytest.raises(CacheError, match="prepared store: --repair recomputes teacher shards"):
+        cache_teacher.verify(copy, params, repair=True)
+
+
+def test_a_deleted_completion_folder_is_rebuilt_and_a_garbled_record_is_named(
+    prepared_root: Path, tmp_path: Path
+) -> None:
+    params = params_for(prepared_root, tmp_path)
+    path = cache_teacher.run(params, device="cpu")
+    before = teacher_bytes(path)
+    shutil.rmtree(path / DONE_DIR)
+    cache_teacher.run(params, device="cpu")
+    np.testing.assert_array_equal(teacher_bytes(path), before)
+
+    copy = tmp_path / "prepared_copy"
+    shutil.copytree(prepared_root / "prepared" / TRAIN_STORE, copy)
+    (copy / DONE_DIR / "2.json").write_text("garbage")
+    with TileStore.open(copy) as prepared, pytest.raises(CorruptShardError) as info:
+        prepared.fingerprint()
+    assert str(copy / DONE_DIR / "2.json") in str(info.value)
+    assert "verify-cache" in str(info.value)
 
 
 def test_a_config_file_teacher_is_recorded_by_content_not_by_how_its_path_is_spelled(

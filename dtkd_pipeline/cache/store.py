@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from dtkd_pipeline.atomic import remove_dead_siblings
+from dtkd_pipeline.atomic import flush_to_disk, remove_dead_siblings
 
 from .errors import (
     CacheError,
@@ -344,7 +344,16 @@ class TileStore:
                 f"{self.path}: cannot fingerprint an incomplete store; "
                 f"{len(missing)} shard(s) missing, first {missing[:8]}"
             )
-        checksums = [self._read_record(k)["sha256"] for k in range(self.n_shards)]
+        checksums = []
+        for shard_index in range(self.n_shards):
+            try:
+                checksums.append(self._read_record(shard_index)["sha256"])
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise CorruptShardError(
+                    f"{self._record_path(shard_index)}: unreadable completion record "
+                    f"({type(error).__name__}: {error}); check the store with `dtkd-pipeline "
+                    f"verify-cache {self.path}`"
+                ) from None
         return fingerprint_of(self.layout.to_json(), self._provenance.get(SOURCES), checksums)
 
     # ------------------------------------------------------------------ completion state
@@ -356,18 +365,25 @@ class TileStore:
         return json.loads(self._record_path(shard_index).read_text())
 
     def _absent_file(self, shard_index: int) -> str | None:
-        """The first of the shard's array files that is gone, or None when all exist.
+        """The first of the shard's array files that is gone or empty, or None when all hold data.
 
-        zarr reads an absent chunk file as its fill value (zeros), so a recorded shard whose file
-        was deleted must count as missing, not be read as black tiles.
+        zarr reads an absent chunk file, and an empty one, as its fill value (zeros), so a
+        recorded shard whose file was deleted or emptied must count as missing, not be read as
+        black tiles.
         """
         for name in self.names:
             try:
                 path = self.shard_file(name, shard_index)
             except StoreLayoutError:  # the array folder itself is gone or damaged
                 return f"{name}: array folder {self.path / name} unreadable"
-            if not path.is_file():
+            try:
+                size = path.stat().st_size if path.is_file() else None
+            except OSError:
+                size = None
+            if size is None:
                 return f"{name}: shard file {path.relative_to(self.path)} missing"
+            if size == 0:
+                return f"{name}: shard file {path.relative_to(self.path)} is empty (0 bytes)"
         return None
 
     def _files_present(self, shard_index: int) -> bool:
@@ -457,6 +473,9 @@ class TileStore:
         self._record_path(shard_index).unlink(missing_ok=True)
         for name, data in prepared.items():
             self._array(name)[start:stop] = data
+        # On disk before the record that vouches for them: after a power loss a recorded shard
+        # must not turn out empty.
+        flush_to_disk(*(self.shard_file(name, shard_index) for name in prepared))
         checksums = {name: content_checksum(data) for name, data in prepared.items()}
         record = {"shard": shard_index, "start": start, "stop": stop, "sha256": checksums}
         _write_json_atomic(self._record_path(shard_index), record)
@@ -624,9 +643,12 @@ def _conform(spec: ArraySpec, data: np.ndarray, n_rows: int, shard_index: int) -
 def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     # Named like zarr's own interrupted writes, so a killed writer's leftover is reported by
     # verify and removed with them.
+    path.parent.mkdir(exist_ok=True)  # a deleted _done/ folder: every shard counts as missing
     tmp = path.with_name(f"{path.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
     tmp.write_text(json.dumps(payload, sort_keys=True))
+    flush_to_disk(tmp)
     os.replace(tmp, path)
+    flush_to_disk(path)
 
 
 def _is_empty_folder(path: Path) -> bool:
