@@ -369,6 +369,27 @@ def _dask_shard_task(params_json: str, store_path: str, shards: list[int]) -> li
     return shards
 
 
+def _params_for_workers(params: Params) -> str:
+    """Params as JSON with every path absolute: a worker runs in its own folder (it must see
+    the same filesystem), where a relative path would name another store or none."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: absolute(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [absolute(item) for item in value]
+        if isinstance(value, Path):
+            return value.expanduser().absolute()
+        return value
+
+    raw = absolute(params.model_dump())
+    teacher = raw["teacher"]
+    for key in ("version", "unet_weights", "autoencoder_weights"):  # a name, or a file path
+        if Path(teacher[key]).expanduser().is_file():
+            teacher[key] = str(Path(teacher[key]).expanduser().absolute())
+    return Params.model_validate(raw).model_dump_json()
+
+
 def _gpu_workers(client: Any) -> list[str] | None:
     """Addresses of workers that advertise a GPU resource, or None when none do."""
     workers = client.scheduler_info()["workers"]
@@ -397,8 +418,8 @@ def _fill_with_dask(store: TileStore, params: Params, shards: list[int], address
         futures = [
             client.submit(
                 _dask_shard_task,
-                params.model_dump_json(),
-                str(store.path),
+                _params_for_workers(params),
+                str(store.path.absolute()),
                 group,
                 key=f"teacher-shards-{group[0]}-{group[-1]}",
                 resources=resources,

@@ -501,6 +501,27 @@ def test_dask_scheduler_fills_the_same_store_as_a_local_run(
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
+def test_dask_workers_get_absolute_paths_whatever_folder_they_run_in(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copy(TINY_TEACHER, tmp_path / "teacher.yaml")
+    monkeypatch.chdir(tmp_path)
+    params = params_for(prepared_root, tmp_path)
+    params = params.model_copy(
+        update={
+            "teacher": params.teacher.model_copy(
+                update={"store": Path("cache/t.zarr"), "version": "teacher.yaml"}
+            ),
+            "data": params.data.model_copy(update={"prepared_dir": Path("prepared")}),
+        }
+    )
+    sent = Params.model_validate_json(cache_teacher._params_for_workers(params))
+    assert sent.teacher.store == tmp_path / "cache" / "t.zarr"
+    assert sent.data.prepared_dir == tmp_path / "prepared"
+    assert sent.teacher.version == str(tmp_path / "teacher.yaml")
+    assert sent.teacher.unet_weights == params.teacher.unet_weights  # a name, not a file here
+
+
 class _RecordingTeacher:
     """Stands in for a compiled teacher: records batch sizes, returns a per-tile function of its
     own LR tile (nearest x4), so a dropped filler row could not hide among real outputs."""
