@@ -182,6 +182,9 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        if path.is_symlink():
+            target = os.readlink(path)
+            raise ImageReadError(f"{path}: a link to {target}, which does not exist") from None
         raise ImageReadError(f"{path}: no such file") from None
     except OSError as err:
         raise ImageReadError(f"{path}: cannot access the file ({err})") from None
@@ -541,7 +544,8 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     """Image files in ``folder`` by extension (case-insensitive), sorted by relative path.
 
     Hidden files (names starting with '.') are skipped: they are editor/OS droppings such as
-    macOS ``._name.png`` resource forks, never images.
+    macOS ``._name.png`` resource forks, never images. A link to a missing file is listed, so
+    that reading it names it instead of the image silently dropping out.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -552,7 +556,7 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
         for p in candidates
         if p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
     ]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 

@@ -24,7 +24,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import __version__
-from dtkd_pipeline.atomic import check_replaceable, mark_output, remove_dead_siblings
+from dtkd_pipeline.atomic import (
+    OUTPUT_MARKER,
+    check_replaceable,
+    mark_output,
+    remove_dead_siblings,
+)
 from dtkd_pipeline.cache import (
     HR,
     KIND_PREPARED,
@@ -40,6 +45,7 @@ from dtkd_pipeline.cache import (
 from dtkd_pipeline.config import DataParams, Params
 from dtkd_pipeline.evaluate.metrics import VALIDATION_METRICS, min_scored_side
 from dtkd_pipeline.images import (
+    IMAGE_EXTENSIONS,
     ImageReadError,
     bicubic_downscale_x4,
     list_images,
@@ -161,6 +167,19 @@ def _compute(tasks: list[Any], data: DataParams, bar: tqdm) -> list[Any]:
         return list(dask.compute(*tasks, scheduler=scheduler, num_workers=data.workers))
 
 
+def _check_prepared_dir(folder: Path) -> None:
+    """Refuse to replace a folder holding files this stage did not write.
+
+    DVC restores a checked-out output without the marker (.dvcignore'd), so a folder holding
+    only what this stage writes counts as its own too.
+    """
+    ours = {TRAIN_STORE, VAL_DIR, OUTPUT_MARKER}
+    checked_out = (folder / TRAIN_STORE / "zarr.json").is_file()
+    if checked_out and {entry.name for entry in folder.iterdir()} <= ours:
+        return
+    check_replaceable(folder, "data.prepared_dir")
+
+
 def _check_inputs(data: DataParams) -> tuple[list[Path], list[Path]]:
     if not data.hr_dir.is_dir():
         raise ImageReadError(f"data.hr_dir {data.hr_dir} is not a folder; point it at HR images")
@@ -169,7 +188,7 @@ def _check_inputs(data: DataParams) -> tuple[list[Path], list[Path]]:
     paths = list_images(data.hr_dir)
     if not paths:
         raise ImageReadError(
-            f"data.hr_dir {data.hr_dir} holds no images (png, jpg, jpeg, webp, tif, tiff, bmp)"
+            f"data.hr_dir {data.hr_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     if data.val_images >= len(paths):
         raise ImageReadError(
@@ -177,7 +196,17 @@ def _check_inputs(data: DataParams) -> tuple[list[Path], list[Path]]:
             f"{len(paths)} in {data.hr_dir}; lower it or add images"
         )
     split = len(paths) - data.val_images
-    return paths[:split], paths[split:]
+    val_paths = paths[split:]
+    by_stem: dict[str, Path] = {}
+    for path in val_paths:  # saved as val/{hr,lr}/<stem>.png: one would overwrite the other
+        if path.stem in by_stem:
+            raise ImageReadError(
+                f"validation images {by_stem[path.stem].name} and {path.name} (the last "
+                f"data.val_images={data.val_images} of {data.hr_dir}) share the name "
+                f"{path.stem!r}, and validation pairs are saved as <name>.png; rename one"
+            )
+        by_stem[path.stem] = path
+    return paths[:split], val_paths
 
 
 def _iter_tiles(
@@ -261,8 +290,7 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     data = params.data
     skip_bad = data.skip_bad if skip_bad is None else skip_bad
     started = time.perf_counter()
-    if not (data.prepared_dir / TRAIN_STORE / "zarr.json").is_file():  # (a DVC checkout: no marker)
-        check_replaceable(data.prepared_dir, "data.prepared_dir")  # replaced whole at the end
+    _check_prepared_dir(data.prepared_dir)  # replaced whole at the end
     train_paths, val_paths = _check_inputs(data)
     all_paths = train_paths + val_paths
     sources = Sources.from_params(data, all_paths)

@@ -217,3 +217,33 @@ def test_a_prepared_dir_no_stage_wrote_is_refused_before_work(tmp_path: Path) ->
     prepared = prepare_data.run(tiny_params(tmp_path, hr_dir))  # its own output: replaced
     prepare_data.run(tiny_params(tmp_path, hr_dir))
     assert (prepared / OUTPUT_MARKER).is_file()
+    # A DVC checkout restores the folder without the (.dvcignore'd) marker: still its own...
+    (prepared / OUTPUT_MARKER).unlink()
+    prepare_data.run(tiny_params(tmp_path, hr_dir))
+    # ...but not once someone else's file sits beside the store.
+    (prepared / OUTPUT_MARKER).unlink()
+    (prepared / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputFolderError, match="holds files no stage"):
+        prepare_data.run(tiny_params(tmp_path, hr_dir))
+    assert (prepared / "notes.txt").read_text() == "keep me"
+
+
+def test_validation_images_sharing_a_name_are_refused_before_one_overwrites_the_other(
+    tmp_path: Path,
+) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    write_image(hr_dir / "zz.jpg", read_image(hr_dir / "img00.png").rgb)
+    write_image(hr_dir / "zz.png", read_image(hr_dir / "img01.png").rgb)
+    params = tiny_params(tmp_path, hr_dir, ["data.val_images=2"])
+    with pytest.raises(ImageReadError, match=r"zz\.jpg and zz\.png .* share the name 'zz'"):
+        prepare_data.run(params)
+    assert not params.data.prepared_dir.exists()
+
+
+def test_a_link_to_a_missing_image_is_reported_not_silently_dropped(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256), (256, 256)])
+    (hr_dir / "moved.png").symlink_to(tmp_path / "elsewhere" / "moved.png")
+    with pytest.raises(ImageReadError, match=r"moved\.png: a link to .*elsewhere.*does not exist"):
+        prepare_data.run(tiny_params(tmp_path, hr_dir))
