@@ -80,6 +80,7 @@ def check_replaceable(folder: Path, key: str) -> None:
 
     A missing or empty folder, or one holding :data:`OUTPUT_MARKER`, may be replaced.
     """
+    require_parent_folders(folder, key)
     require_folder(folder, key)
     if is_replaceable(folder):
         return
@@ -96,6 +97,15 @@ def is_replaceable(folder: Path) -> bool:
     return (folder / OUTPUT_MARKER).is_file() or not any(folder.iterdir())
 
 
+def require_parent_folders(path: Path, key: str) -> None:
+    """Refuse a location under a file (``notes.txt/out``): creating it would fail after the work,
+    naming a temporary instead of ``key``."""
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            require_folder(parent, key)
+            return
+
+
 def require_folder(folder: Path, key: str) -> None:
     """Refuse an output location that exists as a file (or a link to one, or a dangling link)."""
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
@@ -107,10 +117,7 @@ def require_file_target(path: Path, key: str) -> None:
     that produces the file (the write would fail at the end, naming a temporary)."""
     if path.is_dir():
         raise OutputFolderError(f"{key}: {path} is a folder; give a file name")
-    for parent in path.parents:
-        if parent.exists() or parent.is_symlink():
-            require_folder(parent, key)
-            return
+    require_parent_folders(path, key)
 
 
 def mark_output(folder: Path) -> None:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -31,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import __version__
-from dtkd_pipeline.atomic import require_file_target
+from dtkd_pipeline.atomic import require_file_target, require_parent_folders
 from dtkd_pipeline.cache import (
     DWT_LEVELS,
     HR,
@@ -471,6 +472,7 @@ def run(
         raise ValueError("pass a built teacher (local run) or a scheduler, not both")
     check_steps(params.teacher)
     require_file_target(params.teacher.preview, "teacher.preview")  # written after the teacher ran
+    require_parent_folders(params.teacher.store, "teacher.store")
     try:
         TileStore.check_target(params.teacher.store, overwrite)
     except NotAStoreError as error:
@@ -496,6 +498,8 @@ def run(
         store = TileStore.open_or_create(
             params.teacher.store, layout, provenance, overwrite=overwrite
         )
+        with _closed_on_error(store):
+            store.check_arrays()  # damaged array metadata: found now, not after the first batch
     except (ProvenanceMismatchError, StoreLayoutError) as exc:
         if not rebuild_on_change or isinstance(exc, NotAStoreError):
             raise
@@ -505,13 +509,21 @@ def run(
         store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
         shards = store.missing_shards()
         todo = layout.tiles_in(shards)
-        if shards and scheduler:
-            _fill_with_dask(store, params, shards, scheduler)
-        elif shards and gpus > 1:
-            _fill_on_local_gpus(store, params, shards, gpus)
-        elif shards:
-            assert teacher is not None  # built above for every run that is neither fanned out
-            _fill_locally(store, prepared, teacher, params, shards)
+        try:
+            if shards and scheduler:
+                _fill_with_dask(store, params, shards, scheduler)
+            elif shards and gpus > 1:
+                _fill_on_local_gpus(store, params, shards, gpus)
+            elif shards:
+                assert teacher is not None  # built above for every run that is neither fanned out
+                _fill_locally(store, prepared, teacher, params, shards)
+        except KeyboardInterrupt:
+            done = store.n_shards - len(store.missing_shards())
+            print(
+                f"\ninterrupted: {done} of {store.n_shards} shards are stored in {store.path}; "
+                "run the same command again to compute the rest"
+            )
+            raise
         remaining = store.missing_shards()
         if remaining:
             raise CacheError(f"{store.path}: shards {remaining[:8]} still missing after the run")
@@ -519,6 +531,16 @@ def run(
         shown = min(params.teacher.preview_tiles, store.n_tiles)
         print(f"preview of {shown} tiles -> {write_preview(store, params)}")
     return params.teacher.store
+
+
+@contextlib.contextmanager
+def _closed_on_error(store: TileStore) -> Iterator[None]:
+    """Release the store (and its lock) when a check fails, so it can be rebuilt."""
+    try:
+        yield
+    except BaseException:
+        store.close()
+        raise
 
 
 def write_preview(store: TileStore, params: Params) -> Path:

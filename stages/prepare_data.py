@@ -287,6 +287,17 @@ def _write_val(folder: Path, paths: list[Path], sources: Sources) -> None:
 
 def run(params: Params, skip_bad: bool | None = None) -> Path:
     """Build ``<prepared_dir>/train.zarr`` and ``<prepared_dir>/val/``; returns prepared_dir."""
+    try:
+        return _prepare(params, skip_bad)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {params.data.prepared_dir} is as it was (it is replaced only when "
+            "everything is written); run the same command again"
+        )
+        raise
+
+
+def _prepare(params: Params, skip_bad: bool | None) -> Path:
     data = params.data
     skip_bad = data.skip_bad if skip_bad is None else skip_bad
     started = time.perf_counter()

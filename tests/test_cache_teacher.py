@@ -24,6 +24,7 @@ from dtkd_pipeline.cache import (
     IncompleteShardError,
     NotAStoreError,
     ProvenanceMismatchError,
+    StoreLayoutError,
     TileStore,
 )
 from dtkd_pipeline.cache.store import DONE_DIR
@@ -454,6 +455,49 @@ def test_output_locations_that_cannot_be_written_are_refused_before_the_teacher_
     params = params_for(prepared_root, tmp_path, [f"teacher.preview={folder}"])
     with pytest.raises(OutputFolderError, match=r"teacher\.preview: .*preview\.png is a folder"):
         cache_teacher.run(params)
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder")
+    params = params_for(prepared_root, tmp_path, [f"teacher.store={a_file / 't.zarr'}"])
+    with pytest.raises(OutputFolderError, match=r"teacher\.store: .*notes\.txt is a file"):
+        cache_teacher.run(params)
+
+
+def test_damaged_array_metadata_is_found_before_the_teacher_runs(
+    cached_root: Path, prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(cached_root / "teacher.zarr", tmp_path / "teacher.zarr")
+    params = params_for(prepared_root, tmp_path)
+    with TileStore.open(params.teacher.store, mode="r+") as store:
+        store.invalidate_shard(0)
+    metadata = params.teacher.store / TEACHER / "zarr.json"
+    metadata.write_text(metadata.read_text()[:50])
+
+    def sample(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the teacher ran before the store was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Teacher, "sample", sample)
+        with pytest.raises(StoreLayoutError, match="teacher"):
+            cache_teacher.run(params, device="cpu")
+    cache_teacher.run(params, device="cpu", rebuild_on_change=True)  # how DVC runs it: rebuilt
+    assert teacher_bytes(params.teacher.store).shape[0] == 4
+
+
+def test_ctrl_c_says_how_many_shards_are_stored_and_how_to_resume(
+    prepared_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_teacher, "_fill_locally", interrupted)
+    params = params_for(prepared_root, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cache_teacher.run(params, device="cpu")
+    assert "interrupted: 0 of 4 shards are stored" in capsys.readouterr().out
 
 
 def test_offline_weights_stop_at_once_with_url_path_and_alternative(

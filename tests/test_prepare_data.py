@@ -247,3 +247,31 @@ def test_a_link_to_a_missing_image_is_reported_not_silently_dropped(tmp_path: Pa
     (hr_dir / "moved.png").symlink_to(tmp_path / "elsewhere" / "moved.png")
     with pytest.raises(ImageReadError, match=r"moved\.png: a link to .*elsewhere.*does not exist"):
         prepare_data.run(tiny_params(tmp_path, hr_dir))
+
+
+def test_ctrl_c_leaves_the_prepared_folder_as_it_was_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    prepared = prepare_data.run(tiny_params(tmp_path, hr_dir))
+    before = sorted(p.relative_to(prepared) for p in prepared.rglob("*"))
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_data, "_write_val", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data.run(tiny_params(tmp_path, hr_dir))
+    assert "is as it was" in capsys.readouterr().out
+    assert sorted(p.relative_to(prepared) for p in prepared.rglob("*")) == before
+    assert not list(tmp_path.glob("prepared.tmp-*"))
+
+
+def test_a_prepared_dir_under_a_file_is_refused_naming_the_key(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    (tmp_path / "notes.txt").write_text("a file")
+    params = tiny_params(tmp_path, hr_dir, [f"data.prepared_dir={tmp_path / 'notes.txt' / 'p'}"])
+    with pytest.raises(OutputFolderError, match=r"data\.prepared_dir: .*notes\.txt is a file"):
+        prepare_data.run(params)
