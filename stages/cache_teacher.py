@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -498,7 +497,7 @@ def run(
         store = TileStore.open_or_create(
             params.teacher.store, layout, provenance, overwrite=overwrite
         )
-        with _closed_on_error(store):
+        with store.closed_on_error():
             store.check_arrays()  # damaged array metadata: found now, not after the first batch
     except (ProvenanceMismatchError, StoreLayoutError) as exc:
         if not rebuild_on_change or isinstance(exc, NotAStoreError):
@@ -531,16 +530,6 @@ def run(
         shown = min(params.teacher.preview_tiles, store.n_tiles)
         print(f"preview of {shown} tiles -> {write_preview(store, params)}")
     return params.teacher.store
-
-
-@contextlib.contextmanager
-def _closed_on_error(store: TileStore) -> Iterator[None]:
-    """Release the store (and its lock) when a check fails, so it can be rebuilt."""
-    try:
-        yield
-    except BaseException:
-        store.close()
-        raise
 
 
 def write_preview(store: TileStore, params: Params) -> Path:

@@ -484,6 +484,15 @@ def test_damaged_array_metadata_is_found_before_the_teacher_runs(
     assert teacher_bytes(params.teacher.store).shape[0] == 4
 
 
+def test_a_store_without_subbands_refused_for_teacher_dwt_names_the_dwt_setting(
+    cached_root: Path, prepared_root: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(cached_root / "teacher.zarr", tmp_path / "teacher.zarr")
+    params = params_for(prepared_root, tmp_path, ["teacher.dwt=true"])
+    with pytest.raises(ProvenanceMismatchError, match="dwt: stored False, requested True"):
+        cache_teacher.run(params, device="cpu")
+
+
 def test_ctrl_c_says_how_many_shards_are_stored_and_how_to_resume(
     prepared_root: Path,
     tmp_path: Path,

@@ -25,11 +25,12 @@ that creates or resumes the run holds the lock (`create` / `open_or_create`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -199,13 +200,20 @@ class TileStore:
         if overwrite or not path.exists() or _is_empty_folder(path):
             return cls.create(path, layout, provenance, overwrite=path.exists())
         store = cls.open(path, mode="r+", lock=True)
-        try:
-            store.check_layout(layout)
+        with store.closed_on_error():
+            # Provenance first: it names the setting (teacher.dwt, say) behind a layout change.
             store.check_provenance(provenance, exact=True)
-        except BaseException:
-            store.close()
-            raise
+            store.check_layout(layout)
         return store
+
+    @contextlib.contextmanager
+    def closed_on_error(self) -> Iterator[None]:
+        """Release the store (and its lock) when a check in the block fails."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def require_store(path: Path) -> None:
