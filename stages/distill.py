@@ -117,8 +117,16 @@ class _DvcLiveLogger:
                     f"note: resuming at iteration {resume_from} but {folder} is gone; the "
                     "training curves start here"
                 )
+        from scmrepo.exceptions import SCMError
+
         resume = resume_from is not None
-        self.live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, resume=resume)
+        try:
+            self.live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, resume=resume)
+        except SCMError as error:  # dvclive reads the git revision of the repository it is in
+            raise ConfigError(
+                f"dvclive cannot log {folder}: the git repository around it has {error} "
+                "(no commit yet); make a first commit (`git commit`), then run again"
+            ) from None
 
     def __call__(self, iteration: int, values: dict[str, float]) -> None:
         self.live.step = iteration

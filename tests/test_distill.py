@@ -510,3 +510,12 @@ def test_ctrl_c_says_where_training_will_resume_from(
         distill.run(params, device="cpu")
     out = capsys.readouterr().out
     assert f"interrupted: the last checkpoint is {newest}; run the same command again" in out
+
+
+def test_a_git_repository_without_commits_is_explained_not_a_dvclive_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"make a first commit \(`git commit`\)"):
+        distill._DvcLiveLogger(tmp_path / "dvclive", resume_from=None)
