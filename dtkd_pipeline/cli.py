@@ -450,7 +450,9 @@ def upscale(
 @app.command("teacher-sr")
 def teacher_sr(
     inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder for the x4 PNG outputs.")],
+    output: Annotated[
+        Path, typer.Argument(help="Output file (for one image) or folder (x4 PNGs).")
+    ],
     version: Annotated[
         str, typer.Option(help="ResShift preset v1, v2, v3 or an official YAML.")
     ] = "v1",
@@ -478,7 +480,7 @@ def teacher_sr(
     _run(
         lambda: super_resolve_paths(
             inputs,
-            out_dir,
+            output,
             version=version,
             steps=steps,
             seed=seed,

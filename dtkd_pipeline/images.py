@@ -36,7 +36,6 @@ __all__ = [
     "ImageReadError",
     "LoadedImage",
     "bicubic_downscale_x4",
-    "check_output_plan",
     "imresize",
     "list_images",
     "modcrop",
@@ -517,27 +516,6 @@ def _filter_block(rows: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
     best = signed.sum(axis=2).argmin(axis=0)
     chosen = candidates[best, np.arange(rows.shape[0])]
     return np.concatenate([best[:, None], chosen], axis=1).astype(np.uint8)
-
-
-def check_output_plan(pairs: list[tuple[Path, Path]], remedy: str) -> None:
-    """Refuse (input, output) pairs that write two inputs to one file or an output over an input.
-
-    `remedy` ends the message with what this command offers, e.g. "choose another output folder".
-    """
-    by_target: dict[Path, list[Path]] = {}
-    for source, target in pairs:
-        by_target.setdefault(target, []).append(source)
-    clashes = {target: sources for target, sources in by_target.items() if len(sources) > 1}
-    if clashes:
-        target, sources = next(iter(clashes.items()))
-        raise ValueError(
-            f"{len(clashes)} output name clash(es), e.g. {', '.join(map(str, sources))} "
-            f"would all be written to {target}; rename the inputs or {remedy}"
-        )
-    inputs = {source.resolve() for source, _ in pairs}
-    for source, target in pairs:
-        if target.resolve() in inputs:
-            raise ValueError(f"output {target} would overwrite the input {source}; {remedy}")
 
 
 def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:

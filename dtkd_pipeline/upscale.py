@@ -48,17 +48,15 @@ from dtkd_pipeline.compiled import (
 )
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import (
-    IMAGE_EXTENSIONS,
     ImageHeader,
     ImageReadError,
     LoadedImage,
-    check_output_plan,
     imresize,
-    list_images,
     probe_image,
     read_image,
     write_image,
 )
+from dtkd_pipeline.output_plan import plan_outputs
 from dtkd_pipeline.student import build_student, load_student_weights, student_config
 from dtkd_pipeline.student.registry import STUDENT_CONFIGS
 from dtkd_pipeline.student.weights import read_checkpoint
@@ -72,7 +70,6 @@ __all__ = [
     "Upscaler",
     "check_precision",
     "load_upscaler",
-    "output_path_for",
     "resolve_device",
     "tile_layout",
     "upscale_image",
@@ -489,11 +486,6 @@ def upscale_image(
 # --------------------------------------------------------------------------------------- files
 
 
-def output_path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
-    """``out_dir/<stem><suffix>.png``: PNG keeps 16-bit samples and alpha."""
-    return out_dir / f"{source.stem}{suffix}.png"
-
-
 def _check_writable(path: Path, image: ImageHeader) -> None:
     """Refuse early what write_image would refuse after the model ran."""
     suffix = path.suffix.lower()
@@ -526,38 +518,6 @@ def _prescan(pairs: list[tuple[Path, Path]], skip_bad: bool) -> list[tuple[Path,
     if not kept:
         raise ImageReadError("no readable input images; nothing was written")
     return kept
-
-
-def _plan_outputs(inputs: Path, out: Path, suffix: str) -> list[tuple[Path, Path]]:
-    if inputs.is_file():
-        if out.suffix.lower() in IMAGE_EXTENSIONS:
-            if out.is_dir():
-                raise ValueError(f"output {out} is a folder; name a file or another folder")
-            target = out
-        else:
-            if out.exists() and not out.is_dir():
-                raise NotADirectoryError(f"output {out} exists and is not a folder")
-            if out.suffix and not out.exists():  # "x.pgn" is a typo far more often than a folder
-                raise ValueError(
-                    f"output {out}: {out.suffix} is not an image format "
-                    f"({', '.join(sorted(IMAGE_EXTENSIONS))}); to write into a new folder of "
-                    "that name, create it first"
-                )
-            target = output_path_for(inputs, out, suffix)
-        pairs = [(inputs, target)]
-    else:
-        if out.suffix.lower() in IMAGE_EXTENSIONS or (out.exists() and not out.is_dir()):
-            raise NotADirectoryError(
-                f"input {inputs} is a folder, so the output {out} must be a folder too"
-            )
-        sources = list_images(inputs)
-        if not sources:
-            raise FileNotFoundError(
-                f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {inputs}"
-            )
-        pairs = [(source, output_path_for(source, out, suffix)) for source in sources]
-    check_output_plan(pairs, "choose another output folder or a suffix")
-    return pairs
 
 
 def upscale_paths(
@@ -595,10 +555,8 @@ def upscale_paths(
     atomic), or a skip.
     """
     inputs, out = Path(inputs), Path(out)
-    if not inputs.exists():
-        raise FileNotFoundError(f"input not found: {inputs}")
     require_model_file(model_path)
-    pairs = _prescan(_plan_outputs(inputs, out, suffix), skip_bad)
+    pairs = _prescan(plan_outputs(inputs, out, suffix), skip_bad)
     upscaler = load_upscaler(
         model_path, device, precision, arch=arch, compile_mode=compile_mode, weights_dir=weights_dir
     )

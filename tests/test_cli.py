@@ -99,21 +99,25 @@ def test_teacher_sr_writes_x4_png_per_image(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     write_image(inputs / "a.png", rng.random((40, 48, 3)), rng.random((40, 48)))  # RGBA
     write_image(inputs / "b.png", rng.random((64, 64)))  # gray input becomes RGB
-    result = runner.invoke(
-        app,
-        [
-            "teacher-sr", str(inputs), str(tmp_path / "out"),
-            "--version", str(TINY_TEACHER),
-            "--unet", str(tmp_path / "unet.pth"),
-            "--autoencoder", str(tmp_path / "vq.pth"),
-            "--device", "cpu",
-        ],
-    )  # fmt: skip
+    result_args = [
+        str(inputs), str(tmp_path / "out"),
+        "--version", str(TINY_TEACHER),
+        "--unet", str(tmp_path / "unet.pth"),
+        "--autoencoder", str(tmp_path / "vq.pth"),
+        "--device", "cpu",
+    ]  # fmt: skip
+    result = runner.invoke(app, ["teacher-sr", *result_args])
     assert result.exit_code == 0, result.output
     assert read_image(tmp_path / "out" / "a.png").rgb.shape == (160, 192, 3)
     assert read_image(tmp_path / "out" / "b.png").rgb.shape == (256, 256, 3)
     assert "1 image(s) have alpha or 16-bit samples" in result.output and "a.png" in result.output
     assert f"2 image(s) -> {tmp_path / 'out'}" in result.output
+
+    # Like upscale: one image in and an image name out writes that file.
+    single = [str(inputs / "b.png"), str(tmp_path / "b_x4.jpg"), *result_args[2:]]
+    result = runner.invoke(app, ["teacher-sr", *single])
+    assert result.exit_code == 0, result.output
+    assert read_image(tmp_path / "b_x4.jpg").rgb.shape == (256, 256, 3)
 
 
 def test_teacher_sr_refuses_other_step_count(tmp_path: Path) -> None:
@@ -130,7 +134,8 @@ def test_teacher_sr_refuses_other_step_count(tmp_path: Path) -> None:
         (".", [], "would overwrite the input"),  # x.png -> ./x.png
         ("out", ["--chop-size", "16"], "chop_size=16"),
         ("out", ["--precision", "fp64"], "precision must be one of"),
-        ("x.png", [], "exists and is not a folder"),
+        ("x.png", [], "would overwrite the input"),  # one image in, an image file out
+        ("x.png/sub", [], "output: x.png is a file, not a folder"),
     ],
 )
 def test_teacher_sr_refuses_before_loading_and_writes_nothing(
@@ -147,18 +152,20 @@ def test_teacher_sr_refuses_before_loading_and_writes_nothing(
     assert (tmp_path / "x.png").read_bytes() == before
 
 
-@pytest.mark.parametrize("bad", ["broken", "too-small"])
-def test_teacher_sr_names_a_bad_image_before_resolving_weights(tmp_path: Path, bad: str) -> None:
-    if bad == "broken":
-        (tmp_path / f"{bad}.png").write_bytes(b"not a png")
-    else:  # the teacher needs sides of 33 px or more
-        write_image(tmp_path / f"{bad}.png", np.full((20, 30, 3), 0.5))
+def test_teacher_sr_names_every_bad_image_before_resolving_weights(tmp_path: Path) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    (images / "broken.png").write_bytes(b"not a png")
+    write_image(images / "too-small.png", np.full((20, 30, 3), 0.5))  # sides of 33 px or more
+    write_image(images / "fine.png", np.full((40, 40, 3), 0.5))
     result = runner.invoke(
-        app, ["teacher-sr", str(tmp_path / f"{bad}.png"), str(tmp_path / "o"),
+        app, ["teacher-sr", str(images), str(tmp_path / "o"),
               "--unet", str(tmp_path / "absent-unet.pth")],
     )  # fmt: skip
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert f"{bad}.png" in result.output and "absent-unet.pth" not in result.output
+    assert "2 image(s) cannot be super-resolved; nothing was written" in result.output
+    assert "broken.png" in result.output and "too-small.png" in result.output
+    assert "fine.png" not in result.output and "absent-unet.pth" not in result.output
     assert not (tmp_path / "o").exists()
 
 

@@ -15,13 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dtkd_pipeline.devices import resolve_device
-from dtkd_pipeline.images import (
-    ImageReadError,
-    check_output_plan,
-    list_images,
-    read_image,
-    write_image,
-)
+from dtkd_pipeline.images import ImageReadError, read_image, write_image
+from dtkd_pipeline.output_plan import plan_outputs
 from dtkd_pipeline.teacher.config import TeacherConfigError, resolve_config
 from dtkd_pipeline.teacher.factory import load_teacher
 from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, check_precision, resolve_chop
@@ -35,20 +30,9 @@ VERSION_WEIGHTS = {
 AUTOENCODER_WEIGHTS = "resshift-vq-f4"
 
 
-def _inputs(path: Path) -> list[Path]:
-    if path.is_dir():
-        found = list_images(path)
-        if not found:
-            raise ImageReadError(f"{path} holds no images (png, jpg, jpeg, webp, tif, tiff, bmp)")
-        return found
-    if not path.is_file():
-        raise ImageReadError(f"{path} does not exist; pass an image file or a folder of images")
-    return [path]
-
-
 def super_resolve_paths(
     inputs: Path,
-    out_dir: Path,
+    out: Path,
     *,
     version: str = "v1",
     steps: int | None = None,
@@ -61,12 +45,13 @@ def super_resolve_paths(
     device: str | None = None,
     precision: str = "fp32",
 ) -> list[Path]:
-    """Write ``<out_dir>/<stem>.png`` for every input image; returns the written paths.
+    """Super-resolve one image into ``out`` (a file with an image extension, else a folder) or a
+    folder into ``<out>/<stem>.png``; returns the written paths.
 
-    Everything that can refuse the run (outputs, steps, chopping, precision, device, weights) is
-    checked before the teacher loads and before ``out_dir`` is created.
+    Everything that can refuse the run (outputs, images, steps, chopping, precision, device,
+    weights) is checked before the teacher loads and before any output folder is created.
     """
-    plan = _plan_outputs(_inputs(inputs), out_dir)
+    plan = plan_outputs(inputs, out)
     resolve_chop(chop_size, chop_stride)
     target = resolve_device(device)
     check_precision(precision, target.type)
@@ -80,17 +65,26 @@ def super_resolve_paths(
         raise TeacherConfigError(
             f"--version {version} is a config file: pass --unet with its weights"
         )
-    reduced = []
-    for path, _ in plan:  # a bad image is named before ~700 MB of weights download
-        image = read_image(path)  # (decoding twice costs nothing beside 15 diffusion steps)
+    reduced, unusable = [], []
+    for path, _ in plan:  # bad images are named before ~700 MB of weights download
+        try:
+            image = read_image(path)  # (decoding twice costs nothing beside 15 diffusion steps)
+        except ImageReadError as error:
+            unusable.append(str(error))
+            continue
         height, width = image.rgb.shape[:2]
         if min(height, width) < MIN_LR_SIDE:
-            raise ValueError(
+            unusable.append(
                 f"{path}: {width}x{height} is too small for the teacher (its sides need at least "
                 f"{MIN_LR_SIDE} px); pad or enlarge the image, or leave it out"
             )
         if image.alpha is not None or image.bit_depth > 8:
             reduced.append(path.name)
+    if unusable:
+        raise ImageReadError(
+            f"{len(unusable)} image(s) cannot be super-resolved; nothing was written:\n  "
+            + "\n  ".join(unusable)
+        )
     if reduced:  # the teacher's VQGAN decodes 8-bit RGB; say so rather than drop data silently
         print(
             f"note: {len(reduced)} image(s) have alpha or 16-bit samples, which the teacher does "
@@ -116,16 +110,7 @@ def super_resolve_paths(
                 on_step=steps.update,
             )
         rgb = sr[0].permute(1, 2, 0).cpu().numpy()
-        out_dir.mkdir(parents=True, exist_ok=True)  # only once there is a result to write
+        output.parent.mkdir(parents=True, exist_ok=True)  # only once there is a result to write
         written.append(write_image(output, rgb))
-    print(f"{len(written)} image(s) -> {out_dir}")
+    print(f"{len(written)} image(s) -> {out}")
     return written
-
-
-def _plan_outputs(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(input, ``<out_dir>/<stem>.png``) pairs; refuses name clashes and overwriting an input."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output folder {out_dir} exists and is not a folder")
-    plan = [(path, out_dir / f"{path.stem}.png") for path in paths]
-    check_output_plan(plan, "choose another output folder")
-    return plan

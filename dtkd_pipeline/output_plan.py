@@ -1,0 +1,81 @@
+"""Where the outputs of a command that maps images to images go (``upscale``, ``teacher-sr``).
+
+One image in: the output is a file when it has an image extension, else a folder. A folder in:
+the output is a folder. Every plan is checked before any model loads: name clashes, outputs over
+inputs, and output locations under a file are refused with the remedy the command offers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dtkd_pipeline.atomic import require_parent_folders
+from dtkd_pipeline.images import IMAGE_EXTENSIONS, list_images
+
+__all__ = ["check_output_plan", "output_path_for", "plan_outputs"]
+
+_REMEDY = "choose another output folder"
+
+
+def output_path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
+    """``out_dir/<stem><suffix>.png``: PNG keeps 16-bit samples and alpha."""
+    return out_dir / f"{source.stem}{suffix}.png"
+
+
+def plan_outputs(inputs: Path, out: Path, suffix: str = "") -> list[tuple[Path, Path]]:
+    """(input image, output file) pairs for ``inputs`` (a file or a folder) and ``out``."""
+    if not inputs.exists():
+        raise FileNotFoundError(f"input not found: {inputs}")
+    require_parent_folders(out, "output")
+    if inputs.is_file():
+        pairs = [(inputs, _single_target(inputs, out, suffix))]
+    else:
+        if out.suffix.lower() in IMAGE_EXTENSIONS or (out.exists() and not out.is_dir()):
+            raise NotADirectoryError(
+                f"input {inputs} is a folder, so the output {out} must be a folder too"
+            )
+        sources = list_images(inputs)
+        if not sources:
+            raise FileNotFoundError(
+                f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {inputs}"
+            )
+        pairs = [(source, output_path_for(source, out, suffix)) for source in sources]
+    check_output_plan(pairs, _REMEDY)
+    return pairs
+
+
+def _single_target(source: Path, out: Path, suffix: str) -> Path:
+    if out.suffix.lower() in IMAGE_EXTENSIONS:
+        if out.is_dir():
+            raise ValueError(f"output {out} is a folder; name a file or another folder")
+        return out
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {out} exists and is not a folder")
+    if out.suffix and not out.exists():  # "x.pgn" is a typo far more often than a folder
+        raise ValueError(
+            f"output {out}: {out.suffix} is not an image format "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}); to write into a new folder of "
+            "that name, create it first"
+        )
+    return output_path_for(source, out, suffix)
+
+
+def check_output_plan(pairs: list[tuple[Path, Path]], remedy: str = _REMEDY) -> None:
+    """Refuse (input, output) pairs that write two inputs to one file or an output over an input.
+
+    `remedy` ends the message with what this command offers, e.g. "choose another output folder".
+    """
+    by_target: dict[Path, list[Path]] = {}
+    for source, target in pairs:
+        by_target.setdefault(target, []).append(source)
+    clashes = {target: sources for target, sources in by_target.items() if len(sources) > 1}
+    if clashes:
+        target, sources = next(iter(clashes.items()))
+        raise ValueError(
+            f"{len(clashes)} output name clash(es), e.g. {', '.join(map(str, sources))} "
+            f"would all be written to {target}; rename the inputs or {remedy}"
+        )
+    inputs = {source.resolve() for source, _ in pairs}
+    for source, target in pairs:
+        if target.resolve() in inputs:
+            raise ValueError(f"output {target} would overwrite the input {source}; {remedy}")
