@@ -159,7 +159,8 @@ def require_model_file(path: str | os.PathLike[str], releases: bool = True) -> N
         release = f", or name an official release ({official}; downloaded once)" if releases else ""
         raise FileNotFoundError(
             f"model file not found: {path}; train one with `dtkd-pipeline distill` (it writes "
-            f"data/models/student.pt) or pass the path of yours with --model{release}"
+            f"data/models/student.pt) or pass the path of yours (--model, or "
+            f"evaluate.models.students in params.yaml){release}"
         )
 
 
@@ -211,6 +212,11 @@ def load_upscaler(
             "arch option or pass the matching one"
         )
     name = stored_arch or arch or DEFAULT_ARCH
+    if stored_arch is not None and stored_arch not in STUDENT_CONFIGS:
+        raise ValueError(
+            f"{path}: its 'arch' entry {stored_arch!r} is not a student this version knows "
+            f"({', '.join(STUDENT_CONFIGS)}); was it written by another version of dtkd-pipeline?"
+        )
     model = build_student(name)
     info = load_student_weights(model, path)
     model.eval().requires_grad_(False).to(resolved)

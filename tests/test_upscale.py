@@ -256,8 +256,9 @@ def test_load_upscaler_official_file_needs_arch(model: torch.nn.Module, tmp_path
     upscaler = load_upscaler(official, "cpu", arch=ARCH)
     assert upscaler.source["key"] == "params"
     # Without arch the default (full-size swinir-s-x4) is built and the tiny weights do not fit.
-    with pytest.raises(StudentWeightsError, match=str(official.name)):
+    with pytest.raises(StudentWeightsError, match=str(official.name)) as info:
         load_upscaler(official, "cpu")
+    assert "pass its architecture, e.g. --arch swinir-s-x2" in str(info.value)
     with pytest.raises(FileNotFoundError, match=re.escape("missing.pt")):
         load_upscaler(tmp_path / "missing.pt", "cpu")
 
@@ -265,6 +266,15 @@ def test_load_upscaler_official_file_needs_arch(model: torch.nn.Module, tmp_path
 def test_load_upscaler_rejects_contradicting_arch(checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="swinir-s-x4"):
         load_upscaler(checkpoint, "cpu", arch="swinir-s-x4")
+
+
+def test_a_checkpoint_of_an_unknown_architecture_is_named_with_its_file(
+    model: torch.nn.Module, tmp_path: Path
+) -> None:
+    odd = tmp_path / "odd.pt"
+    torch.save({"arch": "swinir-xl-x4", "ema": model.state_dict()}, odd)
+    with pytest.raises(ValueError, match=r"odd\.pt: its 'arch' entry 'swinir-xl-x4' is not"):
+        load_upscaler(odd, "cpu")
 
 
 def test_official_release_name_resolves_through_the_weights_folder(tmp_path: Path) -> None:

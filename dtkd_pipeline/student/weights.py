@@ -183,7 +183,8 @@ def _check_compatible(
         parts.append(f"{len(mismatched)} shape mismatch(es): {_preview(mismatched)}")
     parts.append(
         "is it a student checkpoint of this architecture (distill.student, or the file's "
-        "'arch' entry)? A teacher or another network's weights do not fit"
+        "'arch' entry)? An official release file records none: pass its architecture, e.g. "
+        "--arch swinir-s-x2. A teacher or another network's weights do not fit"
     )
     raise StudentWeightsError("\n  ".join(parts))
 
