@@ -46,7 +46,9 @@ class DataParams(_Section):
     hr_dir: Path
     lr_dir: Path | None
     scale: Literal[4]
-    lr_tile: Annotated[int, Field(gt=0, le=1024)]  # 1024 LR = a 4096-px HR tile, 48 MB each
+    # <= the teacher's chop size (512, upstream's): a larger tile would be sampled as chopped,
+    # overlapping patches, which costs more and gains nothing for a tile.
+    lr_tile: Annotated[int, Field(gt=0, le=512)]
     stride: PositiveInt
     small_images: Literal["pad", "skip"]
     val_images: PositiveInt  # distill validates on them

@@ -91,6 +91,7 @@ def test_patch_larger_than_tile_is_refused() -> None:
         ("distill.lr=.inf", r"distill\.lr: .*finite number"),
         ("distill.kd.final_weight=.nan", r"distill\.kd\.final_weight: .*finite number"),
         ("distill.milestones=[100, 100]", r"strictly increasing"),
+        ("data.lr_tile=576", r"data\.lr_tile: .*less than or equal to 512"),
         (
             "evaluate.sets=[{name: s, layout: hr-only, path: x, lr_dir: y}]",
             r"hr_dir/lr_dir apply to the paired layout only, not 'hr-only'",
