@@ -227,7 +227,9 @@ def test_checkpoint_path_matches_the_module(data: dict[str, Any], tmp_path: Path
     assert by_path.student == str(path)
 
 
-def test_distributed_scheduler_address(data: dict[str, Any], tmp_path: Path) -> None:
+def test_band_analysis_on_a_dask_scheduler_equals_the_local_one(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
     from distributed import LocalCluster
 
     torch.manual_seed(1)

@@ -80,7 +80,7 @@ def test_measure_latency_on_a_trivial_function() -> None:
     assert stats.runs == 7 and stats.batch == 4
     assert 0 < stats.median_ms <= stats.p90_ms
     assert stats.images_per_s == pytest.approx(4 / (stats.median_ms / 1e3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need runs >= 1"):
         measure_latency(lambda: None, device="cpu", warmup=0, runs=0, batch=1)
 
 

@@ -252,7 +252,7 @@ def test_write_is_atomic_and_checks_arguments(tmp_path: Path) -> None:
     assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would
     with pytest.raises(ValueError, match="16-bit"):
         write_image(tmp_path / "a.jpg", np.zeros((4, 4, 3)), bit_depth=16)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="8-bit image must be float or uint8"):
         write_image(tmp_path / "b.png", np.zeros((4, 4, 3), np.uint16), bit_depth=8)
     with pytest.raises(ValueError, match="alpha"):
         write_image(tmp_path / "b.jpg", np.zeros((4, 4, 3)), np.ones((4, 4)))
@@ -447,9 +447,9 @@ def test_shapes_torch_and_validation() -> None:
     out_t = imresize(tensor, 0.25)
     assert out_t.shape == (1, 3, 26, 17)
     np.testing.assert_allclose(out_t[0].permute(1, 2, 0).numpy(), out, atol=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="exactly one of scale and output_shape"):
         imresize(image, 0.5, output_shape=(10, 10))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="float image in"):
         imresize(np.zeros((4, 4), np.uint8), 0.5)
 
 
@@ -475,5 +475,5 @@ def test_list_images_sorted_case_insensitive(tmp_path: Path) -> None:
     assert found == ["a.jpg", "b.PNG", "c.JpEg", "d.webp", "e.tif", "f.TIFF", "g.bmp"]
     recursive = [p.relative_to(tmp_path).as_posix() for p in images.list_images(tmp_path, True)]
     assert recursive == [*found, "sub/0.png"]
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(NotADirectoryError, match="missing does not exist"):
         images.list_images(tmp_path / "missing")

@@ -10,7 +10,9 @@ from dtkd_pipeline.losses import kd_weight
 @pytest.mark.parametrize(
     ("iteration", "linear", "constant"), [(0, 0.0, 0.5), (500, 0.25, 0.5), (1000, 0.5, 0.5)]
 )
-def test_linear_and_constant(iteration: int, linear: float, constant: float) -> None:
+def test_kd_weight_grows_linearly_to_its_final_value_or_stays_constant(
+    iteration: int, linear: float, constant: float
+) -> None:
     assert kd_weight(iteration, 1000, 0.5) == pytest.approx(linear)
     assert kd_weight(iteration, 1000, 0.5, mode="linear") == pytest.approx(linear)
     assert kd_weight(iteration, 1000, 0.5, mode="constant") == constant

@@ -77,7 +77,7 @@ def test_presets_steps_and_interpolation() -> None:
     assert v3.version == "v3"
 
 
-def test_interpolation_resolver() -> None:
+def test_config_interpolations_resolve_and_cycles_or_missing_keys_are_named() -> None:
     tree = {"a": {"b": 3, "s": "x-${a.b}"}, "c": "${a.b}", "d": "${c}"}
     assert resolve_interpolations(tree) == {"a": {"b": 3, "s": "x-3"}, "c": 3, "d": 3}
     with pytest.raises(TeacherConfigError, match="cycle"):
@@ -86,7 +86,9 @@ def test_interpolation_resolver() -> None:
         resolve_interpolations({"a": "${nope.x}"})
 
 
-def test_fixture_config_parses(resshift_parity_dir: Path) -> None:
+def test_the_official_format_fixture_config_gives_its_network_widths(
+    resshift_parity_dir: Path,
+) -> None:
     config = resolve_config(resshift_parity_dir / "config.yaml")
     assert (config.unet.model_channels, config.unet.swin_embed_dim, config.autoencoder.ch) == (
         32,
@@ -105,7 +107,7 @@ def test_unsupported_config_is_rejected() -> None:
         resolve_config("v9")
 
 
-def test_official_mask_quirk() -> None:
+def test_shift_mask_blocks_only_the_last_window_row_as_upstream_does() -> None:
     """Only the last window-row is masked, split by token column (reference §5.2)."""
     mask = official_attention_mask(16, 16, window=8, shift=4)  # 2×2 windows
     assert mask.shape == (4, 64, 64)

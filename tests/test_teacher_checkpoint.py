@@ -77,7 +77,7 @@ def test_width_mismatch_names_shapes(resshift_parity_dir: Path) -> None:
     assert "different config" in message and "unet.pth" in message
 
 
-def test_missing_keys_listed(
+def test_a_checkpoint_missing_keys_lists_the_missing_and_unexpected_ones(
     resshift_parity_dir: Path, unet_state: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
     partial = dict(unet_state)
