@@ -2,8 +2,8 @@
 
 Checks that the teacher cache was built with this params' teacher settings, trains with
 ``dtkd_pipeline.train.loop`` (resuming from the newest checkpoint if one exists), logs curves with
-dvclive, and writes ``<out_dir>/student.pt`` holding the EMA weights, the params and the cache's
-provenance.
+dvclive, and writes ``<out_dir>/student.pt`` holding the EMA weights (``ema``, what every loader
+uses), the last raw weights (``model``), the params and the cache's provenance.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Exponential moving average of a model's weights (the SwinIR/KAIR "E" model, decay 0.999)."""
+"""Exponential moving average of a model's weights (the SwinIR/KAIR "E" model;
+``distill.ema_decay`` sets the decay, KAIR uses 0.999)."""
 
 from __future__ import annotations
 
