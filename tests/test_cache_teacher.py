@@ -86,6 +86,11 @@ def copy_of_cache(cached_root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(cached_root / "teacher.zarr", tmp_path / "teacher.zarr"))
 
 
+def copied_prepared(prepared_root: Path, tmp_path: Path) -> Path:
+    """A copy of the module's prepared store, to damage."""
+    return Path(shutil.copytree(prepared_root / "prepared" / TRAIN_STORE, tmp_path / "prepared"))
+
+
 def teacher_bytes(path: Path) -> np.ndarray:
     with TileStore.open(path) as store:
         return store.read_tiles(range(store.n_tiles), [TEACHER])[TEACHER]
@@ -247,11 +252,12 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
 
 
 def test_an_emptied_shard_file_counts_as_missing_in_both_stores_never_as_black_tiles(
-    prepared_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cached_root: Path, prepared_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """zarr reads a 0-byte shard file as zeros (a power loss can leave one behind its record)."""
+    copy_of_cache(cached_root, tmp_path)
     params = params_for(prepared_root, tmp_path)
-    path = cache_teacher.run(params, device="cpu")
+    path = params.teacher.store
     before = teacher_bytes(path)
     with TileStore.open(path) as store:
         store.shard_file(TEACHER, 1).write_bytes(b"")
@@ -261,8 +267,7 @@ def test_an_emptied_shard_file_counts_as_missing_in_both_stores_never_as_black_t
     cache_teacher.run(params, device="cpu")  # a resume recomputes it
     np.testing.assert_array_equal(teacher_bytes(path), before)
 
-    copy = tmp_path / "prepared_copy"
-    shutil.copytree(prepared_root / "prepared" / TRAIN_STORE, copy)
+    copy = copied_prepared(prepared_root, tmp_path)
     assert cache_teacher.verify(copy, params) is True
     with TileStore.open(copy) as prepared:
         prepared.shard_file("lr", 3).write_bytes(b"")
@@ -276,17 +281,17 @@ def test_an_emptied_shard_file_counts_as_missing_in_both_stores_never_as_black_t
 
 
 def test_a_deleted_completion_folder_is_rebuilt_and_a_garbled_record_is_named(
-    prepared_root: Path, tmp_path: Path
+    cached_root: Path, prepared_root: Path, tmp_path: Path
 ) -> None:
+    copy_of_cache(cached_root, tmp_path)
     params = params_for(prepared_root, tmp_path)
-    path = cache_teacher.run(params, device="cpu")
+    path = params.teacher.store
     before = teacher_bytes(path)
     shutil.rmtree(path / DONE_DIR)
     cache_teacher.run(params, device="cpu")
     np.testing.assert_array_equal(teacher_bytes(path), before)
 
-    copy = tmp_path / "prepared_copy"
-    shutil.copytree(prepared_root / "prepared" / TRAIN_STORE, copy)
+    copy = copied_prepared(prepared_root, tmp_path)
     (copy / DONE_DIR / "2.json").write_text("garbage")
     with TileStore.open(copy) as prepared, pytest.raises(CorruptShardError) as info:
         prepared.fingerprint()
@@ -466,7 +471,7 @@ def test_output_locations_that_cannot_be_written_are_refused_before_the_teacher_
 def test_damaged_array_metadata_is_found_before_the_teacher_runs(
     cached_root: Path, prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shutil.copytree(cached_root / "teacher.zarr", tmp_path / "teacher.zarr")
+    copy_of_cache(cached_root, tmp_path)
     params = params_for(prepared_root, tmp_path)
     with TileStore.open(params.teacher.store, mode="r+") as store:
         store.invalidate_shard(0)
@@ -487,7 +492,7 @@ def test_damaged_array_metadata_is_found_before_the_teacher_runs(
 def test_a_store_without_subbands_refused_for_teacher_dwt_names_the_dwt_setting(
     cached_root: Path, prepared_root: Path, tmp_path: Path
 ) -> None:
-    shutil.copytree(cached_root / "teacher.zarr", tmp_path / "teacher.zarr")
+    copy_of_cache(cached_root, tmp_path)
     params = params_for(prepared_root, tmp_path, ["teacher.dwt=true"])
     with pytest.raises(ProvenanceMismatchError, match="dwt: stored False, requested True"):
         cache_teacher.run(params, device="cpu")
