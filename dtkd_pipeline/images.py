@@ -35,6 +35,7 @@ __all__ = [
     "ImageHeader",
     "ImageReadError",
     "LoadedImage",
+    "as_saved_8bit",
     "bicubic_downscale_x4",
     "imresize",
     "list_images",
@@ -396,6 +397,11 @@ def to_uint8(x: Array) -> Array:
     if isinstance(x, np.ndarray):
         return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
     return (x.clamp(0, 1) * 255).round().to(_torch().uint8)
+
+
+def as_saved_8bit(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as an 8-bit PNG would store it, back in [0, 1]: what metrics should score."""
+    return (x.clamp(0, 1) * 255).round() / 255
 
 
 def to_uint16(x: np.ndarray) -> np.ndarray:

@@ -62,7 +62,7 @@ from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate.figures import image_grid
-from dtkd_pipeline.images import imresize
+from dtkd_pipeline.images import imresize, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.scheduler import connect
 from dtkd_pipeline.stage_files import TRAIN_STORE
@@ -186,8 +186,8 @@ def _teacher_outputs(
     sr = teacher.sample(
         batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps, stream=stream
     )[:real]
-    sr_u8 = (sr.clamp(0, 1) * 255).round_()
-    outputs = {TEACHER: sr_u8.to(torch.uint8).cpu().numpy()}
+    sr_u8 = to_uint8(sr)
+    outputs = {TEACHER: sr_u8.cpu().numpy()}
     if tp.dwt:
         # Subbands of the stored (quantised) image: the DWT stage two would compute from the uint8
         # teacher tile, up to float16 rounding (at most ~1e-3 in LL2, about one grey level there).

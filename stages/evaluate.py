@@ -48,6 +48,7 @@ from dtkd_pipeline.evaluate.efficiency import (
 from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
 from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
+from dtkd_pipeline.images import as_saved_8bit
 from dtkd_pipeline.stage_files import COMPARISONS_DIR, EFFICIENCY_JSON, EFFICIENCY_MD, TRAIN_STORE
 from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
@@ -154,8 +155,7 @@ def evaluate_set(
             panels: dict[str, torch.Tensor] = {}
             for contender in contenders:
                 for run in contender:
-                    sr = run.super_resolve(lr, index).clamp(0, 1)
-                    sr = torch.round(sr * 255) / 255  # scored as the 8-bit PNG a user would save
+                    sr = as_saved_8bit(run.super_resolve(lr, index))
                     try:
                         scores = suite(sr, hr)
                     except torch.OutOfMemoryError:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.cache import HR, KIND_PREPARED, LR, TEACHER, TileStore
-from dtkd_pipeline.images import list_images, read_image
+from dtkd_pipeline.images import list_images, read_image, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.scheduler import connect
@@ -360,7 +360,7 @@ def _files_task(
 def _read_uint8(path: str) -> np.ndarray:
     """3×H×W uint8, rounded like the 8-bit images the pipeline saves (alpha is ignored)."""
     rgb = read_image(path).rgb
-    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8).transpose(2, 0, 1)
+    return to_uint8(rgb).transpose(2, 0, 1)
 
 
 # ---------------------------------------------------------------------- running the graph

@@ -32,6 +32,8 @@ from urllib.error import URLError
 import torch
 from torch import nn
 
+from dtkd_pipeline.images import as_saved_8bit
+
 __all__ = [
     "METRICS",
     "FloatYSSIM",
@@ -453,8 +455,7 @@ def evaluate_pairs(
     model.eval()
     totals: dict[str, float] = {}
     for lr, hr in pairs:
-        sr = model(lr.to(device)).clamp(0, 1)
-        sr = torch.round(sr * 255) / 255  # metrics on what would be saved as 8-bit PNG
+        sr = as_saved_8bit(model(lr.to(device)))
         for key, value in metrics(sr, hr).items():
             totals[key] = totals.get(key, 0.0) + value
     model.train(was_training)
