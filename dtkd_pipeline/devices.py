@@ -6,7 +6,20 @@ import torch
 
 
 class DeviceError(ValueError):
-    """A requested device that this machine does not have."""
+    """A requested device that this machine does not have, or cannot run a setting on."""
+
+
+def require_cuda_for(precision: str, device_type: str, key: str) -> None:
+    """fp32 runs anywhere; the tensor-core precisions (tf32, bf16, fp16) only on CUDA: CPU autocast
+    without native bf16 ran 10-100x slower than fp32 and gains nothing (docs/performance.md).
+
+    ``key`` names the setting in the message (``--precision``, ``distill.precision``, ...).
+    """
+    if precision != "fp32" and device_type != "cuda":
+        raise DeviceError(
+            f"{key}={precision} needs a CUDA device, but this run is on {device_type}: "
+            f"use {key}=fp32"
+        )
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

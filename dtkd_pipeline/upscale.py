@@ -46,7 +46,7 @@ from dtkd_pipeline.compiled import (
     fill_batch,
     run_compiled,
 )
-from dtkd_pipeline.devices import resolve_device
+from dtkd_pipeline.devices import require_cuda_for, resolve_device
 from dtkd_pipeline.images import (
     ImageHeader,
     ImageReadError,
@@ -128,11 +128,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     """fp32 runs anywhere; bf16/fp16 (autocast) only on CUDA. Raises ValueError otherwise."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "fp32" and device.type != "cuda":
-        raise ValueError(
-            f"precision {precision!r} needs a CUDA device (autocast); on {device.type} use "
-            "precision 'fp32' (--precision fp32)"
-        )
+    require_cuda_for(precision, device.type, "--precision")
 
 
 def registered_student(model: str | os.PathLike[str]) -> str | None:

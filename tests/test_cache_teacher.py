@@ -30,6 +30,7 @@ from dtkd_pipeline.cache import (
 from dtkd_pipeline.cache.store import DONE_DIR
 from dtkd_pipeline.cache.teacher_record import teacher_version_identity
 from dtkd_pipeline.config import Params
+from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.scheduler import SchedulerUnreachableError, connect
@@ -694,7 +695,7 @@ def test_tensor_core_precision_on_cpu_workers_is_refused_before_anything_is_writ
 ) -> None:
     monkeypatch.setattr(cache_teacher, "_dask_device_type", lambda address: "cpu")
     params = params_for(prepared_root, tmp_path, ["teacher.precision=bf16"])
-    with pytest.raises(CacheError, match=r"teacher\.precision=bf16 needs a CUDA device"):
+    with pytest.raises(DeviceError, match=r"teacher\.precision=bf16 needs a CUDA device"):
         cache_teacher.run(params, scheduler="tcp://127.0.0.1:1")
     assert not params.teacher.store.exists()
 

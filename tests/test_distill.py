@@ -26,6 +26,7 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.config import ConfigError, Params
+from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
@@ -213,7 +214,9 @@ def test_resume_after_sigkill_gives_identical_weights(params: Params, tmp_path: 
 
 
 def test_bf16_on_cpu_is_refused_naming_the_key(params: Params, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"distill\.precision 'bf16'.*distill\.precision=fp32"):
+    with pytest.raises(
+        DeviceError, match=r"distill\.precision=bf16 needs.*distill\.precision=fp32"
+    ):
         _run(params, tmp_path / "out", precision="bf16")
     assert not (tmp_path / "out").exists()
 
@@ -303,7 +306,7 @@ def test_checkpoints_from_other_params_are_refused_or_restarted(params: Params) 
     unrunnable = changed.model_copy(
         update={"distill": changed.distill.model_copy(update={"precision": "bf16"})}
     )
-    with pytest.raises(ConfigError, match=r"distill\.precision"):
+    with pytest.raises(DeviceError, match=r"distill\.precision"):
         distill.run(unrunnable, device="cpu", restart_on_change=True)
     assert sorted((params.distill.out_dir / "checkpoints").iterdir()) == checkpoints
     path = distill.run(changed, device="cpu", restart_on_change=True)

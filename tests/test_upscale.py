@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.images import ImageReadError, imresize, read_image, write_image
 from dtkd_pipeline.student import StudentWeightsError, build_student
 from dtkd_pipeline.upscale import (
@@ -192,7 +193,7 @@ def test_reduced_precision_on_cpu_is_a_clear_error(
 ) -> None:
     lr = _smooth_image(8, 8)
     for precision in ("bf16", "fp16"):
-        with pytest.raises(ValueError, match=rf"precision '{precision}'.*CUDA"):
+        with pytest.raises(DeviceError, match=rf"--precision={precision} needs a CUDA device"):
             upscale_tensor(model, lr, tile=0, precision=precision, device="cpu")
         with pytest.raises(ValueError, match="precision"):
             load_upscaler(checkpoint, "cpu", precision)

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from dtkd_pipeline.cache.errors import CacheError
 from dtkd_pipeline.config import TeacherParams
+from dtkd_pipeline.devices import require_cuda_for
 from dtkd_pipeline.teacher import Teacher, load_teacher, random_teacher
 from dtkd_pipeline.teacher.config import PRESETS, TeacherConfigError
 from dtkd_pipeline.weights import (
@@ -102,11 +102,7 @@ def local_checkpoint_provenance(teacher: TeacherParams) -> dict[str, Any]:
 
 def check_device_type(teacher: TeacherParams, device_type: str) -> None:
     """Tensor-core precisions need CUDA wherever the teacher runs (here or on dask workers)."""
-    if teacher.precision != "fp32" and device_type != "cuda":
-        raise CacheError(
-            f"teacher.precision={teacher.precision} needs a CUDA device (the teacher would run "
-            f"on {device_type}); use teacher.precision=fp32 on CPU"
-        )
+    require_cuda_for(teacher.precision, device_type, "teacher.precision")
 
 
 def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:

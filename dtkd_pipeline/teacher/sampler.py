@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from dtkd_pipeline.compiled import CompileMode, check_compile_mode, compile_static, run_compiled
+from dtkd_pipeline.devices import require_cuda_for
 from dtkd_pipeline.teacher.autoencoder import VQModel
 from dtkd_pipeline.teacher.config import TeacherConfig
 from dtkd_pipeline.teacher.diffusion import EtaSchedule, StepCoefficients, build_schedule
@@ -44,12 +45,7 @@ def check_precision(precision: str, device_type: str) -> None:
     """A known precision, and tensor-core math only on CUDA."""
     if precision not in get_args(Precision):
         raise ValueError(f"precision must be one of {list(get_args(Precision))}, got {precision!r}")
-    if precision != "fp32" and device_type != "cuda":
-        # CPU autocast without native bf16 runs ~100x slower than fp32 and gains nothing.
-        raise ValueError(
-            f"precision {precision!r} (tensor-core math) is for CUDA devices; use 'fp32' "
-            f"on {device_type}"
-        )
+    require_cuda_for(precision, device_type, "precision")
 
 
 def resolve_chop(chop_size: int | None, chop_stride: int | None) -> tuple[int, int]:

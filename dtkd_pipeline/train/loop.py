@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dtkd_pipeline.config import ConfigError, DistillParams, section_dict
-from dtkd_pipeline.devices import resolve_device
+from dtkd_pipeline.devices import require_cuda_for, resolve_device
 from dtkd_pipeline.losses import DistillationObjective, build_kd_loss
 from dtkd_pipeline.stage_files import CHECKPOINTS_DIR
 from dtkd_pipeline.student import build_student
@@ -126,12 +126,7 @@ def check_recipe(cfg: DistillParams, device: torch.device, world_size: int = 1) 
             f"distill.batch_size ({cfg.batch_size}) is the batch over all processes and must be "
             f"divisible by their number, {world_size}: change one of them"
         )
-    if cfg.precision == "bf16" and device.type != "cuda":
-        raise ConfigError(
-            f"distill.precision 'bf16' is autocast on a CUDA device, but this run is on "
-            f"{device.type}: set distill.precision=fp32 (bf16 autocast on a CPU without native "
-            "bf16 ran 10x slower than fp32, docs/performance.md)"
-        )
+    require_cuda_for(cfg.precision, device.type, "distill.precision")
     _kd_loss(cfg)
 
 
