@@ -37,6 +37,7 @@ from dtkd_pipeline.train.checkpoint import (
     CheckpointReadError,
     atomic_torch_save,
 )
+from dtkd_pipeline.train.curves import truncate_curves
 from dtkd_pipeline.train.loop import (
     DistributedContext,
     TrainingRun,
@@ -81,23 +82,6 @@ def _teacher_provenance(params: Params) -> dict[str, Any]:
         store.check_provenance(expected, rebuild=REBUILD_ADVICE)
         store.require_complete("cache-teacher")
         return store.provenance
-
-
-def truncate_curves(folder: Path, last_step: int) -> int:
-    """Drop rows logged after `last_step` from the dvclive curves under `folder`; returns how many.
-
-    A killed run logs past its last checkpoint; the resumed run logs those steps again, so the
-    curves would repeat them (21 22 23 21 22 ...) without this.
-    """
-    dropped = 0
-    for tsv in sorted((folder / "plots" / "metrics").rglob("*.tsv")):
-        header, *rows = tsv.read_text().splitlines()
-        step = header.split("\t").index("step")
-        kept = [row for row in rows if int(row.split("\t")[step]) <= last_step]
-        if len(kept) != len(rows):
-            dropped += len(rows) - len(kept)
-            atomic.write_text(tsv, "\n".join([header, *kept]) + "\n")
-    return dropped
 
 
 class _DvcLiveLogger:

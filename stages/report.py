@@ -8,7 +8,6 @@ linked relatively, so the folder renders on any git host or file browser on its 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -26,6 +25,7 @@ from dtkd_pipeline.evaluate.figures import training_curves
 from dtkd_pipeline.evaluate.metrics import METRICS
 from dtkd_pipeline.stage_files import COMPARISONS_DIR, DVCLIVE_DIR, EFFICIENCY_MD, STUDENT_FILE
 from dtkd_pipeline.student.weights import read_checkpoint
+from dtkd_pipeline.train.curves import read_curves
 
 REPORT_FILE = "README.md"
 FIGURES_DIR = "figures"
@@ -105,22 +105,6 @@ def bands_table(payload: dict[str, Any]) -> str:
         "where the student is furthest from the teacher."
     )
     return "\n".join(lines)
-
-
-def _read_tsv(path: Path) -> list[tuple[float, float]]:
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    name = path.stem
-    return [(float(row["step"]), float(row[name])) for row in rows]
-
-
-def training_series(dvclive_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """Curves logged by the distill stage: {"train/loss": [(step, value), ...], ...}."""
-    plots = dvclive_dir / "plots" / "metrics"
-    series = {}
-    for path in sorted(plots.rglob("*.tsv")):
-        series[path.relative_to(plots).with_suffix("").as_posix()] = _read_tsv(path)
-    return series
 
 
 def _copy_figures(source: Path, target: Path) -> list[Path]:
@@ -237,7 +221,7 @@ def _write_report(params: Params, staging: Path) -> str:
 
     parts += ["", "## Training curves", ""]
     dvclive = params.distill.out_dir / DVCLIVE_DIR
-    series = training_series(dvclive)
+    series = read_curves(dvclive)
     if series:
         curves = training_curves(series, figures / "training.png")
         parts.append(f"![training curves]({FIGURES_DIR}/{curves.name})")

@@ -31,6 +31,7 @@ from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.checkpoint import CheckpointReadError
+from dtkd_pipeline.train.curves import truncate_curves
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from dtkd_pipeline.weights import file_sha256
 from stages import distill, prepare_data
@@ -382,7 +383,7 @@ def test_a_resumed_run_continues_its_curves_without_repeating_steps(params: Para
     curve = (out / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
     steps = [int(line.split("\t")[0]) for line in curve.splitlines()[1:]]
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert distill.truncate_curves(out / "dvclive", 6) == 0
+    assert truncate_curves(out / "dvclive", 6) == 0
 
 
 def test_cached_teacher_subbands_give_the_recomputed_kd_loss(tmp_path: Path) -> None:
