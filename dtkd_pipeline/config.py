@@ -156,6 +156,7 @@ class DistillParams(_Section):
     gamma: PositiveFloat
     grad_clip: NonNegativeFloat
     ema_decay: Annotated[float, Field(ge=0, lt=1)]
+    drop_path: Annotated[float, Field(ge=0, lt=1)]
     kd: KDLossParams
     augment: bool
     shuffle_buffer: PositiveInt

@@ -523,3 +523,20 @@ def test_a_git_repository_without_commits_is_explained_not_a_dvclive_traceback(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"make a first commit \(`git commit`\)"):
         distill._DvcLiveLogger(tmp_path / "dvclive", resume_from=None)
+
+
+def test_the_student_trains_with_the_configured_stochastic_depth(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtkd_pipeline.train import loop
+
+    built: list[torch.nn.Module] = []
+
+    def recording(name: str, **overrides: object) -> torch.nn.Module:
+        built.append(build_student(name, **overrides))
+        return built[-1]
+
+    monkeypatch.setattr(loop, "build_student", recording)
+    _run(params, tmp_path / "out", drop_path=0.3, iterations=1)
+    rates = [m.drop_prob for m in built[0].modules() if type(m).__name__ == "DropPath"]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)  # rising linearly, as SwinIR's

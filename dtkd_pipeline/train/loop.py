@@ -143,7 +143,7 @@ def train(
     torch.manual_seed(cfg.seed + ctx.rank)
 
     # -- model, EMA, optimiser, schedule, objective
-    model = build_student(cfg.student).to(device)
+    model = build_student(cfg.student, drop_path_rate=cfg.drop_path).to(device)
     ema = ModelEMA(model, cfg.ema_decay)
     fused = device.type == "cuda"
     optimizer = torch.optim.Adam(
