@@ -365,6 +365,8 @@ def loader_benchmark(args: argparse.Namespace) -> list[str]:
                 patch_size=args.patch,
                 batch_size=args.loader_batch,
                 shuffle_buffer=64,
+                patches_per_tile=1,
+                augment=True,
                 seed=args.seed,
                 num_workers=args.num_workers,
             ),

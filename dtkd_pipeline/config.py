@@ -160,6 +160,7 @@ class DistillParams(_Section):
     kd: KDLossParams
     augment: bool
     shuffle_buffer: PositiveInt
+    patches_per_tile: PositiveInt
     num_workers: NonNegativeInt
     precision: Literal["fp32", "bf16"]
     compile: bool

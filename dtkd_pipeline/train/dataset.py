@@ -62,19 +62,22 @@ IMAGE_KEYS = (LR, HR, TEACHER)
 
 @dataclass(frozen=True)
 class LoaderSettings:
-    """Everything that fixes the sample sequence; a resumed run must use identical settings."""
+    """Everything that fixes the sample sequence; a resumed run must use identical settings.
 
-    patch_size: int = 64
-    batch_size: int = 16
-    shuffle_buffer: int = 64
-    patches_per_tile: int = 1
-    augment: bool = True
-    seed: int = 0
-    drop_last: bool = True
+    The recipe comes from the distill params (no defaults here); the process layout defaults to
+    one process reading in the main thread. Every rank runs the same number of batches (the
+    fewest any rank has), and a short last batch of a worker is dropped.
+    """
+
+    patch_size: int
+    batch_size: int
+    shuffle_buffer: int
+    patches_per_tile: int
+    augment: bool
+    seed: int
     rank: int = 0
     world_size: int = 1
     num_workers: int = 0
-    equalize_ranks: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -121,10 +124,10 @@ class ShardStreamDataset(IterableDataset):
         teacher_path: Path | str | None = None,
         *,
         dwt: bool | Sequence[str] = False,
-        settings: LoaderSettings | None = None,
+        settings: LoaderSettings,
     ) -> None:
         super().__init__()
-        self.settings = settings or LoaderSettings()
+        self.settings = settings
         self.prepared_path = Path(prepared_path)
         self.teacher_path = Path(teacher_path) if teacher_path is not None else None
         prepared = TileStore.open(self.prepared_path)
@@ -248,16 +251,14 @@ class ShardStreamDataset(IterableDataset):
         n_tiles = sum(stop - start for start, stop in map(self.layout.shard_range, shards))
         samples = n_tiles * self.settings.patches_per_tile
         size = self.settings.batch_size
-        return samples // size if self.settings.drop_last else -(-samples // size)
+        return samples // size
 
     def _rank_batches(self, epoch: int, rank: int) -> list[int]:
         return [self._worker_batches(epoch, rank, w) for w in range(self.settings.worker_count)]
 
     def batches_per_epoch(self, epoch: int | None = None) -> int:
         epoch = self.epoch if epoch is None else epoch
-        own = sum(self._rank_batches(epoch, self.settings.rank))
-        if not self.settings.equalize_ranks:
-            return own
+        # DDP steps in lockstep: a rank with more batches would wait forever for the others.
         return min(sum(self._rank_batches(epoch, r)) for r in range(self.settings.world_size))
 
     def __len__(self) -> int:

@@ -177,6 +177,7 @@ def train(
             patch_size=cfg.patch_size,
             batch_size=cfg.batch_size // ctx.world_size,
             shuffle_buffer=cfg.shuffle_buffer,
+            patches_per_tile=cfg.patches_per_tile,
             augment=cfg.augment,
             seed=cfg.seed,
             rank=ctx.rank,
