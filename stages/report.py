@@ -1,9 +1,10 @@
 """Report stage: one markdown page (``report.out_dir``/README.md) that puts the run together.
 
-Sections: the params used, metrics per test set with deltas against ``report.baseline`` (and the
-paper's reported deltas beside them when ``report.paper_deltas`` gives them), the efficiency table,
-the band chart, training curves and comparison images. Figures are copied next to the page and
-linked relatively, so the folder renders on any git host or file browser on its own.
+Sections: the run (from its checkpoint), metrics per test set with deltas against
+``report.baseline`` (and the paper's reported deltas beside them when ``report.paper_deltas`` gives
+them), the efficiency table, the band chart, training curves, comparison images and params.yaml as
+it is now. Figures are copied next to the page and linked relatively, so the folder renders on any
+git host or file browser on its own.
 """
 
 from __future__ import annotations
@@ -253,7 +254,14 @@ def _write_report(params: Params, staging: Path) -> str:
         parts += ["```yaml", yaml.safe_dump(provenance, sort_keys=True).strip(), "```"]
     else:
         parts += _missing("student checkpoint", student_path, "run `dtkd-pipeline distill`")
-    parts += ["", "<details><summary>params used</summary>", "", "```yaml"]
+    # The run summary above comes from the checkpoint; these may have changed since the stages ran
+    # (an -S override, an edit without `dvc repro`), so they are labelled for what they are.
+    parts += [
+        "",
+        "<details><summary>params.yaml when this report was written</summary>",
+        "",
+        "```yaml",
+    ]
     params_dump = {
         name: section_dict(getattr(params, name))
         for name in ("data", "teacher", "distill", "evaluate", "report")
