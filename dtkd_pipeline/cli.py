@@ -505,16 +505,19 @@ def weights(
 ) -> None:
     """List the known official checkpoints, their licences, and where they are or would be kept."""
     from dtkd_pipeline import weights as registry
+    from dtkd_pipeline.atomic import require_folder
 
     def action() -> None:
         target = registry.weights_dir(weights_dir)
+        require_folder(target, "--weights-dir" if weights_dir else "the weights folder")
         # Names only: a file path would "resolve" to itself and download nothing.
         specs = [registry.get_spec(name) for name in download or []]
         for spec in specs:
             typer.echo(f"{spec.name}: {registry.resolve_weights(spec.name, weights_dir=target)}")
         for spec in registry.list_weights():
             present = "present" if (target / spec.filename).exists() else "absent"
-            typer.echo(f"{spec.name:24s} {present:8s} {target / spec.filename}  <- {spec.url}")
+            source = registry.spec_url(spec)  # where a download would come from ($DTKD_MIRROR)
+            typer.echo(f"{spec.name:24s} {present:8s} {target / spec.filename}  <- {source}")
             typer.echo(f"{'':24s} licence: {spec.license}")  # ResShift's forbids commercial use
 
     _run(action)

@@ -263,6 +263,19 @@ def test_weights_listing_names_each_checkpoint_its_location_and_licence(tmp_path
     assert "licence: Apache-2.0" in result.output
 
 
+def test_weights_listing_shows_the_mirror_it_would_use_and_refuses_a_file_as_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DTKD_MIRROR", "http://127.0.0.1:9/mirror")
+    result = runner.invoke(app, ["weights", "--weights-dir", str(tmp_path)])
+    assert "<- http://127.0.0.1:9/mirror/resshift_realsrx4_s15_v1.pth" in result.output
+    a_file = tmp_path / "weights.png"
+    a_file.write_bytes(b"")
+    result = runner.invoke(app, ["weights", "--weights-dir", str(a_file)])
+    assert result.exit_code == 1 and "--weights-dir" in result.output
+    assert "is a file, not a folder" in result.output
+
+
 def test_cli_reference_matches_the_app(tmp_path: Path) -> None:
     generated = tmp_path / "cli.md"
     typer_bin = Path(sys.executable).parent / "typer"
