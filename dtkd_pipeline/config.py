@@ -94,7 +94,7 @@ class TeacherParams(_Section):
     @model_validator(mode="after")
     def _weights_of_the_version(self) -> TeacherParams:
         """A preset with another preset's registered UNet runs silently wrong weights."""
-        from dtkd_pipeline.teacher.folder import VERSION_WEIGHTS  # torch: only when params load
+        from dtkd_pipeline.teacher.config import VERSION_WEIGHTS
 
         meant = VERSION_WEIGHTS.get(self.version)
         registered = set(VERSION_WEIGHTS.values())

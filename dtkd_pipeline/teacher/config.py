@@ -18,6 +18,13 @@ import yaml
 
 PRESETS: dict[str, str] = {"v1": "v1.yaml", "v2": "v1.yaml", "v3": "v3.yaml"}
 """Preset name -> bundled config; v2 shares the v1 config (reference §1: only weights differ)."""
+# Each preset's official checkpoints, by their names in the weights registry (weights.py).
+VERSION_WEIGHTS: dict[str, str] = {
+    "v1": "resshift-realsr-v1",
+    "v2": "resshift-realsr-v2",
+    "v3": "resshift-realsr-v3",
+}
+AUTOENCODER_WEIGHTS = "resshift-vq-f4"  # one VQGAN for every preset
 
 _REFERENCE = re.compile(r"\$\{([^${}]+)\}")
 

@@ -17,17 +17,15 @@ from tqdm.auto import tqdm
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import ImageReadError, read_image, write_image
 from dtkd_pipeline.output_plan import plan_outputs
-from dtkd_pipeline.teacher.config import TeacherConfigError, resolve_config
+from dtkd_pipeline.teacher.config import (
+    AUTOENCODER_WEIGHTS,
+    VERSION_WEIGHTS,
+    TeacherConfigError,
+    resolve_config,
+)
 from dtkd_pipeline.teacher.factory import load_teacher
 from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, check_precision, resolve_chop
 from dtkd_pipeline.weights import resolve_weights
-
-VERSION_WEIGHTS = {
-    "v1": "resshift-realsr-v1",
-    "v2": "resshift-realsr-v2",
-    "v3": "resshift-realsr-v3",
-}
-AUTOENCODER_WEIGHTS = "resshift-vq-f4"
 
 
 def super_resolve_paths(
