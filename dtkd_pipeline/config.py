@@ -18,6 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dtkd_pipeline.compiled import CompileMode
+from dtkd_pipeline.evaluate.metrics import Color
+from dtkd_pipeline.evaluate.testsets import Layout
+from dtkd_pipeline.losses.objective import KdLossKind
+from dtkd_pipeline.losses.schedule import KdWeightMode
+from dtkd_pipeline.teacher.noise import RngMode
+from dtkd_pipeline.teacher.sampler import Precision
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -80,8 +86,8 @@ class TeacherParams(_Section):
     random_weights: bool
     steps: PositiveInt
     seed: TeacherSeed
-    rng: Literal["per-sample", "official"]
-    precision: Literal["fp32", "tf32", "bf16", "fp16"]
+    rng: RngMode
+    precision: Precision
     batch_size: PositiveInt
     # The CUDA-graph modes are not offered: at a teacher batch of 64 the GPU is busy 95 % of the
     # time already (docs/performance.md), and their buffer reuse has not been checked on a GPU.
@@ -123,12 +129,12 @@ def _discrete_wavelet(value: str) -> str:
 
 
 class KDLossParams(_Section):
-    kind: Literal["dwt", "dwt_uniform", "pixel_l1", "fft", "dtcwt"]
+    kind: KdLossKind
     levels: Annotated[int, Field(ge=1, le=4)]
     wavelet: str
     weights: dict[Literal["lf", "mf", "hf"], NonNegativeFloat]
     final_weight: NonNegativeFloat
-    schedule: Literal["linear", "constant"]
+    schedule: KdWeightMode
 
     @field_validator("weights")
     @classmethod
@@ -198,7 +204,7 @@ class DistillParams(_Section):
 
 class TestSetParams(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    layout: Literal["paired", "realsr", "imagenet-test", "hr-only"]
+    layout: Layout
     path: Path
     hr_dir: Path | None = Field(default=None, description="paired layout: explicit HR folder")
     lr_dir: Path | None = Field(default=None, description="paired layout: explicit LR folder")
@@ -291,7 +297,7 @@ class EvaluateParams(_Section):
     metrics: Annotated[
         list[Literal["psnr", "ssim", "lpips", "musiq", "niqe", "clipiqa"]], Field(min_length=1)
     ]
-    color: Literal["y", "rgb"]
+    color: Color
     skip_unavailable: bool
     teacher_seeds: Annotated[list[TeacherSeed], Field(min_length=1)]
     teacher_chop: Annotated[int, Field(ge=64)]

@@ -34,6 +34,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -58,7 +59,8 @@ __all__ = [
     "open_test_set",
 ]
 
-LAYOUTS = ("paired", "realsr", "imagenet-test", "hr-only")
+Layout = Literal["paired", "realsr", "imagenet-test", "hr-only"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 _REALSR_CAMERAS = ("Canon", "Nikon")
 
 

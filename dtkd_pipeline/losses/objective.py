@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ from dtkd_pipeline.losses.frequency import DTCWTKDLoss, FFTKDLoss, PixelL1KDLoss
 from dtkd_pipeline.losses.schedule import KD_WEIGHT_MODES, kd_weight
 from dtkd_pipeline.losses.wavelet import DecomposedDWTLoss
 
-KD_LOSS_KINDS = ("dwt", "dwt_uniform", "pixel_l1", "fft", "dtcwt")
+KdLossKind = Literal["dwt", "dwt_uniform", "pixel_l1", "fft", "dtcwt"]
+KD_LOSS_KINDS: tuple[str, ...] = get_args(KdLossKind)
 
 
 def build_kd_loss(

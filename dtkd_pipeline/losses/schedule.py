@@ -8,8 +8,10 @@ ground truth and leans on the teacher more as training goes on; `constant` keeps
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
-KD_WEIGHT_MODES = ("linear", "constant")
+KdWeightMode = Literal["linear", "constant"]
+KD_WEIGHT_MODES: tuple[str, ...] = get_args(KdWeightMode)
 
 
 def kd_weight(
