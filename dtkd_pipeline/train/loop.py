@@ -157,6 +157,8 @@ def train(
         total_iterations=cfg.iterations,
         schedule=kd.schedule,
     )
+    # The model as trained (compiled, DDP-wrapped); it shares its parameters with `model`, which
+    # is what gets saved, averaged into the EMA and clipped.
     train_model: nn.Module = model
     if cfg.compile:
         train_model = torch.compile(model)
@@ -216,16 +218,8 @@ def train(
             "provenance": dict(run.provenance),
         }
 
-    # -- the loop
-    batches = _infinite_batches(dataset, pin=device.type == "cuda")
-    model.train()
-    bar = tqdm(total=cfg.iterations, initial=iteration, desc="distill", disable=not ctx.is_main)
-    throughput = Throughput()
-    shown: dict[str, str] = {}  # the bar's postfix: last logged loss and validation PSNR-Y
-    while iteration < cfg.iterations:
-        waiting_since = time.perf_counter()
-        batch, consumed = next(batches)
-        throughput.waited(time.perf_counter() - waiting_since)
+    def train_step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Forward, loss, backward, optimiser and EMA on one batch; returns the loss parts."""
         data = batch_to_float(batch, device, non_blocking=True)
         with autocast:
             sr = train_model(data["lr"])
@@ -236,6 +230,8 @@ def train(
             iteration=iteration,
             teacher_subbands=data.get("dwt"),
         )
+        # A host sync per step, kept so that a divergence is caught at its exact iteration with
+        # the batch that caused it (the debug state below); it costs little beside the step.
         if not torch.isfinite(parts["total"]):
             debug = _save_debug_state(run.out_dir, iteration, model, batch)
             raise TrainingDivergedError(
@@ -249,32 +245,48 @@ def train(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        step_lr = scheduler.get_last_lr()[0]  # the rate this step used (step() moves to the next)
         scheduler.step()
         ema.update(model)
+        return parts
+
+    def due(every: int) -> bool:
+        """Whether this iteration logs/validates/checkpoints: every `every`, and the last one."""
+        return iteration % every == 0 or iteration == cfg.iterations
+
+    # -- the loop
+    batches = _infinite_batches(dataset, pin=device.type == "cuda")
+    model.train()
+    bar = tqdm(total=cfg.iterations, initial=iteration, desc="distill", disable=not ctx.is_main)
+    throughput = Throughput()
+    shown: dict[str, str] = {}  # the bar's postfix: last logged loss and validation PSNR-Y
+    while iteration < cfg.iterations:
+        waiting_since = time.perf_counter()
+        batch, consumed = next(batches)
+        throughput.waited(time.perf_counter() - waiting_since)
+        step_lr = scheduler.get_last_lr()[0]  # the rate this step uses (the step moves it on)
+        parts = train_step(batch)
         iteration += 1
         bar.update(1)
         throughput.stepped(cfg.batch_size)
 
-        last = iteration == cfg.iterations
-        if ctx.is_main and (iteration % cfg.log_every == 0 or last):
+        if ctx.is_main and due(cfg.log_every):
             loss = parts["total"].item()
             shown["loss"] = f"{loss:.4g}"
             bar.set_postfix(shown)
-        if ctx.is_main and log is not None and (iteration % cfg.log_every == 0 or last):
-            log(
-                iteration,
-                {
-                    "train/loss": loss,
-                    "train/task_l1": parts["task"].item(),
-                    "train/kd": parts["kd"].item(),
-                    "train/lambda": float(parts["lambda"]),
-                    "train/lr": step_lr,
-                    **throughput.window(),
-                },
-            )
+            if log is not None:
+                log(
+                    iteration,
+                    {
+                        "train/loss": loss,
+                        "train/task_l1": parts["task"].item(),
+                        "train/kd": parts["kd"].item(),
+                        "train/lambda": float(parts["lambda"]),
+                        "train/lr": step_lr,
+                        **throughput.window(),
+                    },
+                )
         is_best = False
-        if validate is not None and ctx.is_main and (iteration % cfg.val_every == 0 or last):
+        if validate is not None and ctx.is_main and due(cfg.val_every):
             metrics = validate(ema.module)
             is_best = metrics["psnr_y"] > best_psnr
             best_psnr = max(best_psnr, metrics["psnr_y"])
@@ -282,11 +294,11 @@ def train(
             bar.set_postfix(shown)
             if log is not None:
                 log(iteration, {f"val/{k}": v for k, v in metrics.items()})
-        if is_best and not (iteration % cfg.checkpoint_every == 0 or last):
+        if is_best and not due(cfg.checkpoint_every):
             # Validation and checkpoint steps need not coincide; best.pt (main rank only, never
             # resumed from) must not wait for the next checkpoint step.
             checkpoints.save_best(checkpoint_state(dataset.state_dict(consumed), rng_states()))
-        if iteration % cfg.checkpoint_every == 0 or last:
+        if due(cfg.checkpoint_every):
             position, rng = dataset.state_dict(consumed), rng_states()
             if ctx.world_size > 1:
                 # Ranks draw different drop-path masks (seed + rank), so each rank's RNG state is
