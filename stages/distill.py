@@ -18,6 +18,7 @@ from dtkd_pipeline import atomic
 from dtkd_pipeline.cache import DWT_LEVELS, KIND_TEACHER, TileStore
 from dtkd_pipeline.cache.provenance import diff_fields
 from dtkd_pipeline.cache.teacher_record import (
+    CHECKPOINT_SHA256,
     REBUILD_ADVICE,
     local_checkpoint_provenance,
     teacher_params_provenance,
@@ -75,10 +76,15 @@ def _teacher_provenance(params: Params) -> dict[str, Any]:
         )
     with TileStore.open(path) as store:
         store.require_kind(KIND_TEACHER)
-        expected = {
-            **teacher_params_provenance(params.teacher),
-            **local_checkpoint_provenance(params.teacher),  # stage two may run without them
-        }
+        local = local_checkpoint_provenance(params.teacher)  # stage two may run without them
+        checked = set(local.get(CHECKPOINT_SHA256, {}))
+        if not params.teacher.random_weights and checked != {"unet", "autoencoder"}:
+            print(
+                "note: the teacher checkpoint files are not on this machine, so the cache's "
+                "checkpoint hashes cannot be re-checked against teacher.unet_weights / "
+                "teacher.autoencoder_weights; the other teacher settings are"
+            )
+        expected = {**teacher_params_provenance(params.teacher), **local}
         store.check_provenance(expected, rebuild=REBUILD_ADVICE)
         store.require_complete("cache-teacher")
         return store.provenance

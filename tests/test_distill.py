@@ -242,7 +242,7 @@ def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -
 
 
 def test_stage_refuses_cache_built_from_another_checkpoint_file(
-    params: Params, tmp_path: Path
+    params: Params, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     unet, autoencoder = tmp_path / "unet.pth", tmp_path / "vq.pth"
     unet.write_bytes(b"unet weights, first training run")
@@ -259,6 +259,7 @@ def test_stage_refuses_cache_built_from_another_checkpoint_file(
     hashes = {"unet": file_sha256(unet), "autoencoder": file_sha256(autoencoder)}
     build_teacher_store(real, {"checkpoint_sha256": hashes})
     assert distill._teacher_provenance(real)["checkpoint_sha256"] == hashes
+    assert "cannot be re-checked" not in capsys.readouterr().out
 
     unet.write_bytes(b"unet weights, another training run")  # same path and params, other file
     with pytest.raises(ProvenanceMismatchError, match=r"checkpoint_sha256\.unet: stored '"):
@@ -266,6 +267,7 @@ def test_stage_refuses_cache_built_from_another_checkpoint_file(
 
     unet.unlink()  # stage two on a machine without the teacher's weights checks what it can
     assert distill._teacher_provenance(real)["checkpoint_sha256"] == hashes
+    assert "checkpoint hashes cannot be re-checked" in capsys.readouterr().out  # and says so
 
 
 def test_nan_loss_stops_with_debug_state_and_keeps_last_checkpoint(
