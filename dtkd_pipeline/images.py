@@ -208,7 +208,12 @@ def _reading(path: Path) -> Iterator[None]:
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image, or a format Pillow cannot identify") from None
+        hint = ""
+        if path.suffix.lower() in (".tif", ".tiff"):  # Pillow opens no float or 32-bit colour TIFF
+            hint = " (TIFF: only 8- and 16-bit integer samples are read; save it as such)"
+        raise ImageReadError(
+            f"{path}: not an image, or a format Pillow cannot identify{hint}"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error) as err:
         # Pillow signals truncated or corrupt data with all of these.
         raise ImageReadError(f"{path}: corrupt or truncated image ({err})") from err

@@ -477,3 +477,10 @@ def test_list_images_sorted_case_insensitive(tmp_path: Path) -> None:
     assert recursive == [*found, "sub/0.png"]
     with pytest.raises(NotADirectoryError, match="missing does not exist"):
         images.list_images(tmp_path / "missing")
+
+
+def test_a_float_colour_tiff_is_refused_saying_which_tiffs_are_read(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "f.tif", RNG.random((8, 8, 3)).astype(np.float32))
+    with pytest.raises(ImageReadError, match="only 8- and 16-bit integer samples are read"):
+        read_image(tmp_path / "f.tif")
