@@ -481,6 +481,8 @@ def test_list_images_sorted_case_insensitive(tmp_path: Path) -> None:
 
 def test_a_float_colour_tiff_is_refused_saying_which_tiffs_are_read(tmp_path: Path) -> None:
     tifffile = pytest.importorskip("tifffile")
-    tifffile.imwrite(tmp_path / "f.tif", RNG.random((8, 8, 3)).astype(np.float32))
+    tifffile.imwrite(
+        tmp_path / "f.tif", RNG.random((8, 8, 3)).astype(np.float32), photometric="rgb"
+    )
     with pytest.raises(ImageReadError, match="only 8- and 16-bit integer samples are read"):
         read_image(tmp_path / "f.tif")
