@@ -2,7 +2,7 @@
 
 One image in: the output is a file when it has an image extension, else a folder. A folder in:
 the output is a folder. Every plan is checked before any model loads: name clashes, outputs over
-inputs, and output locations under a file are refused with the remedy the command offers.
+inputs, and output locations under a file are refused, each saying what to change.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from pathlib import Path
 from dtkd_pipeline.atomic import require_parent_folders
 from dtkd_pipeline.images import IMAGE_EXTENSIONS, list_images
 
-__all__ = ["check_output_plan", "output_path_for", "plan_outputs"]
-
-_REMEDY = "choose another output folder"
+__all__ = ["plan_outputs"]
 
 
-def output_path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
+def _path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
     """``out_dir/<stem><suffix>.png``: PNG keeps 16-bit samples and alpha."""
     return out_dir / f"{source.stem}{suffix}.png"
 
@@ -39,8 +37,8 @@ def plan_outputs(inputs: Path, out: Path, suffix: str = "") -> list[tuple[Path, 
             raise FileNotFoundError(
                 f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {inputs}"
             )
-        pairs = [(source, output_path_for(source, out, suffix)) for source in sources]
-    check_output_plan(pairs, _REMEDY)
+        pairs = [(source, _path_for(source, out, suffix)) for source in sources]
+    _check_plan(pairs)
     return pairs
 
 
@@ -57,14 +55,11 @@ def _single_target(source: Path, out: Path, suffix: str) -> Path:
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}); to write into a new folder of "
             "that name, create it first"
         )
-    return output_path_for(source, out, suffix)
+    return _path_for(source, out, suffix)
 
 
-def check_output_plan(pairs: list[tuple[Path, Path]], remedy: str = _REMEDY) -> None:
-    """Refuse (input, output) pairs that write two inputs to one file or an output over an input.
-
-    `remedy` ends the message with what this command offers, e.g. "choose another output folder".
-    """
+def _check_plan(pairs: list[tuple[Path, Path]]) -> None:
+    """Refuse (input, output) pairs that write two inputs to one file or an output over an input."""
     by_target: dict[Path, list[Path]] = {}
     for source, target in pairs:
         by_target.setdefault(target, []).append(source)
@@ -73,9 +68,11 @@ def check_output_plan(pairs: list[tuple[Path, Path]], remedy: str = _REMEDY) -> 
         target, sources = next(iter(clashes.items()))
         raise ValueError(
             f"{len(clashes)} output name clash(es), e.g. {', '.join(map(str, sources))} "
-            f"would all be written to {target}; rename the inputs or {remedy}"
+            f"would all be written to {target}; rename the inputs or choose another output folder"
         )
     inputs = {source.resolve() for source, _ in pairs}
     for source, target in pairs:
         if target.resolve() in inputs:
-            raise ValueError(f"output {target} would overwrite the input {source}; {remedy}")
+            raise ValueError(
+                f"output {target} would overwrite the input {source}; choose another output folder"
+            )

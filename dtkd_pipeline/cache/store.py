@@ -384,13 +384,9 @@ class TileStore:
                 path = self.shard_file(name, shard_index)
             except StoreLayoutError:  # the array folder itself is gone or damaged
                 return f"{name}: array folder {self.path / name} unreadable"
-            try:
-                size = path.stat().st_size if path.is_file() else None
-            except OSError:
-                size = None
-            if size is None:
+            if not path.is_file():
                 return f"{name}: shard file {path.relative_to(self.path)} missing"
-            if size == 0:
+            if path.stat().st_size == 0:
                 return f"{name}: shard file {path.relative_to(self.path)} is empty (0 bytes)"
         return None
 
