@@ -303,61 +303,10 @@ def _prepare(params: Params, skip_bad: bool | None) -> Path:
     started = time.perf_counter()
     _check_prepared_dir(data.prepared_dir)  # replaced whole at the end
     train_paths, val_paths = _check_inputs(data)
-    all_paths = train_paths + val_paths
-    sources = Sources.from_params(data, all_paths)
-    if sources.unpaired_lr and sources.lr_dir is not None:
-        # Unlike a test set (where a leftover would silently shrink the scored set), an extra LR
-        # file here costs nothing, but it usually means a misnamed HR file: say so.
-        unpaired = listing(list(sources.unpaired_lr), sources.lr_dir, "LR files with no HR image")
-        tqdm.write(f"note: ignoring {unpaired} ({naming_rule(data.scale)})")
-    with tqdm(total=len(all_paths), desc="checking images", unit="img") as bar:
-        # distill scores the validation images: they must be large enough for its metrics.
-        val_side, _ = min_scored_side(VALIDATION_METRICS, crop_border=data.scale)
-        validation = set(val_paths)
-        tasks = [
-            dask.delayed(_probe)(p, sources, data, val_side if p in validation else 0)
-            for p in all_paths
-        ]
-        probes = _compute(tasks, data, bar)
-    bad = {p: r for p, r in zip(all_paths, probes, strict=True) if isinstance(r, Exception)}
-    if bad and not skip_bad:
-        problems = "\n".join(f"  {exc}" for exc in bad.values())
-        raise ImageReadError(
-            f"{len(bad)} image(s) could not be read or paired; nothing was written. Fix or remove "
-            f"them, or rerun with --skip-bad (data.skip_bad: true):\n{problems}"
-        )
-    for exc in bad.values():
-        tqdm.write(f"skipping: {exc}")
-    kept = [(p, r) for p, r in zip(train_paths, probes, strict=False) if p not in bad]
-    skipped_small = [p.name for p, plan in kept if plan is None]
-    kept = [(p, plan) for p, plan in kept if plan is not None]
-    tile = data.lr_tile
-    mostly_padding = [
-        p.name
-        for p, plan in kept
-        if (tile - plan.pad_bottom) * (tile - plan.pad_right) < tile * tile / 2
-    ]
-    if mostly_padding:
-        tqdm.write(
-            f"note: {len(mostly_padding)} image(s) fill less than half of a {tile}-px LR tile, "
-            f"so their tiles are mostly mirrored padding: {', '.join(mostly_padding[:5])}; lower "
-            "data.lr_tile or set data.small_images=skip"
-        )
-    val_paths = [p for p in val_paths if p not in bad]
-    if not kept:
-        small = (
-            f" or smaller than one {data.lr_tile}-px LR tile (data.small_images=skip)"
-            if data.small_images == "skip"
-            else ""
-        )
-        raise ImageReadError(
-            f"no training tiles: every training image in {data.hr_dir} was unreadable{small}"
-        )
-    if not val_paths:  # distill validates (and keeps best.pt) on them
-        raise ImageReadError(
-            f"no validation image left: the last {data.val_images} image(s) of {data.hr_dir} "
-            "(data.val_images) were all unusable; fix them, or add images"
-        )
+    sources = Sources.from_params(data, train_paths + val_paths)
+    _note_unpaired_lr(sources, data.scale)
+    usable = _usable_images(train_paths, val_paths, sources, data, skip_bad)
+    kept, val_paths = usable.train, usable.val_paths
 
     final = data.prepared_dir
     remove_dead_siblings(final)  # a killed run's staging folder
@@ -376,10 +325,113 @@ def _prepare(params: Params, skip_bad: bool | None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     elapsed = time.perf_counter() - started
-    print(
-        f"prepared {n_tiles} tiles from {len(kept)} images (+{len(val_paths)} validation) in "
-        f"{elapsed:.1f}s -> {final / TRAIN_STORE}"
-        + (f"; skipped {len(bad)} unreadable" if bad else "")
-        + (f"; skipped {len(skipped_small)} too small: {skipped_small}" if skipped_small else "")
-    )
+    print(_summary(n_tiles, usable, elapsed, final / TRAIN_STORE))
     return final
+
+
+@dataclass(frozen=True)
+class UsableImages:
+    """The images that get written, and those left out (named in the closing summary)."""
+
+    train: list[tuple[Path, TilePlan]]  # each training image with its tile plan
+    val_paths: list[Path]
+    bad: dict[Path, ImageReadError]  # unreadable or unpaired (only when skipping them)
+    too_small: list[str]  # names of training images smaller than a tile (small_images=skip)
+
+
+def _note_unpaired_lr(sources: Sources, scale: int) -> None:
+    if sources.unpaired_lr and sources.lr_dir is not None:
+        # Unlike a test set (where a leftover would silently shrink the scored set), an extra LR
+        # file here costs nothing, but it usually means a misnamed HR file: say so.
+        unpaired = listing(list(sources.unpaired_lr), sources.lr_dir, "LR files with no HR image")
+        tqdm.write(f"note: ignoring {unpaired} ({naming_rule(scale)})")
+
+
+def _usable_images(
+    train_paths: list[Path],
+    val_paths: list[Path],
+    sources: Sources,
+    data: DataParams,
+    skip_bad: bool,
+) -> UsableImages:
+    """Probe every image; refuse (or skip) bad ones, and refuse a set left without tiles."""
+    all_paths = train_paths + val_paths
+    probes = _probe_all(all_paths, set(val_paths), sources, data)
+    bad = {p: r for p, r in zip(all_paths, probes, strict=True) if isinstance(r, Exception)}
+    _refuse_or_skip_bad(bad, skip_bad)
+    probed = [(p, r) for p, r in zip(train_paths, probes, strict=False) if p not in bad]
+    too_small = [p.name for p, plan in probed if plan is None]
+    kept = [(p, plan) for p, plan in probed if plan is not None]
+    _note_mostly_padding(kept, data.lr_tile)
+    usable_val = [p for p in val_paths if p not in bad]
+    _require_tiles_and_validation(kept, usable_val, data)
+    return UsableImages(kept, usable_val, bad, too_small)
+
+
+def _probe_all(
+    paths: list[Path], validation: set[Path], sources: Sources, data: DataParams
+) -> list[TilePlan | ImageReadError | None]:
+    """`_probe` every image in parallel, in the order given."""
+    with tqdm(total=len(paths), desc="checking images", unit="img") as bar:
+        # distill scores the validation images: they must be large enough for its metrics.
+        val_side, _ = min_scored_side(VALIDATION_METRICS, crop_border=data.scale)
+        tasks = [
+            dask.delayed(_probe)(p, sources, data, val_side if p in validation else 0)
+            for p in paths
+        ]
+        return _compute(tasks, data, bar)
+
+
+def _refuse_or_skip_bad(bad: dict[Path, ImageReadError], skip_bad: bool) -> None:
+    if bad and not skip_bad:
+        problems = "\n".join(f"  {exc}" for exc in bad.values())
+        raise ImageReadError(
+            f"{len(bad)} image(s) could not be read or paired; nothing was written. Fix or remove "
+            f"them, or rerun with --skip-bad (data.skip_bad: true):\n{problems}"
+        )
+    for exc in bad.values():
+        tqdm.write(f"skipping: {exc}")
+
+
+def _note_mostly_padding(kept: list[tuple[Path, TilePlan]], tile: int) -> None:
+    mostly_padding = [
+        p.name
+        for p, plan in kept
+        if (tile - plan.pad_bottom) * (tile - plan.pad_right) < tile * tile / 2
+    ]
+    if mostly_padding:
+        tqdm.write(
+            f"note: {len(mostly_padding)} image(s) fill less than half of a {tile}-px LR tile, "
+            f"so their tiles are mostly mirrored padding: {', '.join(mostly_padding[:5])}; lower "
+            "data.lr_tile or set data.small_images=skip"
+        )
+
+
+def _require_tiles_and_validation(
+    kept: list[tuple[Path, TilePlan]], val_paths: list[Path], data: DataParams
+) -> None:
+    if not kept:
+        small = (
+            f" or smaller than one {data.lr_tile}-px LR tile (data.small_images=skip)"
+            if data.small_images == "skip"
+            else ""
+        )
+        raise ImageReadError(
+            f"no training tiles: every training image in {data.hr_dir} was unreadable{small}"
+        )
+    if not val_paths:  # distill validates (and keeps best.pt) on them
+        raise ImageReadError(
+            f"no validation image left: the last {data.val_images} image(s) of {data.hr_dir} "
+            "(data.val_images) were all unusable; fix them, or add images"
+        )
+
+
+def _summary(n_tiles: int, usable: UsableImages, elapsed: float, store: Path) -> str:
+    """The closing line: what was written, and which images were left out."""
+    bad, too_small = usable.bad, usable.too_small
+    return (
+        f"prepared {n_tiles} tiles from {len(usable.train)} images "
+        f"(+{len(usable.val_paths)} validation) in {elapsed:.1f}s -> {store}"
+        + (f"; skipped {len(bad)} unreadable" if bad else "")
+        + (f"; skipped {len(too_small)} too small: {too_small}" if too_small else "")
+    )
