@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
-from dtkd_pipeline.cache import HR, KIND_PREPARED, LR, TEACHER, TileStore
+from dtkd_pipeline.cache import HR, KIND_PREPARED, LR, TEACHER, StoreLayout, TileStore
 from dtkd_pipeline.images import list_images, read_image, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.progress import DaskTqdm
@@ -468,10 +468,47 @@ def analyze_cache(
     2 unless given), "sync", or a dask.distributed address such as "tcp://host:8786" (workers
     then open the stores by path, so the paths must be valid on them).
     """
-    from dtkd_pipeline.train.dataset import check_teacher_matches_prepared
-
     _check_args(levels, wavelet, batch_size)
     prepared_path, teacher_path = Path(prepared_store), Path(teacher_store)
+    layout, hr_shape = _checked_store_layout(prepared_path, teacher_path)
+    if max_tiles is not None and max_tiles < 1:
+        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+    n_tiles = min(layout.n_tiles, max_tiles or layout.n_tiles)
+
+    target = torch.device(device)
+    task_student, label, restore = _prepare_student(student, target, arch, scheduler)
+    tasks = _shard_tasks(
+        task_student,
+        prepared_path,
+        teacher_path,
+        layout,
+        n_tiles,
+        levels=levels,
+        wavelet=wavelet,
+        batch_size=batch_size,
+        device=str(target),
+    )
+    try:
+        partials = _run(tasks, scheduler, num_workers, progress)
+    finally:
+        restore()
+    source = f"cache: {prepared_path} + {teacher_path}, first {n_tiles} of {layout.n_tiles} tiles"
+    return BandStats.from_partial(
+        combine_partials(partials, levels),
+        levels=levels,
+        wavelet=wavelet,
+        source=source,
+        student=label,
+        extra={"tile_shape": list(hr_shape[1:])},
+    )
+
+
+def _checked_store_layout(
+    prepared_path: Path, teacher_path: Path
+) -> tuple[StoreLayout, tuple[int, ...]]:
+    """The prepared store's layout and HR tile shape, once both stores pass stage two's checks."""
+    from dtkd_pipeline.train.dataset import check_teacher_matches_prepared
+
     if not prepared_path.exists():
         raise FileNotFoundError(
             f"prepared store {prepared_path} not found; run `dtkd-pipeline prepare-data` first"
@@ -484,14 +521,22 @@ def analyze_cache(
         prepared.require_kind(KIND_PREPARED)
         prepared.require_complete("prepare-data")
         check_teacher_matches_prepared(teacher, prepared)
-        layout = prepared.layout
-        hr_shape = prepared.layout.spec(HR).tile_shape
-    if max_tiles is not None and max_tiles < 1:
-        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
-    n_tiles = min(layout.n_tiles, max_tiles or layout.n_tiles)
+        return prepared.layout, prepared.layout.spec(HR).tile_shape
 
-    target = torch.device(device)
-    task_student, label, restore = _prepare_student(student, target, arch, scheduler)
+
+def _shard_tasks(
+    task_student: Any,
+    prepared_path: Path,
+    teacher_path: Path,
+    layout: StoreLayout,
+    n_tiles: int,
+    *,
+    levels: int,
+    wavelet: str,
+    batch_size: int,
+    device: str,
+) -> list[Any]:
+    """One delayed `_shard_task` per shard holding any of the first `n_tiles` tiles."""
     import dask
 
     task = dask.delayed(_shard_task, pure=True)
@@ -511,23 +556,11 @@ def analyze_cache(
                 levels=levels,
                 wavelet=wavelet,
                 batch_size=batch_size,
-                device=str(target),
+                device=device,
                 dask_key_name=f"bands-shard-{shard}-{run_id}",
             )
         )
-    try:
-        partials = _run(tasks, scheduler, num_workers, progress)
-    finally:
-        restore()
-    source = f"cache: {prepared_path} + {teacher_path}, first {n_tiles} of {layout.n_tiles} tiles"
-    return BandStats.from_partial(
-        combine_partials(partials, levels),
-        levels=levels,
-        wavelet=wavelet,
-        source=source,
-        student=label,
-        extra={"tile_shape": list(hr_shape[1:])},
-    )
+    return tasks
 
 
 def folder_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
