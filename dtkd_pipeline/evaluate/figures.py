@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,35 +30,65 @@ def band_chart(stats: Any, path: str | Path, *, title: str | None = None) -> Pat
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     series = _band_series(stats)
+    keys = _shared_keys(series)
+    n = len(series)
+    figure = Figure(figsize=(4.0 + len(keys.subbands) * (1.0 + 0.3 * (n - 1)), 4.5))
+    FigureCanvasAgg(figure)
+    width_ratios = [len(keys.subbands), len(keys.groups) + 1]
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": width_ratios})
+    _draw_bars(left, right, series, keys)
+    _label_axes(left, right, keys, n)
+    _add_legends(left, right, keys.groups, list(series))
+    figure.suptitle(
+        title
+        or f"Teacher−student difference per DWT subband ({keys.wavelet}, J={keys.levels}; "
+        "LF:MF:HF groups)"
+    )
+    figure.tight_layout()
+    return _save_atomic(figure, Path(path))
+
+
+@dataclass(frozen=True)
+class _BandKeys:
+    """What every series of a band chart shares: its subbands and groups, and how it was made."""
+
+    subbands: list[str]
+    groups: list[str]
+    levels: int
+    wavelet: str
+    group_of: dict[str, str]  # subband -> frequency group, for its bar colour
+
+
+def _shared_keys(series: dict[str, dict[str, Any]]) -> _BandKeys:
+    """The first series' keys; every other series must have the same ones to share the axes."""
     first = next(iter(series.values()))
     names, groups = list(first["subbands"]), list(first["groups"])
-    levels, wavelet = first["levels"], first["wavelet"]
     for label, entry in series.items():
         if list(entry["subbands"]) != names or list(entry["groups"]) != groups:
             raise ValueError(
                 f"{label!r} has subbands {list(entry['subbands'])}, the first series has {names}: "
                 "compare students measured with the same wavelet and levels"
             )
-    group_of = _subband_groups(names, levels)
+    levels = first["levels"]
+    return _BandKeys(names, groups, levels, first["wavelet"], _subband_groups(names, levels))
 
+
+def _draw_bars(left: Any, right: Any, series: dict[str, dict[str, Any]], keys: _BandKeys) -> None:
+    """Subband bars on the left, group bars on the right: one offset and hatch per series."""
     n = len(series)
     width = 0.8 / n
-    figure = Figure(figsize=(4.0 + len(names) * (1.0 + 0.3 * (n - 1)), 4.5))
-    FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [len(names), len(groups) + 1]})
     for index, (label, entry) in enumerate(series.items()):
         offset = (index - (n - 1) / 2) * width
         hatch = _HATCHES[index % len(_HATCHES)]
-        for axis, keys, values in (
-            (left, names, [entry["subbands"][k] for k in names]),
-            (right, groups, [entry["groups"][k] for k in groups]),
+        for axis, names, values in (
+            (left, keys.subbands, [entry["subbands"][k] for k in keys.subbands]),
+            (right, keys.groups, [entry["groups"][k] for k in keys.groups]),
         ):
-            colours = [GROUP_COLOURS.get(group_of.get(k, k), "#888888") for k in keys]
+            colours = [GROUP_COLOURS.get(keys.group_of.get(k, k), "#888888") for k in names]
             bars = axis.bar(
-                [i + offset for i in range(len(keys))],
+                [i + offset for i in range(len(names))],
                 values,
                 width,
                 color=colours,
@@ -68,39 +99,41 @@ def band_chart(stats: Any, path: str | Path, *, title: str | None = None) -> Pat
             )
             axis.bar_label(bars, fmt="%.3g", fontsize=7, padding=2, rotation=90 if n > 1 else 0)
 
-    for axis, keys, xlabel in (
-        (left, names, "DWT subband (coarsest first)"),
-        (right, groups, "frequency group"),
+
+def _label_axes(left: Any, right: Any, keys: _BandKeys, n_series: int) -> None:
+    for axis, names, xlabel in (
+        (left, keys.subbands, "DWT subband (coarsest first)"),
+        (right, keys.groups, "frequency group"),
     ):
-        axis.set_xticks(range(len(keys)), keys)
+        axis.set_xticks(range(len(names)), names)
         axis.set_xlabel(xlabel)
         axis.set_ylabel("mean |student − teacher|")
-        axis.margins(y=0.25 if n > 1 else 0.15)
+        axis.margins(y=0.25 if n_series > 1 else 0.15)
         axis.set_ylim(bottom=0)
         axis.grid(axis="y", alpha=0.3)
         axis.set_axisbelow(True)
     left.set_title("per subband")
     right.set_title("per group (mean of subband means)")
+
+
+def _add_legends(left: Any, right: Any, groups: list[str], labels: list[str]) -> None:
+    """Group colours on the left; the hatch of each series on the right when there are several."""
+    from matplotlib.patches import Patch
+
     handles = [
         Patch(facecolor=colour, edgecolor="black", label=group)
         for group, colour in GROUP_COLOURS.items()
         if group in groups
     ]
     left.legend(handles=handles, fontsize=8, loc="upper right")
-    if n > 1:
+    if len(labels) > 1:
         label_handles = [
             Patch(
                 facecolor="white", edgecolor="black", hatch=_HATCHES[i % len(_HATCHES)], label=lbl
             )
-            for i, lbl in enumerate(series)
+            for i, lbl in enumerate(labels)
         ]
         right.legend(handles=label_handles, fontsize=8, loc="upper right")
-    figure.suptitle(
-        title
-        or f"Teacher−student difference per DWT subband ({wavelet}, J={levels}; LF:MF:HF groups)"
-    )
-    figure.tight_layout()
-    return _save_atomic(figure, Path(path))
 
 
 def _band_series(stats: Any) -> dict[str, dict[str, Any]]:
