@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -12,7 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtkd_pipeline.atomic import remove_dead_siblings, remove_dead_temporaries
+from dtkd_pipeline.atomic import (
+    pid_temporary,
+    remove_dead_siblings,
+    remove_dead_temporaries,
+    replacing,
+)
 
 CHECKPOINT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
 
@@ -22,15 +26,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     hidden = path.with_name(f".{path.name}")
     remove_dead_siblings(hidden)  # a killed run's half-written temporary (checkpoints are large)
-    tmp = hidden.with_name(f"{hidden.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path, durable=True, temporary=pid_temporary(hidden)) as tmp:
+        torch.save(obj, tmp)
 
 
 def rng_states() -> dict[str, Any]:
