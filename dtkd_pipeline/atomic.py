@@ -169,17 +169,28 @@ def staged_folder(final: Path, key: str) -> Iterator[Path]:
     untouched.
     """
     check_replaceable(final, key)
-    staging = final.with_name(final.name + ".partial")
+    with replacing_folder(final, final.with_name(final.name + ".partial")) as staging:
+        yield staging
+
+
+@contextlib.contextmanager
+def replacing_folder(final: Path, staging: Path) -> Iterator[Path]:
+    """Yield ``staging``, emptied and marked as a stage's output; on success it replaces ``final``
+    whole, on any error it is removed and ``final`` is untouched.
+
+    The folder counterpart of :func:`replacing`, without checking what ``final`` holds (see
+    :func:`check_replaceable`).
+    """
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         mark_output(staging)
         yield staging
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
 
 
 def remove_dead_siblings(path: Path) -> None:
