@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -355,6 +356,24 @@ def test_a_checkpoint_without_the_training_keys_is_named_with_what_it_lacks(
     lacks = r"iter_00000004\.pt is not a training checkpoint .*lacks arch, best_psnr, data, ema"
     with pytest.raises(CheckpointReadError, match=lacks + r".*delete it"):
         checkpoints.load_latest()
+
+
+def test_a_resumed_run_reads_its_newest_checkpoint_once(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Comparing its settings and resuming from it share one read (checkpoints are large)."""
+    distill.run(params, device="cpu")
+    (params.distill.out_dir / "checkpoints" / "iter_00000006.pt").unlink()  # killed after 3
+    reads: list[str] = []
+    real_load = torch.load
+
+    def counting_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(Path(f).name)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    distill.run(params, device="cpu")
+    assert reads.count("iter_00000003.pt") == 1
 
 
 def test_checkpoints_of_another_process_count_are_refused(params: Params) -> None:

@@ -141,8 +141,12 @@ def train(
     ctx: DistributedContext,
     validate: Validator | None = None,
     log: Logger | None = None,
+    latest: StudentCheckpoint | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) to ``cfg.iterations``; returns the final state (model, EMA, params)."""
+    """Train (or resume) to ``cfg.iterations``; returns the final state (model, EMA, params).
+
+    ``latest``: the newest checkpoint when the caller has read it already (None: read it here).
+    """
     device = ctx.device
     check_recipe(cfg, device, ctx.world_size)
     torch.manual_seed(cfg.seed + ctx.rank)
@@ -195,7 +199,8 @@ def train(
 
     # -- resume
     checkpoints = CheckpointManager(run.out_dir / CHECKPOINTS_DIR, cfg.keep_last)
-    state = checkpoints.load_latest()  # on the CPU, where RNG states must be restored from
+    # On the CPU, where RNG states must be restored from.
+    state = latest if latest is not None else checkpoints.load_latest()
     iteration, best_psnr = 0, -math.inf
     if state is not None:
         model.load_state_dict(state["model"])
