@@ -5,37 +5,69 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
-def _file_mode() -> int:
-    """The mode open() would give a new file (mkstemp's is 0600, private to the owner)."""
-    umask = os.umask(0o022)  # reading the umask means setting it: done once, at import
-    os.umask(umask)
-    return 0o666 & ~umask
+@contextlib.contextmanager
+def replacing(
+    target: Path, *, durable: bool = False, temporary: Path | None = None
+) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` to write; on success it replaces ``target``.
+
+    On any error the temporary is removed and ``target`` keeps its old content. An OSError about
+    the temporary (or the rename) is raised again naming ``target``: the temporary is gone by
+    then, and the user knows ``target``. ``durable`` fsyncs the file before the rename and the
+    folder after it, so after a power loss ``target`` holds the old or the new content, never
+    a name without its data. ``temporary`` replaces the default hidden, per-call name, for
+    callers whose killed writers' leftovers are found by name (see :func:`pid_temporary`).
+    The folder must exist.
+    """
+    tmp = temporary or target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+    except BaseException as error:
+        _discard(tmp)
+        if isinstance(error, OSError) and os.fspath(tmp) in (error.filename, error.filename2):
+            raise _naming(target, error) from error
+        raise
+    try:
+        if durable:
+            _fsync(tmp, os.O_RDONLY)
+        os.replace(tmp, target)
+        if durable:
+            _fsync(target.parent, _FOLDER_FLAGS)
+    except BaseException as error:
+        _discard(tmp)
+        if isinstance(error, OSError):
+            raise _naming(target, error) from error
+        raise
 
 
-# Read before any writer thread starts, so no file is created under the temporary umask.
-_FILE_MODE = _file_mode()
+def pid_temporary(path: Path) -> Path:
+    """``<name>.tmp-<pid>``: a temporary that :func:`remove_dead_siblings` removes once the
+    process writing it has died."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
+def _naming(target: Path, error: OSError) -> OSError:
+    """The same failure (errno, reason) reported for ``target``."""
+    return OSError(error.errno, error.strerror or str(error), os.fspath(target))
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write to a temporary file in the same folder, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
@@ -48,7 +80,10 @@ def flush_to_disk(*paths: Path) -> None:
     for path in paths:
         _fsync(path, os.O_RDONLY)
     for folder in dict.fromkeys(path.parent for path in paths):
-        _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        _fsync(folder, _FOLDER_FLAGS)
+
+
+_FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 
 
 def _fsync(path: Path, flags: int) -> None:
@@ -134,17 +169,28 @@ def staged_folder(final: Path, key: str) -> Iterator[Path]:
     untouched.
     """
     check_replaceable(final, key)
-    staging = final.with_name(final.name + ".partial")
+    with replacing_folder(final, final.with_name(final.name + ".partial")) as staging:
+        yield staging
+
+
+@contextlib.contextmanager
+def replacing_folder(final: Path, staging: Path) -> Iterator[Path]:
+    """Yield ``staging``, emptied and marked as a stage's output; on success it replaces ``final``
+    whole, on any error it is removed and ``final`` is untouched.
+
+    The folder counterpart of :func:`replacing`, without checking what ``final`` holds (see
+    :func:`check_replaceable`).
+    """
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         mark_output(staging)
         yield staging
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
 
 
 def remove_dead_siblings(path: Path) -> None:

@@ -40,6 +40,8 @@ from typing import BinaryIO, Protocol
 
 from tqdm import tqdm
 
+from dtkd_pipeline import atomic
+
 __all__ = [
     "MIRROR_ENV",
     "REGISTRY",
@@ -238,13 +240,10 @@ def _write_record(path: Path, sha256: str) -> None:
     """Record the hash beside the file; a read-only folder (a shared mount) goes without one."""
     # sha256sum format, so `sha256sum -c <file>.sha256` works from the weights folder.
     record = _record_path(path)
-    tmp = record.with_name(record.name + ".tmp")
     try:
-        tmp.write_text(f"{sha256}  {path.name}\n", encoding="utf-8")
-        os.replace(tmp, record)
+        with atomic.replacing(record) as tmp:
+            tmp.write_text(f"{sha256}  {path.name}\n", encoding="utf-8")
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         warnings.warn(
             f"{record}: cannot record the checksum ({err.strerror}); {path.name} is used "
             "unrecorded, so a later change to it will not be noticed",

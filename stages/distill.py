@@ -36,6 +36,7 @@ from dtkd_pipeline.stage_files import (
 from dtkd_pipeline.train.checkpoint import (
     CheckpointManager,
     CheckpointReadError,
+    StudentCheckpoint,
     atomic_torch_save,
 )
 from dtkd_pipeline.train.curves import truncate_curves
@@ -129,14 +130,11 @@ class _DvcLiveLogger:
 
 
 def _checkpoint_changes(
-    params: Params, provenance: dict[str, Any], world_size: int
+    saved: StudentCheckpoint, params: Params, provenance: dict[str, Any], world_size: int
 ) -> tuple[str, str] | None:
-    """None when the newest checkpoint (if any) may be resumed; otherwise ("processes" or
-    "settings", a listing of what differs)."""
+    """None when the newest checkpoint may be resumed; otherwise ("processes" or "settings", a
+    listing of what differs)."""
     cfg = params.distill
-    saved = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).load_latest()
-    if saved is None:
-        return None
     # Ranks shard the data and draw their own noise: another process count cannot continue it.
     saved_ranks = len(saved["data"]) if isinstance(saved["data"], list) else 1
     if saved_ranks != world_size:
@@ -162,17 +160,22 @@ def _checkpoint_changes(
 
 def _reconcile_checkpoints(
     params: Params, provenance: dict[str, Any], ctx: DistributedContext, restart_on_change: bool
-) -> None:
+) -> StudentCheckpoint | None:
     """Resume only checkpoints made with these params, this cache and this many processes;
     otherwise refuse, or start over (``restart_on_change``, for changed params only).
 
     Rank 0 reads the checkpoint and decides for every rank, so no rank reads files another is
     deleting, and all ranks raise the same error together instead of one waiting forever.
+    Returns, on rank 0, the checkpoint to resume (read once, for the comparison and the resume).
     """
     verdict: Any = None
+    saved: StudentCheckpoint | None = None
     if ctx.is_main:
+        cfg = params.distill
         try:
-            verdict = _checkpoint_changes(params, provenance, ctx.world_size)
+            saved = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).load_latest()
+            if saved is not None:
+                verdict = _checkpoint_changes(saved, params, provenance, ctx.world_size)
         except CheckpointReadError as error:
             verdict = error
     if ctx.world_size > 1:
@@ -180,7 +183,7 @@ def _reconcile_checkpoints(
         torch.distributed.broadcast_object_list(shared, src=0)
         verdict = shared[0]
     if verdict is None:
-        return
+        return saved
     if isinstance(verdict, Exception):
         raise verdict
     kind, listing = verdict
@@ -202,6 +205,7 @@ def _reconcile_checkpoints(
         shutil.rmtree(params.distill.out_dir / DVCLIVE_DIR, ignore_errors=True)
     if ctx.world_size > 1:
         torch.distributed.barrier()  # no rank looks for checkpoints while they are deleted
+    return None
 
 
 def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
@@ -211,7 +215,7 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     check_recipe(cfg, ctx.device, ctx.world_size)  # before --restart-on-change deletes anything
     atomic.require_folder(cfg.out_dir, "distill.out_dir")
     val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
-    _reconcile_checkpoints(params, provenance, ctx, restart_on_change)
+    latest = _reconcile_checkpoints(params, provenance, ctx, restart_on_change)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     run_spec = TrainingRun(
@@ -233,7 +237,7 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
         done = CheckpointManager(out_dir / CHECKPOINTS_DIR, cfg.keep_last).iterations()
         logger = _DvcLiveLogger(out_dir / DVCLIVE_DIR, resume_from=done[-1] if done else None)
     try:
-        final = train(cfg, run_spec, ctx, validate=validate, log=logger)
+        final = train(cfg, run_spec, ctx, validate=validate, log=logger, latest=latest)
     except KeyboardInterrupt:
         if ctx.is_main:
             latest = CheckpointManager(out_dir / CHECKPOINTS_DIR, cfg.keep_last).latest()

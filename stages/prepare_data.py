@@ -11,8 +11,6 @@ interrupted run never leaves a half-written data set behind.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +25,9 @@ from dtkd_pipeline import __version__
 from dtkd_pipeline.atomic import (
     OUTPUT_MARKER,
     check_replaceable,
-    mark_output,
+    pid_temporary,
     remove_dead_siblings,
+    replacing_folder,
 )
 from dtkd_pipeline.cache import (
     HR,
@@ -310,20 +309,11 @@ def _prepare(params: Params, skip_bad: bool | None) -> Path:
 
     final = data.prepared_dir
     remove_dead_siblings(final)  # a killed run's staging folder
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        mark_output(tmp)
+    with replacing_folder(final, pid_temporary(final)) as staging:
         paths = [p for p, _ in kept]
         plans = [plan for _, plan in kept]
-        n_tiles = _write_train_store(tmp / TRAIN_STORE, paths, plans, sources, data)
-        _write_val(tmp / VAL_DIR, val_paths, sources)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        n_tiles = _write_train_store(staging / TRAIN_STORE, paths, plans, sources, data)
+        _write_val(staging / VAL_DIR, val_paths, sources)
     elapsed = time.perf_counter() - started
     print(_summary(n_tiles, usable, elapsed, final / TRAIN_STORE))
     return final

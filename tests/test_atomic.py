@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError, staged_folder
+from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError, replacing, staged_folder
 from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
 
 
@@ -82,3 +83,51 @@ def test_a_checkpoint_save_removes_every_dead_writers_temporary_whatever_its_nam
 
     assert not leftover.exists() and unrelated.exists()
     assert (tmp_path / "iter_00000014.pt").is_file()
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), replacing(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("the writer failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    assert target.read_text() == "old"
+
+
+def test_a_write_error_names_the_target_not_its_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "student.onnx"
+    with pytest.raises(OSError) as info, replacing(target) as tmp:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))  # the disk filled up
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert ".tmp" not in str(info.value)
+
+    (target / "in-the-way").mkdir(parents=True)  # the rename fails: a folder holds the name
+    with pytest.raises(OSError) as info, replacing(target) as tmp:
+        tmp.write_bytes(b"graph")
+    assert info.value.filename == str(target) and info.value.filename2 is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx"]
+
+
+def test_a_durable_write_syncs_the_file_before_its_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtkd_pipeline import atomic
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        atomic.os,
+        "fsync",
+        lambda fd: events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}") or real_fsync(fd),
+    )
+    monkeypatch.setattr(
+        atomic.os,
+        "replace",
+        lambda src, dst: events.append(f"rename {src} {dst}") or real_replace(src, dst),
+    )
+    target = tmp_path / "record.json"
+    with replacing(target, durable=True) as tmp:
+        tmp.write_text("{}")
+    assert events == [f"fsync {tmp}", f"rename {tmp} {target}", f"fsync {tmp_path}"]
+    assert target.read_text() == "{}"

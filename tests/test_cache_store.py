@@ -101,11 +101,42 @@ def test_shard_data_reaches_the_disk_before_its_completion_record(
     store = TileStore.create(tmp_path / "train.zarr", prepared_layout(), PROVENANCE)
     monkeypatch.setattr(atomic.os, "fsync", recording_fsync)
     store.write_shard(1, shard_slice(prepared_tiles(), 1))
-    record = str(tmp_path / "train.zarr" / store_module.DONE_DIR / "1.json")
+    done = tmp_path / "train.zarr" / store_module.DONE_DIR
+    record = str(done / f"1.json.{os.getpid()}.partial")  # synced under its name before rename
     shard_files = {str(store.shard_file(name, 1)) for name in store.names}
     assert shard_files <= set(synced) and record in synced
     assert max(synced.index(f) for f in shard_files) < synced.index(record)
-    assert str(tmp_path / "train.zarr" / store_module.DONE_DIR) in synced  # the rename too
+    assert synced.index(record) < synced.index(str(done))  # the rename too
+
+
+def test_a_completion_record_is_synced_once_before_its_rename_and_its_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fsync of the record's content and one of its folder make it durable; no more."""
+    from dtkd_pipeline import atomic
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_fsync(fd)
+
+    def recording_replace(src: Any, dst: Any) -> None:
+        events.append(f"rename {dst}")
+        real_replace(src, dst)
+
+    store = TileStore.create(tmp_path / "train.zarr", prepared_layout(), PROVENANCE)
+    monkeypatch.setattr(atomic.os, "fsync", recording_fsync)
+    monkeypatch.setattr(atomic.os, "replace", recording_replace)
+    store.write_shard(0, shard_slice(prepared_tiles(), 0))
+    done = tmp_path / "train.zarr" / store_module.DONE_DIR
+    record_events = [e for e in events if "/0.json" in e or e.endswith(str(done))]
+    assert record_events == [
+        f"fsync {done}/0.json.{os.getpid()}.partial",
+        f"rename {done}/0.json",
+        f"fsync {done}",
+    ]
 
 
 def test_teacher_round_trip_with_dwt(tmp_path: Path) -> None:
@@ -205,23 +236,30 @@ def test_an_empty_folder_made_ahead_is_filled_like_a_new_store(tmp_path: Path) -
         assert store.missing_shards() == list(range(store.n_shards))
 
 
-def test_a_record_write_killed_before_its_rename_leaves_a_reported_partial_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = TileStore.create(tmp_path / "p.zarr", prepared_layout(), PROVENANCE)
-
+def _write_shard_killed_before_the_record_rename(path: str) -> None:
     real_replace = os.replace
 
-    def killed_before_the_record_rename(src: Any, dst: Any) -> None:
+    def killed(src: Any, dst: Any) -> None:
         if str(dst).endswith(".json"):
-            raise KeyboardInterrupt
+            os._exit(9)  # as SIGKILL: no cleanup runs
         real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", killed_before_the_record_rename)
-    with pytest.raises(KeyboardInterrupt):
-        store.write_shard(0, shard_slice(prepared_tiles(), 0))
-    monkeypatch.undo()
-    leftover = f"_done/0.json.{os.getpid()}.partial"
+    os.replace = killed  # in this forked child only
+    TileStore.open(path, mode="r+").write_shard(0, shard_slice(prepared_tiles(), 0))
+
+
+def test_a_record_write_killed_before_its_rename_leaves_a_reported_partial_file(
+    tmp_path: Path,
+) -> None:
+    store = TileStore.create(tmp_path / "p.zarr", prepared_layout(), PROVENANCE)
+    context = multiprocessing.get_context("fork")
+    writer = context.Process(
+        target=_write_shard_killed_before_the_record_rename, args=(str(store.path),)
+    )
+    writer.start()
+    writer.join(timeout=60)
+    assert writer.exitcode == 9
+    leftover = f"_done/0.json.{writer.pid}.partial"
     assert store.verify().partial_files == [leftover]
     assert store.remove_partial_files() == [store.path / leftover]
     assert store.missing_shards() == [0, 1, 2]

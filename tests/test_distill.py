@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
-from dtkd_pipeline.train.checkpoint import CheckpointReadError
+from dtkd_pipeline.train.checkpoint import CheckpointManager, CheckpointReadError
 from dtkd_pipeline.train.curves import truncate_curves
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from dtkd_pipeline.weights import file_sha256
@@ -345,6 +346,34 @@ def test_a_damaged_newest_checkpoint_is_named_before_anything_is_deleted(params:
     with pytest.raises(CheckpointReadError, match=r"iter_00000006\.pt cannot be read.*delete it"):
         distill.run(params, device="cpu", restart_on_change=True)
     assert newest.exists()
+
+
+def test_a_checkpoint_without_the_training_keys_is_named_with_what_it_lacks(
+    tmp_path: Path,
+) -> None:
+    checkpoints = CheckpointManager(tmp_path, keep_last=2)
+    torch.save({"model": {}, "iteration": 4}, checkpoints.path_for(4))  # not written by distill
+    lacks = r"iter_00000004\.pt is not a training checkpoint .*lacks arch, best_psnr, data, ema"
+    with pytest.raises(CheckpointReadError, match=lacks + r".*delete it"):
+        checkpoints.load_latest()
+
+
+def test_a_resumed_run_reads_its_newest_checkpoint_once(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Comparing its settings and resuming from it share one read (checkpoints are large)."""
+    distill.run(params, device="cpu")
+    (params.distill.out_dir / "checkpoints" / "iter_00000006.pt").unlink()  # killed after 3
+    reads: list[str] = []
+    real_load = torch.load
+
+    def counting_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(Path(f).name)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    distill.run(params, device="cpu")
+    assert reads.count("iter_00000003.pt") == 1
 
 
 def test_checkpoints_of_another_process_count_are_refused(params: Params) -> None:

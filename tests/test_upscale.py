@@ -6,7 +6,9 @@ random weights from a fixed seed, on the CPU.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -459,3 +461,24 @@ def test_onnx_export_matches_pytorch(model: torch.nn.Module, tmp_path: Path) -> 
     assert got.shape == (2, 3, 52, 72)
     assert np.abs(got - expected).max() <= 1e-4
     assert not model.training  # the export worked on a copy
+
+
+def test_an_onnx_write_error_names_the_target_not_its_temporary(
+    model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from dtkd_pipeline.student.onnx_export import export_onnx
+
+    def disk_full(module: object, args: object, f: str, **options: object) -> None:
+        Path(f).write_bytes(b"half a graph")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f)
+
+    monkeypatch.setattr(torch.onnx, "export", disk_full)
+    path = tmp_path / "student.onnx"
+    path.write_bytes(b"the previous export")
+    with pytest.raises(OSError) as info:
+        export_onnx(model, path, tile=16)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["student.onnx"]
+    assert path.read_bytes() == b"the previous export"

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from dtkd_pipeline.atomic import flush_to_disk, remove_dead_siblings
+from dtkd_pipeline.atomic import flush_to_disk, remove_dead_siblings, replacing
 
 from .errors import (
     CacheError,
@@ -645,14 +645,12 @@ def _conform(spec: ArraySpec, data: np.ndarray, n_rows: int, shard_index: int) -
 
 
 def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    path.parent.mkdir(exist_ok=True)  # a deleted _done/ folder: every shard counts as missing
     # Named like zarr's own interrupted writes, so a killed writer's leftover is reported by
     # verify and removed with them.
-    path.parent.mkdir(exist_ok=True)  # a deleted _done/ folder: every shard counts as missing
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
-    tmp.write_text(json.dumps(payload, sort_keys=True))
-    flush_to_disk(tmp)
-    os.replace(tmp, path)
-    flush_to_disk(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
+    with replacing(path, durable=True, temporary=partial) as tmp:
+        tmp.write_text(json.dumps(payload, sort_keys=True))
 
 
 def _is_empty_folder(path: Path) -> bool:

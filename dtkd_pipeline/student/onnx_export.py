@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dtkd_pipeline import atomic
 
 __all__ = ["DEFAULT_OPSET", "OnnxExportError", "export_onnx"]
 
@@ -108,8 +109,7 @@ def export_onnx(
             "sr": {0: "batch", 2: "out_height", 3: "out_width"},
         }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic.replacing(path) as tmp:
         with warnings.catch_warnings():
             # The legacy exporter's deprecation notice and the tracer's warnings about the
             # Python-level size checks (constant by construction after _PadToWindow).
@@ -136,9 +136,6 @@ def export_onnx(
                 f"ONNX export of {type(model).__name__} to {path} does not match PyTorch: max "
                 f"abs difference {diff:.3g} > {atol:g} (opset {opset}); not written"
             )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return diff
 
 

@@ -10,23 +10,21 @@ Prefixes added by wrappers (``module.`` from DataParallel/DDP/AveragedModel, ``_
 torch.compile) are stripped. The shift-mask and relative-position-index buffers are derived from the
 architecture, so the file's copies are ignored and the model keeps its own: this lets a file saved
 with another `img_size` (another `attn_mask` shape) load, and a file without buffers load too.
-Every learnable tensor must match by name and shape (a strict load). Files are read with
-`torch.load(weights_only=True)`, allowing NumPy arrays (our checkpoints carry NumPy RNG state).
+Every learnable tensor must match by name and shape (a strict load). Files are read safely
+(`dtkd_pipeline.torch_checkpoint`: tensors, NumPy arrays, containers and numbers only).
 """
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from dtkd_pipeline.weights import NOT_TORCH_FILE, looks_like_torch_file
+from dtkd_pipeline.torch_checkpoint import UnreadableCheckpoint, load_checkpoint
+from dtkd_pipeline.weights import NOT_TORCH_FILE
 
 # Entries tried in order when `key` is not given: EMA weights before raw weights.
 WRAPPER_KEYS = ("params_ema", "params", "ema", "model")
@@ -66,43 +64,28 @@ def load_student_weights(
     return {"path": str(path), "key": chosen_key, "tensors": len(merged)}
 
 
-def _numpy_array_globals() -> list[Any]:
-    """What unpickling a NumPy array needs (training checkpoints carry NumPy RNG state)."""
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return [np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32))]
-
-
 def read_checkpoint(path: Path) -> Any:
     """The file's object, read safely (tensors, arrays, containers, numbers); errors name it."""
     try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not looks_like_torch_file(path):
-            raise _unreadable(path, NOT_TORCH_FILE) from error
-        if "weights only" in str(error).lower():
+        return load_checkpoint(path)
+    except UnreadableCheckpoint as error:
+        if error.reason == "unsafe":
             raise StudentWeightsError(
                 f"{path}: holds objects other than tensors, arrays, dicts and numbers, which "
                 "are not unpickled for safety; save the weights as a state dict"
             ) from error
         raise _unreadable(path, error) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise _unreadable(path, error) from error
 
 
-def _unreadable(path: Path, error: BaseException | str) -> StudentWeightsError:
+def _unreadable(path: Path, error: UnreadableCheckpoint) -> StudentWeightsError:
     size = path.stat().st_size
-    if error == NOT_TORCH_FILE and size > 0:  # not damaged: some other kind of file
+    if error.reason == "not-torch" and size > 0:  # not damaged: some other kind of file
         return StudentWeightsError(
             f"{path} is not a student checkpoint ({NOT_TORCH_FILE}); point --model (or "
             "evaluate.models) at a student.pt written by `dtkd-pipeline distill`, or an official "
             "SwinIR .pth file"
         )
-    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    reason = "the file is empty" if size == 0 else reason
+    reason = "the file is empty" if size == 0 else error.detail
     return StudentWeightsError(
         f"{path} ({size:,} bytes) is not a readable torch checkpoint, probably truncated or "
         f"corrupt; train it again (`dtkd-pipeline distill`), copy it again, or for a downloaded "

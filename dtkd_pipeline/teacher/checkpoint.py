@@ -8,7 +8,6 @@ parameter must be present with the right shape; anything else raises `TeacherChe
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -16,7 +15,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dtkd_pipeline.weights import NOT_TORCH_FILE, looks_like_torch_file
+from dtkd_pipeline.torch_checkpoint import UnreadableCheckpoint, load_checkpoint
+from dtkd_pipeline.weights import NOT_TORCH_FILE
 
 NetworkKind = Literal["unet", "autoencoder"]
 
@@ -38,7 +38,7 @@ class TeacherCheckpointError(ValueError):
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """torch.load a checkpoint (tensors only) and unwrap `state_dict`; clear errors on failure."""
+    """Read a checkpoint safely and unwrap `state_dict`; clear errors on failure."""
     path = Path(path)
     if not path.is_file():
         raise TeacherCheckpointError(
@@ -46,18 +46,14 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             "pass the right path"
         )
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not looks_like_torch_file(path):
-            raise _corrupt(path, NOT_TORCH_FILE) from exc
-        if "weights_only" in str(exc).lower() or "weights only" in str(exc).lower():
+        loaded = load_checkpoint(path)
+    except UnreadableCheckpoint as error:
+        if error.reason == "unsafe":
             raise TeacherCheckpointError(
                 f"teacher checkpoint {path} contains Python objects other than tensors, so it is "
-                f"not loaded (unsafe to unpickle). Save its state dict alone: {exc}"
-            ) from exc
-        raise _corrupt(path, exc) from exc
-    except Exception as exc:  # torch raises RuntimeError/EOFError/... for truncated archives
-        raise _corrupt(path, exc) from exc
+                f"not loaded (unsafe to unpickle). Save its state dict alone: {error.detail}"
+            ) from error
+        raise _corrupt(path, error) from error
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(
@@ -70,21 +66,19 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(loaded)
 
 
-def _corrupt(path: Path, reason: BaseException | str) -> TeacherCheckpointError:
+def _corrupt(path: Path, error: UnreadableCheckpoint) -> TeacherCheckpointError:
     size = path.stat().st_size
-    if reason == NOT_TORCH_FILE and size > 0:  # not damaged: some other kind of file
+    if error.reason == "not-torch" and size > 0:  # not damaged: some other kind of file
         return TeacherCheckpointError(
             f"teacher checkpoint {path} is not a torch checkpoint ({NOT_TORCH_FILE}): an error "
             "page saved by a download, or the wrong file. Delete it and download it again, or "
             "point teacher.unet_weights / teacher.autoencoder_weights at the official ResShift "
             ".pth files (see `dtkd-pipeline weights`)"
         )
-    if isinstance(reason, BaseException):
-        reason = f"{type(reason).__name__}: {reason}"
     return TeacherCheckpointError(
         f"teacher checkpoint {path} ({size:,} bytes) could not be read; it is probably "
         f"truncated or corrupt (an interrupted download?). Delete it and download it again. "
-        f"({reason})"
+        f"({error.detail})"
     )
 
 

@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
-import os
-import pickle
 import random
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
 
-from dtkd_pipeline.atomic import remove_dead_siblings, remove_dead_temporaries
+from dtkd_pipeline.atomic import (
+    pid_temporary,
+    remove_dead_siblings,
+    remove_dead_temporaries,
+    replacing,
+)
+from dtkd_pipeline.torch_checkpoint import UnreadableCheckpoint, load_checkpoint
 
 CHECKPOINT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
+
+
+class StudentCheckpoint(TypedDict):
+    """A training checkpoint (``iter_<n>.pt``, ``best.pt``): the student and all an exact resume
+    needs. Under DDP ``data`` and ``rng`` are lists, one entry per rank."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    data: dict[str, Any] | list[dict[str, Any]]  # the loader's position
+    rng: dict[str, Any] | list[dict[str, Any]]  # rng_states()
+    iteration: int
+    best_psnr: float
+    arch: str  # the student's registry name
+    params: dict[str, Any]  # the distill section it was trained with
+    provenance: dict[str, Any]  # the teacher cache it was trained on
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -22,15 +44,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     hidden = path.with_name(f".{path.name}")
     remove_dead_siblings(hidden)  # a killed run's half-written temporary (checkpoints are large)
-    tmp = hidden.with_name(f"{hidden.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path, durable=True, temporary=pid_temporary(hidden)) as tmp:
+        torch.save(obj, tmp)
 
 
 def rng_states() -> dict[str, Any]:
@@ -79,7 +94,7 @@ class CheckpointManager:
         iterations = self.iterations()
         return self.path_for(iterations[-1]) if iterations else None
 
-    def save(self, state: dict[str, Any], iteration: int, is_best: bool = False) -> Path:
+    def save(self, state: StudentCheckpoint, iteration: int, is_best: bool = False) -> Path:
         path = self.path_for(iteration)
         # Every killed writer's temporary, not only this name's: a resume with another
         # checkpoint_every never writes the name a killed save was writing.
@@ -91,20 +106,30 @@ class CheckpointManager:
             self.path_for(old).unlink(missing_ok=True)
         return path
 
-    def save_best(self, state: dict[str, Any]) -> Path:
+    def save_best(self, state: StudentCheckpoint) -> Path:
         """`best.pt` alone: for a validation that beat the best between checkpoint steps."""
         path = self.folder / "best.pt"
         atomic_torch_save(state, path)
         return path
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    def load_latest(self) -> StudentCheckpoint | None:
+        """The newest checkpoint, on the CPU (see `load_checkpoint`), or None when there is none."""
         path = self.latest()
         if path is None:
             return None
+        remedy = "delete it to resume from the previous one, or delete the folder to start over"
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            state = load_checkpoint(path)
+        except UnreadableCheckpoint as error:
             raise CheckpointReadError(
-                f"checkpoint {path} cannot be read ({exc}); delete it to resume from the "
-                "previous one, or delete the folder to start over"
-            ) from exc
+                f"checkpoint {path} cannot be read ({error.detail}); {remedy}"
+            ) from error
+        missing = sorted(
+            StudentCheckpoint.__required_keys__ - set(state if isinstance(state, Mapping) else ())
+        )
+        if missing:
+            raise CheckpointReadError(
+                f"checkpoint {path} is not a training checkpoint of this pipeline (it lacks "
+                f"{', '.join(missing)}); {remedy}"
+            )
+        return cast(StudentCheckpoint, state)

@@ -28,7 +28,12 @@ from dtkd_pipeline.devices import require_cuda_for, resolve_device
 from dtkd_pipeline.losses import DistillationObjective, build_kd_loss
 from dtkd_pipeline.stage_files import CHECKPOINTS_DIR
 from dtkd_pipeline.student import build_student
-from dtkd_pipeline.train.checkpoint import CheckpointManager, restore_rng_states, rng_states
+from dtkd_pipeline.train.checkpoint import (
+    CheckpointManager,
+    StudentCheckpoint,
+    restore_rng_states,
+    rng_states,
+)
 from dtkd_pipeline.train.dataset import (
     LoaderSettings,
     ShardStreamDataset,
@@ -136,8 +141,12 @@ def train(
     ctx: DistributedContext,
     validate: Validator | None = None,
     log: Logger | None = None,
+    latest: StudentCheckpoint | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) to ``cfg.iterations``; returns the final state (model, EMA, params)."""
+    """Train (or resume) to ``cfg.iterations``; returns the final state (model, EMA, params).
+
+    ``latest``: the newest checkpoint when the caller has read it already (None: read it here).
+    """
     device = ctx.device
     check_recipe(cfg, device, ctx.world_size)
     torch.manual_seed(cfg.seed + ctx.rank)
@@ -190,7 +199,8 @@ def train(
 
     # -- resume
     checkpoints = CheckpointManager(run.out_dir / CHECKPOINTS_DIR, cfg.keep_last)
-    state = checkpoints.load_latest(map_location=device)
+    # On the CPU, where RNG states must be restored from.
+    state = latest if latest is not None else checkpoints.load_latest()
     iteration, best_psnr = 0, -math.inf
     if state is not None:
         model.load_state_dict(state["model"])
@@ -203,7 +213,7 @@ def train(
         if ctx.is_main:
             tqdm.write(f"resuming from {checkpoints.latest()} at iteration {iteration}")
 
-    def checkpoint_state(data_position: Any, rng: Any) -> dict[str, Any]:
+    def checkpoint_state(data_position: Any, rng: Any) -> StudentCheckpoint:
         return {
             "model": model.state_dict(),
             "ema": ema.state_dict(),
