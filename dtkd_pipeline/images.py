@@ -117,7 +117,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
         with Image.open(path) as image:
             stored_bits = 16 if deep_colour else _stored_bits(image)
             _check_sample_format(image.mode, stored_bits, path)
-            width, height = image.size
+            width, height = _stored_size(image)
             if _orientation(image, path) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
             bit_depth = 16 if deep_colour or _is_gray16(image.mode, stored_bits) else 8
@@ -125,6 +125,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
 
 
 _EXIF_ORIENTATION = 0x0112
+_TIFF_WIDTH, _TIFF_HEIGHT = 256, 257
 # EXIF orientation -> (swap rows and columns, then flip rows, flip columns) to display it upright:
 # 2 mirror, 3 rotate 180°, 4 flip, 5 transpose, 6 rotate 90° clockwise, 7 transverse, 8 rotate 90°
 # anticlockwise. 1 and unknown values leave the image as stored.
@@ -138,6 +139,14 @@ _EXIF_TRANSFORMS = {
     8: (True, True, False),
 }
 _TRANSPOSING_ORIENTATIONS = {key for key, (swap, _, _) in _EXIF_TRANSFORMS.items() if swap}
+
+
+def _stored_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as stored, before orientation. Pillow reports a rotated TIFF's size
+    already turned upright (recent versions), so a TIFF's is taken from its tags."""
+    if image.format == "TIFF":
+        return int(image.tag_v2[_TIFF_WIDTH]), int(image.tag_v2[_TIFF_HEIGHT])
+    return image.size
 
 
 def _orientation(image: Image.Image, path: Path) -> int:

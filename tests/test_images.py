@@ -226,6 +226,17 @@ def test_probe_image_promises_what_read_image_delivers(tmp_path: Path) -> None:
         assert header.has_alpha == (loaded.alpha is not None), path.name
 
 
+def test_probe_image_gives_a_rotated_tiff_its_upright_size(tmp_path: Path) -> None:
+    """Pillow opens a TIFF with its orientation tag already applied to the size: probing must not
+    turn it a second time."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(tmp_path / "r.tif", exif=exif)
+    header, loaded = images.probe_image(tmp_path / "r.tif"), read_image(tmp_path / "r.tif")
+    assert loaded.rgb.shape[:2] == (16, 8)
+    assert (header.height, header.width) == (16, 8)
+
+
 def test_probe_image_refuses_what_the_header_shows_is_not_an_image(tmp_path: Path) -> None:
     bad = _bad_files(tmp_path)
     for name in ("empty", "text"):
