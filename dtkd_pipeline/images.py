@@ -5,8 +5,9 @@ Conventions: numpy images are ``H×W×C`` float in [0, 1], RGB, channels last; t
 
 Pillow (13) reads 16-bit *colour* PNGs (RGB, RGBA, gray+alpha) as 8-bit, so those are decoded
 by the numpy codec in :mod:`dtkd_pipeline.png16`; 16-bit gray PNGs go through Pillow, which keeps
-all 16 bits. 16-bit colour TIFFs are still read by Pillow at 8-bit precision (a warning says so);
-convert them to 16-bit PNG to keep the extra bits.
+all 16 bits. 16-bit colour TIFFs in the common layouts (strips, uncompressed or deflate) are read
+in full by :mod:`dtkd_pipeline.tiff16`; others (LZW, tiles) are read by Pillow at 8-bit precision
+and a warning names the file: convert them to 16-bit PNG to keep the extra bits.
 
 MATLAB bicubic resize lives in :mod:`dtkd_pipeline.resize`; BT.601 luma in
 :mod:`dtkd_pipeline.colour`.
@@ -35,6 +36,12 @@ from dtkd_pipeline.png16 import (
     encode_png16,
     is_16bit_colour_png,
     png_exif,
+)
+from dtkd_pipeline.tiff16 import (
+    DecodedTiff16,
+    TiffDecodeError,
+    decode_tiff16,
+    is_decodable_16bit_colour_tiff,
 )
 
 if TYPE_CHECKING:
@@ -87,6 +94,8 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
         if is_16bit_colour_png(path):
             return _from_png16(decode_png16(path.read_bytes()), path)
         with Image.open(path) as image:
+            if is_decodable_16bit_colour_tiff(image):  # before load(), which drops orientation
+                return _from_tiff16(decode_tiff16(path.read_bytes(), image.tag_v2), path)
             image.load()
             # Read the stored bit depth first: the transposed copy has no format or TIFF tags.
             stored_bits = _stored_bits(image)
@@ -115,6 +124,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
     with _reading(path):
         deep_colour = is_16bit_colour_png(path)
         with Image.open(path) as image:
+            deep_colour = deep_colour or is_decodable_16bit_colour_tiff(image)
             stored_bits = 16 if deep_colour else _stored_bits(image)
             _check_sample_format(image.mode, stored_bits, path)
             width, height = _stored_size(image)
@@ -202,7 +212,7 @@ def _reading(path: Path) -> Iterator[None]:
         yield
     except ImageReadError:
         raise
-    except PngDecodeError as err:
+    except (PngDecodeError, TiffDecodeError) as err:
         raise ImageReadError(f"{path}: {err}") from None
     except UnidentifiedImageError:
         hint = ""
@@ -247,8 +257,9 @@ def _from_pillow(image: Image.Image, path: Path, stored_bits: int) -> LoadedImag
     bit_depth = 8
     if stored_bits > 8:
         warnings.warn(
-            f"{path}: {stored_bits}-bit colour image read at 8-bit precision (Pillow's limit); "
-            "convert it to 16-bit PNG to keep all bits",
+            f"{path}: {stored_bits}-bit colour image read at 8-bit precision (Pillow's limit; "
+            "16-bit TIFFs are read in full only in strips, uncompressed or deflate); convert it "
+            "to 16-bit PNG to keep all bits",
             stacklevel=3,
         )
     if _has_alpha(image):
@@ -272,20 +283,35 @@ def _stored_bits(image: Image.Image) -> int:
 
 def _from_png16(decoded: DecodedPng16, path: Path) -> LoadedImage:
     samples = decoded.samples
-    values = samples.astype(np.float32) / 65535.0
-    alpha = None
     if decoded.has_alpha_channel:
-        alpha = np.ascontiguousarray(values[..., -1])
-        values = values[..., :-1]
-    elif decoded.transparency is not None and len(decoded.transparency) == 6:
-        # RGB colour key: that exact colour is transparent.
-        key = np.frombuffer(decoded.transparency, ">u2")
-        alpha = (~np.all(samples == key, axis=-1)).astype(np.float32)
+        colour, alpha = samples[..., :-1], _unit_range(samples[..., -1])
+    else:
+        colour, alpha = samples, None
+        if decoded.transparency is not None and len(decoded.transparency) == 6:
+            # RGB colour key: that exact colour is transparent.
+            key = np.frombuffer(decoded.transparency, ">u2")
+            alpha = (~np.all(samples == key, axis=-1)).astype(np.float32)
+    return _from_16bit(colour, alpha, _exif_orientation(decoded.exif), path)
+
+
+def _from_tiff16(decoded: DecodedTiff16, path: Path) -> LoadedImage:
+    alpha = None if decoded.alpha is None else _unit_range(decoded.alpha)
+    return _from_16bit(decoded.rgb, alpha, decoded.orientation, path)
+
+
+def _from_16bit(
+    colour: np.ndarray, alpha: np.ndarray | None, orientation: int, path: Path
+) -> LoadedImage:
+    """uint16 ``colour`` (H×W×3, or H×W×1 gray) and float ``alpha``, turned upright."""
+    values = _unit_range(colour)
     rgb = np.repeat(values, 3, axis=2) if values.shape[-1] == 1 else values
-    orientation = _exif_orientation(decoded.exif)
     if alpha is not None:
         alpha = _orient(alpha, orientation)
     return LoadedImage(_orient(rgb, orientation), alpha, 16, path)
+
+
+def _unit_range(samples: np.ndarray) -> np.ndarray:
+    return samples.astype(np.float32) / 65535.0
 
 
 # --------------------------------------------------------------------------------------- writing
