@@ -51,12 +51,12 @@ from dtkd_pipeline.images import (
     ImageHeader,
     ImageReadError,
     LoadedImage,
-    imresize,
     probe_image,
     read_image,
     write_image,
 )
 from dtkd_pipeline.output_plan import plan_outputs
+from dtkd_pipeline.resize import imresize
 from dtkd_pipeline.student import build_student, load_student_weights, student_config
 from dtkd_pipeline.student.registry import STUDENT_CONFIGS
 from dtkd_pipeline.student.weights import read_checkpoint
@@ -470,7 +470,7 @@ def upscale_image(
     """(rgb H'×W'×3 float32, alpha H'×W' float32 or None) for a decoded image, both in [0, 1].
 
     Colour goes through the student; alpha, if any, is resized on its own with MATLAB-style
-    bicubic :func:`~dtkd_pipeline.images.imresize` (Keys a = -0.5, the LR convention of this
+    bicubic :func:`~dtkd_pipeline.resize.imresize` (Keys a = -0.5, the LR convention of this
     project; it rings less at hard mask edges than torch's a = -0.75) and clamped to [0, 1].
     Gray images come back as RGB with three equal-ish channels: :func:`read_image` gives RGB.
     """

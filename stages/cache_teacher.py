@@ -62,8 +62,9 @@ from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate.figures import image_grid
-from dtkd_pipeline.images import imresize, to_uint8
+from dtkd_pipeline.images import to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
+from dtkd_pipeline.resize import imresize
 from dtkd_pipeline.scheduler import connect
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.teacher import (

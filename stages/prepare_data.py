@@ -46,15 +46,14 @@ from dtkd_pipeline.evaluate.metrics import VALIDATION_METRICS, min_scored_side
 from dtkd_pipeline.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
-    bicubic_downscale_x4,
     list_images,
-    modcrop,
     read_image,
     to_uint8,
     write_image,
 )
 from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
 from dtkd_pipeline.progress import DaskTqdm
+from dtkd_pipeline.resize import bicubic_downscale_x4, modcrop
 from dtkd_pipeline.stage_files import TRAIN_STORE, VAL_DIR
 from dtkd_pipeline.tiles import TilePlan, cut_tiles, pad_bottom_right, plan_tiles
 

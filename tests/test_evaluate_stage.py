@@ -17,7 +17,8 @@ from dtkd_pipeline.cli import app
 from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.figures import curve_panels, training_curves
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
-from dtkd_pipeline.images import bicubic_downscale_x4, read_image, write_image
+from dtkd_pipeline.images import read_image, write_image
+from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.student import StudentWeightsError, build_student
 from stages import evaluate, report
 from tests.pipeline_helpers import forbid_teacher, make_hr_images, tiny_params

@@ -11,13 +11,8 @@ import pytest
 
 from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError
 from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
-from dtkd_pipeline.images import (
-    ImageReadError,
-    bicubic_downscale_x4,
-    read_image,
-    to_uint8,
-    write_image,
-)
+from dtkd_pipeline.images import ImageReadError, read_image, to_uint8, write_image
+from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from stages import prepare_data
 from tests.pipeline_helpers import make_hr_images, tiny_params

@@ -14,7 +14,8 @@ from dtkd_pipeline.evaluate.testsets import (
     load_pair,
     open_test_set,
 )
-from dtkd_pipeline.images import bicubic_downscale_x4, imresize, to_uint8, write_image
+from dtkd_pipeline.images import to_uint8, write_image
+from dtkd_pipeline.resize import bicubic_downscale_x4, imresize
 from dtkd_pipeline.stage_files import VAL_DIR
 
 SCALE = 4

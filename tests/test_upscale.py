@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from dtkd_pipeline.devices import DeviceError
-from dtkd_pipeline.images import ImageReadError, imresize, read_image, write_image
+from dtkd_pipeline.images import ImageReadError, read_image, write_image
+from dtkd_pipeline.resize import imresize
 from dtkd_pipeline.student import StudentWeightsError, build_student
 from dtkd_pipeline.upscale import (
     load_upscaler,

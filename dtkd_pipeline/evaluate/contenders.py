@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from dtkd_pipeline.images import imresize
+from dtkd_pipeline.resize import imresize
 from dtkd_pipeline.teacher import Teacher
 from dtkd_pipeline.upscale import Upscaler, load_upscaler
 

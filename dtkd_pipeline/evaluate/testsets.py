@@ -39,16 +39,9 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from dtkd_pipeline.images import (
-    bicubic_downscale_x4,
-    imresize,
-    list_images,
-    modcrop,
-    probe_image,
-    read_image,
-    to_uint8,
-)
+from dtkd_pipeline.images import list_images, probe_image, read_image, to_uint8
 from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
+from dtkd_pipeline.resize import bicubic_downscale_x4, imresize, modcrop
 
 __all__ = [
     "LAYOUTS",

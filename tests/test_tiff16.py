@@ -1,0 +1,125 @@
+"""dtkd_pipeline.tiff16: 16-bit colour TIFFs read at full depth, through read_image/probe_image.
+
+The files are written by tifffile, an independent TIFF writer (installed with scikit-image).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from dtkd_pipeline.images import ImageReadError, probe_image, read_image
+
+tifffile = pytest.importorskip("tifffile")
+
+RNG = np.random.default_rng(0)
+
+
+def _samples(height: int, width: int, channels: int) -> np.ndarray:
+    """Random 16-bit samples whose low bytes matter (an 8-bit read cannot match them)."""
+    return RNG.integers(0, 65536, (height, width, channels)).astype(np.uint16)
+
+
+def _write(path: Path, samples: np.ndarray, **options: Any) -> Path:
+    if options.get("planarconfig") == "separate":
+        samples = np.moveaxis(samples, -1, 0)  # tifffile takes planes first
+    tifffile.imwrite(path, samples, photometric="rgb", **options)
+    return path
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"byteorder": ">"},
+        {"compression": "zlib"},
+        {"compression": "zlib", "predictor": True},
+        {"planarconfig": "separate", "compression": "zlib", "predictor": True},
+        {"rowsperstrip": 3, "byteorder": ">", "predictor": True, "compression": "zlib"},
+    ],
+    ids=["plain", "big-endian", "deflate", "predictor", "planes", "strips"],
+)
+def test_16bit_rgb_tiff_is_read_at_full_depth(tmp_path: Path, options: dict[str, Any]) -> None:
+    samples = _samples(11, 13, 3)
+    path = _write(tmp_path / "rgb16.tif", samples, **options)
+    loaded, header = read_image(path), probe_image(path)
+    assert loaded.bit_depth == header.bit_depth == 16 and loaded.alpha is None
+    np.testing.assert_array_equal(np.round(loaded.rgb * 65535), samples)
+    assert (header.height, header.width, header.has_alpha) == (11, 13, False)
+
+
+def test_16bit_rgba_tiff_keeps_its_alpha_at_full_depth(tmp_path: Path) -> None:
+    samples = _samples(7, 9, 4)
+    path = _write(tmp_path / "rgba16.tif", samples, extrasamples=["unassalpha"])
+    loaded, header = read_image(path), probe_image(path)
+    assert loaded.bit_depth == header.bit_depth == 16 and header.has_alpha
+    np.testing.assert_array_equal(np.round(loaded.rgb * 65535), samples[..., :3])
+    assert loaded.alpha is not None
+    np.testing.assert_array_equal(np.round(loaded.alpha * 65535), samples[..., 3])
+
+
+def test_premultiplied_16bit_tiff_colour_is_divided_by_its_alpha(tmp_path: Path) -> None:
+    straight = _samples(6, 8, 3).astype(np.float64) / 65535
+    alpha = RNG.integers(1, 65536, (6, 8)).astype(np.float64) / 65535
+    alpha[0, 0] = 0.0  # fully transparent: no colour to recover, read as black
+    premultiplied = np.round(np.dstack([straight * alpha[..., None], alpha]) * 65535)
+    path = _write(
+        tmp_path / "pre.tif", premultiplied.astype(np.uint16), extrasamples=["assocalpha"]
+    )
+    loaded = read_image(path)
+    assert loaded.alpha is not None
+    np.testing.assert_array_equal(
+        loaded.alpha, (np.round(alpha * 65535) / 65535).astype(np.float32)
+    )
+    visible = alpha > 0.01  # dividing by a tiny alpha magnifies the premultiplied rounding
+    np.testing.assert_allclose(loaded.rgb[visible], straight[visible], atol=1e-3)
+    np.testing.assert_array_equal(loaded.rgb[0, 0], 0.0)
+
+
+def test_16bit_tiff_orientation_turns_it_upright_as_pillow_does(tmp_path: Path) -> None:
+    """Pillow turns the 8-bit views upright (the high bytes read from the file, the low bytes
+    written as an 8-bit image with the same orientation): together they are the reference."""
+    samples = _samples(5, 8, 3)
+    for orientation in range(1, 9):
+        path = _write(
+            tmp_path / f"o{orientation}.tif", samples, extratags=[(274, "H", 1, orientation, True)]
+        )
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        low = Image.fromarray((samples & 0xFF).astype(np.uint8))
+        low.save(tmp_path / "low.tif", exif=exif)
+        with Image.open(path) as high, Image.open(tmp_path / "low.tif") as low:
+            high_bytes = np.asarray(ImageOps.exif_transpose(high)).astype(np.uint16)
+            low_bytes = np.asarray(ImageOps.exif_transpose(low)).astype(np.uint16)
+        loaded, header = read_image(path), probe_image(path)
+        assert loaded.bit_depth == 16
+        upright = (high_bytes << 8) | low_bytes
+        np.testing.assert_array_equal(np.round(loaded.rgb * 65535), upright, str(orientation))
+        assert (header.height, header.width) == loaded.rgb.shape[:2], orientation
+
+
+def test_a_16bit_tiff_this_reader_cannot_decode_warns_naming_the_file(tmp_path: Path) -> None:
+    """Tiled TIFFs go to Pillow, which keeps only the high byte of each sample: say so."""
+    samples = _samples(32, 32, 3)
+    path = _write(tmp_path / "tiled.tif", samples, tile=(16, 16))
+    expected = "16-bit colour image read at 8-bit precision.*read in full only in strips"
+    expected = f"{re.escape(str(path))}: {expected}"
+    with pytest.warns(UserWarning, match=expected):
+        loaded = read_image(path)
+    assert loaded.bit_depth == probe_image(path).bit_depth == 8
+    np.testing.assert_array_equal(np.round(loaded.rgb * 255), samples >> 8)
+
+
+def test_truncated_16bit_tiff_strip_data_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path / "cut.tif", _samples(16, 16, 3))
+    with tifffile.TiffFile(path) as tif:  # tifffile writes the header first, the pixels last
+        assert tif.pages[0].dataoffsets[0] > tif.pages[0].offset
+    path.write_bytes(path.read_bytes()[:-100])
+    assert probe_image(path).bit_depth == 16  # the header is intact
+    with pytest.raises(ImageReadError, match=f"{re.escape(str(path))}: truncated TIFF"):
+        read_image(path)
