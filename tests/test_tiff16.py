@@ -1,6 +1,6 @@
 """dtkd_pipeline.tiff16: 16-bit colour TIFFs read at full depth, through read_image/probe_image.
 
-The files are written by tifffile, an independent TIFF writer (installed with scikit-image).
+The files are written by tifffile, an independent TIFF writer (a dev dependency).
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image, ImageOps
 
 from dtkd_pipeline.images import ImageReadError, probe_image, read_image
-
-tifffile = pytest.importorskip("tifffile")
 
 RNG = np.random.default_rng(0)
 
