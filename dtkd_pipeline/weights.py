@@ -40,6 +40,8 @@ from typing import BinaryIO, Protocol
 
 from tqdm import tqdm
 
+from dtkd_pipeline.progress import hidden_unless
+
 __all__ = [
     "MIRROR_ENV",
     "REGISTRY",
@@ -481,8 +483,8 @@ def _stream(response: _Response, part: Path, offset: int, spec: WeightSpec, prog
             unit_scale=True,
             unit_divisor=1024,
             desc=spec.filename,
-            disable=not progress,
             leave=False,
+            **hidden_unless(progress),
         ) as bar,
     ):
         while chunk := response.read(_CHUNK):

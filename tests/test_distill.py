@@ -30,13 +30,20 @@ from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
+from dtkd_pipeline.train import loop
 from dtkd_pipeline.train.checkpoint import CheckpointReadError
 from dtkd_pipeline.train.curves import truncate_curves
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from dtkd_pipeline.weights import file_sha256
 from stages import distill, prepare_data
 from stages.cache_teacher import dwt_tile_shapes
-from tests.pipeline_helpers import REPO_ROOT, TINY_DISTILL, make_hr_images, tiny_params
+from tests.pipeline_helpers import (
+    REPO_ROOT,
+    TINY_DISTILL,
+    bars_under_tqdm_disable,
+    make_hr_images,
+    tiny_params,
+)
 
 
 def build_stores(params: Params) -> None:
@@ -161,6 +168,14 @@ def test_training_decreases_task_and_kd_losses(params: Params, tmp_path: Path) -
     assert np.mean(kd[-8:]) < 0.7 * np.mean(kd[:8])
     lambdas = [h["train/lambda"] for h in history]
     assert lambdas[0] == 0.0 and lambdas[-1] == pytest.approx(39 / 40)
+
+
+def test_the_distill_bar_honours_tqdm_disable(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bars = bars_under_tqdm_disable(monkeypatch, loop)
+    _run(params, tmp_path / "m", iterations=2)
+    assert ("distill", False) in bars and not any(shown for _, shown in bars)
 
 
 _KILL_SCRIPT = """

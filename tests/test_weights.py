@@ -15,6 +15,7 @@ import torch
 
 from dtkd_pipeline import weights
 from dtkd_pipeline.weights import WeightsError, WeightSpec
+from tests.pipeline_helpers import bars_under_tqdm_disable
 
 # A pickle header (as a legacy torch.save file starts), then 1 MiB: more than one read chunk.
 PAYLOAD = b"\x80\x02" + bytes(range(256)) * 4096 + b"tail"
@@ -110,6 +111,14 @@ def test_download_records_hash_and_no_tty_progress(server: Server, tmp_path: Pat
     assert record == [PAYLOAD_SHA, FILENAME]
     assert weights.file_sha256(path) == PAYLOAD_SHA
     assert server.range_headers == [None]
+
+
+def test_the_download_bar_honours_tqdm_disable(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bars = bars_under_tqdm_disable(monkeypatch, weights)
+    weights.download(_spec(server), tmp_path, progress=True)
+    assert bars == [(FILENAME, False)]
 
 
 def test_resume_from_part_sends_range(server: Server, tmp_path: Path) -> None:
