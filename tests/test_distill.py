@@ -245,6 +245,22 @@ def test_an_out_dir_that_is_a_file_is_refused_naming_the_key(params: Params) -> 
     assert params.distill.out_dir.read_text() == "not a folder"
 
 
+def test_an_out_dir_holding_files_no_run_wrote_is_refused_before_anything_is_deleted(
+    params: Params,
+) -> None:
+    out = params.distill.out_dir
+    (out / "dvclive").mkdir(parents=True)
+    (out / "dvclive" / "metrics.json").write_text("{}")  # the user's own experiment's curves
+    (out / "student.pt").write_bytes(b"mine")
+    with pytest.raises(
+        OutputFolderError,
+        match=r"distill\.out_dir: .* \(dvclive, student\.pt\), and distill overwrites student\.pt",
+    ):
+        distill.run(params, device="cpu", restart_on_change=True)
+    assert (out / "student.pt").read_bytes() == b"mine"
+    assert sorted(p.name for p in out.rglob("*")) == ["dvclive", "metrics.json", "student.pt"]
+
+
 def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -> None:
     other = params.model_copy(
         update={"teacher": params.teacher.model_copy(update={"steps": 4, "seed": 7})}
