@@ -442,6 +442,38 @@ class Params(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tiles_leave_no_gaps(self) -> Params:
+        # Here, not in DataParams, so the message names the keys in full.
+        data = self.data
+        if data.stride > data.lr_tile:
+            raise ValueError(
+                f"data.stride ({data.stride}) exceeds data.lr_tile ({data.lr_tile}), which leaves "
+                "strips between tiles that are never trained on: set data.stride to at most "
+                "data.lr_tile (smaller overlaps tiles)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kd_depth_fits_patch(self) -> Params:
+        """ptwt decomposes any depth silently; past pywt's maximum level every coefficient of the
+        coarsest subbands is boundary padding, so the loss would weigh padding, not the image."""
+        kd = self.distill.kd
+        # pixel_l1 and fft ignore levels; the DTCWT's at most 4 halvings fit any patch (>= 32 px).
+        if kd.kind not in ("dwt", "dwt_uniform"):
+            return self
+        import pywt
+
+        hr_patch = self.distill.patch_size * self.data.scale
+        deepest = pywt.dwt_max_level(hr_patch, kd.wavelet)
+        if kd.levels > deepest:
+            raise ValueError(
+                f"distill.kd.levels ({kd.levels}) is deeper than the {hr_patch}-px HR patch "
+                f"(distill.patch_size x data.scale) allows for wavelet {kd.wavelet}: at most "
+                f"{deepest}. Lower distill.kd.levels or raise distill.patch_size"
+            )
+        return self
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """The safe loader, refusing a key given twice in a mapping (YAML keeps the last, silently)."""

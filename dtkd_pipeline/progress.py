@@ -1,4 +1,4 @@
-"""A tqdm bar for dask's local schedulers, so dask work shows the same bars as everything else."""
+"""Progress bar helpers: one that honours TQDM_DISABLE when hidden on request, one for dask."""
 
 from __future__ import annotations
 
@@ -7,6 +7,16 @@ from typing import Any
 
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
+
+
+def hidden_unless(shown: bool) -> dict[str, bool]:
+    """tqdm keyword arguments that hide a bar unless `shown`.
+
+    tqdm reads TQDM_DISABLE (like every ``TQDM_*`` variable) as the default of its ``disable``
+    argument, so an explicit ``disable=False`` would show the bar despite it: a bar that may show
+    leaves ``disable`` unset.
+    """
+    return {} if shown else {"disable": True}
 
 
 class DaskTqdm(Callback):

@@ -56,6 +56,7 @@ from dtkd_pipeline.images import (
     write_image,
 )
 from dtkd_pipeline.output_plan import plan_outputs
+from dtkd_pipeline.progress import hidden_unless
 from dtkd_pipeline.resize import imresize
 from dtkd_pipeline.student import build_student, load_student_weights, student_config
 from dtkd_pipeline.student.registry import STUDENT_CONFIGS
@@ -436,7 +437,11 @@ def _upscale_tiled(
     tiles = [(i, j) for i in range(len(layout.ys)) for j in range(len(layout.xs))]
     batches = list(_batches(tiles, batch_size))
     bar = tqdm(
-        batches, desc="tiles", unit="batch", leave=False, disable=not progress or len(batches) < 2
+        batches,
+        desc="tiles",
+        unit="batch",
+        leave=False,
+        **hidden_unless(progress and len(batches) >= 2),
     )
     for group in bar:
         inputs = torch.cat(
@@ -563,7 +568,7 @@ def upscale_paths(
         model_path, device, precision, arch=arch, compile_mode=compile_mode, weights_dir=weights_dir
     )
     written = []
-    bar = tqdm(pairs, desc="upscale", unit="img", disable=not progress or len(pairs) < 2)
+    bar = tqdm(pairs, desc="upscale", unit="img", **hidden_unless(progress and len(pairs) >= 2))
     for source, target in bar:
         bar.set_postfix_str(source.name, refresh=False)
         try:

@@ -36,11 +36,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol
 
 from tqdm import tqdm
 
 from dtkd_pipeline import atomic
+from dtkd_pipeline.progress import hidden_unless
 
 __all__ = [
     "MIRROR_ENV",
@@ -366,7 +367,7 @@ def download(spec: WeightSpec, dest_dir: str | os.PathLike[str], progress: bool 
     ignores Range gets a fresh start). The sha256 is computed while streaming; the ``.part`` becomes
     the final file (atomic ``os.replace``) only after the hash check passes, then ``<file>.sha256``
     is written. Concurrent callers on one machine serialise on ``<file>.lock`` where ``fcntl``
-    exists, so only one of them downloads.
+    exists, so only one of them downloads; the lock file is removed when done.
     """
     folder = Path(dest_dir).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -480,8 +481,8 @@ def _stream(response: _Response, part: Path, offset: int, spec: WeightSpec, prog
             unit_scale=True,
             unit_divisor=1024,
             desc=spec.filename,
-            disable=not progress,
             leave=False,
+            **hidden_unless(progress),
         ) as bar,
     ):
         while chunk := response.read(_CHUNK):
@@ -499,17 +500,35 @@ def _stream(response: _Response, part: Path, offset: int, spec: WeightSpec, prog
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``, which is removed again when the holder is done.
+
+    The holder removes the file while still holding the lock. A waiter that opened the removed
+    file then locks a file no newcomer can open, so it only proceeds once the lock it got is on
+    the file at ``path`` now, and otherwise tries again.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks in the standard library; run one at a time
         yield
         return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    while True:
+        with open(path, "a") as handle:  # closing it releases the lock
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            if _is_file_at(handle, path):
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(OSError):  # a folder we may not delete in keeps it
+                        path.unlink()
+                return
+
+
+def _is_file_at(handle: IO[str], path: Path) -> bool:
+    """Whether the open ``handle`` is the file now at ``path`` (not one removed meanwhile)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 # resolve_weights's parameters shadow these two public names; it calls them through the aliases.

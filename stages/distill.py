@@ -26,6 +26,7 @@ from dtkd_pipeline.cache.teacher_record import (
 from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
+from dtkd_pipeline.pairing import MAX_LISTED
 from dtkd_pipeline.stage_files import (
     CHECKPOINTS_DIR,
     DVCLIVE_DIR,
@@ -208,16 +209,35 @@ def _reconcile_checkpoints(
     return None
 
 
+def _require_own_out_dir(out_dir: Path) -> None:
+    """Refuse an out_dir holding files no stage wrote: distill overwrites student.pt, prunes
+    checkpoints/, clears dvclive/ on a fresh start and deletes both on --restart-on-change."""
+    if atomic.is_replaceable(out_dir):  # missing, empty, or marked by an earlier run
+        return
+    names = sorted(entry.name for entry in out_dir.iterdir())
+    more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    raise atomic.OutputFolderError(
+        f"distill.out_dir: {out_dir} holds files no distill run marked as its own "
+        f"({', '.join(names[:MAX_LISTED])}{more}), and distill overwrites {STUDENT_FILE} and "
+        f"deletes old checkpoints and curves there. Set distill.out_dir to a new or empty "
+        f"folder; if they are an earlier distill run's files, mark the folder as its output "
+        f"with `touch {out_dir / atomic.OUTPUT_MARKER}`"
+    )
+
+
 def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
     cfg, scale = params.distill, params.data.scale
     provenance = _teacher_provenance(params)
     ctx = setup_distributed(device)
     check_recipe(cfg, ctx.device, ctx.world_size)  # before --restart-on-change deletes anything
     atomic.require_folder(cfg.out_dir, "distill.out_dir")
+    _require_own_out_dir(cfg.out_dir)  # before --restart-on-change deletes anything
     val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
     latest = _reconcile_checkpoints(params, provenance, ctx, restart_on_change)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        atomic.mark_output(out_dir)  # a later run may overwrite and prune what is in it
     run_spec = TrainingRun(
         prepared_store=params.data.prepared_dir / TRAIN_STORE,
         teacher_store=params.teacher.store,

@@ -48,7 +48,8 @@ from dtkd_pipeline.evaluate.efficiency import (
 from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
 from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
-from dtkd_pipeline.images import as_saved_8bit
+from dtkd_pipeline.images import as_saved_8bit, probe_image
+from dtkd_pipeline.pairing import MAX_LISTED
 from dtkd_pipeline.stage_files import COMPARISONS_DIR, EFFICIENCY_JSON, EFFICIENCY_MD, TRAIN_STORE
 from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
@@ -308,11 +309,18 @@ def run(params: Params, device: str | None = None) -> Path:
     if cfg.efficiency.enabled:
         check_efficiency_precisions(params, target)
 
+    read_images = {
+        f"test set {test_set.name}": [path for pair in test_set for path in (pair.hr, pair.lr)]
+        for test_set in test_sets
+    }
     if cfg.bands.enabled and cfg.bands.source != "cache":
         try:
-            folder_pairs(cfg.bands.source)
+            band_pairs = folder_pairs(cfg.bands.source)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"evaluate.bands.source: {error}") from None
+        analysed = band_pairs[: cfg.bands.max_tiles or None]  # 0 = every image
+        read_images["evaluate.bands.source"] = [path for pair in analysed for path in pair]
+    _note_ignored_alpha(read_images)
 
     wants_teacher = cfg.models.teacher or (cfg.efficiency.enabled and cfg.efficiency.teacher)
     teacher = build_teacher(_eager_teacher(params), target) if wants_teacher else None
@@ -346,6 +354,19 @@ def run(params: Params, device: str | None = None) -> Path:
         f"figures -> {cfg.plots_dir}"
     )
     return cfg.metrics_dir
+
+
+def _note_ignored_alpha(read_images: dict[str, list[Path | None]]) -> None:
+    """One note naming the images whose alpha channel is dropped: only colour is compared."""
+    named = []
+    for source, paths in read_images.items():
+        with_alpha = [str(p) for p in paths if p is not None and probe_image(p).has_alpha]
+        if with_alpha:
+            more = len(with_alpha) - MAX_LISTED
+            shown = ", ".join(with_alpha[:MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
+            named.append(f"{source}: {shown}")
+    if named:
+        print(f"note: alpha channel ignored, only colour is compared, in {'; '.join(named)}")
 
 
 def _print_summary(summary: dict[str, Any], skipped: dict[str, str]) -> None:

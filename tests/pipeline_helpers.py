@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from tqdm.auto import tqdm
 
 from dtkd_pipeline.config import Params, apply_overrides, load_params
 from dtkd_pipeline.images import write_image
@@ -132,3 +133,20 @@ def forbid_teacher(monkeypatch: Any, stage: Any, before: str) -> None:
         raise AssertionError(f"the teacher was built before {before}")
 
     monkeypatch.setattr(stage, "build_teacher", refused)
+
+
+def bars_under_tqdm_disable(monkeypatch: Any, module: Any) -> list[tuple[str, bool]]:
+    """Give `module` a tqdm as TQDM_DISABLE=1 makes it; return (desc, shown) per bar it then makes.
+
+    tqdm reads the variable once, on import, as the default of ``disable``; this class has that
+    default, so an explicit ``disable=False`` still shows a bar, as it does under the variable.
+    """
+    made: list[tuple[str, bool]] = []
+
+    class DisabledByEnvironment(tqdm):
+        def __init__(self, *args: Any, disable: bool | None = True, **kwargs: Any) -> None:
+            super().__init__(*args, disable=disable, **kwargs)
+            made.append((kwargs.get("desc", ""), not self.disable))
+
+    monkeypatch.setattr(module, "tqdm", DisabledByEnvironment)
+    return made

@@ -71,6 +71,25 @@ def test_patch_larger_than_tile_is_refused() -> None:
         load_params(REPO_PARAMS, ["distill.patch_size=128"])
 
 
+def test_a_stride_that_leaves_gaps_between_tiles_is_refused_naming_both_keys() -> None:
+    with pytest.raises(ConfigError, match=r"data\.stride \(128\) exceeds data\.lr_tile \(64\)"):
+        load_params(REPO_PARAMS, ["data.stride=128"])
+    assert load_params(REPO_PARAMS, ["data.stride=64"]).data.stride == 64  # touching tiles
+
+
+def test_a_dwt_depth_the_hr_patch_cannot_hold_is_refused_with_the_largest_allowed() -> None:
+    # A 32-px HR patch (8 LR px x 4) holds 2 levels of the 8-tap db4 (pywt.dwt_max_level).
+    small_db4 = ["distill.patch_size=8", "distill.kd.wavelet=db4"]
+    with pytest.raises(ConfigError, match=r"distill\.kd\.levels \(3\) .* at most 2\."):
+        load_params(REPO_PARAMS, [*small_db4, "distill.kd.levels=3"])
+    assert load_params(REPO_PARAMS, [*small_db4, "distill.kd.levels=2"]).distill.kd.levels == 2
+    # Haar halves a patch of at least 32 px more often than the 4 levels allowed at most.
+    assert (
+        load_params(REPO_PARAMS, ["distill.patch_size=8", "distill.kd.levels=4"]).distill.kd.levels
+        == 4
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

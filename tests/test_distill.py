@@ -31,13 +31,20 @@ from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
+from dtkd_pipeline.train import loop
 from dtkd_pipeline.train.checkpoint import CheckpointManager, CheckpointReadError
 from dtkd_pipeline.train.curves import truncate_curves
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from dtkd_pipeline.weights import file_sha256
 from stages import distill, prepare_data
 from stages.cache_teacher import dwt_tile_shapes
-from tests.pipeline_helpers import REPO_ROOT, TINY_DISTILL, make_hr_images, tiny_params
+from tests.pipeline_helpers import (
+    REPO_ROOT,
+    TINY_DISTILL,
+    bars_under_tqdm_disable,
+    make_hr_images,
+    tiny_params,
+)
 
 
 def build_stores(params: Params) -> None:
@@ -164,6 +171,14 @@ def test_training_decreases_task_and_kd_losses(params: Params, tmp_path: Path) -
     assert lambdas[0] == 0.0 and lambdas[-1] == pytest.approx(39 / 40)
 
 
+def test_the_distill_bar_honours_tqdm_disable(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bars = bars_under_tqdm_disable(monkeypatch, loop)
+    _run(params, tmp_path / "m", iterations=2)
+    assert ("distill", False) in bars and not any(shown for _, shown in bars)
+
+
 _KILL_SCRIPT = """
 import os, signal, sys, torch
 sys.path.insert(0, {root!r})
@@ -229,6 +244,22 @@ def test_an_out_dir_that_is_a_file_is_refused_naming_the_key(params: Params) -> 
     with pytest.raises(OutputFolderError, match=r"distill\.out_dir: .* is a file"):
         distill.run(params, device="cpu")
     assert params.distill.out_dir.read_text() == "not a folder"
+
+
+def test_an_out_dir_holding_files_no_run_wrote_is_refused_before_anything_is_deleted(
+    params: Params,
+) -> None:
+    out = params.distill.out_dir
+    (out / "dvclive").mkdir(parents=True)
+    (out / "dvclive" / "metrics.json").write_text("{}")  # the user's own experiment's curves
+    (out / "student.pt").write_bytes(b"mine")
+    with pytest.raises(
+        OutputFolderError,
+        match=r"distill\.out_dir: .* \(dvclive, student\.pt\), and distill overwrites student\.pt",
+    ):
+        distill.run(params, device="cpu", restart_on_change=True)
+    assert (out / "student.pt").read_bytes() == b"mine"
+    assert sorted(p.name for p in out.rglob("*")) == ["dvclive", "metrics.json", "student.pt"]
 
 
 def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -> None:

@@ -105,6 +105,32 @@ def test_evaluate_averages_runs_and_writes_metrics_csv_and_figures(params: Param
     assert "No student checkpoint at" in text
 
 
+def test_images_whose_alpha_is_ignored_are_named_in_one_note(
+    params: Params,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hr_path = params.evaluate.sets[0].path / "hr" / "img00.png"
+    rgb = read_image(hr_path).rgb
+    write_image(hr_path, rgb, alpha=np.full(rgb.shape[:2], 0.5))
+    bands_lr = write_image(tmp_path / "bands" / "lr" / "0.png", rgb, alpha=np.ones(rgb.shape[:2]))
+    write_image(tmp_path / "bands" / "teacher" / "0.png", np.full((64, 64, 3), 0.5))
+    monkeypatch.setattr(evaluate, "analyze_folder", lambda *a, **k: None)  # not under test
+    monkeypatch.setattr(evaluate, "write_band_report", lambda *a: None)
+    bands = params.evaluate.bands.model_copy(
+        update={"enabled": True, "source": bands_lr.parents[1]}
+    )
+    no_teacher = params.evaluate.models.model_copy(update={"teacher": False})
+    evaluate_cfg = params.evaluate.model_copy(update={"models": no_teacher, "bands": bands})
+    evaluate.run(params.model_copy(update={"evaluate": evaluate_cfg}), device="cpu")
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note: alpha" in line]
+    assert notes == [
+        "note: alpha channel ignored, only colour is compared, in test set demo: "
+        f"{hr_path}; evaluate.bands.source: {bands_lr}"
+    ]
+
+
 def test_report_describes_the_run_its_checkpoint_records_not_the_current_params(
     params: Params,
 ) -> None:

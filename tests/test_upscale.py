@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dtkd_pipeline import upscale
 from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.images import ImageReadError, read_image, write_image
 from dtkd_pipeline.resize import imresize
@@ -28,6 +29,7 @@ from dtkd_pipeline.upscale import (
     upscale_paths,
     upscale_tensor,
 )
+from tests.pipeline_helpers import bars_under_tqdm_disable
 
 ARCH = "swinir-tiny-x4"
 SCALE = 4
@@ -370,6 +372,18 @@ def test_a_folder_is_upscaled_into_a_folder_of_pngs_gray_as_rgb(
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
     shapes = [read_image(p).rgb.shape for p in written]
     assert shapes == [(40, 48, 3), (36, 28, 3), (32, 32, 3)]
+
+
+def test_the_image_and_tile_bars_honour_tqdm_disable(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = tmp_path / "in"
+    for index, name in enumerate(["a.png", "b.png"]):
+        write_image(inputs / name, _random_rgb(16, 16, seed=index))
+    bars = bars_under_tqdm_disable(monkeypatch, upscale)
+    upscale_paths(inputs, tmp_path / "out", model_path=checkpoint, tile=8, overlap=4, device="cpu")
+    assert {"upscale", "tiles"} <= {desc for desc, _ in bars}
+    assert not any(shown for _, shown in bars)
 
 
 def _folder_with_bad_images(tmp_path: Path) -> Path:

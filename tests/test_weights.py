@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import http.server
 import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 
 from dtkd_pipeline import weights
 from dtkd_pipeline.weights import WeightsError, WeightSpec
+from tests.pipeline_helpers import bars_under_tqdm_disable
 
 # A pickle header (as a legacy torch.save file starts), then 1 MiB: more than one read chunk.
 PAYLOAD = b"\x80\x02" + bytes(range(256)) * 4096 + b"tail"
@@ -112,6 +115,63 @@ def test_download_records_hash_and_no_tty_progress(server: Server, tmp_path: Pat
     assert server.range_headers == [None]
 
 
+def test_the_download_bar_honours_tqdm_disable(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bars = bars_under_tqdm_disable(monkeypatch, weights)
+    weights.download(_spec(server), tmp_path, progress=True)
+    assert bars == [(FILENAME, False)]
+
+
+def test_downloads_and_checks_leave_no_lock_file(server: Server, tmp_path: Path) -> None:
+    weights.download(_spec(server), tmp_path, progress=False)
+    weights.download(_spec(server), tmp_path, progress=False)  # present: only verified
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME, f"{FILENAME}.sha256"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no file locks on Windows")
+def test_a_waiter_on_a_removed_lock_file_never_holds_the_lock_beside_a_newcomer(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "model.pth.lock"
+    inside: list[str] = []
+    release = {name: threading.Event() for name in ("first", "waiter", "newcomer")}
+
+    def hold(name: str) -> None:
+        with weights._file_lock(lock):
+            inside.append(name)
+            release[name].wait(timeout=30)
+            inside.remove(name)
+
+    def started(name: str) -> threading.Thread:
+        thread = threading.Thread(target=hold, args=(name,), daemon=True)
+        thread.start()
+        return thread
+
+    def wait_until_inside(name: str) -> None:
+        deadline = time.monotonic() + 30
+        while name not in inside and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert name in inside
+
+    first = started("first")
+    wait_until_inside("first")
+    waiter = started("waiter")  # opens the first holder's lock file and blocks on it
+    time.sleep(0.3)
+    release["first"].set()  # the first holder removes the file and lets go
+    first.join(timeout=30)
+    wait_until_inside("waiter")
+    newcomer = started("newcomer")  # finds no file, or the waiter's: it must wait either way
+    time.sleep(0.3)
+    assert inside == ["waiter"]
+    release["waiter"].set()
+    waiter.join(timeout=30)
+    wait_until_inside("newcomer")
+    release["newcomer"].set()
+    newcomer.join(timeout=30)
+    assert not lock.exists()
+
+
 def test_resume_from_part_sends_range(server: Server, tmp_path: Path) -> None:
     (tmp_path / f"{FILENAME}.part").write_bytes(PAYLOAD[:300_000])
     path = weights.download(_spec(server, sha256=PAYLOAD_SHA), tmp_path, progress=False)
@@ -180,7 +240,7 @@ def test_an_error_page_instead_of_a_checkpoint_is_refused_and_leaves_no_file(
     spec = replace(_spec(Server("")), url=(served / FILENAME).as_uri())
     with pytest.raises(WeightsError, match="25 bytes received are not a torch checkpoint"):
         weights.download(spec, tmp_path / "cache", progress=False)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{FILENAME}.lock"]
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_wrong_registry_hash_leaves_no_file(server: Server, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from dtkd_pipeline.config import ConfigError, DistillParams, section_dict
 from dtkd_pipeline.devices import require_cuda_for, resolve_device
 from dtkd_pipeline.losses import DistillationObjective, build_kd_loss
+from dtkd_pipeline.progress import hidden_unless
 from dtkd_pipeline.stage_files import CHECKPOINTS_DIR
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.checkpoint import (
@@ -266,7 +267,9 @@ def train(
     # -- the loop
     batches = _infinite_batches(dataset, pin=device.type == "cuda")
     model.train()
-    bar = tqdm(total=cfg.iterations, initial=iteration, desc="distill", disable=not ctx.is_main)
+    bar = tqdm(
+        total=cfg.iterations, initial=iteration, desc="distill", **hidden_unless(ctx.is_main)
+    )
     throughput = Throughput()
     shown: dict[str, str] = {}  # the bar's postfix: last logged loss and validation PSNR-Y
     while iteration < cfg.iterations:
