@@ -209,12 +209,18 @@ def _reconcile_checkpoints(
     return None
 
 
+# What distill writes in out_dir, and the .gitignore DVC writes beside its outputs.
+_OWN_NAMES = {STUDENT_FILE, CHECKPOINTS_DIR, DVCLIVE_DIR, ".gitignore"}
+
+
 def _require_own_out_dir(out_dir: Path) -> None:
     """Refuse an out_dir holding files no stage wrote: distill overwrites student.pt, prunes
     checkpoints/, clears dvclive/ on a fresh start and deletes both on --restart-on-change."""
     if atomic.is_replaceable(out_dir):  # missing, empty, or marked by an earlier run
         return
     names = sorted(entry.name for entry in out_dir.iterdir())
+    if set(names) <= _OWN_NAMES:  # written by a distill from before the marker existed
+        return
     more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
     raise atomic.OutputFolderError(
         f"distill.out_dir: {out_dir} holds files no distill run marked as its own "

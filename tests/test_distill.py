@@ -253,13 +253,35 @@ def test_an_out_dir_holding_files_no_run_wrote_is_refused_before_anything_is_del
     (out / "dvclive").mkdir(parents=True)
     (out / "dvclive" / "metrics.json").write_text("{}")  # the user's own experiment's curves
     (out / "student.pt").write_bytes(b"mine")
+    (out / "notes.txt").write_text("mine")
     with pytest.raises(
         OutputFolderError,
-        match=r"distill\.out_dir: .* \(dvclive, student\.pt\), and distill overwrites student\.pt",
+        match=r"distill\.out_dir: .* \(dvclive, notes\.txt, student\.pt\), and distill "
+        r"overwrites student\.pt",
     ):
         distill.run(params, device="cpu", restart_on_change=True)
     assert (out / "student.pt").read_bytes() == b"mine"
-    assert sorted(p.name for p in out.rglob("*")) == ["dvclive", "metrics.json", "student.pt"]
+    assert sorted(p.name for p in out.rglob("*")) == [
+        "dvclive",
+        "metrics.json",
+        "notes.txt",
+        "student.pt",
+    ]
+
+
+def test_an_unmarked_out_dir_holding_only_what_distill_writes_is_taken_as_its_own(
+    tmp_path: Path,
+) -> None:
+    """A folder an older version wrote (before the marker existed) needs no hand marking."""
+    out = tmp_path / "models"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "dvclive").mkdir()
+    (out / "student.pt").write_bytes(b"old run")
+    (out / ".gitignore").write_text("/student.pt\n")  # DVC writes it beside its outputs
+    distill._require_own_out_dir(out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match=r"notes\.txt"):
+        distill._require_own_out_dir(out)
 
 
 def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -> None:
