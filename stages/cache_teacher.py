@@ -51,6 +51,7 @@ from dtkd_pipeline.cache import (
     TileStore,
     teacher_arrays,
 )
+from dtkd_pipeline.cache.prepared_store import open_params_prepared
 from dtkd_pipeline.cache.teacher_record import (
     CHECKPOINT_SHA256,
     build_teacher,
@@ -65,7 +66,6 @@ from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.images import imresize, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.scheduler import connect
-from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.teacher import (
     OfficialNoise,
     Teacher,
@@ -301,15 +301,6 @@ def compute_shards(
             )
 
 
-def _open_prepared(params: Params) -> TileStore:
-    path = params.data.prepared_dir / TRAIN_STORE
-    if not path.exists():
-        raise CacheError(f"prepared store {path} not found; run `dtkd-pipeline prepare-data` first")
-    prepared = TileStore.open(path)
-    prepared.require_kind(KIND_PREPARED)
-    return prepared
-
-
 def _fill_locally(
     store: TileStore, prepared: TileStore, teacher: Teacher, params: Params, shards: list[int]
 ) -> None:
@@ -356,7 +347,7 @@ def _dask_shard_task(params_json: str, store_path: str, shards: list[int]) -> li
         device = _worker_device(get_worker().name)
         _WORKER_TEACHERS[params_json] = build_teacher(params.teacher, device)
     teacher = _WORKER_TEACHERS[params_json]
-    prepared = _open_prepared(params)
+    prepared = open_params_prepared(params, complete=False)
     with TileStore.open(store_path, mode="r+") as store:
         mismatch = TeacherIdentity.of(teacher).mismatch(store.provenance)
         if mismatch is not None:
@@ -478,8 +469,7 @@ def run(
         raise NotAStoreError(
             f"teacher.store: {error}; point teacher.store at a teacher store or a new folder"
         ) from None
-    prepared = _open_prepared(params)
-    prepared.require_complete("prepare-data")
+    prepared = open_params_prepared(params, complete=True)
     gpus = torch.cuda.device_count() if device is None and teacher is None else 0
     if scheduler:  # the workers build their own teachers; the coordinator needs none
         identity = TeacherIdentity.from_params(params.teacher, _dask_device_type(scheduler))
@@ -538,7 +528,7 @@ def write_preview(store: TileStore, params: Params) -> Path:
     A look at it before distilling catches a wrong checkpoint or a broken cache (noise, colour
     shifts, black tiles) that checksums cannot.
     """
-    prepared = _open_prepared(params)
+    prepared = open_params_prepared(params, complete=False)
     count = min(params.teacher.preview_tiles, store.n_tiles)
     tiles = np.linspace(0, store.n_tiles - 1, count).round().astype(int).tolist()
     inputs = prepared.read_tiles(tiles, [LR, HR, TILE_SOURCE])
@@ -570,7 +560,7 @@ def write_preview(store: TileStore, params: Params) -> Path:
 
 def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:
     store.check_arrays()  # a damaged array cannot be repaired shard by shard: say so first
-    prepared = _open_prepared(params)
+    prepared = open_params_prepared(params, complete=False)
     teacher = build_teacher(params.teacher, resolve_device(device))
     expected = store_provenance(TeacherIdentity.of(teacher), params, prepared.fingerprint())
     store.check_provenance(expected, exact=True)
@@ -593,7 +583,7 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
             return _verify_prepared(store, repair)
         store.require_kind(KIND_TEACHER)
         report = store.verify()
-        prepared = _open_prepared(params)
+        prepared = open_params_prepared(params, complete=False)
         stored_fp = store.provenance.get(PREPARED_FINGERPRINT)
         fingerprint_ok = stored_fp == prepared.fingerprint()
         print(report)

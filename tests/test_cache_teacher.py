@@ -27,6 +27,7 @@ from dtkd_pipeline.cache import (
     StoreLayoutError,
     TileStore,
 )
+from dtkd_pipeline.cache.prepared_store import open_params_prepared
 from dtkd_pipeline.cache.store import DONE_DIR
 from dtkd_pipeline.cache.teacher_record import teacher_version_identity
 from dtkd_pipeline.config import Params
@@ -604,7 +605,7 @@ def test_compiled_teacher_gets_full_batches_across_shard_boundaries(
     """Batches run across shards (a batch may exceed data.shard_size), a ragged batch is filled
     (no new compiled shape), and each shard gets exactly its own tiles' outputs."""
     params = params_for(prepared_root, tmp_path, [f"teacher.batch_size={batch}"])
-    prepared = cache_teacher._open_prepared(params)
+    prepared = open_params_prepared(params, complete=False)
     layout = prepared.layout
     assert layout.shard_size < batch and layout.n_tiles % batch != 0, "fixture: ragged, small"
     teacher = _RecordingTeacher()
@@ -623,7 +624,7 @@ def test_a_resumed_shard_is_sampled_in_the_batch_a_full_run_gives_it(
 ) -> None:
     """Bit-exact resume and --repair: batch composition depends on tile indices only."""
     params = params_for(prepared_root, tmp_path, ["teacher.batch_size=2"])
-    prepared = cache_teacher._open_prepared(params)
+    prepared = open_params_prepared(params, complete=False)
     full, alone = _RecordingTeacher(), _RecordingTeacher()
     list(cache_teacher.compute_shards(full, prepared, range(prepared.n_tiles), params))  # type: ignore[arg-type]
     (shard, _), *rest = cache_teacher.compute_shards(alone, prepared, [3], params)  # type: ignore[arg-type]

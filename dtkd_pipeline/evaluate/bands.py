@@ -40,7 +40,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
-from dtkd_pipeline.cache import HR, KIND_PREPARED, LR, TEACHER, TileStore
+from dtkd_pipeline.cache import HR, LR, TEACHER, TileStore
+from dtkd_pipeline.cache.prepared_store import open_prepared, require_prepared_exists
 from dtkd_pipeline.images import list_images, read_image, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.progress import DaskTqdm
@@ -472,17 +473,12 @@ def analyze_cache(
 
     _check_args(levels, wavelet, batch_size)
     prepared_path, teacher_path = Path(prepared_store), Path(teacher_store)
-    if not prepared_path.exists():
-        raise FileNotFoundError(
-            f"prepared store {prepared_path} not found; run `dtkd-pipeline prepare-data` first"
-        )
+    require_prepared_exists(prepared_path, FileNotFoundError)
     if not teacher_path.exists():
         raise FileNotFoundError(
             f"teacher cache {teacher_path} not found; run `dtkd-pipeline cache-teacher` first"
         )
-    with TileStore.open(prepared_path) as prepared, TileStore.open(teacher_path) as teacher:
-        prepared.require_kind(KIND_PREPARED)
-        prepared.require_complete("prepare-data")
+    with open_prepared(prepared_path) as prepared, TileStore.open(teacher_path) as teacher:
         check_teacher_matches_prepared(teacher, prepared)
         layout = prepared.layout
         hr_shape = prepared.layout.spec(HR).tile_shape
