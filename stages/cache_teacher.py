@@ -22,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dtkd_pipeline import __version__
 from dtkd_pipeline.atomic import require_file_target, require_parent_folders
 from dtkd_pipeline.cache import (
     DWT_LEVELS,
@@ -43,34 +41,30 @@ from dtkd_pipeline.cache import (
     TEACHER,
     TILE_SOURCE,
     CacheError,
-    Compression,
     NotAStoreError,
     ProvenanceMismatchError,
     StoreLayout,
     StoreLayoutError,
     TileStore,
-    teacher_arrays,
 )
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
-from dtkd_pipeline.cache.teacher_record import (
-    CHECKPOINT_SHA256,
-    build_teacher,
-    check_device_type,
-    checkpoint_sha256,
-    teacher_params_provenance,
+from dtkd_pipeline.cache.teacher_record import build_teacher, check_device_type
+from dtkd_pipeline.cache.teacher_store import (
+    TeacherIdentity,
+    teacher_store_layout,
+    teacher_store_provenance,
 )
 from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.images import imresize, to_uint8
-from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
+from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.scheduler import connect
 from dtkd_pipeline.teacher import (
     OfficialNoise,
     Teacher,
     resolve_config,
-    teacher_name,
 )
 
 
@@ -83,87 +77,6 @@ def check_steps(teacher: TeacherParams) -> None:
             f"{teacher.version}, which was trained for {trained} steps; its checkpoints only work "
             f"with their own step count. Use --steps {trained}, or choose another teacher.version"
         )
-
-
-@dataclass(frozen=True)
-class TeacherIdentity:
-    """What a store records about the teacher that fills it.
-
-    It follows from params, checkpoint files and device type alone, so a coordinator that fans
-    shards out to dask workers records it without building (or fitting) a teacher itself.
-    """
-
-    name: str
-    checkpoint_sha256: dict[str, str | None]
-    device_type: str
-
-    @classmethod
-    def of(cls, teacher: Teacher) -> TeacherIdentity:
-        return cls(teacher.name, dict(teacher.checkpoint_sha256), teacher.device.type)
-
-    @classmethod
-    def from_params(cls, teacher: TeacherParams, device_type: str) -> TeacherIdentity:
-        config = resolve_config(teacher.version)
-        hashes: dict[str, str | None] = {"unet": None, "autoencoder": None}
-        if not teacher.random_weights:
-            hashes = dict(checkpoint_sha256(teacher))
-        return cls(teacher_name(config, teacher.random_weights), hashes, device_type)
-
-    def fields(self) -> dict[str, Any]:
-        """The store provenance fields this identity fills in."""
-        return {
-            "teacher_name": self.name,
-            CHECKPOINT_SHA256: self.checkpoint_sha256,
-            "device_type": self.device_type,  # outputs are bit-stable per device type only
-        }
-
-    def mismatch(self, provenance: dict[str, Any]) -> str | None:
-        """The first field in which a store's provenance names another teacher, or None."""
-        for key, mine in self.fields().items():
-            if provenance.get(key) != mine:
-                return f"{key}: store has {provenance.get(key)!r}, this worker has {mine!r}"
-        return None
-
-
-OFFICIAL_NOISE_BATCH = "teacher.batch_size (rng: official)"
-
-
-def store_provenance(
-    identity: TeacherIdentity, params: Params, prepared_fingerprint: str
-) -> dict[str, Any]:
-    diffusion = resolve_config(params.teacher.version).diffusion
-    provenance = {
-        **teacher_params_provenance(params.teacher),
-        PREPARED_FINGERPRINT: prepared_fingerprint,
-        **identity.fields(),
-        "kappa": diffusion.kappa,
-        "scale": diffusion.sf,
-        "package_version": __version__,
-    }
-    if params.teacher.rng == "official":
-        # One stream drawn batch by batch: a tile's noise depends on the batching, so a resume
-        # with another batch size would mix two streams in one store. (Stage two does not care.)
-        provenance[OFFICIAL_NOISE_BATCH] = params.teacher.batch_size
-    return provenance
-
-
-def dwt_tile_shapes(hr_size: int) -> dict[str, tuple[int, int, int]]:
-    """Per-tile shape of each cached Haar subband: level j halves the HR side j times."""
-    return {
-        name: (3, hr_size >> subband_level(name), hr_size >> subband_level(name))
-        for name in subband_names(DWT_LEVELS)
-    }
-
-
-def store_layout(prepared: TileStore, params: Params) -> StoreLayout:
-    hr_size = prepared.layout.spec(LR).tile_shape[1] * params.data.scale
-    return StoreLayout(
-        kind=KIND_TEACHER,
-        n_tiles=prepared.n_tiles,
-        shard_size=prepared.layout.shard_size,
-        arrays=teacher_arrays(hr_size, dwt_tile_shapes(hr_size) if params.teacher.dwt else None),
-        compression=Compression(params.data.compression.codec, params.data.compression.level),
-    )
 
 
 def _network_rows(teacher: Teacher, real: int, tp: TeacherParams) -> int:
@@ -480,8 +393,8 @@ def run(
             teacher = build_teacher(params.teacher, resolve_device(device))
         identity = TeacherIdentity.of(teacher)
     check_device_type(params.teacher, identity.device_type)
-    provenance = store_provenance(identity, params, prepared.fingerprint())
-    layout = store_layout(prepared, params)
+    provenance = teacher_store_provenance(identity, params, prepared.fingerprint())
+    layout = teacher_store_layout(prepared, params)
     started = time.perf_counter()
     try:
         store = TileStore.open_or_create(
@@ -562,7 +475,7 @@ def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: 
     store.check_arrays()  # a damaged array cannot be repaired shard by shard: say so first
     prepared = open_params_prepared(params, complete=False)
     teacher = build_teacher(params.teacher, resolve_device(device))
-    expected = store_provenance(TeacherIdentity.of(teacher), params, prepared.fingerprint())
+    expected = teacher_store_provenance(TeacherIdentity.of(teacher), params, prepared.fingerprint())
     store.check_provenance(expected, exact=True)
     for shard in shards:
         store.invalidate_shard(shard)

@@ -30,6 +30,7 @@ from dtkd_pipeline.cache import (
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
 from dtkd_pipeline.cache.store import DONE_DIR
 from dtkd_pipeline.cache.teacher_record import teacher_version_identity
+from dtkd_pipeline.cache.teacher_store import TeacherIdentity
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.evaluate.figures import image_grid
@@ -683,11 +684,11 @@ def test_worker_with_another_teacher_is_named_by_field() -> None:
         "checkpoint_sha256": {"unet": "a"},
         "device_type": "cuda",
     }
-    same = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "a"}, "cuda")
+    same = TeacherIdentity("resshift-v1", {"unet": "a"}, "cuda")
     assert same.mismatch(stored) is None
-    other_device = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "a"}, "cpu")
+    other_device = TeacherIdentity("resshift-v1", {"unet": "a"}, "cpu")
     assert other_device.mismatch(stored) == "device_type: store has 'cuda', this worker has 'cpu'"
-    other_weights = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "b"}, "cuda")
+    other_weights = TeacherIdentity("resshift-v1", {"unet": "b"}, "cuda")
     assert "checkpoint_sha256" in str(other_weights.mismatch(stored))
 
 
