@@ -19,9 +19,7 @@
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,6 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline.atomic import require_file_target, require_parent_folders
 from dtkd_pipeline.cache import (
-    DWT_LEVELS,
     HR,
     KIND_PREPARED,
     KIND_TEACHER,
@@ -43,26 +40,25 @@ from dtkd_pipeline.cache import (
     CacheError,
     NotAStoreError,
     ProvenanceMismatchError,
-    StoreLayout,
     StoreLayoutError,
     TileStore,
 )
+from dtkd_pipeline.cache.batch_groups import shard_groups
+from dtkd_pipeline.cache.local_fill import fill_locally
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
+from dtkd_pipeline.cache.shard_compute import compute_shards
 from dtkd_pipeline.cache.teacher_record import build_teacher, check_device_type
 from dtkd_pipeline.cache.teacher_store import (
     TeacherIdentity,
     teacher_store_layout,
     teacher_store_provenance,
 )
-from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate.figures import image_grid
-from dtkd_pipeline.images import imresize, to_uint8
-from dtkd_pipeline.losses.wavelet import dwt_subbands
+from dtkd_pipeline.images import imresize
 from dtkd_pipeline.scheduler import connect
 from dtkd_pipeline.teacher import (
-    OfficialNoise,
     Teacher,
     resolve_config,
 )
@@ -77,160 +73,6 @@ def check_steps(teacher: TeacherParams) -> None:
             f"{teacher.version}, which was trained for {trained} steps; its checkpoints only work "
             f"with their own step count. Use --steps {trained}, or choose another teacher.version"
         )
-
-
-def _network_rows(teacher: Teacher, real: int, tp: TeacherParams) -> int:
-    """Rows the teacher runs for a batch of `real` tiles: compiled runs fill every batch."""
-    return max(real, tp.batch_size) if teacher.compile_mode is not None else real
-
-
-def _teacher_outputs(
-    teacher: Teacher,
-    lr: np.ndarray,
-    ids: list[int],
-    tp: TeacherParams,
-    stream: OfficialNoise | None = None,
-) -> dict[str, np.ndarray]:
-    """uint8 teacher tiles (and float16 subbands) for one batch of uint8 LR tiles."""
-    batch = torch.from_numpy(lr).float().div_(255.0)
-    real = len(batch)
-    batch = fill_batch(batch, _network_rows(teacher, real, tp))  # one shape: one compilation
-    ids = ids + [ids[-1]] * (len(batch) - real)
-    sr = teacher.sample(
-        batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps, stream=stream
-    )[:real]
-    sr_u8 = to_uint8(sr)
-    outputs = {TEACHER: sr_u8.cpu().numpy()}
-    if tp.dwt:
-        # Subbands of the stored (quantised) image: the DWT stage two would compute from the uint8
-        # teacher tile, up to float16 rounding (at most ~1e-3 in LL2, about one grey level there).
-        bands = dwt_subbands(sr_u8.float().div_(255.0), levels=DWT_LEVELS, wavelet="haar")
-        outputs |= {f"dwt/{name}": band.half().cpu().numpy() for name, band in bands.items()}
-    return outputs
-
-
-def _group_size(layout: StoreLayout, batch_size: int) -> int:
-    """Shards per batch group: enough that a group holds at least one batch of tiles."""
-    return max(1, -(-batch_size // layout.shard_size))
-
-
-def _group_tiles(layout: StoreLayout, group: int, batch_size: int) -> tuple[int, int]:
-    """Tile range [start, stop) of batch group `group`."""
-    g = _group_size(layout, batch_size)
-    last = min((group + 1) * g, layout.n_shards) - 1
-    return layout.shard_range(group * g)[0], layout.shard_range(last)[1]
-
-
-class TileOrderStream:
-    """teacher.rng=official: upstream's one noise stream, continued over the batches in tile order.
-
-    Upstream seeds once and draws image after image. Batches already cached (a resumed, repaired
-    or fanned-out run) are replayed as draws without running the teacher, so every tile gets the
-    noise a full run from tile 0 gives it.
-    """
-
-    def __init__(self, teacher: Teacher, tp: TeacherParams, layout: StoreLayout) -> None:
-        self.teacher, self.tp, self.layout = teacher, tp, layout
-        self.tile_side = layout.spec(LR).tile_shape[1:]
-        self.group_size = _group_size(layout, tp.batch_size)
-        self._restart()
-
-    def _restart(self) -> None:
-        self.noise, self.position = OfficialNoise(self.tp.seed, self.teacher.device), 0
-
-    def at(self, start: int) -> OfficialNoise:
-        """The stream positioned at the first batch of the group starting at tile `start`."""
-        if start < self.position:
-            self._restart()
-        while self.position < start:
-            group = self.layout.shard_of(self.position) // self.group_size
-            _, stop = _group_tiles(self.layout, group, self.tp.batch_size)
-            for first in range(self.position, stop, self.tp.batch_size):
-                rows = _network_rows(self.teacher, min(self.tp.batch_size, stop - first), self.tp)
-                self.noise.skip(self.teacher.noise_shapes(rows, *self.tile_side))
-            self.position = stop
-        return self.noise
-
-    def done(self, stop: int) -> None:
-        """The group ending before tile `stop` drew its noise from the stream."""
-        self.position = stop
-
-
-def shard_groups(layout: StoreLayout, shards: Iterable[int], batch_size: int) -> list[list[int]]:
-    """`shards` split by batch group (shards ``[k*g, (k+1)*g)``), in order of first appearance.
-
-    A group is the unit of computation: its tiles are batched from the group's first tile, so a
-    tile's batch depends only on its index and a resumed or repaired shard gets the same bytes.
-    """
-    g = _group_size(layout, batch_size)
-    groups: dict[int, list[int]] = {}
-    for shard in shards:
-        groups.setdefault(shard // g, []).append(shard)
-    return list(groups.values())
-
-
-def compute_shards(
-    teacher: Teacher,
-    prepared: TileStore,
-    shards: Iterable[int],
-    params: Params,
-    bar: tqdm | None = None,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """(shard, its teacher arrays) for each of `shards`, one batch group at a time.
-
-    Batches run across the shards of a group, so `teacher.batch_size` may exceed
-    `data.shard_size` and batches stay full. A wanted shard's group-mates are computed with it
-    (their outputs are dropped) so its batches are the ones a full run would have formed.
-    """
-    tp, layout = params.teacher, prepared.layout
-    g = _group_size(layout, tp.batch_size)
-    order = TileOrderStream(teacher, tp, layout) if tp.rng == "official" else None
-    for wanted in shard_groups(layout, shards, tp.batch_size):
-        group = wanted[0] // g
-        members = range(group * g, min(group * g + g, layout.n_shards))
-        start, stop = _group_tiles(layout, group, tp.batch_size)
-        stream = order.at(start) if order is not None else None
-        lr = np.concatenate([prepared.read_shard(shard, [LR])[LR] for shard in members])
-        is_wanted = np.zeros(stop - start, bool)
-        for shard in wanted:
-            first, last = layout.shard_range(shard)
-            is_wanted[first - start : last - start] = True
-        parts: dict[str, list[np.ndarray]] = {}
-        for first in range(0, stop - start, tp.batch_size):
-            chunk = slice(first, min(first + tp.batch_size, stop - start))
-            ids = list(range(start + chunk.start, start + chunk.stop))
-            for name, part in _teacher_outputs(teacher, lr[chunk], ids, tp, stream).items():
-                parts.setdefault(name, []).append(part)
-            if bar is not None:
-                bar.update(int(is_wanted[chunk].sum()))
-        if order is not None:
-            order.done(stop)
-        outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-        for shard in wanted:
-            first, last = layout.shard_range(shard)
-            yield (
-                shard,
-                {name: data[first - start : last - start] for name, data in outputs.items()},
-            )
-
-
-def _fill_locally(
-    store: TileStore, prepared: TileStore, teacher: Teacher, params: Params, shards: list[int]
-) -> None:
-    # A batch group's shards arrive together; all of them are written while the device computes
-    # the next group. At most one group in flight: bounded memory, and errors surface.
-    in_flight = _group_size(prepared.layout, params.teacher.batch_size)
-    pending: deque[Future[Any]] = deque()
-    with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
-        tqdm(total=prepared.layout.tiles_in(shards), desc="teacher", unit="tile") as bar,
-    ):
-        for shard, arrays in compute_shards(teacher, prepared, shards, params, bar):
-            while len(pending) >= in_flight:
-                pending.popleft().result()
-            pending.append(writer.submit(store.write_shard, shard, arrays))
-        while pending:
-            pending.popleft().result()
 
 
 _WORKER_TEACHERS: dict[str, Teacher] = {}
@@ -418,7 +260,7 @@ def run(
                 _fill_on_local_gpus(store, params, shards, gpus)
             elif shards:
                 assert teacher is not None  # built above for every run that is neither fanned out
-                _fill_locally(store, prepared, teacher, params, shards)
+                fill_locally(store, prepared, teacher, params, shards)
         except KeyboardInterrupt:
             done = store.n_shards - len(store.missing_shards())
             print(
@@ -479,7 +321,7 @@ def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: 
     store.check_provenance(expected, exact=True)
     for shard in shards:
         store.invalidate_shard(shard)
-    _fill_locally(store, prepared, teacher, params, list(shards))
+    fill_locally(store, prepared, teacher, params, list(shards))
 
 
 def verify(path: Path, params: Params, repair: bool = False, device: str | None = None) -> bool:

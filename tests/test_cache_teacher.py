@@ -27,7 +27,9 @@ from dtkd_pipeline.cache import (
     StoreLayoutError,
     TileStore,
 )
+from dtkd_pipeline.cache.batch_groups import shard_groups
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
+from dtkd_pipeline.cache.shard_compute import compute_shards
 from dtkd_pipeline.cache.store import DONE_DIR
 from dtkd_pipeline.cache.teacher_record import teacher_version_identity
 from dtkd_pipeline.cache.teacher_store import TeacherIdentity
@@ -510,7 +512,7 @@ def test_ctrl_c_says_how_many_shards_are_stored_and_how_to_resume(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_teacher, "_fill_locally", interrupted)
+    monkeypatch.setattr(cache_teacher, "fill_locally", interrupted)
     params = params_for(prepared_root, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         cache_teacher.run(params, device="cpu")
@@ -611,7 +613,7 @@ def test_compiled_teacher_gets_full_batches_across_shard_boundaries(
     assert layout.shard_size < batch and layout.n_tiles % batch != 0, "fixture: ragged, small"
     teacher = _RecordingTeacher()
     shards = list(range(layout.n_shards))[::-1]  # any order the store's gaps dictate
-    results = dict(cache_teacher.compute_shards(teacher, prepared, shards, params))  # type: ignore[arg-type]
+    results = dict(compute_shards(teacher, prepared, shards, params))  # type: ignore[arg-type]
     assert set(teacher.batch_sizes) == {batch}
     assert len(teacher.batch_sizes) == -(-layout.n_tiles // batch)  # no tile computed twice
     assert sorted(results) == sorted(shards)
@@ -627,15 +629,15 @@ def test_a_resumed_shard_is_sampled_in_the_batch_a_full_run_gives_it(
     params = params_for(prepared_root, tmp_path, ["teacher.batch_size=2"])
     prepared = open_params_prepared(params, complete=False)
     full, alone = _RecordingTeacher(), _RecordingTeacher()
-    list(cache_teacher.compute_shards(full, prepared, range(prepared.n_tiles), params))  # type: ignore[arg-type]
-    (shard, _), *rest = cache_teacher.compute_shards(alone, prepared, [3], params)  # type: ignore[arg-type]
+    list(compute_shards(full, prepared, range(prepared.n_tiles), params))  # type: ignore[arg-type]
+    (shard, _), *rest = compute_shards(alone, prepared, [3], params)  # type: ignore[arg-type]
     assert shard == 3 and rest == []
     assert alone.batch_ids == [[2, 3]] and [2, 3] in full.batch_ids
-    groups = cache_teacher.shard_groups(prepared.layout, [3, 0, 2, 1], batch_size=2)
+    groups = shard_groups(prepared.layout, [3, 0, 2, 1], batch_size=2)
     assert groups == [[3, 2], [0, 1]]  # one dask task per group: no shard has two writers
     # A group holds at least one batch: 3 tiles in shards of 2 need groups of 2 shards, not 1.
     pairs = dataclasses.replace(prepared.layout, n_tiles=8, shard_size=2)
-    assert cache_teacher.shard_groups(pairs, [0, 1, 2, 3], batch_size=3) == [[0, 1], [2, 3]]
+    assert shard_groups(pairs, [0, 1, 2, 3], batch_size=3) == [[0, 1], [2, 3]]
 
 
 @pytest.fixture
