@@ -26,6 +26,7 @@ from dtkd_pipeline.cache import (
     ProvenanceMismatchError,
     StoreLayoutError,
     TileStore,
+    dask_fanout,
 )
 from dtkd_pipeline.cache.batch_groups import shard_groups
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
@@ -578,7 +579,7 @@ def test_dask_workers_get_absolute_paths_whatever_folder_they_run_in(
             "data": params.data.model_copy(update={"prepared_dir": Path("prepared")}),
         }
     )
-    sent = Params.model_validate_json(cache_teacher._params_for_workers(params))
+    sent = Params.model_validate_json(dask_fanout.params_for_workers(params))
     assert sent.teacher.store == tmp_path / "cache" / "t.zarr"
     assert sent.data.prepared_dir == tmp_path / "prepared"
     assert sent.teacher.version == str(tmp_path / "teacher.yaml")
@@ -665,10 +666,10 @@ def test_fanned_out_run_records_the_local_provenance_without_building_a_teacher(
         raise AssertionError("the coordinator built a teacher")
 
     monkeypatch.setattr(cache_teacher, "build_teacher", no_teacher_here)
-    monkeypatch.setattr(cache_teacher, "_dask_device_type", lambda address: "cpu")
+    monkeypatch.setattr(cache_teacher, "dask_device_type", lambda address: "cpu")
     monkeypatch.setattr(
         cache_teacher,
-        "_fill_with_dask",
+        "fill_with_dask",
         lambda store, params, shards, address: filled.append(shards),
     )
     params = params_for(prepared_root, tmp_path / "fanned", checkpoint_overrides)
@@ -697,7 +698,7 @@ def test_worker_with_another_teacher_is_named_by_field() -> None:
 def test_tensor_core_precision_on_cpu_workers_is_refused_before_anything_is_written(
     prepared_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(cache_teacher, "_dask_device_type", lambda address: "cpu")
+    monkeypatch.setattr(cache_teacher, "dask_device_type", lambda address: "cpu")
     params = params_for(prepared_root, tmp_path, ["teacher.precision=bf16"])
     with pytest.raises(DeviceError, match=r"teacher\.precision=bf16 needs a CUDA device"):
         cache_teacher.run(params, scheduler="tcp://127.0.0.1:1")
@@ -709,15 +710,15 @@ def test_cluster_mixing_gpu_and_cpu_workers_is_refused(monkeypatch) -> None:
 
     # In-process workers run the patched probe: worker 0 claims a GPU, worker 1 does not.
     monkeypatch.setattr(
-        cache_teacher,
-        "_worker_device_type",
+        dask_fanout,
+        "worker_device_type",
         lambda dask_worker: "cuda" if str(dask_worker.name) == "0" else "cpu",
     )
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster:
         with pytest.raises(CacheError, match=r"\['cpu', 'cuda'\] devices"):
-            cache_teacher._dask_device_type(cluster.scheduler_address)
-        monkeypatch.setattr(cache_teacher, "_worker_device_type", lambda dask_worker: "cpu")
-        assert cache_teacher._dask_device_type(cluster.scheduler_address) == "cpu"
+            dask_fanout.dask_device_type(cluster.scheduler_address)
+        monkeypatch.setattr(dask_fanout, "worker_device_type", lambda dask_worker: "cpu")
+        assert dask_fanout.dask_device_type(cluster.scheduler_address) == "cpu"
 
 
 def test_a_malformed_scheduler_address_is_named_with_the_expected_form() -> None:
