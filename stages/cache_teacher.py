@@ -14,6 +14,10 @@
 - Locally the device computes the next shard while a writer thread compresses and writes the last
   one. With ``--scheduler`` each batch group with missing shards is one dask task on a GPU worker
   (one writer per shard).
+
+The machinery lives in dtkd_pipeline/cache/: teacher_store.py (layout, provenance),
+batch_groups.py, shard_compute.py, local_fill.py, dask_fanout.py and preview.py. This module
+orders the steps: check params and targets, open or create the store, fill it, report.
 """
 
 from __future__ import annotations
@@ -22,19 +26,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dtkd_pipeline.atomic import require_file_target, require_parent_folders
 from dtkd_pipeline.cache import (
-    HR,
     KIND_PREPARED,
     KIND_TEACHER,
-    LR,
     PREPARED_FINGERPRINT,
-    SOURCES,
-    TEACHER,
-    TILE_SOURCE,
     CacheError,
     NotAStoreError,
     ProvenanceMismatchError,
@@ -44,6 +42,7 @@ from dtkd_pipeline.cache import (
 from dtkd_pipeline.cache.dask_fanout import dask_device_type, fill_on_local_gpus, fill_with_dask
 from dtkd_pipeline.cache.local_fill import fill_locally
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
+from dtkd_pipeline.cache.preview import write_preview
 from dtkd_pipeline.cache.teacher_record import build_teacher, check_device_type
 from dtkd_pipeline.cache.teacher_store import (
     TeacherIdentity,
@@ -52,12 +51,7 @@ from dtkd_pipeline.cache.teacher_store import (
 )
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
-from dtkd_pipeline.evaluate.figures import image_grid
-from dtkd_pipeline.images import imresize
-from dtkd_pipeline.teacher import (
-    Teacher,
-    resolve_config,
-)
+from dtkd_pipeline.teacher import Teacher, resolve_config
 
 
 def check_steps(teacher: TeacherParams) -> None:
@@ -158,42 +152,6 @@ def run(
         shown = min(params.teacher.preview_tiles, store.n_tiles)
         print(f"preview of {shown} tiles -> {write_preview(store, params)}")
     return params.teacher.store
-
-
-def write_preview(store: TileStore, params: Params) -> Path:
-    """PNG of a few cached tiles, spread evenly over the store: LR (bicubic) | teacher | HR.
-
-    A look at it before distilling catches a wrong checkpoint or a broken cache (noise, colour
-    shifts, black tiles) that checksums cannot.
-    """
-    prepared = open_params_prepared(params, complete=False)
-    count = min(params.teacher.preview_tiles, store.n_tiles)
-    tiles = np.linspace(0, store.n_tiles - 1, count).round().astype(int).tolist()
-    inputs = prepared.read_tiles(tiles, [LR, HR, TILE_SOURCE])
-    outputs = store.read_tiles(tiles, [TEACHER])[TEACHER]
-    sources = prepared.provenance.get(SOURCES, [])
-    scale = params.data.scale
-
-    def image(tile: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(tile).float().div_(255.0)
-
-    rows = []
-    for row, tile in enumerate(tiles):
-        source = int(inputs[TILE_SOURCE][row])
-        name = sources[source] if source < len(sources) else f"source {source}"
-        bicubic = imresize(image(inputs[LR][row]), scale).clamp_(0, 1)
-        panels = [
-            (f"LR, bicubic x{scale}", bicubic),
-            ("teacher", image(outputs[row])),
-            ("HR", image(inputs[HR][row])),
-        ]
-        rows.append((f"tile {tile}\n{name}", panels))
-    tp = params.teacher
-    weights = (
-        "RANDOM WEIGHTS (tests/speed only)" if tp.random_weights else Path(tp.unet_weights).name
-    )
-    title = f"{store.path.name}: ResShift {Path(tp.version).name}, {tp.steps} steps\n{weights}"
-    return image_grid(rows, tp.preview, title=title)
 
 
 def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:

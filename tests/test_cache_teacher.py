@@ -27,6 +27,7 @@ from dtkd_pipeline.cache import (
     StoreLayoutError,
     TileStore,
     dask_fanout,
+    preview,
 )
 from dtkd_pipeline.cache.batch_groups import shard_groups
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
@@ -163,9 +164,9 @@ def test_preview_shows_bicubic_teacher_and_hr_of_tiles_spread_over_the_store(
         drawn.update(rows=rows, title=title)
         return image_grid(rows, path, title=title)
 
-    monkeypatch.setattr(cache_teacher, "image_grid", recording)
+    monkeypatch.setattr(preview, "image_grid", recording)
     with TileStore.open(params.teacher.store) as store:
-        path = cache_teacher.write_preview(store, params)
+        path = preview.write_preview(store, params)
         teacher = store.read_tiles([0, 2, 3], [TEACHER])[TEACHER]
     with TileStore.open(prepared_root / "prepared" / TRAIN_STORE) as prepared:
         hr = prepared.read_tiles([0, 2, 3], ["hr"])["hr"]
