@@ -1,7 +1,8 @@
 """Where fixed-size training tiles sit inside an image, and how small images are brought up to size.
 
 Tiles are placed like ResShift's chopper: starts every ``stride`` pixels, with a last start clamped
-to ``length - tile`` so the far border is always covered and no tile hangs off the image.
+to ``length - tile`` so the far border is always covered and no tile hangs off the image. The
+teacher's chopper (teacher/tiling.py) places its patches with the same `axis_starts`.
 """
 
 from __future__ import annotations

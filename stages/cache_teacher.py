@@ -14,65 +14,44 @@
 - Locally the device computes the next shard while a writer thread compresses and writes the last
   one. With ``--scheduler`` each batch group with missing shards is one dask task on a GPU worker
   (one writer per shard).
+
+The machinery lives in dtkd_pipeline/cache/: teacher_store.py (layout, provenance),
+batch_groups.py, shard_compute.py, local_fill.py, dask_fanout.py and preview.py. This module
+orders the steps: check params and targets, open or create the store, fill it, report.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from dtkd_pipeline import __version__
 from dtkd_pipeline.atomic import require_file_target, require_parent_folders
 from dtkd_pipeline.cache import (
-    DWT_LEVELS,
-    HR,
     KIND_PREPARED,
     KIND_TEACHER,
-    LR,
     PREPARED_FINGERPRINT,
-    SOURCES,
-    TEACHER,
-    TILE_SOURCE,
     CacheError,
-    Compression,
     NotAStoreError,
     ProvenanceMismatchError,
-    StoreLayout,
     StoreLayoutError,
     TileStore,
-    teacher_arrays,
 )
-from dtkd_pipeline.cache.teacher_record import (
-    CHECKPOINT_SHA256,
-    build_teacher,
-    check_device_type,
-    checkpoint_sha256,
-    teacher_params_provenance,
+from dtkd_pipeline.cache.dask_fanout import dask_device_type, fill_on_local_gpus, fill_with_dask
+from dtkd_pipeline.cache.local_fill import fill_locally
+from dtkd_pipeline.cache.prepared_store import open_params_prepared
+from dtkd_pipeline.cache.preview import write_preview
+from dtkd_pipeline.cache.teacher_record import build_teacher, check_device_type
+from dtkd_pipeline.cache.teacher_store import (
+    TeacherIdentity,
+    teacher_store_layout,
+    teacher_store_provenance,
 )
-from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
-from dtkd_pipeline.evaluate.figures import image_grid
-from dtkd_pipeline.images import to_uint8
-from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
-from dtkd_pipeline.resize import imresize
-from dtkd_pipeline.scheduler import connect
-from dtkd_pipeline.stage_files import TRAIN_STORE
-from dtkd_pipeline.teacher import (
-    OfficialNoise,
-    Teacher,
-    resolve_config,
-    teacher_name,
-)
+from dtkd_pipeline.teacher import Teacher, resolve_config
 
 
 def check_steps(teacher: TeacherParams) -> None:
@@ -84,363 +63,6 @@ def check_steps(teacher: TeacherParams) -> None:
             f"{teacher.version}, which was trained for {trained} steps; its checkpoints only work "
             f"with their own step count. Use --steps {trained}, or choose another teacher.version"
         )
-
-
-@dataclass(frozen=True)
-class TeacherIdentity:
-    """What a store records about the teacher that fills it.
-
-    It follows from params, checkpoint files and device type alone, so a coordinator that fans
-    shards out to dask workers records it without building (or fitting) a teacher itself.
-    """
-
-    name: str
-    checkpoint_sha256: dict[str, str | None]
-    device_type: str
-
-    @classmethod
-    def of(cls, teacher: Teacher) -> TeacherIdentity:
-        return cls(teacher.name, dict(teacher.checkpoint_sha256), teacher.device.type)
-
-    @classmethod
-    def from_params(cls, teacher: TeacherParams, device_type: str) -> TeacherIdentity:
-        config = resolve_config(teacher.version)
-        hashes: dict[str, str | None] = {"unet": None, "autoencoder": None}
-        if not teacher.random_weights:
-            hashes = dict(checkpoint_sha256(teacher))
-        return cls(teacher_name(config, teacher.random_weights), hashes, device_type)
-
-    def fields(self) -> dict[str, Any]:
-        """The store provenance fields this identity fills in."""
-        return {
-            "teacher_name": self.name,
-            CHECKPOINT_SHA256: self.checkpoint_sha256,
-            "device_type": self.device_type,  # outputs are bit-stable per device type only
-        }
-
-    def mismatch(self, provenance: dict[str, Any]) -> str | None:
-        """The first field in which a store's provenance names another teacher, or None."""
-        for key, mine in self.fields().items():
-            if provenance.get(key) != mine:
-                return f"{key}: store has {provenance.get(key)!r}, this worker has {mine!r}"
-        return None
-
-
-OFFICIAL_NOISE_BATCH = "teacher.batch_size (rng: official)"
-
-
-def store_provenance(
-    identity: TeacherIdentity, params: Params, prepared_fingerprint: str
-) -> dict[str, Any]:
-    diffusion = resolve_config(params.teacher.version).diffusion
-    provenance = {
-        **teacher_params_provenance(params.teacher),
-        PREPARED_FINGERPRINT: prepared_fingerprint,
-        **identity.fields(),
-        "kappa": diffusion.kappa,
-        "scale": diffusion.sf,
-        "package_version": __version__,
-    }
-    if params.teacher.rng == "official":
-        # One stream drawn batch by batch: a tile's noise depends on the batching, so a resume
-        # with another batch size would mix two streams in one store. (Stage two does not care.)
-        provenance[OFFICIAL_NOISE_BATCH] = params.teacher.batch_size
-    return provenance
-
-
-def dwt_tile_shapes(hr_size: int) -> dict[str, tuple[int, int, int]]:
-    """Per-tile shape of each cached Haar subband: level j halves the HR side j times."""
-    return {
-        name: (3, hr_size >> subband_level(name), hr_size >> subband_level(name))
-        for name in subband_names(DWT_LEVELS)
-    }
-
-
-def store_layout(prepared: TileStore, params: Params) -> StoreLayout:
-    hr_size = prepared.layout.spec(LR).tile_shape[1] * params.data.scale
-    return StoreLayout(
-        kind=KIND_TEACHER,
-        n_tiles=prepared.n_tiles,
-        shard_size=prepared.layout.shard_size,
-        arrays=teacher_arrays(hr_size, dwt_tile_shapes(hr_size) if params.teacher.dwt else None),
-        compression=Compression(params.data.compression.codec, params.data.compression.level),
-    )
-
-
-def _network_rows(teacher: Teacher, real: int, tp: TeacherParams) -> int:
-    """Rows the teacher runs for a batch of `real` tiles: compiled runs fill every batch."""
-    return max(real, tp.batch_size) if teacher.compile_mode is not None else real
-
-
-def _teacher_outputs(
-    teacher: Teacher,
-    lr: np.ndarray,
-    ids: list[int],
-    tp: TeacherParams,
-    stream: OfficialNoise | None = None,
-) -> dict[str, np.ndarray]:
-    """uint8 teacher tiles (and float16 subbands) for one batch of uint8 LR tiles."""
-    batch = torch.from_numpy(lr).float().div_(255.0)
-    real = len(batch)
-    batch = fill_batch(batch, _network_rows(teacher, real, tp))  # one shape: one compilation
-    ids = ids + [ids[-1]] * (len(batch) - real)
-    sr = teacher.sample(
-        batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps, stream=stream
-    )[:real]
-    sr_u8 = to_uint8(sr)
-    outputs = {TEACHER: sr_u8.cpu().numpy()}
-    if tp.dwt:
-        # Subbands of the stored (quantised) image: the DWT stage two would compute from the uint8
-        # teacher tile, up to float16 rounding (at most ~1e-3 in LL2, about one grey level there).
-        bands = dwt_subbands(sr_u8.float().div_(255.0), levels=DWT_LEVELS, wavelet="haar")
-        outputs |= {f"dwt/{name}": band.half().cpu().numpy() for name, band in bands.items()}
-    return outputs
-
-
-def _group_size(layout: StoreLayout, batch_size: int) -> int:
-    """Shards per batch group: enough that a group holds at least one batch of tiles."""
-    return max(1, -(-batch_size // layout.shard_size))
-
-
-def _group_tiles(layout: StoreLayout, group: int, batch_size: int) -> tuple[int, int]:
-    """Tile range [start, stop) of batch group `group`."""
-    g = _group_size(layout, batch_size)
-    last = min((group + 1) * g, layout.n_shards) - 1
-    return layout.shard_range(group * g)[0], layout.shard_range(last)[1]
-
-
-class TileOrderStream:
-    """teacher.rng=official: upstream's one noise stream, continued over the batches in tile order.
-
-    Upstream seeds once and draws image after image. Batches already cached (a resumed, repaired
-    or fanned-out run) are replayed as draws without running the teacher, so every tile gets the
-    noise a full run from tile 0 gives it.
-    """
-
-    def __init__(self, teacher: Teacher, tp: TeacherParams, layout: StoreLayout) -> None:
-        self.teacher, self.tp, self.layout = teacher, tp, layout
-        self.tile_side = layout.spec(LR).tile_shape[1:]
-        self.group_size = _group_size(layout, tp.batch_size)
-        self._restart()
-
-    def _restart(self) -> None:
-        self.noise, self.position = OfficialNoise(self.tp.seed, self.teacher.device), 0
-
-    def at(self, start: int) -> OfficialNoise:
-        """The stream positioned at the first batch of the group starting at tile `start`."""
-        if start < self.position:
-            self._restart()
-        while self.position < start:
-            group = self.layout.shard_of(self.position) // self.group_size
-            _, stop = _group_tiles(self.layout, group, self.tp.batch_size)
-            for first in range(self.position, stop, self.tp.batch_size):
-                rows = _network_rows(self.teacher, min(self.tp.batch_size, stop - first), self.tp)
-                self.noise.skip(self.teacher.noise_shapes(rows, *self.tile_side))
-            self.position = stop
-        return self.noise
-
-    def done(self, stop: int) -> None:
-        """The group ending before tile `stop` drew its noise from the stream."""
-        self.position = stop
-
-
-def shard_groups(layout: StoreLayout, shards: Iterable[int], batch_size: int) -> list[list[int]]:
-    """`shards` split by batch group (shards ``[k*g, (k+1)*g)``), in order of first appearance.
-
-    A group is the unit of computation: its tiles are batched from the group's first tile, so a
-    tile's batch depends only on its index and a resumed or repaired shard gets the same bytes.
-    """
-    g = _group_size(layout, batch_size)
-    groups: dict[int, list[int]] = {}
-    for shard in shards:
-        groups.setdefault(shard // g, []).append(shard)
-    return list(groups.values())
-
-
-def compute_shards(
-    teacher: Teacher,
-    prepared: TileStore,
-    shards: Iterable[int],
-    params: Params,
-    bar: tqdm | None = None,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """(shard, its teacher arrays) for each of `shards`, one batch group at a time.
-
-    Batches run across the shards of a group, so `teacher.batch_size` may exceed
-    `data.shard_size` and batches stay full. A wanted shard's group-mates are computed with it
-    (their outputs are dropped) so its batches are the ones a full run would have formed.
-    """
-    tp, layout = params.teacher, prepared.layout
-    g = _group_size(layout, tp.batch_size)
-    order = TileOrderStream(teacher, tp, layout) if tp.rng == "official" else None
-    for wanted in shard_groups(layout, shards, tp.batch_size):
-        group = wanted[0] // g
-        members = range(group * g, min(group * g + g, layout.n_shards))
-        start, stop = _group_tiles(layout, group, tp.batch_size)
-        stream = order.at(start) if order is not None else None
-        lr = np.concatenate([prepared.read_shard(shard, [LR])[LR] for shard in members])
-        is_wanted = np.zeros(stop - start, bool)
-        for shard in wanted:
-            first, last = layout.shard_range(shard)
-            is_wanted[first - start : last - start] = True
-        parts: dict[str, list[np.ndarray]] = {}
-        for first in range(0, stop - start, tp.batch_size):
-            chunk = slice(first, min(first + tp.batch_size, stop - start))
-            ids = list(range(start + chunk.start, start + chunk.stop))
-            for name, part in _teacher_outputs(teacher, lr[chunk], ids, tp, stream).items():
-                parts.setdefault(name, []).append(part)
-            if bar is not None:
-                bar.update(int(is_wanted[chunk].sum()))
-        if order is not None:
-            order.done(stop)
-        outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-        for shard in wanted:
-            first, last = layout.shard_range(shard)
-            yield (
-                shard,
-                {name: data[first - start : last - start] for name, data in outputs.items()},
-            )
-
-
-def _open_prepared(params: Params) -> TileStore:
-    path = params.data.prepared_dir / TRAIN_STORE
-    if not path.exists():
-        raise CacheError(f"prepared store {path} not found; run `dtkd-pipeline prepare-data` first")
-    prepared = TileStore.open(path)
-    prepared.require_kind(KIND_PREPARED)
-    return prepared
-
-
-def _fill_locally(
-    store: TileStore, prepared: TileStore, teacher: Teacher, params: Params, shards: list[int]
-) -> None:
-    # A batch group's shards arrive together; all of them are written while the device computes
-    # the next group. At most one group in flight: bounded memory, and errors surface.
-    in_flight = _group_size(prepared.layout, params.teacher.batch_size)
-    pending: deque[Future[Any]] = deque()
-    with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
-        tqdm(total=prepared.layout.tiles_in(shards), desc="teacher", unit="tile") as bar,
-    ):
-        for shard, arrays in compute_shards(teacher, prepared, shards, params, bar):
-            while len(pending) >= in_flight:
-                pending.popleft().result()
-            pending.append(writer.submit(store.write_shard, shard, arrays))
-        while pending:
-            pending.popleft().result()
-
-
-_WORKER_TEACHERS: dict[str, Teacher] = {}
-
-
-def _worker_device(name: object) -> torch.device:
-    """A dask worker's device: its own GPU (workers named 0..n-1 on one host) or the CPU."""
-    gpus = torch.cuda.device_count()
-    index = int(str(name)) % gpus if gpus and str(name).isdigit() else 0
-    return torch.device("cuda", index) if gpus else torch.device("cpu")
-
-
-def _worker_device_type(dask_worker: Any) -> str:
-    """Run on each worker by `Client.run`, which passes the worker as `dask_worker`."""
-    return _worker_device(dask_worker.name).type
-
-
-def _dask_shard_task(params_json: str, store_path: str, shards: list[int]) -> list[int]:
-    """One dask task: compute a run of shards on this worker's device and write them (their
-    sole writer)."""
-    from distributed import get_worker
-
-    from dtkd_pipeline.config import Params as ParamsModel
-
-    params = ParamsModel.model_validate_json(params_json)
-    if params_json not in _WORKER_TEACHERS:  # load the teacher once per worker process
-        device = _worker_device(get_worker().name)
-        _WORKER_TEACHERS[params_json] = build_teacher(params.teacher, device)
-    teacher = _WORKER_TEACHERS[params_json]
-    prepared = _open_prepared(params)
-    with TileStore.open(store_path, mode="r+") as store:
-        mismatch = TeacherIdentity.of(teacher).mismatch(store.provenance)
-        if mismatch is not None:
-            raise CacheError(
-                f"dask worker {get_worker().name} would fill {store_path} with another teacher "
-                f"({mismatch}); give every worker the same checkpoint files and device kind"
-            )
-        for shard, arrays in compute_shards(teacher, prepared, shards, params):
-            store.write_shard(shard, arrays)
-    return shards
-
-
-def _params_for_workers(params: Params) -> str:
-    """Params as JSON with every path absolute: a worker runs in its own folder (it must see
-    the same filesystem), where a relative path would name another store or none."""
-
-    def absolute(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: absolute(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [absolute(item) for item in value]
-        if isinstance(value, Path):
-            return value.expanduser().absolute()
-        return value
-
-    raw = absolute(params.model_dump())
-    teacher = raw["teacher"]
-    for key in ("version", "unet_weights", "autoencoder_weights"):  # a name, or a file path
-        if Path(teacher[key]).expanduser().is_file():
-            teacher[key] = str(Path(teacher[key]).expanduser().absolute())
-    return Params.model_validate(raw).model_dump_json()
-
-
-def _gpu_workers(client: Any) -> list[str] | None:
-    """Addresses of workers that advertise a GPU resource, or None when none do."""
-    workers = client.scheduler_info()["workers"]
-    gpu = [address for address, w in workers.items() if "GPU" in (w.get("resources") or {})]
-    return gpu or None
-
-
-def _dask_device_type(address: str) -> str:
-    """The one device kind the cluster's shard workers run on; mixed kinds are refused."""
-    with connect(address) as client:
-        kinds = set(client.run(_worker_device_type, workers=_gpu_workers(client)).values())
-    if len(kinds) != 1:
-        raise CacheError(
-            f"dask cluster {address} has workers on {sorted(kinds) or 'no'} devices; teacher "
-            "outputs are bit-stable per device kind only, so start workers of one kind (all GPU "
-            "workers with resources GPU=1, or all CPU)"
-        )
-    return kinds.pop()
-
-
-def _fill_with_dask(store: TileStore, params: Params, shards: list[int], address: str) -> None:
-    from distributed import as_completed
-
-    with connect(address) as client:
-        resources = {"GPU": 1} if _gpu_workers(client) else None
-        futures = [
-            client.submit(
-                _dask_shard_task,
-                _params_for_workers(params),
-                str(store.path.absolute()),
-                group,
-                key=f"teacher-shards-{group[0]}-{group[-1]}",
-                resources=resources,
-                pure=False,
-            )
-            for group in shard_groups(store.layout, shards, params.teacher.batch_size)
-        ]
-        with tqdm(total=store.layout.tiles_in(shards), desc="teacher", unit="tile") as bar:
-            for future in as_completed(futures):
-                bar.update(store.layout.tiles_in(future.result()))
-
-
-def _fill_on_local_gpus(store: TileStore, params: Params, shards: list[int], gpus: int) -> None:
-    """Several visible GPUs and no scheduler: a local cluster with one worker process per GPU."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=gpus, threads_per_worker=1, processes=True, resources={"GPU": 1}
-    ) as cluster:
-        _fill_with_dask(store, params, shards, cluster.scheduler_address)
 
 
 def _summary(store: TileStore, tiles: int, seconds: float) -> str:
@@ -479,11 +101,10 @@ def run(
         raise NotAStoreError(
             f"teacher.store: {error}; point teacher.store at a teacher store or a new folder"
         ) from None
-    prepared = _open_prepared(params)
-    prepared.require_complete("prepare-data")
+    prepared = open_params_prepared(params, complete=True)
     gpus = torch.cuda.device_count() if device is None and teacher is None else 0
     if scheduler:  # the workers build their own teachers; the coordinator needs none
-        identity = TeacherIdentity.from_params(params.teacher, _dask_device_type(scheduler))
+        identity = TeacherIdentity.from_params(params.teacher, dask_device_type(scheduler))
     elif gpus > 1:
         identity = TeacherIdentity.from_params(params.teacher, "cuda")
     else:
@@ -491,8 +112,8 @@ def run(
             teacher = build_teacher(params.teacher, resolve_device(device))
         identity = TeacherIdentity.of(teacher)
     check_device_type(params.teacher, identity.device_type)
-    provenance = store_provenance(identity, params, prepared.fingerprint())
-    layout = store_layout(prepared, params)
+    provenance = teacher_store_provenance(identity, params, prepared.fingerprint())
+    layout = teacher_store_layout(prepared, params)
     started = time.perf_counter()
     try:
         store = TileStore.open_or_create(
@@ -511,12 +132,12 @@ def run(
         todo = layout.tiles_in(shards)
         try:
             if shards and scheduler:
-                _fill_with_dask(store, params, shards, scheduler)
+                fill_with_dask(store, params, shards, scheduler)
             elif shards and gpus > 1:
-                _fill_on_local_gpus(store, params, shards, gpus)
+                fill_on_local_gpus(store, params, shards, gpus)
             elif shards:
                 assert teacher is not None  # built above for every run that is neither fanned out
-                _fill_locally(store, prepared, teacher, params, shards)
+                fill_locally(store, prepared, teacher, params, shards)
         except KeyboardInterrupt:
             done = store.n_shards - len(store.missing_shards())
             print(
@@ -533,51 +154,15 @@ def run(
     return params.teacher.store
 
 
-def write_preview(store: TileStore, params: Params) -> Path:
-    """PNG of a few cached tiles, spread evenly over the store: LR (bicubic) | teacher | HR.
-
-    A look at it before distilling catches a wrong checkpoint or a broken cache (noise, colour
-    shifts, black tiles) that checksums cannot.
-    """
-    prepared = _open_prepared(params)
-    count = min(params.teacher.preview_tiles, store.n_tiles)
-    tiles = np.linspace(0, store.n_tiles - 1, count).round().astype(int).tolist()
-    inputs = prepared.read_tiles(tiles, [LR, HR, TILE_SOURCE])
-    outputs = store.read_tiles(tiles, [TEACHER])[TEACHER]
-    sources = prepared.provenance.get(SOURCES, [])
-    scale = params.data.scale
-
-    def image(tile: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(tile).float().div_(255.0)
-
-    rows = []
-    for row, tile in enumerate(tiles):
-        source = int(inputs[TILE_SOURCE][row])
-        name = sources[source] if source < len(sources) else f"source {source}"
-        bicubic = imresize(image(inputs[LR][row]), scale).clamp_(0, 1)
-        panels = [
-            (f"LR, bicubic x{scale}", bicubic),
-            ("teacher", image(outputs[row])),
-            ("HR", image(inputs[HR][row])),
-        ]
-        rows.append((f"tile {tile}\n{name}", panels))
-    tp = params.teacher
-    weights = (
-        "RANDOM WEIGHTS (tests/speed only)" if tp.random_weights else Path(tp.unet_weights).name
-    )
-    title = f"{store.path.name}: ResShift {Path(tp.version).name}, {tp.steps} steps\n{weights}"
-    return image_grid(rows, tp.preview, title=title)
-
-
 def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:
     store.check_arrays()  # a damaged array cannot be repaired shard by shard: say so first
-    prepared = _open_prepared(params)
+    prepared = open_params_prepared(params, complete=False)
     teacher = build_teacher(params.teacher, resolve_device(device))
-    expected = store_provenance(TeacherIdentity.of(teacher), params, prepared.fingerprint())
+    expected = teacher_store_provenance(TeacherIdentity.of(teacher), params, prepared.fingerprint())
     store.check_provenance(expected, exact=True)
     for shard in shards:
         store.invalidate_shard(shard)
-    _fill_locally(store, prepared, teacher, params, list(shards))
+    fill_locally(store, prepared, teacher, params, list(shards))
 
 
 def verify(path: Path, params: Params, repair: bool = False, device: str | None = None) -> bool:
@@ -594,7 +179,7 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
             return _verify_prepared(store, repair)
         store.require_kind(KIND_TEACHER)
         report = store.verify()
-        prepared = _open_prepared(params)
+        prepared = open_params_prepared(params, complete=False)
         stored_fp = store.provenance.get(PREPARED_FINGERPRINT)
         fingerprint_ok = stored_fp == prepared.fingerprint()
         print(report)

@@ -26,9 +26,15 @@ from dtkd_pipeline.cache import (
     ProvenanceMismatchError,
     StoreLayoutError,
     TileStore,
+    dask_fanout,
+    preview,
 )
+from dtkd_pipeline.cache.batch_groups import shard_groups
+from dtkd_pipeline.cache.prepared_store import open_params_prepared
+from dtkd_pipeline.cache.shard_compute import compute_shards
 from dtkd_pipeline.cache.store import DONE_DIR
 from dtkd_pipeline.cache.teacher_record import teacher_version_identity
+from dtkd_pipeline.cache.teacher_store import TeacherIdentity
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.evaluate.figures import image_grid
@@ -158,9 +164,9 @@ def test_preview_shows_bicubic_teacher_and_hr_of_tiles_spread_over_the_store(
         drawn.update(rows=rows, title=title)
         return image_grid(rows, path, title=title)
 
-    monkeypatch.setattr(cache_teacher, "image_grid", recording)
+    monkeypatch.setattr(preview, "image_grid", recording)
     with TileStore.open(params.teacher.store) as store:
-        path = cache_teacher.write_preview(store, params)
+        path = preview.write_preview(store, params)
         teacher = store.read_tiles([0, 2, 3], [TEACHER])[TEACHER]
     with TileStore.open(prepared_root / "prepared" / TRAIN_STORE) as prepared:
         hr = prepared.read_tiles([0, 2, 3], ["hr"])["hr"]
@@ -508,7 +514,7 @@ def test_ctrl_c_says_how_many_shards_are_stored_and_how_to_resume(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_teacher, "_fill_locally", interrupted)
+    monkeypatch.setattr(cache_teacher, "fill_locally", interrupted)
     params = params_for(prepared_root, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         cache_teacher.run(params, device="cpu")
@@ -574,7 +580,7 @@ def test_dask_workers_get_absolute_paths_whatever_folder_they_run_in(
             "data": params.data.model_copy(update={"prepared_dir": Path("prepared")}),
         }
     )
-    sent = Params.model_validate_json(cache_teacher._params_for_workers(params))
+    sent = Params.model_validate_json(dask_fanout.params_for_workers(params))
     assert sent.teacher.store == tmp_path / "cache" / "t.zarr"
     assert sent.data.prepared_dir == tmp_path / "prepared"
     assert sent.teacher.version == str(tmp_path / "teacher.yaml")
@@ -604,12 +610,12 @@ def test_compiled_teacher_gets_full_batches_across_shard_boundaries(
     """Batches run across shards (a batch may exceed data.shard_size), a ragged batch is filled
     (no new compiled shape), and each shard gets exactly its own tiles' outputs."""
     params = params_for(prepared_root, tmp_path, [f"teacher.batch_size={batch}"])
-    prepared = cache_teacher._open_prepared(params)
+    prepared = open_params_prepared(params, complete=False)
     layout = prepared.layout
     assert layout.shard_size < batch and layout.n_tiles % batch != 0, "fixture: ragged, small"
     teacher = _RecordingTeacher()
     shards = list(range(layout.n_shards))[::-1]  # any order the store's gaps dictate
-    results = dict(cache_teacher.compute_shards(teacher, prepared, shards, params))  # type: ignore[arg-type]
+    results = dict(compute_shards(teacher, prepared, shards, params))  # type: ignore[arg-type]
     assert set(teacher.batch_sizes) == {batch}
     assert len(teacher.batch_sizes) == -(-layout.n_tiles // batch)  # no tile computed twice
     assert sorted(results) == sorted(shards)
@@ -623,17 +629,17 @@ def test_a_resumed_shard_is_sampled_in_the_batch_a_full_run_gives_it(
 ) -> None:
     """Bit-exact resume and --repair: batch composition depends on tile indices only."""
     params = params_for(prepared_root, tmp_path, ["teacher.batch_size=2"])
-    prepared = cache_teacher._open_prepared(params)
+    prepared = open_params_prepared(params, complete=False)
     full, alone = _RecordingTeacher(), _RecordingTeacher()
-    list(cache_teacher.compute_shards(full, prepared, range(prepared.n_tiles), params))  # type: ignore[arg-type]
-    (shard, _), *rest = cache_teacher.compute_shards(alone, prepared, [3], params)  # type: ignore[arg-type]
+    list(compute_shards(full, prepared, range(prepared.n_tiles), params))  # type: ignore[arg-type]
+    (shard, _), *rest = compute_shards(alone, prepared, [3], params)  # type: ignore[arg-type]
     assert shard == 3 and rest == []
     assert alone.batch_ids == [[2, 3]] and [2, 3] in full.batch_ids
-    groups = cache_teacher.shard_groups(prepared.layout, [3, 0, 2, 1], batch_size=2)
+    groups = shard_groups(prepared.layout, [3, 0, 2, 1], batch_size=2)
     assert groups == [[3, 2], [0, 1]]  # one dask task per group: no shard has two writers
     # A group holds at least one batch: 3 tiles in shards of 2 need groups of 2 shards, not 1.
     pairs = dataclasses.replace(prepared.layout, n_tiles=8, shard_size=2)
-    assert cache_teacher.shard_groups(pairs, [0, 1, 2, 3], batch_size=3) == [[0, 1], [2, 3]]
+    assert shard_groups(pairs, [0, 1, 2, 3], batch_size=3) == [[0, 1], [2, 3]]
 
 
 @pytest.fixture
@@ -661,10 +667,10 @@ def test_fanned_out_run_records_the_local_provenance_without_building_a_teacher(
         raise AssertionError("the coordinator built a teacher")
 
     monkeypatch.setattr(cache_teacher, "build_teacher", no_teacher_here)
-    monkeypatch.setattr(cache_teacher, "_dask_device_type", lambda address: "cpu")
+    monkeypatch.setattr(cache_teacher, "dask_device_type", lambda address: "cpu")
     monkeypatch.setattr(
         cache_teacher,
-        "_fill_with_dask",
+        "fill_with_dask",
         lambda store, params, shards, address: filled.append(shards),
     )
     params = params_for(prepared_root, tmp_path / "fanned", checkpoint_overrides)
@@ -682,18 +688,18 @@ def test_worker_with_another_teacher_is_named_by_field() -> None:
         "checkpoint_sha256": {"unet": "a"},
         "device_type": "cuda",
     }
-    same = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "a"}, "cuda")
+    same = TeacherIdentity("resshift-v1", {"unet": "a"}, "cuda")
     assert same.mismatch(stored) is None
-    other_device = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "a"}, "cpu")
+    other_device = TeacherIdentity("resshift-v1", {"unet": "a"}, "cpu")
     assert other_device.mismatch(stored) == "device_type: store has 'cuda', this worker has 'cpu'"
-    other_weights = cache_teacher.TeacherIdentity("resshift-v1", {"unet": "b"}, "cuda")
+    other_weights = TeacherIdentity("resshift-v1", {"unet": "b"}, "cuda")
     assert "checkpoint_sha256" in str(other_weights.mismatch(stored))
 
 
 def test_tensor_core_precision_on_cpu_workers_is_refused_before_anything_is_written(
     prepared_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(cache_teacher, "_dask_device_type", lambda address: "cpu")
+    monkeypatch.setattr(cache_teacher, "dask_device_type", lambda address: "cpu")
     params = params_for(prepared_root, tmp_path, ["teacher.precision=bf16"])
     with pytest.raises(DeviceError, match=r"teacher\.precision=bf16 needs a CUDA device"):
         cache_teacher.run(params, scheduler="tcp://127.0.0.1:1")
@@ -705,15 +711,15 @@ def test_cluster_mixing_gpu_and_cpu_workers_is_refused(monkeypatch) -> None:
 
     # In-process workers run the patched probe: worker 0 claims a GPU, worker 1 does not.
     monkeypatch.setattr(
-        cache_teacher,
-        "_worker_device_type",
+        dask_fanout,
+        "worker_device_type",
         lambda dask_worker: "cuda" if str(dask_worker.name) == "0" else "cpu",
     )
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster:
         with pytest.raises(CacheError, match=r"\['cpu', 'cuda'\] devices"):
-            cache_teacher._dask_device_type(cluster.scheduler_address)
-        monkeypatch.setattr(cache_teacher, "_worker_device_type", lambda dask_worker: "cpu")
-        assert cache_teacher._dask_device_type(cluster.scheduler_address) == "cpu"
+            dask_fanout.dask_device_type(cluster.scheduler_address)
+        monkeypatch.setattr(dask_fanout, "worker_device_type", lambda dask_worker: "cpu")
+        assert dask_fanout.dask_device_type(cluster.scheduler_address) == "cpu"
 
 
 def test_a_malformed_scheduler_address_is_named_with_the_expected_form() -> None:

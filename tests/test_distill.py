@@ -26,6 +26,7 @@ from dtkd_pipeline.cache import (
     teacher_arrays,
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
+from dtkd_pipeline.cache.teacher_store import dwt_tile_shapes
 from dtkd_pipeline.config import ConfigError, Params
 from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.losses.wavelet import dwt_subbands
@@ -37,7 +38,6 @@ from dtkd_pipeline.train.curves import truncate_curves
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from dtkd_pipeline.weights import file_sha256
 from stages import distill, prepare_data
-from stages.cache_teacher import dwt_tile_shapes
 from tests.pipeline_helpers import (
     REPO_ROOT,
     TINY_DISTILL,

@@ -1,7 +1,9 @@
 """Tile stores shared by stage one (teacher cache) and stage two (training).
 
 `TileStore` is a sharded, checksummed Zarr v3 store with per-shard completion records, provenance,
-a coordinator lock and verification; see store.py for the on-disk contract.
+a coordinator lock and verification; see store.py for the on-disk contract. Filling the teacher
+store: teacher_store.py (layout, provenance), batch_groups.py, shard_compute.py, local_fill.py,
+dask_fanout.py and preview.py; prepared_store.py opens prepare-data's store checked.
 """
 
 from .errors import (

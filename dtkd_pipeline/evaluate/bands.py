@@ -40,7 +40,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
-from dtkd_pipeline.cache import HR, KIND_PREPARED, LR, TEACHER, StoreLayout, TileStore
+from dtkd_pipeline.cache import HR, LR, TEACHER, StoreLayout, TileStore
+from dtkd_pipeline.cache.prepared_store import open_prepared, require_prepared_exists
 from dtkd_pipeline.images import list_images, read_image, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.progress import DaskTqdm
@@ -509,17 +510,12 @@ def _checked_store_layout(
     """The prepared store's layout and HR tile shape, once both stores pass stage two's checks."""
     from dtkd_pipeline.train.dataset import check_teacher_matches_prepared
 
-    if not prepared_path.exists():
-        raise FileNotFoundError(
-            f"prepared store {prepared_path} not found; run `dtkd-pipeline prepare-data` first"
-        )
+    require_prepared_exists(prepared_path, FileNotFoundError)
     if not teacher_path.exists():
         raise FileNotFoundError(
             f"teacher cache {teacher_path} not found; run `dtkd-pipeline cache-teacher` first"
         )
-    with TileStore.open(prepared_path) as prepared, TileStore.open(teacher_path) as teacher:
-        prepared.require_kind(KIND_PREPARED)
-        prepared.require_complete("prepare-data")
+    with open_prepared(prepared_path) as prepared, TileStore.open(teacher_path) as teacher:
         check_teacher_matches_prepared(teacher, prepared)
         return prepared.layout, prepared.layout.spec(HR).tile_shape
 

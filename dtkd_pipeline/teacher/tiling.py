@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import product
 
+from dtkd_pipeline.tiles import axis_starts
+
 DEFAULT_CHOP_SIZE = 512
 """Upstream CLI default (`--chop_size 512`); images up to this size per side are not chopped."""
 
@@ -22,14 +24,14 @@ def default_chop_stride(chop_size: int) -> int:
 
 
 def chop_starts(length: int, chop: int, stride: int) -> list[int]:
+    """Patch starts along one axis; `stride <= chop`, as `resolve_chop` ensures.
+
+    For such strides upstream's clamped, de-duplicated `range(0, L, stride)` is exactly the
+    training tiles' placement, so both use `axis_starts`.
+    """
     if length <= chop:
         return [0]
-    starts: list[int] = []
-    for start in range(0, length, stride):
-        start = min(start, length - chop)
-        if start not in starts:
-            starts.append(start)
-    return starts
+    return axis_starts(length, chop, stride)
 
 
 @dataclass(frozen=True)

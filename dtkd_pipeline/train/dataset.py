@@ -42,7 +42,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dtkd_pipeline.cache import (
     DWT_GROUP,
     HR,
-    KIND_PREPARED,
     KIND_TEACHER,
     LR,
     PREPARED_FINGERPRINT,
@@ -50,6 +49,7 @@ from dtkd_pipeline.cache import (
     StoreLayoutError,
     TileStore,
 )
+from dtkd_pipeline.cache.prepared_store import open_prepared
 from dtkd_pipeline.cache.teacher_record import REBUILD_ADVICE
 from dtkd_pipeline.config import ConfigError
 
@@ -130,9 +130,7 @@ class ShardStreamDataset(IterableDataset):
         self.settings = settings
         self.prepared_path = Path(prepared_path)
         self.teacher_path = Path(teacher_path) if teacher_path is not None else None
-        prepared = TileStore.open(self.prepared_path)
-        prepared.require_kind(KIND_PREPARED)
-        prepared.require_complete("prepare-data")
+        prepared = open_prepared(self.prepared_path)
         self.layout = prepared.layout
         self.prepared_fingerprint = prepared.fingerprint()
         lr_shape = prepared.layout.spec(LR).tile_shape
