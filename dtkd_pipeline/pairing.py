@@ -74,8 +74,13 @@ def listing(paths: list[Path], folder: Path, what: str) -> str:
     if not paths:
         return ""
     names = sorted(p.name for p in paths)
+    return f"{len(names)} {what} in {folder}: {abbreviated(names)}"
+
+
+def abbreviated(names: list[str]) -> str:
+    """'a, b and 3 more': the first MAX_LISTED names, then how many were left out."""
     more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
-    return f"{len(names)} {what} in {folder}: {', '.join(names[:MAX_LISTED])}{more}"
+    return ", ".join(names[:MAX_LISTED]) + more
 
 
 def pair_by_stem(

@@ -26,7 +26,7 @@ from dtkd_pipeline.cache.teacher_record import (
 from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
-from dtkd_pipeline.pairing import MAX_LISTED
+from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.stage_files import (
     CHECKPOINTS_DIR,
     DVCLIVE_DIR,
@@ -221,10 +221,9 @@ def _require_own_out_dir(out_dir: Path) -> None:
     names = sorted(entry.name for entry in out_dir.iterdir())
     if set(names) <= _OWN_NAMES:  # written by a distill from before the marker existed
         return
-    more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
     raise atomic.OutputFolderError(
         f"distill.out_dir: {out_dir} holds files no distill run marked as its own "
-        f"({', '.join(names[:MAX_LISTED])}{more}), and distill overwrites {STUDENT_FILE} and "
+        f"({abbreviated(names)}), and distill overwrites {STUDENT_FILE} and "
         f"deletes old checkpoints and curves there. Set distill.out_dir to a new or empty "
         f"folder; if they are an earlier distill run's files, mark the folder as its output "
         f"with `touch {out_dir / atomic.OUTPUT_MARKER}`"

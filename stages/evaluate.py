@@ -49,7 +49,7 @@ from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
 from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
 from dtkd_pipeline.images import as_saved_8bit, probe_image
-from dtkd_pipeline.pairing import MAX_LISTED
+from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.stage_files import COMPARISONS_DIR, EFFICIENCY_JSON, EFFICIENCY_MD, TRAIN_STORE
 from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
@@ -362,9 +362,7 @@ def _note_ignored_alpha(read_images: dict[str, list[Path | None]]) -> None:
     for source, paths in read_images.items():
         with_alpha = [str(p) for p in paths if p is not None and probe_image(p).has_alpha]
         if with_alpha:
-            more = len(with_alpha) - MAX_LISTED
-            shown = ", ".join(with_alpha[:MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
-            named.append(f"{source}: {shown}")
+            named.append(f"{source}: {abbreviated(with_alpha)}")
     if named:
         print(f"note: alpha channel ignored, only colour is compared, in {'; '.join(named)}")
 
