@@ -284,11 +284,17 @@ def test_hashed_resolution_returns_the_file_hash_for_downloads_local_files_and_p
     assert weights.resolve_hashed_weights(str(mine)) == (mine, weights.file_sha256(mine))
 
 
+def _register_unreachable_spec(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register ``name`` for the test file with a URL nothing answers (only a file placed by
+    hand can satisfy it)."""
+    spec = replace(_spec(Server(base_url="http://127.0.0.1:9")), name=name)
+    monkeypatch.setitem(weights.REGISTRY, name, spec)
+
+
 def test_hand_placed_file_is_recorded_on_first_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = replace(_spec(Server(base_url="http://127.0.0.1:9")), name="hand")
-    monkeypatch.setitem(weights.REGISTRY, "hand", spec)
+    _register_unreachable_spec("hand", monkeypatch)
     (tmp_path / FILENAME).write_bytes(PAYLOAD)
     path = weights.resolve_weights("hand", weights_dir=tmp_path, download=False)
     assert (tmp_path / f"{FILENAME}.sha256").read_text().split()[0] == PAYLOAD_SHA
@@ -298,8 +304,7 @@ def test_hand_placed_file_is_recorded_on_first_use(
 def test_a_cut_short_hand_placed_checkpoint_is_refused_not_trusted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = replace(_spec(Server(base_url="http://127.0.0.1:9")), name="hand")
-    monkeypatch.setitem(weights.REGISTRY, "hand", spec)
+    _register_unreachable_spec("hand", monkeypatch)
     whole = tmp_path / "whole.pth"
     torch.save({"params": torch.zeros(64, 64)}, whole)
     (tmp_path / FILENAME).write_bytes(whole.read_bytes()[:-100])  # a copy that stopped early
@@ -312,8 +317,7 @@ def test_a_cut_short_hand_placed_checkpoint_is_refused_not_trusted(
 def test_a_read_only_weights_folder_is_used_without_a_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = replace(_spec(Server(base_url="http://127.0.0.1:9")), name="hand")
-    monkeypatch.setitem(weights.REGISTRY, "hand", spec)
+    _register_unreachable_spec("hand", monkeypatch)
     (tmp_path / FILENAME).write_bytes(PAYLOAD)
     # Root ignores permission bits, so the record's folder is made unwritable by not existing.
     unwritable = tmp_path / "mount" / f"{FILENAME}.sha256"
