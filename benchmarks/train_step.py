@@ -343,7 +343,7 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def samples_per_second(make_batches: Callable[[int], Iterable[dict]], target: int) -> float:
-    """Pull whole epochs (worker start-up included, as in training) until `target` samples."""
+    """Pull whole epochs (the first worker start-up included) until `target` samples."""
     samples, epoch = 0, 0
     start = time.perf_counter()
     while samples < target:
@@ -372,9 +372,11 @@ def loader_benchmark(args: argparse.Namespace) -> list[str]:
             ),
         )
 
+        zarr_loader = make_loader(zarr)  # workers live across epochs, as in training
+
         def zarr_epoch(epoch: int) -> Iterable[dict]:
             zarr.set_epoch(epoch)
-            return make_loader(zarr)
+            return zarr_loader
 
         png = DataLoader(
             PngTileDataset(root / "png", tiles, args.patch),
@@ -382,6 +384,7 @@ def loader_benchmark(args: argparse.Namespace) -> list[str]:
             shuffle=True,
             drop_last=True,
             num_workers=args.num_workers,
+            persistent_workers=args.num_workers > 0,
             worker_init_fn=_seed_worker,
         )
         png_rate = samples_per_second(lambda _: png, args.loader_samples)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from dtkd_pipeline.train.dataset import (
     ShardStreamDataset,
     apply_symmetry,
     batch_to_float,
+    epochs_of_batches,
     make_loader,
 )
 
@@ -172,6 +175,40 @@ def test_resume_continues_the_exact_sequence(stores: dict[str, Any], num_workers
     assert dataset.epoch == 1 and dataset.start_batch == 0
     with pytest.raises(ValueError, match="batch_size: saved 4, now 2"):
         make_dataset(stores, dwt=False, **(settings | {"batch_size": 2})).load_state_dict(state)
+
+
+class _WorkerTaggingDataset(ShardStreamDataset):
+    """Tags each batch with the process that produced it."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in super().__iter__():
+            yield batch | {"pid": torch.tensor(os.getpid())}
+
+
+def test_workers_live_across_epochs_and_follow_the_epoch(stores: dict[str, Any]) -> None:
+    """One loader serves every epoch: its worker processes start once, and each epoch still gets
+    that epoch's own sequence (the one a fresh loader at that epoch gives), resume included."""
+    settings = {"seed": 11, "num_workers": 2, "shuffle_buffer": 5}
+    expected = []
+    for epoch in range(3):
+        fresh = make_dataset(stores, dwt=False, **settings)
+        fresh.set_epoch(epoch)
+        expected += tile_order(list(make_loader(fresh)))
+    per_epoch = len(make_dataset(stores, dwt=False, **settings))
+    assert expected[:per_epoch] != expected[per_epoch : 2 * per_epoch]
+
+    tagged = _WorkerTaggingDataset(
+        stores["root"] / "train.zarr",
+        stores["root"] / "teacher.zarr",
+        settings=make_dataset(stores, dwt=False, **settings).settings,
+    )
+    tagged.load_state_dict(tagged.state_dict(batches_consumed=1))  # a resume one batch in
+    stream = epochs_of_batches(tagged)
+    batches = [next(stream) for _ in range(3 * per_epoch - 1)]
+    assert tile_order([b for b, _ in batches]) == expected[1:]
+    assert [consumed for _, consumed in batches][per_epoch - 2 : per_epoch] == [per_epoch - 1, 1]
+    assert len({int(b["pid"]) for b, _ in batches}) == 2
+    assert os.getpid() not in {int(b["pid"]) for b, _ in batches}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

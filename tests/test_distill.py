@@ -199,10 +199,14 @@ _run(params, Path({out!r}))
 """
 
 
-def test_resume_after_sigkill_gives_identical_weights(params: Params, tmp_path: Path) -> None:
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_after_sigkill_gives_identical_weights(
+    params: Params, tmp_path: Path, num_workers: int
+) -> None:
     """Killed mid-epoch (3 batches per epoch at batch 1, checkpoint at iteration 2): a new loader
-    iterator must not draw from the global RNG, or the resumed drop-path masks shift."""
-    recipe = {"batch_size": 1, "checkpoint_every": 2}
+    iterator must not draw from the global RNG, or the resumed drop-path masks shift. With worker
+    processes, the resumed run's workers outlive an epoch boundary."""
+    recipe = {"batch_size": 1, "checkpoint_every": 2, "num_workers": num_workers}
     straight = _run(params, tmp_path / "straight", **recipe)
 
     resumed_dir = tmp_path / "resumed"

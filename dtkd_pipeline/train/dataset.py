@@ -151,8 +151,10 @@ class ShardStreamDataset(IterableDataset):
             self.band_ratios = self._band_ratios(teacher, dwt)
         elif dwt:
             raise ValueError("dwt subbands come from the teacher store: pass teacher_path")
-        self.epoch = 0
-        self.start_batch = 0
+        # Persistent loader workers call __iter__ on their own copy of the dataset at every epoch,
+        # so the position they start from (epoch, first batch) lives in shared memory, written
+        # by the main process before it starts the epoch's iterator.
+        self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         if len(self) == 0:
             raise ConfigError(
                 f"no batches per epoch: {self.layout.n_tiles} tile(s) in {self.layout.n_shards} "
@@ -197,6 +199,23 @@ class ShardStreamDataset(IterableDataset):
         return ratios
 
     # ------------------------------------------------------------------ position
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._position[0] = value
+
+    @property
+    def start_batch(self) -> int:
+        """The batch of `epoch` the next loader iterator starts from (non-zero after a resume)."""
+        return int(self._position[1])
+
+    @start_batch.setter
+    def start_batch(self, value: int) -> None:
+        self._position[1] = value
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its first batch (call before creating the loader iterator)."""
@@ -406,10 +425,12 @@ def check_teacher_matches_prepared(teacher: TileStore, prepared: TileStore) -> N
 def make_loader(dataset: ShardStreamDataset, *, pin_memory: bool = False) -> DataLoader:
     """DataLoader matching the dataset's settings (batches come from the dataset itself).
 
-    Workers are not persistent, so each `iter()` copies the dataset's current epoch and position.
-    Every `iter()` draws a base seed; from its own generator, not the global RNG, or a resumed run
-    (which opens an iterator mid-epoch) would shift the training RNG (drop-path masks). The
-    samples come from the dataset's own seeded generators and do not use that base seed.
+    Workers persist across `iter()` calls (a process start per epoch would stall the GPU on small
+    stores); each `iter()` starts from the dataset's current epoch and position, which the workers
+    read from shared memory. Every `iter()` draws a base seed; from its own generator, not the
+    global RNG, or a resumed run (which opens an iterator mid-epoch) would shift the training RNG
+    (drop-path masks). The samples come from the dataset's own seeded generators and do not use
+    that base seed.
     """
     n = dataset.settings.num_workers
     return DataLoader(
@@ -417,10 +438,24 @@ def make_loader(dataset: ShardStreamDataset, *, pin_memory: bool = False) -> Dat
         batch_size=None,
         num_workers=n,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=n > 0,
         prefetch_factor=2 if n else None,
         generator=torch.Generator().manual_seed(dataset.settings.seed),
     )
+
+
+def epochs_of_batches(
+    dataset: ShardStreamDataset, *, pin_memory: bool = False
+) -> Iterator[tuple[dict[str, Any], int]]:
+    """Yield (batch, batches consumed so far in its epoch's iterator), epoch after epoch.
+
+    One loader serves every epoch, so its workers start once per run, not once per epoch.
+    """
+    loader = make_loader(dataset, pin_memory=pin_memory)
+    while True:
+        for consumed, batch in enumerate(loader, start=1):
+            yield batch, consumed
+        dataset.set_epoch(dataset.epoch + 1)
 
 
 def batch_to_float(

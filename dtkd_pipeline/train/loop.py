@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from dtkd_pipeline.train.dataset import (
     LoaderSettings,
     ShardStreamDataset,
     batch_to_float,
-    make_loader,
+    epochs_of_batches,
 )
 from dtkd_pipeline.train.ema import ModelEMA
 from dtkd_pipeline.train.throughput import Throughput
@@ -87,14 +87,6 @@ def setup_distributed(device: str | None) -> DistributedContext:
             return DistributedContext(dist.get_rank(), world_size, torch.device("cuda", local_rank))
         return DistributedContext(dist.get_rank(), world_size, torch.device("cpu"))
     return DistributedContext(0, 1, resolve_device(device))
-
-
-def _infinite_batches(dataset: ShardStreamDataset, pin: bool) -> Iterator[tuple[dict, int]]:
-    """Yield (batch, batches consumed so far in the current epoch's iterator), epoch after epoch."""
-    while True:
-        for consumed, batch in enumerate(make_loader(dataset, pin_memory=pin), start=1):
-            yield batch, consumed
-        dataset.set_epoch(dataset.epoch + 1)
 
 
 def _this_rank(saved: Any, ctx: DistributedContext, what: str) -> Any:
@@ -265,7 +257,7 @@ def train(
         return iteration % every == 0 or iteration == cfg.iterations
 
     # -- the loop
-    batches = _infinite_batches(dataset, pin=device.type == "cuda")
+    batches = epochs_of_batches(dataset, pin_memory=device.type == "cuda")
     model.train()
     bar = tqdm(
         total=cfg.iterations, initial=iteration, desc="distill", **hidden_unless(ctx.is_main)
