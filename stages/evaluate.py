@@ -30,13 +30,21 @@ from tqdm.auto import tqdm
 from dtkd_pipeline import atomic
 from dtkd_pipeline.atomic import staged_folder
 from dtkd_pipeline.cache.teacher_record import build_teacher
-from dtkd_pipeline.config import ConfigError, EvaluateParams, Params, TeacherParams, section_dict
+from dtkd_pipeline.config import (
+    BandsParams,
+    ConfigError,
+    EvaluateParams,
+    Params,
+    TeacherParams,
+    section_dict,
+)
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate import contenders as zoo
 from dtkd_pipeline.evaluate.bands import (
     analyze_cache,
     analyze_folder,
     folder_pairs,
+    require_dwt_depth,
     write_band_report,
 )
 from dtkd_pipeline.evaluate.efficiency import (
@@ -265,6 +273,8 @@ def run_bands(
         "batch_size": cfg.batch_size,
         "device": device,
     }
+    if cfg.source != "cache":
+        band_folder_pairs(cfg)  # its errors name the params keys, analyze_folder's its arguments
     stats = {}
     for label, checkpoint in models.items():
         if cfg.source == "cache":
@@ -280,6 +290,20 @@ def run_bands(
                 Path(cfg.source), checkpoint, max_images=cfg.max_tiles or None, **common
             )
     return write_band_report(stats, out_dir, plots_dir)
+
+
+def band_folder_pairs(cfg: BandsParams) -> list[tuple[Path, Path]]:
+    """The (lr, teacher) pairs a folder `evaluate.bands.source` analyses, refused if the folder
+    lacks them or a teacher image is too small for `evaluate.bands.levels`."""
+    try:
+        pairs = folder_pairs(cfg.source)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"evaluate.bands.source: {error}") from None
+    analysed = pairs[: cfg.max_tiles or None]  # 0 = every image
+    require_dwt_depth(
+        analysed, cfg.levels, cfg.wavelet, key="evaluate.bands.levels", error=ConfigError
+    )
+    return analysed
 
 
 def run(params: Params, device: str | None = None) -> Path:
@@ -314,11 +338,7 @@ def run(params: Params, device: str | None = None) -> Path:
         for test_set in test_sets
     }
     if cfg.bands.enabled and cfg.bands.source != "cache":
-        try:
-            band_pairs = folder_pairs(cfg.bands.source)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"evaluate.bands.source: {error}") from None
-        analysed = band_pairs[: cfg.bands.max_tiles or None]  # 0 = every image
+        analysed = band_folder_pairs(cfg.bands)
         read_images["evaluate.bands.source"] = [path for pair in analysed for path in pair]
     _note_ignored_alpha(read_images)
 

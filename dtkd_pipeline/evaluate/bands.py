@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from dtkd_pipeline import atomic
 from dtkd_pipeline.cache import HR, LR, TEACHER, StoreLayout, TileStore
 from dtkd_pipeline.cache.prepared_store import open_prepared, require_prepared_exists
-from dtkd_pipeline.images import list_images, read_image, to_uint8
+from dtkd_pipeline.images import list_images, probe_image, read_image, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.scheduler import connect
@@ -633,6 +633,34 @@ def folder_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def require_dwt_depth(
+    pairs: Sequence[tuple[Path, Path]],
+    levels: int,
+    wavelet: str,
+    *,
+    key: str = "levels",
+    error: type[Exception] = ValueError,
+) -> None:
+    """Refuse a teacher image too small for a `levels`-level DWT, reading only image headers.
+
+    The limit is PyWavelets' maximum level for the shorter side and the wavelet's filter
+    length: deeper, the coarsest subbands are all boundary padding (ptwt decomposes any depth
+    silently), so the analysis would measure padding. `key` names the depth setting in the
+    message; `error` is the exception type the caller promises.
+    """
+    import pywt
+
+    for _, teacher_path in pairs:
+        header = probe_image(teacher_path)
+        deepest = pywt.dwt_max_level(min(header.width, header.height), wavelet)
+        if levels > deepest:
+            raise error(
+                f"{teacher_path} is {header.width}x{header.height} px, too small for a "
+                f"{levels}-level {wavelet} DWT ({key} {levels}): it allows at most {deepest} "
+                f"levels. Lower {key} or leave this image out of the folder"
+            )
+
+
 def analyze_folder(
     folder: str | Path,
     student: nn.Module | str | Path,
@@ -657,6 +685,7 @@ def analyze_folder(
     _require_positive(images_per_task=images_per_task, max_images=max_images)
     found = folder_pairs(folder)
     pairs = found[: max_images or len(found)]
+    require_dwt_depth(pairs, levels, wavelet)  # before the student loads
 
     target = torch.device(device)
     task_student, label, restore = _prepare_student(student, target, arch, scheduler)
@@ -742,6 +771,7 @@ __all__ = [
     "combine_partials",
     "folder_pairs",
     "load_student",
+    "require_dwt_depth",
     "subband_group",
     "write_band_report",
 ]
