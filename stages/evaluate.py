@@ -55,7 +55,13 @@ from dtkd_pipeline.evaluate.efficiency import (
 )
 from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
-from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
+from dtkd_pipeline.evaluate.testsets import (
+    TestPair,
+    TestSet,
+    TestSetError,
+    load_pair,
+    open_test_set,
+)
 from dtkd_pipeline.images import as_saved_8bit, probe_image
 from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.stage_files import COMPARISONS_DIR, EFFICIENCY_JSON, EFFICIENCY_MD, TRAIN_STORE
@@ -165,16 +171,7 @@ def evaluate_set(
             for contender in contenders:
                 for run in contender:
                     sr = as_saved_8bit(run.super_resolve(lr, index))
-                    try:
-                        scores = suite(sr, hr)
-                    except torch.OutOfMemoryError:
-                        raise  # the device's limit, not the image's
-                    except RuntimeError as error:  # a metric network's own size limits
-                        raise TestSetError(
-                            f"{pair.hr}: the metrics could not score this "
-                            f"{hr.shape[-1]}x{hr.shape[-2]} image ({error}); leave it out of "
-                            f"test set {test_set.name!r}"
-                        ) from error
+                    scores = _scores(suite, sr, hr, pair, test_set.name)
                     rows.append(
                         {"image": pair.stem, "model": contender.label, "run": run.name, **scores}
                     )
@@ -184,6 +181,32 @@ def evaluate_set(
                 folder = plots_dir / COMPARISONS_DIR / test_set.name
                 _comparison(pair.stem, hr, panels, cfg.comparison.crop, folder)
     _write_csv(out_dir / f"{test_set.name}.csv", rows)
+    return _set_record(test_set, contenders, suite, rows)
+
+
+def _scores(
+    suite: MetricSuite, sr: torch.Tensor, hr: torch.Tensor, pair: TestPair, set_name: str
+) -> dict[str, float]:
+    """The metrics of one output; a metric network's size limit names the image to leave out."""
+    try:
+        return suite(sr, hr)
+    except torch.OutOfMemoryError:
+        raise  # the device's limit, not the image's
+    except RuntimeError as error:  # a metric network's own size limits
+        raise TestSetError(
+            f"{pair.hr}: the metrics could not score this "
+            f"{hr.shape[-1]}x{hr.shape[-2]} image ({error}); leave it out of "
+            f"test set {set_name!r}"
+        ) from error
+
+
+def _set_record(
+    test_set: TestSet,
+    contenders: list[zoo.Contender],
+    suite: MetricSuite,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The set's full record: where it came from, aggregated metrics, skips and provenance."""
     return {
         "set": test_set.name,
         "layout": test_set.layout,
@@ -317,30 +340,11 @@ def run(params: Params, device: str | None = None) -> Path:
         device=target,
         skip_unavailable=cfg.skip_unavailable,
     )
-    test_sets = [
-        open_test_set(
-            item.name,
-            item.layout,
-            item.path,
-            params.data.scale,
-            item.hr_dir,
-            item.lr_dir,
-            min_hr_side=suite.min_hr_side,
-        )
-        for item in cfg.sets
-    ]
+    test_sets = _open_test_sets(params, suite.min_hr_side)
     students = _student_contenders(params, target)
     if cfg.efficiency.enabled:
         check_efficiency_precisions(params, target)
-
-    read_images = {
-        f"test set {test_set.name}": [path for pair in test_set for path in (pair.hr, pair.lr)]
-        for test_set in test_sets
-    }
-    if cfg.bands.enabled and cfg.bands.source != "cache":
-        analysed = band_folder_pairs(cfg.bands)
-        read_images["evaluate.bands.source"] = [path for pair in analysed for path in pair]
-    _note_ignored_alpha(read_images)
+    _note_ignored_alpha(_images_read(cfg, test_sets))
 
     wants_teacher = cfg.models.teacher or (cfg.efficiency.enabled and cfg.efficiency.teacher)
     teacher = build_teacher(_eager_teacher(params), target) if wants_teacher else None
@@ -355,15 +359,9 @@ def run(params: Params, device: str | None = None) -> Path:
             result = evaluate_set(
                 test_set, contenders, suite, cfg, params.data.scale, out_dir, plots_dir
             )
-            result["params"] = section_dict(cfg)
-            atomic.write_json(out_dir / f"{test_set.name}.json", result)
-            # The DVC metrics file holds numbers only, so `dvc metrics show/diff` can compare it.
-            numbers = {"images": result["images"], **result["metrics"]}
-            atomic.write_json(metrics_dir / f"{test_set.name}.json", numbers)
+            _write_set_results(result, cfg, out_dir, metrics_dir)
             summary[test_set.name] = result["metrics"]
-        shown = {pair.stem for test_set in test_sets for pair in test_set.pairs}
-        if absent := sorted(set(cfg.comparison.images) - shown):
-            print(f"note: evaluate.comparison.images {absent} are in no test set; no figure made")
+        _note_absent_comparisons(cfg, test_sets)
         if cfg.efficiency.enabled:
             run_efficiency(params, target, out_dir, teacher)
         if cfg.bands.enabled:
@@ -374,6 +372,53 @@ def run(params: Params, device: str | None = None) -> Path:
         f"figures -> {cfg.plots_dir}"
     )
     return cfg.metrics_dir
+
+
+def _open_test_sets(params: Params, min_hr_side: int) -> list[TestSet]:
+    """Every `evaluate.sets` entry, checked (pairs, sizes the metrics can score) up front."""
+    return [
+        open_test_set(
+            item.name,
+            item.layout,
+            item.path,
+            params.data.scale,
+            item.hr_dir,
+            item.lr_dir,
+            min_hr_side=min_hr_side,
+        )
+        for item in params.evaluate.sets
+    ]
+
+
+def _images_read(cfg: EvaluateParams, test_sets: list[TestSet]) -> dict[str, list[Path | None]]:
+    """Per source, the image files the stage will read: the test sets and a folder band source
+    (checked here, before any model runs)."""
+    read_images: dict[str, list[Path | None]] = {
+        f"test set {test_set.name}": [path for pair in test_set for path in (pair.hr, pair.lr)]
+        for test_set in test_sets
+    }
+    if cfg.bands.enabled and cfg.bands.source != "cache":
+        analysed = band_folder_pairs(cfg.bands)
+        read_images["evaluate.bands.source"] = [path for pair in analysed for path in pair]
+    return read_images
+
+
+def _write_set_results(
+    result: dict[str, Any], cfg: EvaluateParams, out_dir: Path, metrics_dir: Path
+) -> None:
+    """The set's full record (with the evaluate params) and its numbers-only DVC metrics file."""
+    name = result["set"]
+    result["params"] = section_dict(cfg)
+    atomic.write_json(out_dir / f"{name}.json", result)
+    # The DVC metrics file holds numbers only, so `dvc metrics show/diff` can compare it.
+    numbers = {"images": result["images"], **result["metrics"]}
+    atomic.write_json(metrics_dir / f"{name}.json", numbers)
+
+
+def _note_absent_comparisons(cfg: EvaluateParams, test_sets: list[TestSet]) -> None:
+    shown = {pair.stem for test_set in test_sets for pair in test_set.pairs}
+    if absent := sorted(set(cfg.comparison.images) - shown):
+        print(f"note: evaluate.comparison.images {absent} are in no test set; no figure made")
 
 
 def _note_ignored_alpha(read_images: dict[str, list[Path | None]]) -> None:
