@@ -30,13 +30,21 @@ from tqdm.auto import tqdm
 from dtkd_pipeline import atomic
 from dtkd_pipeline.atomic import staged_folder
 from dtkd_pipeline.cache.teacher_record import build_teacher
-from dtkd_pipeline.config import ConfigError, EvaluateParams, Params, TeacherParams, section_dict
+from dtkd_pipeline.config import (
+    BandsParams,
+    ConfigError,
+    EvaluateParams,
+    Params,
+    TeacherParams,
+    section_dict,
+)
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.evaluate import contenders as zoo
 from dtkd_pipeline.evaluate.bands import (
     analyze_cache,
     analyze_folder,
     folder_pairs,
+    require_dwt_depth,
     write_band_report,
 )
 from dtkd_pipeline.evaluate.efficiency import (
@@ -47,7 +55,13 @@ from dtkd_pipeline.evaluate.efficiency import (
 )
 from dtkd_pipeline.evaluate.figures import comparison_figure, detail_crop
 from dtkd_pipeline.evaluate.metrics import MetricSuite
-from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
+from dtkd_pipeline.evaluate.testsets import (
+    TestPair,
+    TestSet,
+    TestSetError,
+    load_pair,
+    open_test_set,
+)
 from dtkd_pipeline.images import as_saved_8bit, probe_image
 from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.stage_files import COMPARISONS_DIR, EFFICIENCY_JSON, EFFICIENCY_MD, TRAIN_STORE
@@ -157,16 +171,7 @@ def evaluate_set(
             for contender in contenders:
                 for run in contender:
                     sr = as_saved_8bit(run.super_resolve(lr, index))
-                    try:
-                        scores = suite(sr, hr)
-                    except torch.OutOfMemoryError:
-                        raise  # the device's limit, not the image's
-                    except RuntimeError as error:  # a metric network's own size limits
-                        raise TestSetError(
-                            f"{pair.hr}: the metrics could not score this "
-                            f"{hr.shape[-1]}x{hr.shape[-2]} image ({error}); leave it out of "
-                            f"test set {test_set.name!r}"
-                        ) from error
+                    scores = _scores(suite, sr, hr, pair, test_set.name)
                     rows.append(
                         {"image": pair.stem, "model": contender.label, "run": run.name, **scores}
                     )
@@ -176,6 +181,32 @@ def evaluate_set(
                 folder = plots_dir / COMPARISONS_DIR / test_set.name
                 _comparison(pair.stem, hr, panels, cfg.comparison.crop, folder)
     _write_csv(out_dir / f"{test_set.name}.csv", rows)
+    return _set_record(test_set, contenders, suite, rows)
+
+
+def _scores(
+    suite: MetricSuite, sr: torch.Tensor, hr: torch.Tensor, pair: TestPair, set_name: str
+) -> dict[str, float]:
+    """The metrics of one output; a metric network's size limit names the image to leave out."""
+    try:
+        return suite(sr, hr)
+    except torch.OutOfMemoryError:
+        raise  # the device's limit, not the image's
+    except RuntimeError as error:  # a metric network's own size limits
+        raise TestSetError(
+            f"{pair.hr}: the metrics could not score this "
+            f"{hr.shape[-1]}x{hr.shape[-2]} image ({error}); leave it out of "
+            f"test set {set_name!r}"
+        ) from error
+
+
+def _set_record(
+    test_set: TestSet,
+    contenders: list[zoo.Contender],
+    suite: MetricSuite,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The set's full record: where it came from, aggregated metrics, skips and provenance."""
     return {
         "set": test_set.name,
         "layout": test_set.layout,
@@ -265,6 +296,8 @@ def run_bands(
         "batch_size": cfg.batch_size,
         "device": device,
     }
+    if cfg.source != "cache":
+        band_folder_pairs(cfg)  # its errors name the params keys, analyze_folder's its arguments
     stats = {}
     for label, checkpoint in models.items():
         if cfg.source == "cache":
@@ -282,6 +315,20 @@ def run_bands(
     return write_band_report(stats, out_dir, plots_dir)
 
 
+def band_folder_pairs(cfg: BandsParams) -> list[tuple[Path, Path]]:
+    """The (lr, teacher) pairs a folder `evaluate.bands.source` analyses, refused if the folder
+    lacks them or a teacher image is too small for `evaluate.bands.levels`."""
+    try:
+        pairs = folder_pairs(cfg.source)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"evaluate.bands.source: {error}") from None
+    analysed = pairs[: cfg.max_tiles or None]  # 0 = every image
+    require_dwt_depth(
+        analysed, cfg.levels, cfg.wavelet, key="evaluate.bands.levels", error=ConfigError
+    )
+    return analysed
+
+
 def run(params: Params, device: str | None = None) -> Path:
     cfg = params.evaluate
     target = resolve_device(device or cfg.device)
@@ -293,34 +340,11 @@ def run(params: Params, device: str | None = None) -> Path:
         device=target,
         skip_unavailable=cfg.skip_unavailable,
     )
-    test_sets = [
-        open_test_set(
-            item.name,
-            item.layout,
-            item.path,
-            params.data.scale,
-            item.hr_dir,
-            item.lr_dir,
-            min_hr_side=suite.min_hr_side,
-        )
-        for item in cfg.sets
-    ]
+    test_sets = _open_test_sets(params, suite.min_hr_side)
     students = _student_contenders(params, target)
     if cfg.efficiency.enabled:
         check_efficiency_precisions(params, target)
-
-    read_images = {
-        f"test set {test_set.name}": [path for pair in test_set for path in (pair.hr, pair.lr)]
-        for test_set in test_sets
-    }
-    if cfg.bands.enabled and cfg.bands.source != "cache":
-        try:
-            band_pairs = folder_pairs(cfg.bands.source)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"evaluate.bands.source: {error}") from None
-        analysed = band_pairs[: cfg.bands.max_tiles or None]  # 0 = every image
-        read_images["evaluate.bands.source"] = [path for pair in analysed for path in pair]
-    _note_ignored_alpha(read_images)
+    _note_ignored_alpha(_images_read(cfg, test_sets))
 
     wants_teacher = cfg.models.teacher or (cfg.efficiency.enabled and cfg.efficiency.teacher)
     teacher = build_teacher(_eager_teacher(params), target) if wants_teacher else None
@@ -335,15 +359,9 @@ def run(params: Params, device: str | None = None) -> Path:
             result = evaluate_set(
                 test_set, contenders, suite, cfg, params.data.scale, out_dir, plots_dir
             )
-            result["params"] = section_dict(cfg)
-            atomic.write_json(out_dir / f"{test_set.name}.json", result)
-            # The DVC metrics file holds numbers only, so `dvc metrics show/diff` can compare it.
-            numbers = {"images": result["images"], **result["metrics"]}
-            atomic.write_json(metrics_dir / f"{test_set.name}.json", numbers)
+            _write_set_results(result, cfg, out_dir, metrics_dir)
             summary[test_set.name] = result["metrics"]
-        shown = {pair.stem for test_set in test_sets for pair in test_set.pairs}
-        if absent := sorted(set(cfg.comparison.images) - shown):
-            print(f"note: evaluate.comparison.images {absent} are in no test set; no figure made")
+        _note_absent_comparisons(cfg, test_sets)
         if cfg.efficiency.enabled:
             run_efficiency(params, target, out_dir, teacher)
         if cfg.bands.enabled:
@@ -354,6 +372,53 @@ def run(params: Params, device: str | None = None) -> Path:
         f"figures -> {cfg.plots_dir}"
     )
     return cfg.metrics_dir
+
+
+def _open_test_sets(params: Params, min_hr_side: int) -> list[TestSet]:
+    """Every `evaluate.sets` entry, checked (pairs, sizes the metrics can score) up front."""
+    return [
+        open_test_set(
+            item.name,
+            item.layout,
+            item.path,
+            params.data.scale,
+            item.hr_dir,
+            item.lr_dir,
+            min_hr_side=min_hr_side,
+        )
+        for item in params.evaluate.sets
+    ]
+
+
+def _images_read(cfg: EvaluateParams, test_sets: list[TestSet]) -> dict[str, list[Path | None]]:
+    """Per source, the image files the stage will read: the test sets and a folder band source
+    (checked here, before any model runs)."""
+    read_images: dict[str, list[Path | None]] = {
+        f"test set {test_set.name}": [path for pair in test_set for path in (pair.hr, pair.lr)]
+        for test_set in test_sets
+    }
+    if cfg.bands.enabled and cfg.bands.source != "cache":
+        analysed = band_folder_pairs(cfg.bands)
+        read_images["evaluate.bands.source"] = [path for pair in analysed for path in pair]
+    return read_images
+
+
+def _write_set_results(
+    result: dict[str, Any], cfg: EvaluateParams, out_dir: Path, metrics_dir: Path
+) -> None:
+    """The set's full record (with the evaluate params) and its numbers-only DVC metrics file."""
+    name = result["set"]
+    result["params"] = section_dict(cfg)
+    atomic.write_json(out_dir / f"{name}.json", result)
+    # The DVC metrics file holds numbers only, so `dvc metrics show/diff` can compare it.
+    numbers = {"images": result["images"], **result["metrics"]}
+    atomic.write_json(metrics_dir / f"{name}.json", numbers)
+
+
+def _note_absent_comparisons(cfg: EvaluateParams, test_sets: list[TestSet]) -> None:
+    shown = {pair.stem for test_set in test_sets for pair in test_set.pairs}
+    if absent := sorted(set(cfg.comparison.images) - shown):
+        print(f"note: evaluate.comparison.images {absent} are in no test set; no figure made")
 
 
 def _note_ignored_alpha(read_images: dict[str, list[Path | None]]) -> None:

@@ -51,34 +51,11 @@ def metrics_section(result: dict[str, Any], baseline: str | None, paper: dict[st
     """Markdown tables for one test set: absolute values, then deltas against the baseline."""
     models = result["metrics"]
     metric_names = sorted({name for stats in models.values() for name in stats})
-    head = "| model | " + " | ".join(metric_names) + " |"
-    rule = "|---" * (len(metric_names) + 1) + "|"
     count = f"{result['images']} image{'s' if result['images'] != 1 else ''}"
     lines = [f"### {result['set']} ({count}, layout `{result['layout']}`)", ""]
-    lines += [head, rule]
-    for label, stats in models.items():
-        cells = [_fmt(stats[m]) if m in stats else "–" for m in metric_names]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _absolute_table(models, metric_names)
     if baseline is not None and baseline in models:
-        lines += ["", f"Delta against **{baseline}** (positive = higher value):", ""]
-        lines += [head, rule]
-        base = models[baseline]
-        for label, stats in models.items():
-            if label == baseline:
-                continue
-            cells = []
-            for metric in metric_names:
-                if metric in stats and metric in base:
-                    cells.append(f"{stats[metric]['mean'] - base[metric]['mean']:+.4f}")
-                else:
-                    cells.append("–")
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        if paper:
-            cells = [f"{paper[m]:+.4f}" if m in paper else "–" for m in metric_names]
-            lines.append("| *paper (reported)* | " + " | ".join(cells) + " |")
-        lower = sorted(LOWER_IS_BETTER & set(metric_names))
-        if lower:
-            lines.append(f"\nLower is better for {', '.join(lower)}.")
+        lines += _delta_table(models, baseline, metric_names, paper)
     elif baseline is not None:
         lines += [
             "",
@@ -89,6 +66,47 @@ def metrics_section(result: dict[str, Any], baseline: str | None, paper: dict[st
         lines += ["", "Skipped metrics:"]
         lines += [f"- `{name}`: {reason}" for name, reason in result["skipped_metrics"].items()]
     return "\n".join(lines)
+
+
+def _table_head(metric_names: list[str]) -> list[str]:
+    """The header row and the rule under it, shared by the absolute and the delta table."""
+    return ["| model | " + " | ".join(metric_names) + " |", "|---" * (len(metric_names) + 1) + "|"]
+
+
+def _absolute_table(models: dict[str, Any], metric_names: list[str]) -> list[str]:
+    """One row per model: mean (± std over runs) of each metric, – where it has none."""
+    lines = _table_head(metric_names)
+    for label, stats in models.items():
+        cells = [_fmt(stats[m]) if m in stats else "–" for m in metric_names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _delta_table(
+    models: dict[str, Any], baseline: str, metric_names: list[str], paper: dict[str, float]
+) -> list[str]:
+    """Each other model's mean minus the baseline's, the paper's deltas, and which metrics fall."""
+    lines = ["", f"Delta against **{baseline}** (positive = higher value):", ""]
+    lines += _table_head(metric_names)
+    base = models[baseline]
+    for label, stats in models.items():
+        if label == baseline:
+            continue
+        cells = [_delta(stats, base, metric) for metric in metric_names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if paper:
+        cells = [f"{paper[m]:+.4f}" if m in paper else "–" for m in metric_names]
+        lines.append("| *paper (reported)* | " + " | ".join(cells) + " |")
+    lower = sorted(LOWER_IS_BETTER & set(metric_names))
+    if lower:
+        lines.append(f"\nLower is better for {', '.join(lower)}.")
+    return lines
+
+
+def _delta(stats: dict[str, Any], base: dict[str, Any], metric: str) -> str:
+    if metric in stats and metric in base:
+        return f"{stats[metric]['mean'] - base[metric]['mean']:+.4f}"
+    return "–"
 
 
 def bands_table(payload: dict[str, Any]) -> str:

@@ -303,6 +303,21 @@ def test_missing_inputs_raise_errors_naming_the_path(data: dict[str, Any], tmp_p
         analyze_folder(empty, model, **FAST)
 
 
+def test_folder_image_too_small_for_the_depth_is_refused_before_the_student_loads(
+    tmp_path: Path,
+) -> None:
+    """db2 (4 taps) on a 20x16 teacher image: pywt.dwt_max_level(16, "db2") = 2."""
+    rng = np.random.default_rng(1)
+    lr = rng.integers(0, 256, (1, 3, 4, 5), dtype=np.uint8)
+    folder = write_folder(tmp_path / "small", lr, student_uint8(Nearest4(), lr))
+    no_student = tmp_path / "student.pt"  # loading it would fail with another error
+    message = r"tile000\.png is 20x16 px.*\(levels 3\): it allows at most 2 levels"
+    with pytest.raises(ValueError, match=message):
+        analyze_folder(folder, no_student, levels=3, wavelet="db2", **FAST)
+    stats = analyze_folder(folder, Nearest4(), levels=2, wavelet="db2", **FAST)
+    assert stats.n_images == 1 and stats.groups["LF"] == 0.0  # the deepest allowed level runs
+
+
 def test_wrong_scale_is_reported(data: dict[str, Any]) -> None:
     class Nearest2(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -316,6 +316,37 @@ def test_band_folder_source_is_checked_first_and_capped_by_max_tiles(
     assert seen == [2, None]  # 0 = all images
 
 
+def test_band_folder_image_too_small_for_bands_levels_exits_1_before_any_model_runs(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "bands"
+    write_image(folder / "lr" / "big.png", np.full((16, 16, 3), 0.5))
+    write_image(folder / "teacher" / "big.png", np.full((64, 64, 3), 0.5))
+    write_image(folder / "lr" / "small.png", np.full((4, 5, 3), 0.5))
+    small = write_image(folder / "teacher" / "small.png", np.full((16, 20, 3), 0.5))
+    # db2 has 4 taps: pywt.dwt_max_level(16, "db2") = 2 for the small image, 4 for the big one.
+    bands = params.evaluate.bands.model_copy(
+        update={"enabled": True, "source": folder, "levels": 3, "wavelet": "db2"}
+    )
+    too_deep = params.model_copy(
+        update={"evaluate": params.evaluate.model_copy(update={"bands": bands})}
+    )
+    ran: list[str] = []
+    monkeypatch.setattr(evaluate, "_contenders", lambda *a: ran.append("models") or [])
+    monkeypatch.setattr(evaluate, "analyze_folder", lambda *a, **k: ran.append("bands"))
+    forbid_teacher(monkeypatch, evaluate, "the band images were checked")
+    monkeypatch.setattr("dtkd_pipeline.cli._params", lambda *a: too_deep)
+    expected = (
+        f"{small} is 20x16 px, too small for a 3-level db2 DWT (evaluate.bands.levels 3): it "
+        "allows at most 2 levels. Lower evaluate.bands.levels or leave this image out"
+    )
+    for command in ("evaluate", "analyze-bands"):
+        result = CliRunner().invoke(app, [command, "--device", "cpu"])
+        assert result.exit_code == 1, result.output
+        assert expected in " ".join(result.output.split())
+    assert ran == [] and not params.evaluate.metrics_dir.exists()
+
+
 def test_only_half_precisions_on_cpu_are_refused_instead_of_timing_nothing(
     params: Params, tmp_path: Path
 ) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from dtkd_pipeline import atomic
 from dtkd_pipeline.cache import HR, LR, TEACHER, StoreLayout, TileStore
 from dtkd_pipeline.cache.prepared_store import open_prepared, require_prepared_exists
-from dtkd_pipeline.images import list_images, read_image, to_uint8
+from dtkd_pipeline.images import list_images, probe_image, read_image, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.scheduler import connect
@@ -100,19 +100,9 @@ class BandStats:
     ) -> BandStats:
         """Means from combined partial sums (see `combine_partials`)."""
         names = subband_names(levels)
-        counts = {name: int(partial["counts"][name]) for name in names}
-        if any(count == 0 for count in counts.values()):
-            raise ValueError(f"no coefficients were measured ({source}); is the set empty?")
-        sums = {name: float(partial["sums"][name]) for name in names}
+        sums, counts = _measured_totals(partial, names, source)
         subbands = {name: sums[name] / counts[name] for name in names}
-        groups: dict[str, float] = {}
-        weighted: dict[str, float] = {}
-        for group in GROUPS:
-            members = [name for name in names if subband_group(name, levels) == group]
-            if not members:
-                continue
-            groups[group] = sum(subbands[name] for name in members) / len(members)
-            weighted[group] = sum(sums[n] for n in members) / sum(counts[n] for n in members)
+        groups, weighted = _group_means(sums, counts, levels)
         return cls(
             subbands=subbands,
             groups=groups,
@@ -162,6 +152,32 @@ class BandStats:
             student=str(data.get("student", "")),
             extra=dict(data.get("extra", {})),
         )
+
+
+def _measured_totals(
+    partial: Partial, names: Sequence[str], source: str
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Σ|Δ| and coefficient count per subband, refusing a set in which nothing was measured."""
+    counts = {name: int(partial["counts"][name]) for name in names}
+    if any(count == 0 for count in counts.values()):
+        raise ValueError(f"no coefficients were measured ({source}); is the set empty?")
+    sums = {name: float(partial["sums"][name]) for name in names}
+    return sums, counts
+
+
+def _group_means(
+    sums: Mapping[str, float], counts: Mapping[str, int], levels: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per group: the mean of its subband means, and the mean over all its coefficients."""
+    groups: dict[str, float] = {}
+    weighted: dict[str, float] = {}
+    for group in GROUPS:
+        members = [name for name in sums if subband_group(name, levels) == group]
+        if not members:
+            continue
+        groups[group] = sum(sums[name] / counts[name] for name in members) / len(members)
+        weighted[group] = sum(sums[n] for n in members) / sum(counts[n] for n in members)
+    return groups, weighted
 
 
 # ---------------------------------------------------------------------- the student
@@ -322,40 +338,61 @@ def _files_task(
     """A chunk of image files; consecutive images of one size run as one batch."""
     target = torch.device(device)
     model = _resolve_student(student, target)
-    parts: list[Partial] = []
-    lr_run: list[np.ndarray] = []
-    teacher_run: list[np.ndarray] = []
-    names: list[str] = []
+    parts = [
+        batch_partial(
+            model,
+            np.stack(run.lr),
+            np.stack(run.teacher),
+            levels=levels,
+            wavelet=wavelet,
+            device=target,
+            what=run.what,
+        )
+        for run in _same_size_runs(pairs, batch_size)
+    ]
+    return combine_partials(parts, levels)
 
-    def flush() -> None:
-        if lr_run:
-            what = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
-            parts.append(
-                batch_partial(
-                    model,
-                    np.stack(lr_run),
-                    np.stack(teacher_run),
-                    levels=levels,
-                    wavelet=wavelet,
-                    device=target,
-                    what=what,
-                )
-            )
-            lr_run.clear()
-            teacher_run.clear()
-            names.clear()
 
+@dataclass
+class _ImageRun:
+    """Consecutive image pairs of one size, read as uint8: the inputs of one batch."""
+
+    lr: list[np.ndarray] = field(default_factory=list)
+    teacher: list[np.ndarray] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def fits(self, lr: np.ndarray, teacher: np.ndarray) -> bool:
+        """Whether a pair of these sizes can join the run (any pair joins an empty run)."""
+        if not self.lr:
+            return True
+        return lr.shape == self.lr[0].shape and teacher.shape == self.teacher[0].shape
+
+    def add(self, lr: np.ndarray, teacher: np.ndarray, name: str) -> None:
+        self.lr.append(lr)
+        self.teacher.append(teacher)
+        self.names.append(name)
+
+    @property
+    def what(self) -> str:
+        """The run's pairs as error messages name them: one pair, or the first .. the last."""
+        return self.names[0] if len(self.names) == 1 else f"{self.names[0]} .. {self.names[-1]}"
+
+
+def _same_size_runs(pairs: Sequence[tuple[str, str]], batch_size: int) -> Iterator[_ImageRun]:
+    """Runs of at most `batch_size` consecutive same-size pairs, each yielded once complete, so
+    the model works on one run before the next images are read."""
+    run = _ImageRun()
     for lr_path, teacher_path in pairs:
         lr, sr = _read_uint8(lr_path), _read_uint8(teacher_path)
-        if lr_run and (lr.shape != lr_run[0].shape or sr.shape != teacher_run[0].shape):
-            flush()
-        lr_run.append(lr)
-        teacher_run.append(sr)
-        names.append(f"{lr_path} -> {teacher_path}")
-        if len(lr_run) == batch_size:
-            flush()
-    flush()
-    return combine_partials(parts, levels)
+        if not run.fits(lr, sr):
+            yield run
+            run = _ImageRun()
+        run.add(lr, sr, f"{lr_path} -> {teacher_path}")
+        if len(run.lr) == batch_size:
+            yield run
+            run = _ImageRun()
+    if run.lr:
+        yield run
 
 
 def _read_uint8(path: str) -> np.ndarray:
@@ -401,6 +438,22 @@ def _run(
         return list(client.gather(futures))
 
 
+def _combined_partial(
+    tasks: list[Any],
+    restore: Callable[[], None],
+    levels: int,
+    scheduler: str,
+    num_workers: int | None,
+    progress: bool,
+) -> Partial:
+    """Run the tasks and add up their partial sums; the student's mode is restored either way."""
+    try:
+        partials = _run(tasks, scheduler, num_workers, progress)
+    finally:
+        restore()
+    return combine_partials(partials, levels)
+
+
 def _prepare_student(
     student: nn.Module | str | Path, device: torch.device, arch: str | None, scheduler: str
 ) -> tuple[Any, str, Callable[[], None]]:
@@ -433,10 +486,16 @@ def _noop() -> None:
     pass
 
 
+def _require_positive(**counts: int | None) -> None:
+    """Refuse a count below 1, naming its argument; None (no limit) passes."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def _check_args(levels: int, wavelet: str, batch_size: int) -> None:
     subband_names(levels)  # validates levels
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _require_positive(batch_size=batch_size)
     dwt_subbands(torch.zeros(1, 1, 2**levels, 2**levels), levels, wavelet)  # validates wavelet
 
 
@@ -472,8 +531,7 @@ def analyze_cache(
     _check_args(levels, wavelet, batch_size)
     prepared_path, teacher_path = Path(prepared_store), Path(teacher_store)
     layout, hr_shape = _checked_store_layout(prepared_path, teacher_path)
-    if max_tiles is not None and max_tiles < 1:
-        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+    _require_positive(max_tiles=max_tiles)
     n_tiles = min(layout.n_tiles, max_tiles or layout.n_tiles)
 
     target = torch.device(device)
@@ -489,13 +547,10 @@ def analyze_cache(
         batch_size=batch_size,
         device=str(target),
     )
-    try:
-        partials = _run(tasks, scheduler, num_workers, progress)
-    finally:
-        restore()
+    partial = _combined_partial(tasks, restore, levels, scheduler, num_workers, progress)
     source = f"cache: {prepared_path} + {teacher_path}, first {n_tiles} of {layout.n_tiles} tiles"
     return BandStats.from_partial(
-        combine_partials(partials, levels),
+        partial,
         levels=levels,
         wavelet=wavelet,
         source=source,
@@ -578,6 +633,34 @@ def folder_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def require_dwt_depth(
+    pairs: Sequence[tuple[Path, Path]],
+    levels: int,
+    wavelet: str,
+    *,
+    key: str = "levels",
+    error: type[Exception] = ValueError,
+) -> None:
+    """Refuse a teacher image too small for a `levels`-level DWT, reading only image headers.
+
+    The limit is PyWavelets' maximum level for the shorter side and the wavelet's filter
+    length: deeper, the coarsest subbands are all boundary padding (ptwt decomposes any depth
+    silently), so the analysis would measure padding. `key` names the depth setting in the
+    message; `error` is the exception type the caller promises.
+    """
+    import pywt
+
+    for _, teacher_path in pairs:
+        header = probe_image(teacher_path)
+        deepest = pywt.dwt_max_level(min(header.width, header.height), wavelet)
+        if levels > deepest:
+            raise error(
+                f"{teacher_path} is {header.width}x{header.height} px, too small for a "
+                f"{levels}-level {wavelet} DWT ({key} {levels}): it allows at most {deepest} "
+                f"levels. Lower {key} or leave this image out of the folder"
+            )
+
+
 def analyze_folder(
     folder: str | Path,
     student: nn.Module | str | Path,
@@ -599,43 +682,58 @@ def analyze_folder(
     One dask task per `images_per_task` files; other arguments as in `analyze_cache`.
     """
     _check_args(levels, wavelet, batch_size)
-    if images_per_task < 1:
-        raise ValueError(f"images_per_task must be >= 1, got {images_per_task}")
-    if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be >= 1, got {max_images}")
-    pairs = folder_pairs(folder)
-    total = len(pairs)
-    pairs = pairs[: max_images or total]
+    _require_positive(images_per_task=images_per_task, max_images=max_images)
+    found = folder_pairs(folder)
+    pairs = found[: max_images or len(found)]
+    require_dwt_depth(pairs, levels, wavelet)  # before the student loads
 
     target = torch.device(device)
     task_student, label, restore = _prepare_student(student, target, arch, scheduler)
+    tasks = _file_tasks(
+        task_student,
+        pairs,
+        images_per_task,
+        levels=levels,
+        wavelet=wavelet,
+        batch_size=batch_size,
+        device=str(target),
+    )
+    return BandStats.from_partial(
+        _combined_partial(tasks, restore, levels, scheduler, num_workers, progress),
+        levels=levels,
+        wavelet=wavelet,
+        source=f"folder: {Path(folder)}, {len(pairs)} of {len(found)} image pairs",
+        student=label,
+    )
+
+
+def _file_tasks(
+    task_student: Any,
+    pairs: Sequence[tuple[Path, Path]],
+    images_per_task: int,
+    *,
+    levels: int,
+    wavelet: str,
+    batch_size: int,
+    device: str,
+) -> list[Any]:
+    """One delayed `_files_task` per `images_per_task` consecutive pairs."""
     import dask
 
     task = dask.delayed(_files_task, pure=True)
-    run_id = uuid.uuid4().hex[:12]
-    tasks = [
+    run_id = uuid.uuid4().hex[:12]  # unique keys: a shared cluster never reuses another run's
+    return [
         task(
             task_student,
             [(str(lr), str(sr)) for lr, sr in pairs[start : start + images_per_task]],
             levels=levels,
             wavelet=wavelet,
             batch_size=batch_size,
-            device=str(target),
+            device=device,
             dask_key_name=f"bands-files-{start}-{run_id}",
         )
         for start in range(0, len(pairs), images_per_task)
     ]
-    try:
-        partials = _run(tasks, scheduler, num_workers, progress)
-    finally:
-        restore()
-    return BandStats.from_partial(
-        combine_partials(partials, levels),
-        levels=levels,
-        wavelet=wavelet,
-        source=f"folder: {Path(folder)}, {len(pairs)} of {total} image pairs",
-        student=label,
-    )
 
 
 def write_band_report(
@@ -673,6 +771,7 @@ __all__ = [
     "combine_partials",
     "folder_pairs",
     "load_student",
+    "require_dwt_depth",
     "subband_group",
     "write_band_report",
 ]

@@ -278,21 +278,26 @@ def image_grid(
     FigureCanvasAgg(figure)
     for row, (row_label, panels) in enumerate(rows):
         for column, (label, image) in enumerate(panels):
-            chw = image.reshape(-1, *image.shape[-2:])[:3].float().clamp(0, 1)
             axis = figure.add_subplot(len(rows), columns, row * columns + column + 1)
-            axis.imshow(chw.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+            _show_pixels(axis, image)
             if row == 0:  # columns hold the same kind of image in every row
                 axis.set_title(label, fontsize=10)
-            axis.set_xticks([])
-            axis.set_yticks([])
-            for spine in axis.spines.values():
-                spine.set_visible(False)
             if column == 0 and row_label:
                 axis.set_ylabel(row_label, fontsize=9)
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return _save_atomic(figure, Path(path))
+
+
+def _show_pixels(axis: Any, image: Any) -> None:
+    """`image` (its first three channels, clamped to [0, 1]) pixel for pixel on a bare axis."""
+    chw = image.reshape(-1, *image.shape[-2:])[:3].float().clamp(0, 1)
+    axis.imshow(chw.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    for spine in axis.spines.values():
+        spine.set_visible(False)
 
 
 # ---------------------------------------------------------------------- training curves
