@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from dtkd_pipeline.run_lock import (
     exclusive_output,
     output_lock_path,
 )
+from tests.lock_helpers import output_locked_by_child
 
 
 def test_a_second_holder_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
@@ -66,19 +65,7 @@ def test_a_lock_on_a_file_its_holder_removed_meanwhile_is_not_kept(
 
 def test_a_held_output_folder_is_refused_naming_key_folder_and_holder(tmp_path: Path) -> None:
     folder = tmp_path / "out"
-    script = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "from dtkd_pipeline.run_lock import exclusive_output\n"
-        f"with exclusive_output(Path({str(folder)!r}), 'data.prepared_dir'):\n"
-        "    print('held', flush=True)\n"
-        "    sys.stdin.readline()\n"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with output_locked_by_child(folder, "data.prepared_dir") as holder_pid:
         with (
             pytest.raises(OutputInUseError) as caught,
             exclusive_output(folder, "data.prepared_dir"),
@@ -87,12 +74,9 @@ def test_a_held_output_folder_is_refused_naming_key_folder_and_holder(tmp_path: 
         assert isinstance(caught.value, OutputFolderError)  # the CLI's one-line error, exit 1
         message = str(caught.value)
         assert f"data.prepared_dir: {folder} is being written by another run" in message
-        assert f"PID {holder.pid} holds {output_lock_path(folder)}" in message
+        assert f"PID {holder_pid} holds {output_lock_path(folder)}" in message
         assert "wait for that run to finish or stop it" in message
         assert output_lock_path(folder).is_file()  # the refused run left the holder's file be
-    finally:
-        holder.communicate("\n", timeout=60)
-    assert holder.returncode == 0
     assert list(tmp_path.iterdir()) == []  # the holder removed its lock file
 
 
