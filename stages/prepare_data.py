@@ -6,7 +6,9 @@
 3. Cut tiles (LR by MATLAB bicubic x4, or from a paired LR folder) and write them shard by shard.
 
 Everything is built in ``<prepared_dir>.tmp-<pid>`` and renamed into place at the end, so an
-interrupted run never leaves a half-written data set behind.
+interrupted run never leaves a half-written data set behind. The whole run holds a lock beside
+the folder (``.<name>.dtkd-lock``, removed when done), so a concurrent run on the same folder is
+refused at once instead of racing for the rename.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from dtkd_pipeline.images import (
 from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
 from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.resize import bicubic_downscale_x4, modcrop
+from dtkd_pipeline.run_lock import exclusive_output
 from dtkd_pipeline.stage_files import TRAIN_STORE, VAL_DIR
 from dtkd_pipeline.tiles import TilePlan, cut_tiles, pad_bottom_right, plan_tiles
 
@@ -299,20 +302,22 @@ def _prepare(params: Params, skip_bad: bool | None) -> Path:
     data = params.data
     skip_bad = data.skip_bad if skip_bad is None else skip_bad
     started = time.perf_counter()
-    _check_prepared_dir(data.prepared_dir)  # replaced whole at the end
-    train_paths, val_paths = _check_inputs(data)
-    sources = Sources.from_params(data, train_paths + val_paths)
-    _note_unpaired_lr(sources, data.scale)
-    usable = _usable_images(train_paths, val_paths, sources, data, skip_bad)
-    kept, val_paths = usable.train, usable.val_paths
-
     final = data.prepared_dir
-    remove_dead_siblings(final)  # a killed run's staging folder
-    with replacing_folder(final, pid_temporary(final)) as staging:
-        paths = [p for p, _ in kept]
-        plans = [plan for _, plan in kept]
-        n_tiles = _write_train_store(staging / TRAIN_STORE, paths, plans, sources, data)
-        _write_val(staging / VAL_DIR, val_paths, sources)
+    # Held from the first check to the swap: a second run is refused before it touches anything.
+    with exclusive_output(final, "data.prepared_dir"):
+        _check_prepared_dir(final)  # replaced whole at the end
+        train_paths, val_paths = _check_inputs(data)
+        sources = Sources.from_params(data, train_paths + val_paths)
+        _note_unpaired_lr(sources, data.scale)
+        usable = _usable_images(train_paths, val_paths, sources, data, skip_bad)
+        kept, val_paths = usable.train, usable.val_paths
+
+        remove_dead_siblings(final)  # a killed run's staging folder
+        with replacing_folder(final, pid_temporary(final)) as staging:
+            paths = [p for p, _ in kept]
+            plans = [plan for _, plan in kept]
+            n_tiles = _write_train_store(staging / TRAIN_STORE, paths, plans, sources, data)
+            _write_val(staging / VAL_DIR, val_paths, sources)
     elapsed = time.perf_counter() - started
     print(_summary(n_tiles, usable, elapsed, final / TRAIN_STORE))
     return final

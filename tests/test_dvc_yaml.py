@@ -71,12 +71,13 @@ def test_machine_local_teacher_keys_never_rerun_training_or_evaluation(stage: st
 
 
 # Modules whose edits cannot change what a stage writes: params parsing (every value comes from
-# params.yaml, which DVC tracks), file-writing mechanics, progress bars, device choice, fixed
-# output names.
+# params.yaml, which DVC tracks), file-writing mechanics and run locks, progress bars, device
+# choice, fixed output names.
 _NO_OUTPUT_EFFECT = {
     "dtkd_pipeline/__init__.py",
     "dtkd_pipeline/config.py",
     "dtkd_pipeline/atomic.py",
+    "dtkd_pipeline/run_lock.py",
     "dtkd_pipeline/progress.py",
     "dtkd_pipeline/devices.py",
     "dtkd_pipeline/stage_files.py",

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError
 from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
+from dtkd_pipeline.cli import app
 from dtkd_pipeline.images import ImageReadError, read_image, to_uint8, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from stages import prepare_data
-from tests.pipeline_helpers import make_hr_images, tiny_params
+from tests.lock_helpers import output_locked_by_child
+from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
 
 
 def test_tiles_are_aligned_with_bicubic_lr_of_their_source(tmp_path: Path) -> None:
@@ -270,3 +275,67 @@ def test_a_prepared_dir_under_a_file_is_refused_naming_the_key(tmp_path: Path) -
     params = tiny_params(tmp_path, hr_dir, [f"data.prepared_dir={tmp_path / 'notes.txt' / 'p'}"])
     with pytest.raises(OutputFolderError, match=r"data\.prepared_dir: .*notes\.txt is a file"):
         prepare_data.run(params)
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` with its modification time and content."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_run_while_another_holds_the_prepared_dir_is_refused_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    params = tiny_params(tmp_path, hr_dir)
+    prepared = prepare_data.run(params)
+    before = _tree(prepared)
+    with output_locked_by_child(prepared, "data.prepared_dir") as holder_pid:
+        result = CliRunner().invoke(
+            app,
+            ["prepare-data", "--params", str(tmp_path / "params.yaml"),
+             "-S", f"data.hr_dir={hr_dir}", "-S", f"data.prepared_dir={prepared}"],
+        )  # fmt: skip
+        assert result.exit_code == 1, result.output
+        assert f"data.prepared_dir: {prepared} is being written by another run" in result.output
+        assert f"(PID {holder_pid} holds {tmp_path / '.prepared.dtkd-lock'})" in result.output
+        assert "wait for that run to finish or stop it" in result.output
+        assert _tree(prepared) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            ".prepared.dtkd-lock", "hr", "params.yaml", "prepared"
+        ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hr", "params.yaml", "prepared"]
+
+
+def test_a_run_completes_while_a_concurrent_one_is_refused_and_leaves_no_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    params = tiny_params(tmp_path, hr_dir)
+    second_run = [
+        sys.executable, "-c", "from dtkd_pipeline.cli import main; main()", "prepare-data",
+        "--params", str(tmp_path / "params.yaml"),
+        "-S", f"data.hr_dir={hr_dir}", "-S", f"data.prepared_dir={params.data.prepared_dir}",
+    ]  # fmt: skip
+    refusals: list[subprocess.CompletedProcess[str]] = []
+    write_val = prepare_data._write_val
+
+    def write_val_while_another_run_starts(*args: Any) -> None:
+        refusals.append(subprocess.run(second_run, cwd=REPO_ROOT, capture_output=True, text=True))
+        write_val(*args)
+
+    monkeypatch.setattr(prepare_data, "_write_val", write_val_while_another_run_starts)
+    prepared = prepare_data.run(params)
+
+    [refused] = refusals
+    assert refused.returncode == 1, refused.stderr
+    assert f"PID {os.getpid()} holds {tmp_path / '.prepared.dtkd-lock'}" in refused.stderr
+    with TileStore.open(prepared / TRAIN_STORE) as store:
+        assert store.n_tiles == 1 and store.missing_shards() == []
+    assert sorted(p.name for p in (prepared / "val" / "hr").iterdir()) == ["img01.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hr", "params.yaml", "prepared"]

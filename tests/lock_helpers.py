@@ -1,0 +1,40 @@
+"""Test building block: an output folder's run lock held by another process."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def output_locked_by_child(folder: Path, key: str) -> Iterator[int]:
+    """Yield the PID of a child process that holds `exclusive_output(folder, key)` until the
+    block ends; then the child releases it, and must exit cleanly."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from dtkd_pipeline.run_lock import exclusive_output\n"
+        f"with exclusive_output(Path({str(folder)!r}), {key!r}):\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "held\n", child.communicate(timeout=60)[1]
+        yield child.pid
+    finally:
+        _, errors = child.communicate("\n", timeout=60)
+    assert child.returncode == 0, errors
