@@ -5,9 +5,11 @@ Conventions: numpy images are ``H×W×C`` float in [0, 1], RGB, channels last; t
 
 Pillow (13) reads 16-bit *colour* PNGs (RGB, RGBA, gray+alpha) as 8-bit, so those are decoded
 by the numpy codec in :mod:`dtkd_pipeline.png16`; 16-bit gray PNGs go through Pillow, which keeps
-all 16 bits. 16-bit colour TIFFs in the common layouts (strips, uncompressed or deflate) are read
-in full by :mod:`dtkd_pipeline.tiff16`; others (LZW, tiles) are read by Pillow at 8-bit precision
-and a warning names the file: convert them to 16-bit PNG to keep the extra bits.
+all 16 bits. 16-bit RGB(A) and gray+alpha TIFFs in the common layouts (strips, uncompressed or
+deflate) are read in full by :mod:`dtkd_pipeline.tiff16`; other RGB(A) ones (LZW, tiles) are
+read by Pillow at 8-bit precision and a warning names the file: convert them to 16-bit PNG to
+keep the extra bits. Pillow opens no 16-bit gray+alpha TIFF, so other layouts of those are
+refused with the same advice.
 
 MATLAB bicubic resize lives in :mod:`dtkd_pipeline.resize`; BT.601 luma in
 :mod:`dtkd_pipeline.colour`.
@@ -20,7 +22,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,7 +43,10 @@ from dtkd_pipeline.tiff16 import (
     DecodedTiff16,
     TiffDecodeError,
     decode_tiff16,
-    is_decodable_16bit_colour_tiff,
+    has_alpha_sample,
+    is_decodable_16bit_tiff,
+    read_tiff_tags,
+    refuse_undecodable_16bit_gray_alpha,
 )
 
 if TYPE_CHECKING:
@@ -93,9 +98,10 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
     with _reading(path):
         if is_16bit_colour_png(path):
             return _from_png16(decode_png16(path.read_bytes()), path)
+        tiff_tags = _decodable_16bit_tiff_tags(path)
+        if tiff_tags is not None:
+            return _from_tiff16(decode_tiff16(path.read_bytes(), tiff_tags), path)
         with Image.open(path) as image:
-            if is_decodable_16bit_colour_tiff(image):  # before load(), which drops orientation
-                return _from_tiff16(decode_tiff16(path.read_bytes(), image.tag_v2), path)
             image.load()
             # Read the stored bit depth first: the transposed copy has no format or TIFF tags.
             stored_bits = _stored_bits(image)
@@ -122,9 +128,11 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
     """
     path = _existing_file(path)
     with _reading(path):
+        tiff_tags = _decodable_16bit_tiff_tags(path)
+        if tiff_tags is not None:
+            return _tiff16_header(tiff_tags, path)
         deep_colour = is_16bit_colour_png(path)
         with Image.open(path) as image:
-            deep_colour = deep_colour or is_decodable_16bit_colour_tiff(image)
             stored_bits = 16 if deep_colour else _stored_bits(image)
             _check_sample_format(image.mode, stored_bits, path)
             width, height = _stored_size(image)
@@ -135,7 +143,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
 
 
 _EXIF_ORIENTATION = 0x0112
-_TIFF_WIDTH, _TIFF_HEIGHT = 256, 257
+_TIFF_WIDTH, _TIFF_HEIGHT, _TIFF_ORIENTATION = 256, 257, 274
 # EXIF orientation -> (swap rows and columns, then flip rows, flip columns) to display it upright:
 # 2 mirror, 3 rotate 180°, 4 flip, 5 transpose, 6 rotate 90° clockwise, 7 transverse, 8 rotate 90°
 # anticlockwise. 1 and unknown values leave the image as stored.
@@ -149,6 +157,23 @@ _EXIF_TRANSFORMS = {
     8: (True, True, False),
 }
 _TRANSPOSING_ORIENTATIONS = {key for key, (swap, _, _) in _EXIF_TRANSFORMS.items() if swap}
+
+
+def _decodable_16bit_tiff_tags(path: Path) -> Mapping[int, Any] | None:
+    """The tags of a TIFF that :mod:`dtkd_pipeline.tiff16` decodes, else None (other files go to
+    Pillow); a 16-bit gray+alpha TIFF in another layout is refused, since Pillow opens none."""
+    tags = read_tiff_tags(path)
+    if tags is None:
+        return None
+    refuse_undecodable_16bit_gray_alpha(tags)
+    return tags if is_decodable_16bit_tiff(tags) else None
+
+
+def _tiff16_header(tags: Mapping[int, Any], path: Path) -> ImageHeader:
+    width, height = int(tags[_TIFF_WIDTH]), int(tags[_TIFF_HEIGHT])
+    if int(tags.get(_TIFF_ORIENTATION, 1)) in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    return ImageHeader(path, width, height, 16, has_alpha_sample(tags))
 
 
 def _stored_size(image: Image.Image) -> tuple[int, int]:
@@ -296,7 +321,7 @@ def _from_png16(decoded: DecodedPng16, path: Path) -> LoadedImage:
 
 def _from_tiff16(decoded: DecodedTiff16, path: Path) -> LoadedImage:
     alpha = None if decoded.alpha is None else _unit_range(decoded.alpha)
-    return _from_16bit(decoded.rgb, alpha, decoded.orientation, path)
+    return _from_16bit(decoded.colour, alpha, decoded.orientation, path)
 
 
 def _from_16bit(

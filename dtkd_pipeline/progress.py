@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
-from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
 
@@ -19,17 +19,35 @@ def hidden_unless(shown: bool) -> dict[str, bool]:
     return {} if shown else {"disable": True}
 
 
-class DaskTqdm(Callback):
-    """Advance `bar` by one as each of `tasks` (dask.delayed objects) finishes.
+class DaskTqdm:
+    """While entered, advance `bar` by one as each of `tasks` (dask.delayed objects) finishes.
 
     Only the given tasks count, not the intermediate keys of their graphs. The callback runs in
     the scheduling process, also for the "processes" scheduler.
     """
 
     def __init__(self, bar: tqdm, tasks: Iterable[Any]) -> None:
-        super().__init__()
         self._bar = bar
         self._keys = {task.key for task in tasks}
+        self._callback: Any = None
+
+    def __enter__(self) -> DaskTqdm:
+        # dask is imported on entry, not with this module: modules that never run dask import
+        # hidden_unless from here (weights, the training loop), and dask takes ~0.16 s to import.
+        from dask.callbacks import Callback
+
+        self._callback = Callback(posttask=self._posttask)
+        self._callback.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._callback.__exit__(exc_type, exc, tb)
+        self._callback = None
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         if key in self._keys:

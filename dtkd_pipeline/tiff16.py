@@ -1,10 +1,12 @@
-"""Reading 16-bit colour TIFFs at full depth with numpy: Pillow (13) reads them at 8 bits.
+"""Reading 16-bit colour TIFFs at full depth with numpy: Pillow (13) reads RGB(A) at 8 bits and
+cannot open gray+alpha at all.
 
-Covers the layouts 16-bit RGB(A) exports use most: strips (not tiles), uncompressed or deflate,
-with or without the horizontal-difference predictor, samples interleaved or in planes. Other
-16-bit colour TIFFs (LZW, tiles, ...) are left to Pillow. Pillow still parses the header; this
-module reads its tags and decodes the strips. Decoding errors raise :class:`TiffDecodeError` with
-a message that the caller prefixes with the file's name.
+Covers the layouts 16-bit RGB(A) and gray+alpha exports use most: strips (not tiles),
+uncompressed or deflate, with or without the horizontal-difference predictor, samples
+interleaved or in planes. Other 16-bit RGB(A) TIFFs (LZW, tiles, ...) are left to Pillow; other
+16-bit gray+alpha TIFFs are refused, since Pillow opens none. Pillow's tag parser reads the
+header; this module decodes the strips. Decoding errors raise :class:`TiffDecodeError` with a
+message that the caller prefixes with the file's name.
 """
 
 from __future__ import annotations
@@ -13,19 +15,30 @@ import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL.TiffImagePlugin import ImageFileDirectory_v2
 
-__all__ = ["DecodedTiff16", "TiffDecodeError", "decode_tiff16", "is_decodable_16bit_colour_tiff"]
+__all__ = [
+    "DecodedTiff16",
+    "TiffDecodeError",
+    "decode_tiff16",
+    "has_alpha_sample",
+    "is_decodable_16bit_tiff",
+    "read_tiff_tags",
+    "refuse_undecodable_16bit_gray_alpha",
+]
 
 _WIDTH, _HEIGHT, _BITS, _COMPRESSION, _PHOTOMETRIC = 256, 257, 258, 259, 262
 _STRIP_OFFSETS, _SAMPLES_PER_PIXEL, _ROWS_PER_STRIP, _STRIP_BYTE_COUNTS = 273, 277, 278, 279
 _PLANAR_CONFIG, _PREDICTOR, _TILE_WIDTH, _EXTRA_SAMPLES, _SAMPLE_FORMAT = 284, 317, 322, 338, 339
 _ORIENTATION = 274
 
-_RGB = 2
+_MIN_IS_WHITE, _MIN_IS_BLACK, _RGB = 0, 1, 2
+_COLOUR_SAMPLES = {_MIN_IS_BLACK: 1, _RGB: 3}  # gray is expanded to RGB by the caller
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")  # little- and big-endian classic TIFF (not BigTIFF)
 _UNCOMPRESSED, _DEFLATE = 1, (8, 32946)  # 32946: the pre-standard deflate code, still written
 _ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA = 1, 2
 _SEPARATE_PLANES = 2
@@ -33,30 +46,42 @@ _HORIZONTAL_DIFFERENCE = 2
 
 
 class TiffDecodeError(ValueError):
-    """The TIFF data is truncated or corrupt; the message says how (it does not name the file)."""
+    """The TIFF data is truncated or corrupt, or its layout is not read; the message says how
+    (it does not name the file)."""
 
 
 @dataclass(frozen=True, eq=False)
 class DecodedTiff16:
-    """``rgb`` uint16 H×W×3 as stored (not yet turned upright), ``alpha`` uint16 H×W or None
-    (colour already divided by it when the file stores premultiplied colour), and the TIFF
-    orientation tag (1 when absent)."""
+    """``colour`` uint16 H×W×3 (RGB) or H×W×1 (gray) as stored (not yet turned upright),
+    ``alpha`` uint16 H×W or None (colour already divided by it when the file stores premultiplied
+    colour), and the TIFF orientation tag (1 when absent)."""
 
-    rgb: np.ndarray
+    colour: np.ndarray
     alpha: np.ndarray | None
     orientation: int
 
 
-def is_decodable_16bit_colour_tiff(image: Image.Image) -> bool:
-    """Whether ``image`` (opened, not loaded) is a 16-bit RGB(A) TIFF that :func:`decode_tiff16`
-    reads. Check before ``load()``: Pillow drops the orientation tag once it has applied it."""
-    if image.format != "TIFF":
-        return False
-    tags = image.tag_v2
+def read_tiff_tags(path: Path) -> Mapping[int, Any] | None:
+    """The tags of the first image in a TIFF file (as Pillow's ``tag_v2`` holds them, orientation
+    included), or None when ``path`` is not a classic TIFF. Read here rather than through
+    ``Image.open``, which refuses a 16-bit gray+alpha TIFF before its tags can be seen."""
+    with path.open("rb") as file:
+        header = file.read(8)
+        if header[:4] not in _TIFF_MAGIC:
+            return None
+        tags = ImageFileDirectory_v2(ifh=header)
+        file.seek(tags.next)
+        tags.load(file)
+    return tags
+
+
+def is_decodable_16bit_tiff(tags: Mapping[int, Any]) -> bool:
+    """Whether a TIFF's tags describe a 16-bit RGB, RGBA or gray+alpha image that
+    :func:`decode_tiff16` reads (plain 16-bit gray is left to Pillow, which keeps all 16 bits)."""
     channels = int(tags.get(_SAMPLES_PER_PIXEL, 1))
+    colour = _COLOUR_SAMPLES.get(tags.get(_PHOTOMETRIC, -1))
     return (
-        channels in (3, 4)
-        and tags.get(_PHOTOMETRIC) == _RGB
+        (channels in (3, 4) if colour == 3 else colour == 1 and channels == 2)
         and _values(tags.get(_BITS, (1,))) == (16,) * channels
         and set(_values(tags.get(_SAMPLE_FORMAT, (1,)))) == {1}  # unsigned integers
         and tags.get(_COMPRESSION, _UNCOMPRESSED) in (_UNCOMPRESSED, *_DEFLATE)
@@ -67,9 +92,30 @@ def is_decodable_16bit_colour_tiff(image: Image.Image) -> bool:
     )
 
 
+def refuse_undecodable_16bit_gray_alpha(tags: Mapping[int, Any]) -> None:
+    """Refuse a 16-bit gray+alpha TIFF that :func:`decode_tiff16` cannot read: Pillow opens none,
+    and its "cannot identify" error would blame the sample format."""
+    gray = tags.get(_PHOTOMETRIC) in (_MIN_IS_WHITE, _MIN_IS_BLACK)
+    two_16bit_samples = _values(tags.get(_BITS, (1,))) == (16, 16)
+    if gray and two_16bit_samples and not is_decodable_16bit_tiff(tags):
+        raise TiffDecodeError(
+            "a 16-bit gray+alpha TIFF in a layout this reader does not decode (it reads "
+            "unsigned samples, black as zero, in strips, uncompressed or deflate); convert it "
+            "to a 16-bit gray+alpha PNG, or save the TIFF that way"
+        )
+
+
+def has_alpha_sample(tags: Mapping[int, Any]) -> bool:
+    """Whether a TIFF that :func:`is_decodable_16bit_tiff` accepted stores alpha after its colour
+    (an extra sample of unspecified meaning is not alpha; Pillow drops it too)."""
+    extra = _values(tags.get(_EXTRA_SAMPLES, ()))
+    has_extra = int(tags[_SAMPLES_PER_PIXEL]) > _COLOUR_SAMPLES[tags[_PHOTOMETRIC]]
+    return has_extra and bool(extra) and extra[0] in (_ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA)
+
+
 def decode_tiff16(data: bytes, tags: Mapping[int, Any]) -> DecodedTiff16:
     """Decode the first image of a TIFF file (``data``, its bytes) from its parsed ``tags``
-    (Pillow's ``tag_v2``), which :func:`is_decodable_16bit_colour_tiff` accepted."""
+    (:func:`read_tiff_tags`), which :func:`is_decodable_16bit_tiff` accepted."""
     width, height = int(tags[_WIDTH]), int(tags[_HEIGHT])
     channels = int(tags[_SAMPLES_PER_PIXEL])
     planes = channels if tags.get(_PLANAR_CONFIG, 1) == _SEPARATE_PLANES else 1
@@ -105,23 +151,23 @@ def decode_tiff16(data: bytes, tags: Mapping[int, Any]) -> DecodedTiff16:
     if tags.get(_PREDICTOR, 1) == _HORIZONTAL_DIFFERENCE:
         # Each sample was stored as the difference to its left neighbour, modulo 2^16.
         samples = np.cumsum(samples, axis=1, dtype=np.uint16)
-    rgb, alpha = _split_alpha(samples, _values(tags.get(_EXTRA_SAMPLES, ())))
-    return DecodedTiff16(rgb, alpha, int(tags.get(_ORIENTATION, 1)))
+    colour, alpha = _split_alpha(samples, tags)
+    return DecodedTiff16(colour, alpha, int(tags.get(_ORIENTATION, 1)))
 
 
 def _split_alpha(
-    samples: np.ndarray, extra: tuple[int, ...]
+    samples: np.ndarray, tags: Mapping[int, Any]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(RGB, alpha or None); a fourth sample of unspecified meaning is dropped, as Pillow does."""
-    rgb = samples[..., :3]
-    kind = extra[0] if samples.shape[-1] == 4 and extra else None
-    if kind not in (_ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA):
-        return np.ascontiguousarray(rgb), None
-    alpha = np.ascontiguousarray(samples[..., 3])
-    if kind == _ASSOCIATED_ALPHA:  # colour stored premultiplied: divide it back out
+    """(colour, alpha or None); an extra sample of unspecified meaning is dropped."""
+    colour = samples[..., : _COLOUR_SAMPLES[tags[_PHOTOMETRIC]]]
+    if not has_alpha_sample(tags):
+        return np.ascontiguousarray(colour), None
+    alpha = np.ascontiguousarray(samples[..., -1])
+    if _values(tags[_EXTRA_SAMPLES])[0] == _ASSOCIATED_ALPHA:
+        # Colour stored premultiplied: divide it back out.
         scale = np.where(alpha > 0, 65535.0 / np.maximum(alpha, 1), 0.0)[..., None]
-        rgb = np.round(np.clip(rgb * scale, 0, 65535)).astype(np.uint16)
-    return np.ascontiguousarray(rgb), alpha
+        colour = np.round(np.clip(colour * scale, 0, 65535)).astype(np.uint16)
+    return np.ascontiguousarray(colour), alpha
 
 
 def _values(value: Any) -> tuple[int, ...]:

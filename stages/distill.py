@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from dtkd_pipeline import atomic
-from dtkd_pipeline.cache import DWT_LEVELS, KIND_TEACHER, TileStore
+from dtkd_pipeline.cache import DWT_LEVELS
 from dtkd_pipeline.cache.provenance import diff_fields
+from dtkd_pipeline.cache.teacher_open import open_teacher
 from dtkd_pipeline.cache.teacher_record import (
     CHECKPOINT_SHA256,
     REBUILD_ADVICE,
@@ -71,13 +72,7 @@ def uses_cached_subbands(params: Params) -> bool:
 
 def _teacher_provenance(params: Params) -> dict[str, Any]:
     """Open the teacher store, refuse it if it does not fit params, return its provenance."""
-    path = params.teacher.store
-    if not path.exists():
-        raise FileNotFoundError(
-            f"teacher cache {path} does not exist; run `dtkd-pipeline cache-teacher` first"
-        )
-    with TileStore.open(path) as store:
-        store.require_kind(KIND_TEACHER)
+    with open_teacher(params.teacher.store) as store:
         local = local_checkpoint_provenance(params.teacher)  # stage two may run without them
         checked = set(local.get(CHECKPOINT_SHA256, {}))
         if not params.teacher.random_weights and checked != {"unet", "autoencoder"}:

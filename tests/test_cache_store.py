@@ -430,6 +430,18 @@ def test_open_or_create_resumes_refuses_and_overwrites(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # no tmp/trash left
 
 
+def test_create_removes_a_killed_creators_temporaries_but_not_a_live_ones(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True)  # fmt: skip
+    for kind in ("tmp", "trash"):  # what SIGKILL during create leaves behind
+        (tmp_path / f"s.zarr.{kind}-{int(dead.stdout)}" / "lr").mkdir(parents=True)
+    alive = tmp_path / f"s.zarr.tmp-{os.getppid()}"  # another running creator's: left alone
+    alive.mkdir()
+    TileStore.create(path, prepared_layout(), PROVENANCE).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.zarr", alive.name])
+
+
 def test_reopening_without_a_stored_field_is_refused_by_name(tmp_path: Path) -> None:
     """Resuming is exact: a field the store recorded but the caller no longer sends is a change."""
     path = tmp_path / "s.zarr"

@@ -1,4 +1,5 @@
-"""dtkd_pipeline.tiff16: 16-bit colour TIFFs read at full depth, through read_image/probe_image.
+"""dtkd_pipeline.tiff16: 16-bit RGB(A) and gray+alpha TIFFs read at full depth, through
+read_image/probe_image.
 
 The files are written by tifffile, an independent TIFF writer (a dev dependency).
 """
@@ -24,10 +25,10 @@ def _samples(height: int, width: int, channels: int) -> np.ndarray:
     return RNG.integers(0, 65536, (height, width, channels)).astype(np.uint16)
 
 
-def _write(path: Path, samples: np.ndarray, **options: Any) -> Path:
+def _write(path: Path, samples: np.ndarray, photometric: str = "rgb", **options: Any) -> Path:
     if options.get("planarconfig") == "separate":
         samples = np.moveaxis(samples, -1, 0)  # tifffile takes planes first
-    tifffile.imwrite(path, samples, photometric="rgb", **options)
+    tifffile.imwrite(path, samples, photometric=photometric, **options)
     return path
 
 
@@ -78,6 +79,68 @@ def test_premultiplied_16bit_tiff_colour_is_divided_by_its_alpha(tmp_path: Path)
     visible = alpha > 0.01  # dividing by a tiny alpha magnifies the premultiplied rounding
     np.testing.assert_allclose(loaded.rgb[visible], straight[visible], atol=1e-3)
     np.testing.assert_array_equal(loaded.rgb[0, 0], 0.0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"planarconfig": "separate", "compression": "zlib", "predictor": True},
+        {"rowsperstrip": 3, "byteorder": ">", "extratags": [(274, "H", 1, 6, True)]},
+    ],
+    ids=["plain", "planes", "strips-rotated"],
+)
+def test_16bit_gray_alpha_tiff_reads_as_three_equal_channels_and_its_alpha(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """As an 8-bit gray+alpha (LA) image reads: gray in R, G and B, alpha beside it; at 16 bits."""
+    samples = _samples(7, 9, 2)
+    path = _write(
+        tmp_path / "la16.tif", samples, "minisblack", extrasamples=["unassalpha"], **options
+    )
+    if options.get("extratags"):  # orientation 6: rotate 90° clockwise to display
+        samples = np.rot90(samples, k=-1)
+    loaded, header = read_image(path), probe_image(path)
+    assert loaded.bit_depth == header.bit_depth == 16 and header.has_alpha
+    assert (header.height, header.width) == samples.shape[:2]
+    np.testing.assert_array_equal(np.round(loaded.rgb * 65535), np.repeat(samples[..., :1], 3, 2))
+    assert loaded.alpha is not None
+    np.testing.assert_array_equal(np.round(loaded.alpha * 65535), samples[..., 1])
+
+
+def test_premultiplied_16bit_gray_alpha_tiff_is_divided_by_its_alpha(tmp_path: Path) -> None:
+    straight = RNG.integers(0, 65536, (6, 8)).astype(np.float64) / 65535
+    alpha = RNG.integers(1, 65536, (6, 8)).astype(np.float64) / 65535
+    alpha[0, 0] = 0.0  # fully transparent: read as black, as for premultiplied RGBA
+    premultiplied = np.round(np.dstack([straight * alpha, alpha]) * 65535).astype(np.uint16)
+    path = _write(tmp_path / "pre.tif", premultiplied, "minisblack", extrasamples=["assocalpha"])
+    loaded = read_image(path)
+    assert loaded.alpha is not None
+    np.testing.assert_array_equal(np.round(loaded.alpha * 65535), premultiplied[..., 1])
+    visible = alpha > 0.01  # dividing by a tiny alpha magnifies the premultiplied rounding
+    for channel in range(3):
+        np.testing.assert_allclose(loaded.rgb[..., channel][visible], straight[visible], atol=1e-3)
+    np.testing.assert_array_equal(loaded.rgb[0, 0], 0.0)
+
+
+def test_a_16bit_gray_alpha_tiff_in_tiles_is_refused_naming_the_file_and_what_to_save(
+    tmp_path: Path,
+) -> None:
+    """Pillow opens no 16-bit gray+alpha TIFF, so one this reader cannot decode is refused with
+    its layout named, not with Pillow's "cannot identify" (which blames the sample format)."""
+    path = _write(
+        tmp_path / "tiled.tif",
+        _samples(32, 32, 2),
+        "minisblack",
+        extrasamples=["unassalpha"],
+        tile=(16, 16),
+    )
+    expected = (
+        f"{re.escape(str(path))}: a 16-bit gray\\+alpha TIFF in a layout .*16-bit gray\\+alpha PNG"
+    )
+    for reader in (read_image, probe_image):
+        with pytest.raises(ImageReadError, match=expected):
+            reader(path)
 
 
 def test_16bit_tiff_orientation_turns_it_upright_as_pillow_does(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 `TileStore` is a sharded, checksummed Zarr v3 store with per-shard completion records, provenance,
 a coordinator lock and verification; see store.py for the on-disk contract. Filling the teacher
 store: teacher_store.py (layout, provenance), batch_groups.py, shard_compute.py, local_fill.py,
-dask_fanout.py and preview.py; prepared_store.py opens prepare-data's store checked.
+dask_fanout.py and preview.py; prepared_store.py and teacher_open.py open prepare-data's and
+cache-teacher's stores checked.
 """
 
 from .errors import (

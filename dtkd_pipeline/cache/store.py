@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from dtkd_pipeline.atomic import flush_to_disk, remove_dead_siblings, replacing
+from dtkd_pipeline.atomic import flush_to_disk, pid_temporary, remove_dead_siblings, replacing
 
 from .errors import (
     CacheError,
@@ -143,7 +143,7 @@ class TileStore:
                 )
             _refuse_unless_store(path)
             old_lock = StoreLock(path).acquire()  # never delete a store another run is filling
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp = pid_temporary(path)  # a killed creator's is removed by remove_dead_siblings
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         lock = StoreLock(tmp).acquire()

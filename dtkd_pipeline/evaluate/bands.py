@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from dtkd_pipeline import atomic
 from dtkd_pipeline.cache import HR, LR, TEACHER, StoreLayout, TileStore
 from dtkd_pipeline.cache.prepared_store import open_prepared, require_prepared_exists
+from dtkd_pipeline.cache.teacher_open import require_teacher_exists
 from dtkd_pipeline.images import list_images, probe_image, read_image, to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
 from dtkd_pipeline.progress import DaskTqdm
@@ -566,10 +567,7 @@ def _checked_store_layout(
     from dtkd_pipeline.train.dataset import check_teacher_matches_prepared
 
     require_prepared_exists(prepared_path, FileNotFoundError)
-    if not teacher_path.exists():
-        raise FileNotFoundError(
-            f"teacher cache {teacher_path} not found; run `dtkd-pipeline cache-teacher` first"
-        )
+    require_teacher_exists(teacher_path)
     with open_prepared(prepared_path) as prepared, TileStore.open(teacher_path) as teacher:
         check_teacher_matches_prepared(teacher, prepared)
         return prepared.layout, prepared.layout.spec(HR).tile_shape
