@@ -35,16 +35,21 @@ class OutputInUseError(OutputFolderError):
 
 
 class PidLock:
-    """Exclusive, non-blocking `flock` on the file at ``path``, which records the holder's PID.
+    """Exclusive `flock` on the file at ``path``, which records the holder's PID.
 
-    With ``remove_when_released`` the holder deletes the file, while still holding it, so no lock
-    file is left behind. A process that opened the file just before could then lock an inode no
-    newcomer can open; `acquire` therefore keeps a lock only on the file now at ``path``.
+    Non-blocking by default (a second run is refused with `LockHeldError`); with ``wait`` it
+    blocks until the holder is done instead. With ``remove_when_released`` the holder deletes the
+    file, while still holding it, so no lock file is left behind. A process that opened the file
+    just before could then lock an inode no newcomer can open; `acquire` therefore keeps a lock
+    only on the file now at ``path``.
     """
 
-    def __init__(self, path: Path | str, *, remove_when_released: bool = False) -> None:
+    def __init__(
+        self, path: Path | str, *, remove_when_released: bool = False, wait: bool = False
+    ) -> None:
         self.path = Path(path)
         self.remove_when_released = remove_when_released
+        self.wait = wait
         self._fd: int | None = None
 
     def acquire(self) -> Self:
@@ -53,7 +58,7 @@ class PidLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)

@@ -23,7 +23,6 @@ air-gapped mirrors and the tests.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
@@ -32,16 +31,16 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import IO, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from tqdm import tqdm
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.progress import hidden_unless
+from dtkd_pipeline.run_lock import PidLock
 
 __all__ = [
     "MIRROR_ENV",
@@ -498,37 +497,10 @@ def _stream(response: _Response, part: Path, offset: int, spec: WeightSpec, prog
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``, which is removed again when the holder is done.
-
-    The holder removes the file while still holding the lock. A waiter that opened the removed
-    file then locks a file no newcomer can open, so it only proceeds once the lock it got is on
-    the file at ``path`` now, and otherwise tries again.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks in the standard library; run one at a time
-        yield
-        return
-    while True:
-        with open(path, "a") as handle:  # closing it releases the lock
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            if _is_file_at(handle, path):
-                try:
-                    yield
-                finally:
-                    with contextlib.suppress(OSError):  # a folder we may not delete in keeps it
-                        path.unlink()
-                return
-
-
-def _is_file_at(handle: IO[str], path: Path) -> bool:
-    """Whether the open ``handle`` is the file now at ``path`` (not one removed meanwhile)."""
-    try:
-        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
-    except FileNotFoundError:
-        return False
+def _file_lock(path: Path) -> PidLock:
+    """An exclusive lock on ``path`` that waits for the holder, and is removed by the one who
+    is done with it (so no lock file stays beside the weights)."""
+    return PidLock(path, remove_when_released=True, wait=True)
 
 
 # resolve_weights's parameters shadow these two public names; it calls them through the aliases.
