@@ -137,6 +137,22 @@ def test_values_that_would_fail_late_are_refused_when_params_load(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        ("teacher.batch_size=true", r"teacher\.batch_size: .*valid integer \(got True\)"),
+        ("distill.iterations='100'", r"distill\.iterations: .*valid integer \(got '100'\)"),
+        ("evaluate.teacher_seeds=[2.0]", r"evaluate\.teacher_seeds\.0: .*valid integer"),
+        ("teacher.random_weights=1", r"teacher\.random_weights: .*valid boolean \(got 1\)"),
+        ("distill.augment='yes'", r"distill\.augment: .*valid boolean \(got 'yes'\)"),
+    ],
+)
+def test_a_value_of_another_type_is_refused_not_converted(override: str, message: str) -> None:
+    """Pydantic's lax mode ran `true` as a batch of 1 and the string 'yes' as true."""
+    with pytest.raises(ConfigError, match=message):
+        load_params(REPO_PARAMS, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
         ("data.prepared_dir=data/demo", r"data\.hr_dir \(data/demo/hr\) lies inside data\.prep"),
         ("evaluate.metrics_dir=data/evaluation", r"evaluate\.metrics_dir .* and evaluate\.out_dir"),
         ("evaluate.plots_dir=data/evaluation/plots", r"evaluate\.plots_dir .* overlap"),
