@@ -486,6 +486,25 @@ class Params(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _band_depth_fits_tile(self) -> Params:
+        """As for the KD loss: past pywt's maximum level the coarsest subbands of a cached tile are
+        all boundary padding, so the band chart would show padding, not the image."""
+        bands = self.evaluate.bands
+        if not bands.enabled or bands.source != "cache":  # a folder's image sizes are not known yet
+            return self
+        import pywt
+
+        hr_tile = self.data.lr_tile * self.data.scale
+        deepest = pywt.dwt_max_level(hr_tile, bands.wavelet)
+        if bands.levels > deepest:
+            raise ValueError(
+                f"evaluate.bands.levels ({bands.levels}) is deeper than the {hr_tile}-px HR tile "
+                f"(data.lr_tile x data.scale) allows for wavelet {bands.wavelet}: at most "
+                f"{deepest}. Lower evaluate.bands.levels or choose a shorter wavelet"
+            )
+        return self
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """The safe loader, refusing a key given twice in a mapping (YAML keeps the last, silently)."""

@@ -134,6 +134,19 @@ def test_values_that_would_fail_late_are_refused_when_params_load(
         load_params(REPO_PARAMS, [override])
 
 
+def test_a_band_depth_the_cached_hr_tile_cannot_hold_is_refused_with_the_largest_allowed() -> None:
+    # The demo's 256-px HR tiles hold 3 levels of the 20-tap db10 (pywt.dwt_max_level).
+    db10 = ["evaluate.bands.wavelet=db10"]
+    with pytest.raises(ConfigError, match=r"evaluate\.bands\.levels \(4\) .* at most 3\."):
+        load_params(REPO_PARAMS, [*db10, "evaluate.bands.levels=4"])
+    assert load_params(REPO_PARAMS, [*db10, "evaluate.bands.levels=3"]).evaluate.bands.levels == 3
+    # 512-px tiles hold 4; a folder's image sizes are unknown when params load.
+    bigger = [*db10, "evaluate.bands.levels=4", "data.lr_tile=128"]
+    assert load_params(REPO_PARAMS, bigger).evaluate.bands.levels == 4
+    folder = [*db10, "evaluate.bands.levels=4", "evaluate.bands.source=bands_in"]
+    assert load_params(REPO_PARAMS, folder).evaluate.bands.levels == 4
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
