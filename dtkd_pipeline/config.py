@@ -41,6 +41,7 @@ PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 # What the generators accept; larger seeds failed deep inside a run. The data loader seeds
 # numpy (non-negative only); the teacher seeds torch generators (-2**63 <= seed < 2**64).
 Seed = Annotated[StrictInt, Field(ge=0, lt=2**63)]
@@ -351,7 +352,7 @@ class EvaluateParams(_Section):
 
 class ReportParams(_Section):
     baseline: str | None
-    paper_deltas: dict[str, dict[str, float]]
+    paper_deltas: dict[str, dict[str, FiniteFloat]]
     out_dir: Path
 
 

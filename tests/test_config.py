@@ -147,6 +147,11 @@ def test_a_band_depth_the_cached_hr_tile_cannot_hold_is_refused_with_the_largest
     assert load_params(REPO_PARAMS, folder).evaluate.bands.levels == 4
 
 
+def test_a_paper_delta_that_is_not_a_finite_number_is_refused_by_key() -> None:
+    with pytest.raises(ConfigError, match=r"report\.paper_deltas\.demo\.psnr_y: .*finite number"):
+        load_params(REPO_PARAMS, ["report.paper_deltas={demo: {psnr_y: .nan}}"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
