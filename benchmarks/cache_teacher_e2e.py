@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--config", default="v1", help="teacher preset or official YAML path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiles", type=int, help="tiles in the timed run (default 4 CPU, 2048)")
+    parser.add_argument("--tiles", type=int, help="timed tiles (default 4 CPU, 2048 CUDA)")
     parser.add_argument("--lr-size", type=int, default=64, help="LR tile side (multiple of 64)")
     parser.add_argument("--batch", type=int, help="teacher.batch_size (default 2 CPU, 64 CUDA)")
     parser.add_argument("--shard-size", type=int, help="tiles per shard (default 2x batch)")

@@ -11,7 +11,7 @@
     synthetic (teacher = blurred HR, as in tests/test_distill.py) so no teacher runs.
 
     python benchmarks/train_step.py                      # CPU: batch 2, 1 warm-up + 3 steps
-    python benchmarks/train_step.py --batch 16 --iters 5 # CPU, 4x the default batch (slow)
+    python benchmarks/train_step.py --batch 16 --iters 5 # CPU, 8x the default batch (slow)
     python benchmarks/train_step.py --device cuda        # batch 64, fp32/bf16, foreach/fused Adam
 (c) --loop N: the real `distill` stage for N iterations on those stores (batch --batch, patch
     --patch, --loop-precision, --loop-compile, --num-workers), which prints samples/s and the share

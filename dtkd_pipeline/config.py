@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dtkd_pipeline.compiled import CompileMode
 from dtkd_pipeline.evaluate.metrics import Color
@@ -25,14 +34,18 @@ from dtkd_pipeline.losses.schedule import KdWeightMode
 from dtkd_pipeline.teacher.noise import RngMode
 from dtkd_pipeline.teacher.sampler import Precision
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# Integers and booleans are strict: pydantic's lax mode reads YAML's `true` as the integer 1, a
+# quoted "8" as 8, and 1 or "yes" as true, so a mistyped value ran instead of being refused.
+# Floats stay lax: YAML 1.1 reads an exponent without a dot (1e-4) as a string, which they parse.
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 # What the generators accept; larger seeds failed deep inside a run. The data loader seeds
 # numpy (non-negative only); the teacher seeds torch generators (-2**63 <= seed < 2**64).
-Seed = Annotated[int, Field(ge=0, lt=2**63)]
-TeacherSeed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
+Seed = Annotated[StrictInt, Field(ge=0, lt=2**63)]
+TeacherSeed = Annotated[StrictInt, Field(ge=-(2**63), lt=2**64)]
 
 
 class ConfigError(ValueError):
@@ -45,7 +58,7 @@ class _Section(BaseModel):
 
 class CompressionParams(_Section):
     codec: Literal["zstd", "blosc"]
-    level: Annotated[int, Field(ge=1, le=9)]
+    level: Annotated[StrictInt, Field(ge=1, le=9)]
 
 
 class DataParams(_Section):
@@ -54,13 +67,13 @@ class DataParams(_Section):
     scale: Literal[4]
     # <= the teacher's chop size (512, upstream's): a larger tile would be sampled as chopped,
     # overlapping patches, which costs more and gains nothing for a tile.
-    lr_tile: Annotated[int, Field(gt=0, le=512)]
+    lr_tile: Annotated[StrictInt, Field(gt=0, le=512)]
     stride: PositiveInt
     small_images: Literal["pad", "skip"]
     val_images: PositiveInt  # distill validates on them
     shard_size: PositiveInt
     compression: CompressionParams
-    skip_bad: bool
+    skip_bad: StrictBool
     workers: PositiveInt
     prepared_dir: Path
 
@@ -83,7 +96,7 @@ class TeacherParams(_Section):
     unet_weights: str
     autoencoder_weights: str
     weights_dir: Path | None
-    random_weights: bool
+    random_weights: StrictBool
     steps: PositiveInt
     seed: TeacherSeed
     rng: RngMode
@@ -92,7 +105,7 @@ class TeacherParams(_Section):
     # The CUDA-graph modes are not offered: at a teacher batch of 64 the GPU is busy 95 % of the
     # time already (docs/performance.md), and their buffer reuse has not been checked on a GPU.
     compile: Literal["default", "max-autotune-no-cudagraphs"] | None
-    dwt: bool
+    dwt: StrictBool
     store: Path
     preview: Path
     preview_tiles: PositiveInt
@@ -130,7 +143,7 @@ def _discrete_wavelet(value: str) -> str:
 
 class KDLossParams(_Section):
     kind: KdLossKind
-    levels: Annotated[int, Field(ge=1, le=4)]
+    levels: Annotated[StrictInt, Field(ge=1, le=4)]
     wavelet: str
     weights: dict[Literal["lf", "mf", "hf"], NonNegativeFloat]
     final_weight: NonNegativeFloat
@@ -164,12 +177,12 @@ class DistillParams(_Section):
     ema_decay: Annotated[float, Field(ge=0, lt=1)]
     drop_path: Annotated[float, Field(ge=0, lt=1)]
     kd: KDLossParams
-    augment: bool
+    augment: StrictBool
     shuffle_buffer: PositiveInt
     patches_per_tile: PositiveInt
     num_workers: NonNegativeInt
     precision: Literal["fp32", "bf16"]
-    compile: bool
+    compile: StrictBool
     seed: Seed
     log_every: PositiveInt
     val_every: PositiveInt
@@ -220,8 +233,8 @@ class TestSetParams(_Section):
 
 
 class EvaluatedModelsParams(_Section):
-    bicubic: bool
-    teacher: bool
+    bicubic: StrictBool
+    teacher: StrictBool
     one_step: str | None
     students: dict[str, list[Path]]
 
@@ -252,17 +265,17 @@ class EvaluatedModelsParams(_Section):
 
 class ComparisonParams(_Section):
     images: list[str]
-    crop: Annotated[int, Field(ge=16)]
+    crop: Annotated[StrictInt, Field(ge=16)]
 
 
 class EfficiencyParams(_Section):
-    enabled: bool
-    lr_size: Annotated[int, Field(ge=8)]
+    enabled: StrictBool
+    lr_size: Annotated[StrictInt, Field(ge=8)]
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
     precisions: Annotated[list[Literal["fp32", "bf16", "fp16"]], Field(min_length=1)]
     warmup: NonNegativeInt
     runs: PositiveInt
-    teacher: bool
+    teacher: StrictBool
     student_compile: CompileMode | None
 
     @model_validator(mode="after")
@@ -278,9 +291,9 @@ class EfficiencyParams(_Section):
 
 
 class BandsParams(_Section):
-    enabled: bool
+    enabled: StrictBool
     source: Literal["cache"] | Path
-    levels: Annotated[int, Field(ge=1, le=4)]
+    levels: Annotated[StrictInt, Field(ge=1, le=4)]
     wavelet: str
     max_tiles: NonNegativeInt
     batch_size: PositiveInt
@@ -298,9 +311,9 @@ class EvaluateParams(_Section):
         list[Literal["psnr", "ssim", "lpips", "musiq", "niqe", "clipiqa"]], Field(min_length=1)
     ]
     color: Color
-    skip_unavailable: bool
+    skip_unavailable: StrictBool
     teacher_seeds: Annotated[list[TeacherSeed], Field(min_length=1)]
-    teacher_chop: Annotated[int, Field(ge=64)]
+    teacher_chop: Annotated[StrictInt, Field(ge=64)]
     student_tile: NonNegativeInt
     student_overlap: NonNegativeInt
     comparison: ComparisonParams
@@ -339,7 +352,7 @@ class EvaluateParams(_Section):
 
 class ReportParams(_Section):
     baseline: str | None
-    paper_deltas: dict[str, dict[str, float]]
+    paper_deltas: dict[str, dict[str, FiniteFloat]]
     out_dir: Path
 
 
@@ -471,6 +484,25 @@ class Params(_Section):
                 f"distill.kd.levels ({kd.levels}) is deeper than the {hr_patch}-px HR patch "
                 f"(distill.patch_size x data.scale) allows for wavelet {kd.wavelet}: at most "
                 f"{deepest}. Lower distill.kd.levels or raise distill.patch_size"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _band_depth_fits_tile(self) -> Params:
+        """As for the KD loss: past pywt's maximum level the coarsest subbands of a cached tile are
+        all boundary padding, so the band chart would show padding, not the image."""
+        bands = self.evaluate.bands
+        if not bands.enabled or bands.source != "cache":  # a folder's image sizes are not known yet
+            return self
+        import pywt
+
+        hr_tile = self.data.lr_tile * self.data.scale
+        deepest = pywt.dwt_max_level(hr_tile, bands.wavelet)
+        if bands.levels > deepest:
+            raise ValueError(
+                f"evaluate.bands.levels ({bands.levels}) is deeper than the {hr_tile}-px HR tile "
+                f"(data.lr_tile x data.scale) allows for wavelet {bands.wavelet}: at most "
+                f"{deepest}. Lower evaluate.bands.levels or choose a shorter wavelet"
             )
         return self
 

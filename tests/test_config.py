@@ -134,6 +134,40 @@ def test_values_that_would_fail_late_are_refused_when_params_load(
         load_params(REPO_PARAMS, [override])
 
 
+def test_a_band_depth_the_cached_hr_tile_cannot_hold_is_refused_with_the_largest_allowed() -> None:
+    # The demo's 256-px HR tiles hold 3 levels of the 20-tap db10 (pywt.dwt_max_level).
+    db10 = ["evaluate.bands.wavelet=db10"]
+    with pytest.raises(ConfigError, match=r"evaluate\.bands\.levels \(4\) .* at most 3\."):
+        load_params(REPO_PARAMS, [*db10, "evaluate.bands.levels=4"])
+    assert load_params(REPO_PARAMS, [*db10, "evaluate.bands.levels=3"]).evaluate.bands.levels == 3
+    # 512-px tiles hold 4; a folder's image sizes are unknown when params load.
+    bigger = [*db10, "evaluate.bands.levels=4", "data.lr_tile=128"]
+    assert load_params(REPO_PARAMS, bigger).evaluate.bands.levels == 4
+    folder = [*db10, "evaluate.bands.levels=4", "evaluate.bands.source=bands_in"]
+    assert load_params(REPO_PARAMS, folder).evaluate.bands.levels == 4
+
+
+def test_a_paper_delta_that_is_not_a_finite_number_is_refused_by_key() -> None:
+    with pytest.raises(ConfigError, match=r"report\.paper_deltas\.demo\.psnr_y: .*finite number"):
+        load_params(REPO_PARAMS, ["report.paper_deltas={demo: {psnr_y: .nan}}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("teacher.batch_size=true", r"teacher\.batch_size: .*valid integer \(got True\)"),
+        ("distill.iterations='100'", r"distill\.iterations: .*valid integer \(got '100'\)"),
+        ("evaluate.teacher_seeds=[2.0]", r"evaluate\.teacher_seeds\.0: .*valid integer"),
+        ("teacher.random_weights=1", r"teacher\.random_weights: .*valid boolean \(got 1\)"),
+        ("distill.augment='yes'", r"distill\.augment: .*valid boolean \(got 'yes'\)"),
+    ],
+)
+def test_a_value_of_another_type_is_refused_not_converted(override: str, message: str) -> None:
+    """Pydantic's lax mode ran `true` as a batch of 1 and the string 'yes' as true."""
+    with pytest.raises(ConfigError, match=message):
+        load_params(REPO_PARAMS, [override])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
