@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -39,9 +40,20 @@ from dtkd_pipeline.teacher.sampler import Precision
 # Floats stay lax: YAML 1.1 reads an exponent without a dot (1e-4) as a string, which they parse.
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """Lax floats still take strings, but YAML's `true` read as 1.0 is a typo, not a number."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {value}")
+    return value
+
+
+NotBoolean = BeforeValidator(_not_a_boolean)
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False), NotBoolean]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False), NotBoolean]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False), NotBoolean]
+Fraction = Annotated[float, Field(ge=0, lt=1), NotBoolean]  # in [0, 1)
 # What the generators accept; larger seeds failed deep inside a run. The data loader seeds
 # numpy (non-negative only); the teacher seeds torch generators (-2**63 <= seed < 2**64).
 Seed = Annotated[StrictInt, Field(ge=0, lt=2**63)]
@@ -169,13 +181,13 @@ class DistillParams(_Section):
     batch_size: PositiveInt
     patch_size: PositiveInt
     lr: PositiveFloat
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
+    betas: tuple[Fraction, Fraction]
     weight_decay: NonNegativeFloat
     milestones: list[PositiveInt]
     gamma: PositiveFloat
     grad_clip: NonNegativeFloat
-    ema_decay: Annotated[float, Field(ge=0, lt=1)]
-    drop_path: Annotated[float, Field(ge=0, lt=1)]
+    ema_decay: Fraction
+    drop_path: Fraction
     kd: KDLossParams
     augment: StrictBool
     shuffle_buffer: PositiveInt
@@ -241,6 +253,9 @@ class EvaluatedModelsParams(_Section):
     @field_validator("students")
     @classmethod
     def _runs_given(cls, value: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        blank = [label for label in value if not label.strip()]
+        if blank:
+            raise ValueError(f"student label {blank[0]!r} is blank; give each student a name")
         empty = [label for label, runs in value.items() if not runs]
         if empty:
             raise ValueError(f"student(s) {empty} list no checkpoint; give at least one per label")
@@ -277,6 +292,14 @@ class EfficiencyParams(_Section):
     runs: PositiveInt
     teacher: StrictBool
     student_compile: CompileMode | None
+
+    @field_validator("batch_sizes", "precisions")
+    @classmethod
+    def _distinct(cls, value: list[Any]) -> list[Any]:
+        repeated = sorted({str(v) for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"repeats {', '.join(repeated)}, which would be timed twice")
+        return value
 
     @model_validator(mode="after")
     def _teacher_fits_lr_size(self) -> EfficiencyParams:

@@ -110,6 +110,20 @@ def test_a_dwt_depth_the_hr_patch_cannot_hold_is_refused_with_the_largest_allowe
         ("distill.lr=.inf", r"distill\.lr: .*finite number"),
         ("distill.kd.final_weight=.nan", r"distill\.kd\.final_weight: .*finite number"),
         ("distill.milestones=[100, 100]", r"strictly increasing"),
+        ("distill.lr=true", r"distill\.lr: .*got the boolean True"),
+        ("distill.betas=[0.9, false]", r"distill\.betas\.1: .*got the boolean False"),
+        (
+            "evaluate.efficiency.batch_sizes=[1, 16, 1]",
+            r"evaluate\.efficiency\.batch_sizes: .*repeats 1, which would be timed twice",
+        ),
+        (
+            "evaluate.efficiency.precisions=[bf16, bf16]",
+            r"evaluate\.efficiency\.precisions: .*repeats bf16",
+        ),
+        (
+            "evaluate.models.students={' ': [data/models/student.pt]}",
+            r"student label ' ' is blank",
+        ),
         ("data.lr_tile=576", r"data\.lr_tile: .*less than or equal to 512"),
         (
             "evaluate.sets=[{name: s, layout: hr-only, path: x, lr_dir: y}]",
