@@ -39,7 +39,13 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from dtkd_pipeline.atomic import flush_to_disk, pid_temporary, remove_dead_siblings, replacing
+from dtkd_pipeline.atomic import (
+    flush_to_disk,
+    pid_temporary,
+    pid_trash,
+    remove_dead_siblings,
+    replacing,
+)
 
 from .errors import (
     CacheError,
@@ -151,7 +157,7 @@ class TileStore:
             _build_skeleton(tmp, layout, provenance_json)
             trash = None
             if old_lock is not None:
-                trash = path.with_name(f"{path.name}.trash-{os.getpid()}")
+                trash = pid_trash(path)
                 os.rename(path, trash)
             os.rename(tmp, path)
             # The open descriptor follows the renamed inode, so the lock is held throughout.
