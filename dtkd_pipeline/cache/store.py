@@ -11,7 +11,8 @@ On-disk layout of a store directory:
 Guarantees:
 
 - Creation is atomic: the skeleton (metadata, attributes, lock) is built in `<path>.tmp-<pid>` and
-  renamed into place, so a crash never leaves a half-initialised store at `<path>`.
+  renamed into place, so a crash never leaves a half-initialised store at `<path>`. Of two runs
+  creating a store at one path at once, the later rename fails and leaves the other's store be.
 - A shard is written whole by one writer, and its completion record is written (atomically, by
   rename) only after all of its arrays. Reads of a shard without a record raise
   `IncompleteShardError`, so an unwritten tile never reads back as zeros.
@@ -26,6 +27,7 @@ that creates or resumes the run holds the lock (`create` / `open_or_create`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -52,6 +54,7 @@ from .errors import (
     CorruptShardError,
     IncompleteShardError,
     NotAStoreError,
+    StoreCreatedMeanwhileError,
     StoreLayoutError,
 )
 from .layout import FORMAT_VERSION, KIND_PREPARED, KIND_TEACHER, ArraySpec, StoreLayout
@@ -153,13 +156,13 @@ class TileStore:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         lock = StoreLock(tmp).acquire()
+        trash: Path | None = None  # where the store being overwritten went
         try:
             _build_skeleton(tmp, layout, provenance_json)
-            trash = None
             if old_lock is not None:
+                os.rename(path, pid_trash(path))
                 trash = pid_trash(path)
-                os.rename(path, trash)
-            os.rename(tmp, path)
+            _move_into_place(tmp, path)
             # The open descriptor follows the renamed inode, so the lock is held throughout.
             lock.path = path / LOCK_NAME
             if trash is not None:
@@ -167,6 +170,8 @@ class TileStore:
         except BaseException:
             lock.release()
             shutil.rmtree(tmp, ignore_errors=True)
+            if trash is not None:
+                _put_back(trash, path)
             raise
         finally:
             if old_lock is not None:
@@ -662,6 +667,30 @@ def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
 def _is_empty_folder(path: Path) -> bool:
     """A folder made ahead (mkdir, a mount point) holding nothing yet: as good as no folder."""
     return path.is_dir() and not any(path.iterdir())
+
+
+def _move_into_place(skeleton: Path, path: Path) -> None:
+    """Rename the built ``skeleton`` to ``path``; a store another creator put there meanwhile
+    (both found ``path`` free) is left to it, with an error that says so."""
+    try:
+        os.rename(skeleton, path)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise StoreCreatedMeanwhileError(
+            f"{path} was created by another run while this run was creating it; this run "
+            "stopped and left it as it is. Wait for that run to finish (or stop it), then run "
+            "again: a run without --overwrite resumes from that store"
+        ) from None
+
+
+def _put_back(trash: Path, path: Path) -> None:
+    """Return the store being overwritten to ``path`` after a failed creation; where another
+    run's store stands there now, delete it (overwriting it was asked for)."""
+    try:
+        os.rename(trash, path)
+    except OSError:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _refuse_unless_store(path: Path) -> None:
