@@ -17,8 +17,8 @@
 
 The machinery lives in dtkd_pipeline/cache/: teacher_store.py (layout, provenance),
 batch_groups.py, shard_compute.py, local_fill.py, dask_fanout.py and preview.py. This module
-orders the steps: check params and targets, build the teacher, open or create the store, fill
-it, report.
+orders the steps: check params and targets, lock an existing store, build the teacher, open or
+create the store, fill it, report.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from dtkd_pipeline.cache import (
     ProvenanceMismatchError,
     StoreLayout,
     StoreLayoutError,
+    StoreLock,
     TileStore,
 )
 from dtkd_pipeline.cache.dask_fanout import dask_device_type, fill_on_local_gpus, fill_with_dask
@@ -96,19 +97,22 @@ def run(
     if teacher is not None and scheduler:
         raise ValueError("pass a built teacher (local run) or a scheduler, not both")
     _check_targets(params, overwrite)
-    prepared = open_params_prepared(params, complete=True)
-    gpus = torch.cuda.device_count() if device is None and teacher is None else 0
-    teacher, identity = _teacher_and_identity(params, scheduler, gpus, device, teacher)
-    check_device_type(params.teacher, identity.device_type)
-    provenance = teacher_store_provenance(identity, params, prepared.fingerprint())
-    layout = teacher_store_layout(prepared, params)
-    started = time.perf_counter()
-    store = _open_store(params, layout, provenance, overwrite, rebuild_on_change)
-    with store:
-        computed = _fill(store, prepared, teacher, params, scheduler, gpus)
-        print(_summary(store, computed, time.perf_counter() - started))
-        shown = min(params.teacher.preview_tiles, store.n_tiles)
-        print(f"preview of {shown} tiles -> {write_preview(store, params)}")
+    # Held until the fill ends, from before the teacher is built (minutes, and a checkpoint
+    # download): a second run on this store is refused at once.
+    with TileStore.lock_if_present(params.teacher.store) as held_lock:
+        prepared = open_params_prepared(params, complete=True)
+        gpus = torch.cuda.device_count() if device is None and teacher is None else 0
+        teacher, identity = _teacher_and_identity(params, scheduler, gpus, device, teacher)
+        check_device_type(params.teacher, identity.device_type)
+        provenance = teacher_store_provenance(identity, params, prepared.fingerprint())
+        layout = teacher_store_layout(prepared, params)
+        started = time.perf_counter()
+        store = _open_store(params, layout, provenance, overwrite, rebuild_on_change, held_lock)
+        with store:
+            computed = _fill(store, prepared, teacher, params, scheduler, gpus)
+            print(_summary(store, computed, time.perf_counter() - started))
+            shown = min(params.teacher.preview_tiles, store.n_tiles)
+            print(f"preview of {shown} tiles -> {write_preview(store, params)}")
     return params.teacher.store
 
 
@@ -149,11 +153,12 @@ def _open_store(
     provenance: dict[str, Any],
     overwrite: bool,
     rebuild_on_change: bool,
+    held_lock: StoreLock | None,
 ) -> TileStore:
     """Resume, create or (settings changed, with ``rebuild_on_change``) rebuild the store."""
     try:
         store = TileStore.open_or_create(
-            params.teacher.store, layout, provenance, overwrite=overwrite
+            params.teacher.store, layout, provenance, overwrite=overwrite, held_lock=held_lock
         )
         with store.closed_on_error():
             store.check_arrays()  # damaged array metadata: found now, not after the first batch
@@ -161,7 +166,9 @@ def _open_store(
         if not rebuild_on_change or isinstance(exc, NotAStoreError):
             raise
         print(f"{exc}\n-> settings changed: rebuilding {params.teacher.store} from scratch")
-        store = TileStore.create(params.teacher.store, layout, provenance, overwrite=True)
+        store = TileStore.create(
+            params.teacher.store, layout, provenance, overwrite=True, held_lock=held_lock
+        )
     return store
 
 

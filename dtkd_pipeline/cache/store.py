@@ -21,7 +21,8 @@ Guarantees:
 
 Concurrency: writers of *different* shards may run in different processes (dask workers); each opens
 the store with `TileStore.open(path, mode="r+")` and does not take the lock. The coordinator process
-that creates or resumes the run holds the lock (`create` / `open_or_create`).
+that creates or resumes the run holds the lock (`create` / `open_or_create`), or takes it before
+its slow preparations with `lock_if_present` and passes it on.
 """
 
 from __future__ import annotations
@@ -139,8 +140,13 @@ class TileStore:
         provenance: Mapping[str, Any],
         *,
         overwrite: bool = False,
+        held_lock: StoreLock | None = None,
     ) -> TileStore:
-        """Create an empty store (all shards missing), holding its lock; returns it writable."""
+        """Create an empty store (all shards missing), holding its lock; returns it writable.
+
+        ``held_lock``: the lock of the store at ``path`` (see `lock_if_present`), which the
+        caller holds and releases; overwriting then takes no lock of its own.
+        """
         path = Path(path)
         provenance_json = to_json_value(dict(provenance))
         remove_dead_siblings(path)
@@ -151,7 +157,8 @@ class TileStore:
                     f"{path} already exists: rerun with --overwrite or delete {path}"
                 )
             _refuse_unless_store(path)
-            old_lock = StoreLock(path).acquire()  # never delete a store another run is filling
+            # Never delete a store another run is filling.
+            old_lock = held_lock or StoreLock(path).acquire()
         tmp = pid_temporary(path)  # a killed creator's is removed by remove_dead_siblings
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -174,9 +181,25 @@ class TileStore:
                 _put_back(trash, path)
             raise
         finally:
-            if old_lock is not None:
+            if old_lock is not None and old_lock is not held_lock:
                 old_lock.release()
         return cls._open(path, mode="r+", lock=lock)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def lock_if_present(path: Path | str) -> Iterator[StoreLock | None]:
+        """Hold the coordinator lock of the store at ``path`` for the block (None when there is
+        no store there yet).
+
+        For a run that does slow work (building a teacher) before `open_or_create`: a second
+        run on the store is refused at once, not after its own slow work. Pass the lock on as
+        ``held_lock``.
+        """
+        if not (Path(path) / "zarr.json").is_file():
+            yield None
+            return
+        with StoreLock(path) as lock:
+            yield lock
 
     @classmethod
     def open(
@@ -201,16 +224,20 @@ class TileStore:
         provenance: Mapping[str, Any],
         *,
         overwrite: bool = False,
+        held_lock: StoreLock | None = None,
     ) -> TileStore:
         """Resume a store built with identical layout and provenance, or create it.
 
         A store built with other settings raises `ProvenanceMismatchError` naming every differing
-        field; `overwrite=True` deletes it and starts afresh.
+        field; `overwrite=True` deletes it and starts afresh. ``held_lock``: the store's lock,
+        already held by the caller (see `lock_if_present`), who also releases it.
         """
         path = Path(path)
         if overwrite or not path.exists() or _is_empty_folder(path):
-            return cls.create(path, layout, provenance, overwrite=path.exists())
-        store = cls.open(path, mode="r+", lock=True)
+            return cls.create(
+                path, layout, provenance, overwrite=path.exists(), held_lock=held_lock
+            )
+        store = cls.open(path, mode="r+", lock=held_lock is None)
         with store.closed_on_error():
             # Provenance first: it names the setting (teacher.dwt, say) behind a layout change.
             store.check_provenance(provenance, exact=True)
