@@ -53,6 +53,12 @@ def pid_temporary(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
+def pid_trash(path: Path) -> Path:
+    """``<name>.trash-<pid>``: where ``path`` is moved to be deleted; :func:`remove_dead_siblings`
+    removes it once the process deleting it has died."""
+    return path.with_name(f"{path.name}.trash-{os.getpid()}")
+
+
 def _discard(tmp: Path) -> None:
     with contextlib.suppress(OSError):
         tmp.unlink()

@@ -287,6 +287,10 @@ def _from_pillow(image: Image.Image, path: Path, stored_bits: int) -> LoadedImag
             "to 16-bit PNG to keep all bits",
             stacklevel=3,
         )
+    if mode == "La":
+        # Premultiplied gray: Pillow divides it back out only into "LA" (it converts "La"
+        # nowhere else), as it does "RGBa" into "RGBA".
+        image = image.convert("LA")
     if _has_alpha(image):
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
         return LoadedImage(

@@ -19,6 +19,8 @@ from dtkd_pipeline.atomic import OutputFolderError, require_parent_folders
 
 # Ends the name of an output folder's lock file; listed in .gitignore and .dvcignore.
 OUTPUT_LOCK_SUFFIX = ".dtkd-lock"
+# How often a run makes its lock's folder again when failed runs keep removing it meanwhile.
+_LOCK_FOLDER_ATTEMPTS = 3
 
 
 class LockHeldError(Exception):
@@ -114,20 +116,72 @@ def exclusive_output(folder: Path, key: str) -> Iterator[None]:
     A second run is refused at once with `OutputInUseError` (naming ``key``, the folder and the
     holder's PID) before it writes or deletes anything. The lock file (:func:`output_lock_path`)
     is removed when the block ends. ``key`` names the params key of ``folder`` in errors.
+
+    The lock file's place depends on the folder's name alone, so every run meets at it: its
+    parent folder is made if missing (locking in the nearest existing folder instead would let
+    a run that comes after the parent appears lock another file). A run that fails removes the
+    folders it made, where they are still empty.
     """
     require_parent_folders(folder, key)  # the lock goes beside it: refuse `notes.txt/out` first
     lock_path = output_lock_path(folder)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = PidLock(lock_path, remove_when_released=True)
+    made: list[Path] = []
     try:
-        lock.acquire()
-    except LockHeldError as held:
-        raise OutputInUseError(
-            f"{key}: {folder} is being written by another run (PID {held.holder} holds "
-            f"{held.path}); wait for that run to finish or stop it, then run again. The lock is "
-            "released when that process exits."
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
+        _acquire_making_folders(lock, key, folder, made)
+        try:
+            yield
+        finally:
+            lock.release()
+    except BaseException:
+        _remove_empty_folders(made)
+        raise
+
+
+def _acquire_making_folders(lock: PidLock, key: str, folder: Path, made: list[Path]) -> None:
+    """Take ``lock``, first making its missing parent folders (appended to ``made``)."""
+    for attempt in range(_LOCK_FOLDER_ATTEMPTS):
+        made.extend(_make_folders(lock.path.parent))
+        try:
+            lock.acquire()
+            return
+        except FileNotFoundError:
+            # A failed run removed the folder it had made, after this run found it: make it
+            # again (a few times; something else is wrong if it keeps vanishing).
+            if attempt == _LOCK_FOLDER_ATTEMPTS - 1:
+                raise
+        except LockHeldError as held:
+            raise OutputInUseError(
+                f"{key}: {folder} is being written by another run (PID {held.holder} holds "
+                f"{held.path}); wait for that run to finish or stop it, then run again. The lock "
+                "is released when that process exits."
+            ) from None
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; return those this call made, deepest first (one
+    another process made meanwhile is not ours to remove)."""
+    missing: list[Path] = []
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    made: list[Path] = []
+    for candidate in reversed(missing):
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        made.append(candidate)
+    return made[::-1]
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (one chain of parents) while they are empty; one that holds something now
+    (another run's lock or output) stays, and so do its parents."""
+    for folder in sorted(set(folders), key=lambda path: len(path.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return

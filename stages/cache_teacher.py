@@ -17,7 +17,8 @@
 
 The machinery lives in dtkd_pipeline/cache/: teacher_store.py (layout, provenance),
 batch_groups.py, shard_compute.py, local_fill.py, dask_fanout.py and preview.py. This module
-orders the steps: check params and targets, open or create the store, fill it, report.
+orders the steps: check params and targets, lock an existing store, build the teacher, open or
+create the store, fill it, report.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +38,9 @@ from dtkd_pipeline.cache import (
     CacheError,
     NotAStoreError,
     ProvenanceMismatchError,
+    StoreLayout,
     StoreLayoutError,
+    StoreLock,
     TileStore,
 )
 from dtkd_pipeline.cache.dask_fanout import dask_device_type, fill_on_local_gpus, fill_with_dask
@@ -92,6 +96,28 @@ def run(
     """
     if teacher is not None and scheduler:
         raise ValueError("pass a built teacher (local run) or a scheduler, not both")
+    _check_targets(params, overwrite)
+    # Held until the fill ends, from before the teacher is built (minutes, and a checkpoint
+    # download): a second run on this store is refused at once.
+    with TileStore.lock_if_present(params.teacher.store) as held_lock:
+        prepared = open_params_prepared(params, complete=True)
+        gpus = torch.cuda.device_count() if device is None and teacher is None else 0
+        teacher, identity = _teacher_and_identity(params, scheduler, gpus, device, teacher)
+        check_device_type(params.teacher, identity.device_type)
+        provenance = teacher_store_provenance(identity, params, prepared.fingerprint())
+        layout = teacher_store_layout(prepared, params)
+        started = time.perf_counter()
+        store = _open_store(params, layout, provenance, overwrite, rebuild_on_change, held_lock)
+        with store:
+            computed = _fill(store, prepared, teacher, params, scheduler, gpus)
+            print(_summary(store, computed, time.perf_counter() - started))
+            shown = min(params.teacher.preview_tiles, store.n_tiles)
+            print(f"preview of {shown} tiles -> {write_preview(store, params)}")
+    return params.teacher.store
+
+
+def _check_targets(params: Params, overwrite: bool) -> None:
+    """Refuse, before any work, settings and output locations the run would fail on later."""
     check_steps(params.teacher)
     require_file_target(params.teacher.preview, "teacher.preview")  # written after the teacher ran
     require_parent_folders(params.teacher.store, "teacher.store")
@@ -101,23 +127,38 @@ def run(
         raise NotAStoreError(
             f"teacher.store: {error}; point teacher.store at a teacher store or a new folder"
         ) from None
-    prepared = open_params_prepared(params, complete=True)
-    gpus = torch.cuda.device_count() if device is None and teacher is None else 0
+
+
+def _teacher_and_identity(
+    params: Params,
+    scheduler: str | None,
+    gpus: int,
+    device: str | None,
+    teacher: Teacher | None,
+) -> tuple[Teacher | None, TeacherIdentity]:
+    """The local teacher (built unless given; None when the fill is fanned out) and what the
+    store records about it."""
     if scheduler:  # the workers build their own teachers; the coordinator needs none
-        identity = TeacherIdentity.from_params(params.teacher, dask_device_type(scheduler))
-    elif gpus > 1:
-        identity = TeacherIdentity.from_params(params.teacher, "cuda")
-    else:
-        if teacher is None:
-            teacher = build_teacher(params.teacher, resolve_device(device))
-        identity = TeacherIdentity.of(teacher)
-    check_device_type(params.teacher, identity.device_type)
-    provenance = teacher_store_provenance(identity, params, prepared.fingerprint())
-    layout = teacher_store_layout(prepared, params)
-    started = time.perf_counter()
+        return teacher, TeacherIdentity.from_params(params.teacher, dask_device_type(scheduler))
+    if gpus > 1:
+        return teacher, TeacherIdentity.from_params(params.teacher, "cuda")
+    if teacher is None:
+        teacher = build_teacher(params.teacher, resolve_device(device))
+    return teacher, TeacherIdentity.of(teacher)
+
+
+def _open_store(
+    params: Params,
+    layout: StoreLayout,
+    provenance: dict[str, Any],
+    overwrite: bool,
+    rebuild_on_change: bool,
+    held_lock: StoreLock | None,
+) -> TileStore:
+    """Resume, create or (settings changed, with ``rebuild_on_change``) rebuild the store."""
     try:
         store = TileStore.open_or_create(
-            params.teacher.store, layout, provenance, overwrite=overwrite
+            params.teacher.store, layout, provenance, overwrite=overwrite, held_lock=held_lock
         )
         with store.closed_on_error():
             store.check_arrays()  # damaged array metadata: found now, not after the first batch
@@ -125,33 +166,42 @@ def run(
         if not rebuild_on_change or isinstance(exc, NotAStoreError):
             raise
         print(f"{exc}\n-> settings changed: rebuilding {params.teacher.store} from scratch")
-        store = TileStore.create(params.teacher.store, layout, provenance, overwrite=True)
-    with store:
-        store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
-        shards = store.missing_shards()
-        todo = layout.tiles_in(shards)
-        try:
-            if shards and scheduler:
-                fill_with_dask(store, params, shards, scheduler)
-            elif shards and gpus > 1:
-                fill_on_local_gpus(store, params, shards, gpus)
-            elif shards:
-                assert teacher is not None  # built above for every run that is neither fanned out
-                fill_locally(store, prepared, teacher, params, shards)
-        except KeyboardInterrupt:
-            done = store.n_shards - len(store.missing_shards())
-            print(
-                f"\ninterrupted: {done} of {store.n_shards} shards are stored in {store.path}; "
-                "run the same command again to compute the rest"
-            )
-            raise
-        remaining = store.missing_shards()
-        if remaining:
-            raise CacheError(f"{store.path}: shards {remaining[:8]} still missing after the run")
-        print(_summary(store, todo, time.perf_counter() - started))
-        shown = min(params.teacher.preview_tiles, store.n_tiles)
-        print(f"preview of {shown} tiles -> {write_preview(store, params)}")
-    return params.teacher.store
+        store = TileStore.create(
+            params.teacher.store, layout, provenance, overwrite=True, held_lock=held_lock
+        )
+    return store
+
+
+def _fill(
+    store: TileStore,
+    prepared: TileStore,
+    teacher: Teacher | None,
+    params: Params,
+    scheduler: str | None,
+    gpus: int,
+) -> int:
+    """Compute the missing shards (on dask workers, local GPUs or here); returns how many tiles."""
+    store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
+    shards = store.missing_shards()
+    try:
+        if shards and scheduler:
+            fill_with_dask(store, params, shards, scheduler)
+        elif shards and gpus > 1:
+            fill_on_local_gpus(store, params, shards, gpus)
+        elif shards:
+            assert teacher is not None  # built for every run that is neither fanned out
+            fill_locally(store, prepared, teacher, params, shards)
+    except KeyboardInterrupt:
+        done = store.n_shards - len(store.missing_shards())
+        print(
+            f"\ninterrupted: {done} of {store.n_shards} shards are stored in {store.path}; "
+            "run the same command again to compute the rest"
+        )
+        raise
+    remaining = store.missing_shards()
+    if remaining:
+        raise CacheError(f"{store.path}: shards {remaining[:8]} still missing after the run")
+    return store.layout.tiles_in(shards)
 
 
 def _recompute(store: TileStore, params: Params, shards: Iterable[int], device: str | None) -> None:

@@ -1,4 +1,5 @@
-"""Test building block: an output folder's run lock held by another process."""
+"""Test building blocks: an output folder's run lock, or a tile store's lock, held by another
+process."""
 
 from __future__ import annotations
 
@@ -15,11 +16,31 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def output_locked_by_child(folder: Path, key: str) -> Iterator[int]:
     """Yield the PID of a child process that holds `exclusive_output(folder, key)` until the
     block ends; then the child releases it, and must exit cleanly."""
+    holding = (
+        "from dtkd_pipeline.run_lock import exclusive_output\n"
+        f"with exclusive_output(Path({str(folder)!r}), {key!r}):\n"
+    )
+    with _child_holding(holding) as pid:
+        yield pid
+
+
+@contextlib.contextmanager
+def store_locked_by_child(store: Path) -> Iterator[int]:
+    """Yield the PID of a child process that holds the coordinator lock of the tile store at
+    `store` (as a run filling it does) until the block ends."""
+    holding = f"from dtkd_pipeline.cache import StoreLock\nwith StoreLock(Path({str(store)!r})):\n"
+    with _child_holding(holding) as pid:
+        yield pid
+
+
+@contextlib.contextmanager
+def _child_holding(holding: str) -> Iterator[int]:
+    """Run `holding` (imports, then a `with` line) in a child that signals once inside the
+    block and leaves it when told; yield its PID."""
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from dtkd_pipeline.run_lock import exclusive_output\n"
-        f"with exclusive_output(Path({str(folder)!r}), {key!r}):\n"
+        f"{holding}"
         "    print('held', flush=True)\n"
         "    sys.stdin.readline()\n"
     )

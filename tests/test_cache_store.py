@@ -23,6 +23,7 @@ from dtkd_pipeline.cache import (
     CorruptShardError,
     IncompleteShardError,
     ProvenanceMismatchError,
+    StoreCreatedMeanwhileError,
     StoreLayout,
     StoreLayoutError,
     StoreLockedError,
@@ -539,3 +540,64 @@ def test_fingerprint_is_stable_and_content_sensitive(tmp_path: Path) -> None:
     tiles["lr"][0, 0, 0, 0] ^= 1
     store.write_shard(1, tiles)
     assert store.fingerprint() != first
+
+
+def _rename_meeting_another_creator(
+    monkeypatch: pytest.MonkeyPatch, path: Path, other: Path
+) -> None:
+    """Make another run's store (built at `other`) land at `path` just before this run's
+    skeleton is renamed there: both runs found `path` free."""
+    real_rename = os.rename
+    skeleton = store_module.pid_temporary(path)
+
+    def rename(source: Any, target: Any) -> None:
+        if Path(source) == skeleton and other.exists():
+            real_rename(other, path)
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_store_another_run_created_meanwhile_is_named_and_left_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
+) -> None:
+    path, other = tmp_path / "s.zarr", tmp_path / "others" / "s.zarr"
+    filled_prepared(other, seed=1).close()
+    if overwrite:
+        filled_prepared(path, seed=2).close()
+    _rename_meeting_another_creator(monkeypatch, path, other)
+    with pytest.raises(StoreCreatedMeanwhileError) as caught:
+        TileStore.create(path, prepared_layout(), PROVENANCE, overwrite=overwrite)
+    monkeypatch.undo()
+    message = str(caught.value)
+    assert f"{path} was created by another run while this run was creating it" in message
+    assert "Wait for that run to finish" in message
+    assert "a run without --overwrite resumes from that store" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["others", "s.zarr"]  # no tmp or trash
+    with TileStore.open(path, mode="r+", lock=True) as theirs:  # its lock is not ours
+        assert theirs.verify().ok
+        np.testing.assert_array_equal(theirs.read_tiles(range(N_TILES))["hr"],
+                                      prepared_tiles(seed=1)["hr"])  # fmt: skip
+
+
+def test_a_failed_overwrite_puts_the_old_store_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.zarr"
+    filled_prepared(path).close()
+    real_rename = os.rename
+    skeleton = store_module.pid_temporary(path)
+
+    def rename(source: Any, target: Any) -> None:
+        if Path(source) == skeleton:
+            raise PermissionError(13, "Permission denied", str(target))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(PermissionError):
+        TileStore.create(path, prepared_layout(), PROVENANCE | {"scale": 2}, overwrite=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    with TileStore.open(path, mode="r+", lock=True) as old:
+        assert old.provenance["scale"] == SCALE and old.verify().ok

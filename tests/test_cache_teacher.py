@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from dtkd_pipeline.cache import (
     NotAStoreError,
     ProvenanceMismatchError,
     StoreLayoutError,
+    StoreLockedError,
     TileStore,
     dask_fanout,
     preview,
@@ -49,6 +51,7 @@ from dtkd_pipeline.teacher import (
 )
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
+from tests.lock_helpers import store_locked_by_child
 from tests.pipeline_helpers import REPO_ROOT, forbid_teacher, make_hr_images, tiny_params
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
@@ -473,6 +476,72 @@ def test_output_locations_that_cannot_be_written_are_refused_before_the_teacher_
     params = params_for(prepared_root, tmp_path, [f"teacher.store={a_file / 't.zarr'}"])
     with pytest.raises(OutputFolderError, match=r"teacher\.store: .*notes\.txt is a file"):
         cache_teacher.run(params)
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` with its modification time and content."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_run_on_a_store_another_run_holds_is_refused_before_the_teacher_is_built(
+    cached_root: Path, prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = copy_of_cache(cached_root, tmp_path)
+    with TileStore.open(store, mode="r+") as opened:
+        opened.invalidate_shard(0)  # work left for the refused run
+    forbid_teacher(monkeypatch, cache_teacher, before="the store lock was checked")
+    with store_locked_by_child(store) as holder_pid:
+        before = _files(store)
+        for params, options in [
+            (params_for(prepared_root, tmp_path), {}),
+            (params_for(prepared_root, tmp_path, ["teacher.seed=7"]), {"rebuild_on_change": True}),
+            (params_for(prepared_root, tmp_path), {"overwrite": True}),
+        ]:
+            with pytest.raises(StoreLockedError) as caught:
+                cache_teacher.run(params, **options)
+            assert f"store {store} is in use: PID {holder_pid} holds {store / '.lock'}" in str(
+                caught.value
+            )
+        assert _files(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "teacher.zarr"]
+
+
+def test_the_store_stays_locked_from_before_the_teacher_is_built_through_a_rebuild(
+    cached_root: Path, prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = copy_of_cache(cached_root, tmp_path)
+    locked_at: list[str] = []
+
+    def refused_to_another_run(step: str) -> None:
+        with pytest.raises(StoreLockedError):
+            TileStore.open(store, mode="r+", lock=True)
+        locked_at.append(step)
+
+    build, fill, create = cache_teacher.build_teacher, cache_teacher.fill_locally, TileStore.create
+
+    def build_once_locked(*args: Any) -> Teacher:
+        refused_to_another_run("build")
+        return build(*args)
+
+    def create_once_locked(*args: Any, **kwargs: Any) -> TileStore:
+        refused_to_another_run("rebuild")  # no gap between the refused resume and the rebuild
+        return create(*args, **kwargs)
+
+    def fill_then_check(*args: Any) -> None:
+        fill(*args)
+        refused_to_another_run("fill")
+
+    monkeypatch.setattr(cache_teacher, "build_teacher", build_once_locked)
+    monkeypatch.setattr(TileStore, "create", staticmethod(create_once_locked))
+    monkeypatch.setattr(cache_teacher, "fill_locally", fill_then_check)
+    params = params_for(prepared_root, tmp_path, ["teacher.seed=7"])  # settings changed
+    cache_teacher.run(params, device="cpu", rebuild_on_change=True)
+    assert locked_at == ["build", "rebuild", "fill"]
+    TileStore.open(store, mode="r+", lock=True).close()  # released when the run ended
 
 
 def test_damaged_array_metadata_is_found_before_the_teacher_runs(

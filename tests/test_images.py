@@ -118,6 +118,30 @@ def test_rgba_keeps_alpha_separately(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "b.png").mode == "RGBA"
 
 
+def test_a_gray_tiff_with_premultiplied_alpha_reads_like_a_premultiplied_rgba_one(
+    tmp_path: Path,
+) -> None:
+    """Pillow opens 8-bit gray + associated alpha as mode "La"; its colour is divided back out
+    by alpha, as for premultiplied RGBA, and the alpha is kept separately."""
+    tifffile = pytest.importorskip("tifffile")
+    alpha = RNG.integers(0, 256, (6, 7), dtype=np.uint8)
+    alpha[0, :2] = (0, 255)
+    gray = (RNG.integers(0, 256, (6, 7)) * alpha // 255).astype(np.uint8)  # premultiplied
+    tifffile.imwrite(tmp_path / "la.tif", np.dstack([gray, alpha]), extrasamples=[1])
+    tifffile.imwrite(tmp_path / "rgba.tif", np.dstack([gray, gray, gray, alpha]), extrasamples=[1])
+    assert Image.open(tmp_path / "la.tif").mode == "La"
+    la, rgba = read_image(tmp_path / "la.tif"), read_image(tmp_path / "rgba.tif")
+    np.testing.assert_array_equal(la.rgb, rgba.rgb)
+    assert la.alpha is not None and rgba.alpha is not None
+    np.testing.assert_array_equal(la.alpha, rgba.alpha)
+    np.testing.assert_array_equal(la.alpha, alpha / np.float32(255))
+    seen = alpha > 0
+    np.testing.assert_allclose((la.rgb[..., 0] * la.alpha)[seen], gray[seen] / 255, atol=1 / 255)
+    assert la.rgb[0, 1, 0] == gray[0, 1] / np.float32(255)  # opaque: stored as it is
+    header = images.probe_image(tmp_path / "la.tif")
+    assert (header.height, header.width, header.bit_depth, header.has_alpha) == (6, 7, 8, True)
+
+
 def test_palette_images_are_expanded(tmp_path: Path) -> None:
     palette = RNG.integers(0, 256, 768, dtype=np.uint8)
     index = RNG.integers(0, 256, (5, 9), dtype=np.uint8)

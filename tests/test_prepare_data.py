@@ -87,6 +87,17 @@ def test_corrupt_image_fails_before_writing_anything(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("prepared*"))
 
 
+def test_a_run_failing_on_bad_images_leaves_no_folder_it_made(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    (hr_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    prepared = tmp_path / "runs" / "today" / "prepared"
+    params = tiny_params(tmp_path, hr_dir, [f"data.prepared_dir={prepared}"])
+    with pytest.raises(ImageReadError, match=r"broken\.png"):
+        prepare_data.run(params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hr", "params.yaml"]
+
+
 def test_skip_bad_skips_and_continues(tmp_path: Path) -> None:
     hr_dir = tmp_path / "hr"
     make_hr_images(hr_dir, [(256, 256), (256, 256), (256, 256)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,6 +102,48 @@ def test_an_output_lock_is_released_when_the_block_fails(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
     with exclusive_output(folder, "data.prepared_dir"):
         pass
+
+
+def test_a_failed_run_removes_the_lock_folders_it_made_and_only_those(tmp_path: Path) -> None:
+    made = tmp_path / "new" / "deeper"
+    with pytest.raises(RuntimeError), exclusive_output(made / "out", "data.prepared_dir"):
+        assert output_lock_path(made / "out").is_file()
+        raise RuntimeError("the stage failed before writing anything")
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "mine").mkdir()  # there before the run: never the run's to remove
+    with pytest.raises(RuntimeError), exclusive_output(tmp_path / "mine" / "out", "key"):
+        raise RuntimeError("the stage failed")
+    with pytest.raises(RuntimeError), exclusive_output(made / "out", "data.prepared_dir"):
+        (made / "notes.txt").write_text("written before the failure")
+        raise RuntimeError("the stage failed")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "mine", "new", "new/deeper", "new/deeper/notes.txt"
+    ]  # fmt: skip
+
+    with exclusive_output(tmp_path / "kept" / "out", "data.prepared_dir"):
+        pass  # a run that succeeds keeps its output's parent
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_a_lock_folder_a_failed_run_removed_meanwhile_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "new" / "out"
+    real_open = os.open
+    removed: list[Path] = []
+
+    def open_after_another_run_removed_the_folder(path: Any, *args: Any) -> int:
+        if Path(path) == output_lock_path(folder) and not removed:
+            removed.append(folder.parent)
+            folder.parent.rmdir()  # the failed run that made it cleans up
+        return real_open(path, *args)
+
+    monkeypatch.setattr(os, "open", open_after_another_run_removed_the_folder)
+    with exclusive_output(folder, "data.prepared_dir"):
+        assert removed and output_lock_path(folder).is_file()
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["new"]
 
 
 def test_an_output_folder_under_a_file_is_refused_before_locking(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from .errors import (
     IncompleteShardError,
     NotAStoreError,
     ProvenanceMismatchError,
+    StoreCreatedMeanwhileError,
     StoreLayoutError,
     StoreLockedError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "IncompleteShardError",
     "NotAStoreError",
     "ProvenanceMismatchError",
+    "StoreCreatedMeanwhileError",
     "StoreLayout",
     "StoreLayoutError",
     "StoreLock",

@@ -11,6 +11,10 @@ class StoreLockedError(CacheError):
     """Another process holds the coordinator lock of a store."""
 
 
+class StoreCreatedMeanwhileError(CacheError):
+    """Another run created a store at the path this one was creating a store at."""
+
+
 class IncompleteShardError(CacheError):
     """A read touched a shard whose completion record is absent (never written or invalidated)."""
 

@@ -11,7 +11,8 @@ On-disk layout of a store directory:
 Guarantees:
 
 - Creation is atomic: the skeleton (metadata, attributes, lock) is built in `<path>.tmp-<pid>` and
-  renamed into place, so a crash never leaves a half-initialised store at `<path>`.
+  renamed into place, so a crash never leaves a half-initialised store at `<path>`. Of two runs
+  creating a store at one path at once, the later rename fails and leaves the other's store be.
 - A shard is written whole by one writer, and its completion record is written (atomically, by
   rename) only after all of its arrays. Reads of a shard without a record raise
   `IncompleteShardError`, so an unwritten tile never reads back as zeros.
@@ -20,12 +21,14 @@ Guarantees:
 
 Concurrency: writers of *different* shards may run in different processes (dask workers); each opens
 the store with `TileStore.open(path, mode="r+")` and does not take the lock. The coordinator process
-that creates or resumes the run holds the lock (`create` / `open_or_create`).
+that creates or resumes the run holds the lock (`create` / `open_or_create`), or takes it before
+its slow preparations with `lock_if_present` and passes it on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -39,13 +42,20 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from dtkd_pipeline.atomic import flush_to_disk, pid_temporary, remove_dead_siblings, replacing
+from dtkd_pipeline.atomic import (
+    flush_to_disk,
+    pid_temporary,
+    pid_trash,
+    remove_dead_siblings,
+    replacing,
+)
 
 from .errors import (
     CacheError,
     CorruptShardError,
     IncompleteShardError,
     NotAStoreError,
+    StoreCreatedMeanwhileError,
     StoreLayoutError,
 )
 from .layout import FORMAT_VERSION, KIND_PREPARED, KIND_TEACHER, ArraySpec, StoreLayout
@@ -130,8 +140,13 @@ class TileStore:
         provenance: Mapping[str, Any],
         *,
         overwrite: bool = False,
+        held_lock: StoreLock | None = None,
     ) -> TileStore:
-        """Create an empty store (all shards missing), holding its lock; returns it writable."""
+        """Create an empty store (all shards missing), holding its lock; returns it writable.
+
+        ``held_lock``: the lock of the store at ``path`` (see `lock_if_present`), which the
+        caller holds and releases; overwriting then takes no lock of its own.
+        """
         path = Path(path)
         provenance_json = to_json_value(dict(provenance))
         remove_dead_siblings(path)
@@ -142,18 +157,19 @@ class TileStore:
                     f"{path} already exists: rerun with --overwrite or delete {path}"
                 )
             _refuse_unless_store(path)
-            old_lock = StoreLock(path).acquire()  # never delete a store another run is filling
+            # Never delete a store another run is filling.
+            old_lock = held_lock or StoreLock(path).acquire()
         tmp = pid_temporary(path)  # a killed creator's is removed by remove_dead_siblings
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         lock = StoreLock(tmp).acquire()
+        trash: Path | None = None  # where the store being overwritten went
         try:
             _build_skeleton(tmp, layout, provenance_json)
-            trash = None
             if old_lock is not None:
-                trash = path.with_name(f"{path.name}.trash-{os.getpid()}")
-                os.rename(path, trash)
-            os.rename(tmp, path)
+                os.rename(path, pid_trash(path))
+                trash = pid_trash(path)
+            _move_into_place(tmp, path)
             # The open descriptor follows the renamed inode, so the lock is held throughout.
             lock.path = path / LOCK_NAME
             if trash is not None:
@@ -161,11 +177,29 @@ class TileStore:
         except BaseException:
             lock.release()
             shutil.rmtree(tmp, ignore_errors=True)
+            if trash is not None:
+                _put_back(trash, path)
             raise
         finally:
-            if old_lock is not None:
+            if old_lock is not None and old_lock is not held_lock:
                 old_lock.release()
         return cls._open(path, mode="r+", lock=lock)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def lock_if_present(path: Path | str) -> Iterator[StoreLock | None]:
+        """Hold the coordinator lock of the store at ``path`` for the block (None when there is
+        no store there yet).
+
+        For a run that does slow work (building a teacher) before `open_or_create`: a second
+        run on the store is refused at once, not after its own slow work. Pass the lock on as
+        ``held_lock``.
+        """
+        if not (Path(path) / "zarr.json").is_file():
+            yield None
+            return
+        with StoreLock(path) as lock:
+            yield lock
 
     @classmethod
     def open(
@@ -190,16 +224,20 @@ class TileStore:
         provenance: Mapping[str, Any],
         *,
         overwrite: bool = False,
+        held_lock: StoreLock | None = None,
     ) -> TileStore:
         """Resume a store built with identical layout and provenance, or create it.
 
         A store built with other settings raises `ProvenanceMismatchError` naming every differing
-        field; `overwrite=True` deletes it and starts afresh.
+        field; `overwrite=True` deletes it and starts afresh. ``held_lock``: the store's lock,
+        already held by the caller (see `lock_if_present`), who also releases it.
         """
         path = Path(path)
         if overwrite or not path.exists() or _is_empty_folder(path):
-            return cls.create(path, layout, provenance, overwrite=path.exists())
-        store = cls.open(path, mode="r+", lock=True)
+            return cls.create(
+                path, layout, provenance, overwrite=path.exists(), held_lock=held_lock
+            )
+        store = cls.open(path, mode="r+", lock=held_lock is None)
         with store.closed_on_error():
             # Provenance first: it names the setting (teacher.dwt, say) behind a layout change.
             store.check_provenance(provenance, exact=True)
@@ -656,6 +694,30 @@ def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
 def _is_empty_folder(path: Path) -> bool:
     """A folder made ahead (mkdir, a mount point) holding nothing yet: as good as no folder."""
     return path.is_dir() and not any(path.iterdir())
+
+
+def _move_into_place(skeleton: Path, path: Path) -> None:
+    """Rename the built ``skeleton`` to ``path``; a store another creator put there meanwhile
+    (both found ``path`` free) is left to it, with an error that says so."""
+    try:
+        os.rename(skeleton, path)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise StoreCreatedMeanwhileError(
+            f"{path} was created by another run while this run was creating it; this run "
+            "stopped and left it as it is. Wait for that run to finish (or stop it), then run "
+            "again: a run without --overwrite resumes from that store"
+        ) from None
+
+
+def _put_back(trash: Path, path: Path) -> None:
+    """Return the store being overwritten to ``path`` after a failed creation; where another
+    run's store stands there now, delete it (overwriting it was asked for)."""
+    try:
+        os.rename(trash, path)
+    except OSError:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _refuse_unless_store(path: Path) -> None:
