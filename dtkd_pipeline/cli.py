@@ -170,14 +170,7 @@ def cache_teacher(
     """Stage 1b: run the ResShift teacher once per tile into data/cache/teacher.zarr (resumable)."""
     from stages import cache_teacher as stage
 
-    extra = list(overrides or [])
-    if steps is not None:
-        extra.append(f"teacher.steps={steps}")
-    if dwt is not None:
-        extra.append(f"teacher.dwt={str(dwt).lower()}")
-    if weights_dir is not None:
-        # Quoted: a path is a string whatever it holds ("#", ": ", "null").
-        extra.append(f"teacher.weights_dir={json.dumps(str(weights_dir))}")
+    extra = _teacher_overrides(overrides, steps, dwt, weights_dir)
     _run(
         lambda: stage.run(
             _params(params, extra),
@@ -187,6 +180,21 @@ def cache_teacher(
             rebuild_on_change=rebuild_on_change,
         )
     )
+
+
+def _teacher_overrides(
+    overrides: list[str] | None, steps: int | None, dwt: bool | None, weights_dir: Path | None
+) -> list[str]:
+    """The -S overrides plus the teacher.* keys that cache-teacher's own flags set."""
+    extra = list(overrides or [])
+    if steps is not None:
+        extra.append(f"teacher.steps={steps}")
+    if dwt is not None:
+        extra.append(f"teacher.dwt={str(dwt).lower()}")
+    if weights_dir is not None:
+        # Quoted: a path is a string whatever it holds ("#", ": ", "null").
+        extra.append(f"teacher.weights_dir={json.dumps(str(weights_dir))}")
+    return extra
 
 
 @app.command("verify-cache")
@@ -319,14 +327,7 @@ def analyze_bands(
         loaded = _params(params, overrides)
         for path in model or []:
             require_model_file(path, releases=False)  # the analysis reads checkpoint files
-        targets = (
-            {"--out-dir": out_dir}
-            if out_dir
-            else {
-                "evaluate.out_dir": loaded.evaluate.out_dir,
-                "evaluate.plots_dir": loaded.evaluate.plots_dir,
-            }
-        )
+        targets = _band_folders(loaded, out_dir)
         for key, folder in targets.items():  # before the analysis, not after it
             require_folder(folder, key)
         with _still_stage_outputs([] if out_dir else list(targets.values())):
@@ -340,6 +341,16 @@ def analyze_bands(
         typer.echo(f"band analysis -> {written['json']}, chart -> {written['png']}")
 
     _run(action, also=(ValueError,))  # e.g. teacher images of another size than the student's
+
+
+def _band_folders(loaded: Params, out_dir: Path | None) -> dict[str, Path]:
+    """The folders analyze-bands writes, keyed by the option or param that names them."""
+    if out_dir:
+        return {"--out-dir": out_dir}
+    return {
+        "evaluate.out_dir": loaded.evaluate.out_dir,
+        "evaluate.plots_dir": loaded.evaluate.plots_dir,
+    }
 
 
 @contextlib.contextmanager
@@ -416,7 +427,6 @@ def upscale(
     """Super-resolve images x4 with the distilled student (tiled, keeps bit depth and alpha)."""
     from dtkd_pipeline import upscale as runner
     from dtkd_pipeline.student.onnx_export import check_onnx_target
-    from dtkd_pipeline.student.onnx_export import export_onnx as to_onnx
 
     def action() -> None:
         if export_onnx is not None:
@@ -437,14 +447,22 @@ def upscale(
         )
         typer.echo(f"{len(written)} image(s) -> {output}")
         if export_onnx is not None:
-            student = runner.load_upscaler(
-                model, device="cpu", arch=arch, weights_dir=weights_dir
-            ).model
-            error = to_onnx(student, export_onnx)
-            typer.echo(f"ONNX -> {export_onnx} (max |onnx - torch| = {error:.1e}, dynamic sizes)")
+            _export_student_onnx(model, arch, weights_dir, export_onnx)
 
     # Option values the upscaler rejects (precision, arch, compile mode); onnx packages missing.
     _run(action, also=(ValueError, ImportError))
+
+
+def _export_student_onnx(
+    model: str, arch: str | None, weights_dir: Path | None, target: Path
+) -> None:
+    """Load the student on the CPU, export it to ``target`` and report the checked error."""
+    from dtkd_pipeline.student.onnx_export import export_onnx
+    from dtkd_pipeline.upscale import load_upscaler
+
+    student = load_upscaler(model, device="cpu", arch=arch, weights_dir=weights_dir).model
+    error = export_onnx(student, target)
+    typer.echo(f"ONNX -> {target} (max |onnx - torch| = {error:.1e}, dynamic sizes)")
 
 
 @app.command("teacher-sr")

@@ -85,6 +85,24 @@ def png_exif(path: Path) -> bytes | None:
 
 def decode_png16(data: bytes) -> DecodedPng16:
     """Decode a PNG that :func:`is_16bit_colour_png` accepted (any interlace, any row filters)."""
+    header, idat, trns, exif = _read_chunks(data)
+    width, height, _depth, colour, _compression, _filter, interlace = header
+    if width == 0 or height == 0 or interlace > 1:
+        raise PngDecodeError(f"corrupt PNG header ({width}×{height}, interlace {interlace})")
+    channels = _PNG_CHANNELS[colour]
+    raw = zlib.decompress(idat)
+    bpp = 2 * channels
+    if interlace:
+        pixels = _unfilter_adam7(raw, height, width, bpp)
+    else:
+        pixels = _unfilter(raw, height, width, bpp)
+    samples = pixels.reshape(height, width * bpp).view(">u2").reshape(height, width, channels)
+    return DecodedPng16(samples, trns, exif)
+
+
+def _read_chunks(data: bytes) -> tuple[tuple[int, ...], bytes, bytes | None, bytes | None]:
+    """(IHDR fields, joined IDAT data, tRNS body, eXIf body) up to IEND, each chunk's CRC
+    checked."""
     pos = len(_PNG_SIGNATURE)
     header: tuple[int, ...] | None = None
     idat: list[bytes] = []
@@ -113,26 +131,22 @@ def decode_png16(data: bytes) -> DecodedPng16:
             break
     if header is None or not idat:
         raise PngDecodeError("corrupt PNG (missing IHDR or IDAT)")
-    width, height, _depth, colour, _compression, _filter, interlace = header
-    if width == 0 or height == 0 or interlace > 1:
-        raise PngDecodeError(f"corrupt PNG header ({width}×{height}, interlace {interlace})")
-    channels = _PNG_CHANNELS[colour]
-    raw = zlib.decompress(b"".join(idat))
-    bpp = 2 * channels
-    if interlace:
-        pixels = np.empty((height, width, bpp), np.uint8)
-        offset = 0
-        for x0, y0, dx, dy in _ADAM7:
-            pw, ph = -(-(width - x0) // dx), -(-(height - y0) // dy)
-            if pw <= 0 or ph <= 0:
-                continue  # empty passes carry no bytes, not even filter bytes
-            size = ph * (pw * bpp + 1)
-            pixels[y0::dy, x0::dx] = _unfilter(raw[offset : offset + size], ph, pw, bpp)
-            offset += size
-    else:
-        pixels = _unfilter(raw, height, width, bpp)
-    samples = pixels.reshape(height, width * bpp).view(">u2").reshape(height, width, channels)
-    return DecodedPng16(samples, trns, exif)
+    return header, b"".join(idat), trns, exif
+
+
+def _unfilter_adam7(raw: bytes, height: int, width: int, bpp: int) -> np.ndarray:
+    """Undo the row filters of each Adam7 pass and put its pixels in place; uint8
+    (height, width, bpp)."""
+    pixels = np.empty((height, width, bpp), np.uint8)
+    offset = 0
+    for x0, y0, dx, dy in _ADAM7:
+        pw, ph = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if pw <= 0 or ph <= 0:
+            continue  # empty passes carry no bytes, not even filter bytes
+        size = ph * (pw * bpp + 1)
+        pixels[y0::dy, x0::dx] = _unfilter(raw[offset : offset + size], ph, pw, bpp)
+        offset += size
+    return pixels
 
 
 def _unfilter(raw: bytes, height: int, width: int, bpp: int) -> np.ndarray:

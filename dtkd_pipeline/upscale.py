@@ -200,6 +200,25 @@ def load_upscaler(
     check_compile_mode(compile_mode)
     path, arch = resolve_model_file(model_path, arch, weights_dir)
     checkpoint = read_checkpoint(path)
+    name = _checkpoint_arch(path, checkpoint, arch)
+    model = build_student(name)
+    info = load_student_weights(model, path)
+    model.eval().requires_grad_(False).to(resolved)
+    source = _weights_source(info, checkpoint)
+    return Upscaler(
+        model=model,
+        arch=name,
+        scale=student_config(name).upscale,
+        device=resolved,
+        precision=precision,
+        source=source,
+        compile_mode=compile_mode,
+    )
+
+
+def _checkpoint_arch(path: Path, checkpoint: Any, arch: str | None) -> str:
+    """The student to build: the file's 'arch' entry (which ``arch`` must not contradict), else
+    ``arch``, else the default."""
     stored_arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
     if stored_arch is not None and not isinstance(stored_arch, str):
         raise ValueError(f"{path}: the 'arch' entry should be a student name, got {stored_arch!r}")
@@ -214,23 +233,17 @@ def load_upscaler(
             f"{path}: its 'arch' entry {stored_arch!r} is not a student this version knows "
             f"({', '.join(STUDENT_CONFIGS)}); was it written by another version of dtkd-pipeline?"
         )
-    model = build_student(name)
-    info = load_student_weights(model, path)
-    model.eval().requires_grad_(False).to(resolved)
+    return name
+
+
+def _weights_source(info: dict[str, Any], checkpoint: Any) -> dict[str, Any]:
+    """Where the weights came from (path, key), plus the checkpoint's iteration and provenance."""
     source = dict(info)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("iteration"), int):
         source["iteration"] = checkpoint["iteration"]
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("provenance"), dict):
         source["provenance"] = checkpoint["provenance"]  # the teacher cache it was trained on
-    return Upscaler(
-        model=model,
-        arch=name,
-        scale=student_config(name).upscale,
-        device=resolved,
-        precision=precision,
-        source=source,
-        compile_mode=compile_mode,
-    )
+    return source
 
 
 # ------------------------------------------------------------------------------------- tiling
@@ -571,15 +584,8 @@ def upscale_paths(
     bar = tqdm(pairs, desc="upscale", unit="img", **hidden_unless(progress and len(pairs) >= 2))
     for source, target in bar:
         bar.set_postfix_str(source.name, refresh=False)
-        try:
-            image = read_image(source)
-        except ImageReadError as error:  # pixel data the header scan could not vouch for
-            if not skip_bad:
-                raise ImageReadError(
-                    f"{error}; {len(written)} of {len(pairs)} image(s) were written to {out} "
-                    "before it. Rerun with --skip-bad to go past unreadable images"
-                ) from error
-            tqdm.write(f"skipping: {error}")
+        image = _read_or_skip(source, skip_bad, written=len(written), total=len(pairs), out=out)
+        if image is None:
             continue
         rgb, alpha = upscale_image(
             upscaler, image, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
@@ -588,3 +594,20 @@ def upscale_paths(
         written.append(write_image(target, rgb, alpha, bit_depth=image.bit_depth))
     bar.close()
     return written
+
+
+def _read_or_skip(
+    source: Path, skip_bad: bool, *, written: int, total: int, out: Path
+) -> LoadedImage | None:
+    """Decode ``source``; pixel data the header scan could not vouch for is skipped with a note
+    (``skip_bad``: None) or raised saying how many of ``total`` images were already written."""
+    try:
+        return read_image(source)
+    except ImageReadError as error:
+        if not skip_bad:
+            raise ImageReadError(
+                f"{error}; {written} of {total} image(s) were written to {out} "
+                "before it. Rerun with --skip-bad to go past unreadable images"
+            ) from error
+        tqdm.write(f"skipping: {error}")
+        return None

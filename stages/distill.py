@@ -24,9 +24,9 @@ from dtkd_pipeline.cache.teacher_record import (
     local_checkpoint_provenance,
     teacher_params_provenance,
 )
-from dtkd_pipeline.config import ConfigError, Params, section_dict
+from dtkd_pipeline.config import ConfigError, DistillParams, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
-from dtkd_pipeline.evaluate.testsets import load_pair, open_test_set
+from dtkd_pipeline.evaluate.testsets import TestSet, load_pair, open_test_set
 from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.stage_files import (
     CHECKPOINTS_DIR,
@@ -45,6 +45,7 @@ from dtkd_pipeline.train.curves import truncate_curves
 from dtkd_pipeline.train.loop import (
     DistributedContext,
     TrainingRun,
+    Validator,
     check_recipe,
     setup_distributed,
     train,
@@ -164,6 +165,22 @@ def _reconcile_checkpoints(
     deleting, and all ranks raise the same error together instead of one waiting forever.
     Returns, on rank 0, the checkpoint to resume (read once, for the comparison and the resume).
     """
+    saved, verdict = _checkpoint_verdict(params, provenance, ctx)
+    if verdict is None:
+        return saved
+    if isinstance(verdict, Exception):
+        raise verdict
+    kind, listing = verdict
+    _refuse_unless_restarting(kind, listing, params.distill.out_dir, restart_on_change)
+    _start_over(params.distill.out_dir, listing, ctx)
+    return None
+
+
+def _checkpoint_verdict(
+    params: Params, provenance: dict[str, Any], ctx: DistributedContext
+) -> tuple[StudentCheckpoint | None, Any]:
+    """(rank 0's newest checkpoint, the verdict every rank shares): None to resume, the
+    read error, or ``_checkpoint_changes``' (kind, listing)."""
     verdict: Any = None
     saved: StudentCheckpoint | None = None
     if ctx.is_main:
@@ -178,12 +195,15 @@ def _reconcile_checkpoints(
         shared = [verdict]
         torch.distributed.broadcast_object_list(shared, src=0)
         verdict = shared[0]
-    if verdict is None:
-        return saved
-    if isinstance(verdict, Exception):
-        raise verdict
-    kind, listing = verdict
-    folder = params.distill.out_dir / CHECKPOINTS_DIR
+    return saved, verdict
+
+
+def _refuse_unless_restarting(
+    kind: str, listing: str, out_dir: Path, restart_on_change: bool
+) -> None:
+    """Refuse checkpoints of another process count always, of other settings unless asked to
+    start over."""
+    folder = out_dir / CHECKPOINTS_DIR
     if kind == "processes":
         # Never deleted on its own: the process count is the machine's, not a params change.
         raise ConfigError(
@@ -195,13 +215,16 @@ def _reconcile_checkpoints(
             f"checkpoints in {folder} were made with other settings:\n{listing}\n"
             "Delete that folder to start over (or pass --restart-on-change)"
         )
+
+
+def _start_over(out_dir: Path, listing: str, ctx: DistributedContext) -> None:
+    """Delete the checkpoints and curves of a run with other settings (rank 0), then sync."""
     if ctx.is_main:
         print(f"settings changed since the last checkpoint, starting over:\n{listing}")
-        shutil.rmtree(folder)
-        shutil.rmtree(params.distill.out_dir / DVCLIVE_DIR, ignore_errors=True)
+        shutil.rmtree(out_dir / CHECKPOINTS_DIR)
+        shutil.rmtree(out_dir / DVCLIVE_DIR, ignore_errors=True)
     if ctx.world_size > 1:
         torch.distributed.barrier()  # no rank looks for checkpoints while they are deleted
-    return None
 
 
 # What distill writes in out_dir, and the .gitignore DVC writes beside its outputs.
@@ -245,37 +268,59 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
         use_cached_dwt=uses_cached_subbands(params),
         provenance={"teacher_cache": provenance, "teacher_store": str(params.teacher.store)},
     )
-
-    logger = validate = None
+    validate, logger = _main_rank_hooks(cfg, val_set, scale, ctx) if ctx.is_main else (None, None)
+    final = _train_closing_logger(cfg, run_spec, ctx, validate, logger, latest)
+    path = out_dir / STUDENT_FILE
+    speed = final.pop("throughput")
     if ctx.is_main:
-        pairs = [load_pair(pair, scale) for pair in val_set]  # decoded once, reused every time
-        metrics = FullReferenceMetrics(scale=scale, device=ctx.device)
+        _write_student(final, speed, path)
+    return path
 
-        def validate(model: torch.nn.Module) -> dict[str, float]:
-            return evaluate_pairs(model, pairs, metrics, ctx.device)
 
-        done = CheckpointManager(out_dir / CHECKPOINTS_DIR, cfg.keep_last).iterations()
-        logger = _DvcLiveLogger(out_dir / DVCLIVE_DIR, resume_from=done[-1] if done else None)
+def _main_rank_hooks(
+    cfg: DistillParams, val_set: TestSet, scale: int, ctx: DistributedContext
+) -> tuple[Validator, _DvcLiveLogger]:
+    """Rank 0's validation (on the EMA weights the loop passes) and curve logger."""
+    pairs = [load_pair(pair, scale) for pair in val_set]  # decoded once, reused every time
+    metrics = FullReferenceMetrics(scale=scale, device=ctx.device)
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_pairs(model, pairs, metrics, ctx.device)
+
+    done = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).iterations()
+    logger = _DvcLiveLogger(cfg.out_dir / DVCLIVE_DIR, resume_from=done[-1] if done else None)
+    return validate, logger
+
+
+def _train_closing_logger(
+    cfg: DistillParams,
+    run_spec: TrainingRun,
+    ctx: DistributedContext,
+    validate: Validator | None,
+    logger: _DvcLiveLogger | None,
+    latest: StudentCheckpoint | None,
+) -> dict[str, Any]:
+    """Train; on Ctrl-C say where the run resumes from; close the curves either way."""
     try:
-        final = train(cfg, run_spec, ctx, validate=validate, log=logger, latest=latest)
+        return train(cfg, run_spec, ctx, validate=validate, log=logger, latest=latest)
     except KeyboardInterrupt:
         if ctx.is_main:
-            latest = CheckpointManager(out_dir / CHECKPOINTS_DIR, cfg.keep_last).latest()
-            where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written"
+            newest = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).latest()
+            where = f"the last checkpoint is {newest}" if newest else "no checkpoint was written"
             print(f"\ninterrupted: {where}; run the same command again to resume from it")
         raise
     finally:
         if logger is not None:
             logger.close()
-    path = out_dir / STUDENT_FILE
-    speed = final.pop("throughput")
-    if ctx.is_main:
-        atomic_torch_save(final, path)
-        print(f"student (EMA weights) -> {path}; best val PSNR-Y {final['best_psnr']:.2f} dB")
-        if speed["timed_steps"]:  # none when a finished run is rerun
-            print(
-                f"training speed: {speed['samples_per_s']:.1f} samples/s over "
-                f"{speed['timed_steps']} steps after the first; waiting for data "
-                f"{100 * speed['loader_wait']:.1f}% of the time"
-            )
-    return path
+
+
+def _write_student(final: dict[str, Any], speed: dict[str, Any], path: Path) -> None:
+    """Save the final state and report its validation score and the training speed."""
+    atomic_torch_save(final, path)
+    print(f"student (EMA weights) -> {path}; best val PSNR-Y {final['best_psnr']:.2f} dB")
+    if speed["timed_steps"]:  # none when a finished run is rerun
+        print(
+            f"training speed: {speed['samples_per_s']:.1f} samples/s over "
+            f"{speed['timed_steps']} steps after the first; waiting for data "
+            f"{100 * speed['loader_wait']:.1f}% of the time"
+        )

@@ -160,39 +160,45 @@ def student_target(
     warm-up runs); "reduce-overhead" replays CUDA graphs.
     """
     check_compile_mode(compile_mode)
-    source = label if arch_or_path is None else arch_or_path
-    if isinstance(source, str) and source in available_students():
-        arch, model, weights = source, build_student(source), None
-    else:
-        upscaler = load_upscaler(source, device="cpu")  # reads the arch the file was trained as
-        arch, model, weights = upscaler.arch, upscaler.model, Path(source)
+    arch, model, weights = _load_student(label if arch_or_path is None else arch_or_path)
     model.eval().requires_grad_(False)
-
-    def make_calls(
-        net: Callable[..., torch.Tensor], mode: CompileMode | None
-    ) -> Callable[..., Callable[[], Any]]:
-        def make_call(batch: int, lr_size: int, device: torch.device) -> Callable[[], Any]:
-            model.to(device)
-            lr = _random_lr(batch, lr_size, device)
-
-            def call() -> torch.Tensor:
-                with torch.inference_mode():
-                    return run_compiled(net, mode, lr)
-
-            return call
-
-        return make_call
-
     weights_note = "" if weights is None else f" ({weights.name})"
     compiled_note = "" if compile_mode is None else f", torch.compile {compile_mode}"
     return EfficiencyTarget(
         name=label,
         description=f"student {arch}{weights_note}: one forward pass{compiled_note}",
         modules=(model,),
-        make_call=make_calls(compile_static(model, compile_mode), compile_mode),
+        make_call=_student_calls(model, compile_static(model, compile_mode), compile_mode),
         random_weights=weights is None,
-        make_eager_call=make_calls(model, None) if compile_mode is not None else None,
+        make_eager_call=_student_calls(model, model, None) if compile_mode is not None else None,
     )
+
+
+def _load_student(source: str | Path) -> tuple[str, nn.Module, Path | None]:
+    """(architecture, model, weights file): a student name builds random weights (file None)."""
+    if isinstance(source, str) and source in available_students():
+        return source, build_student(source), None
+    upscaler = load_upscaler(source, device="cpu")  # reads the arch the file was trained as
+    return upscaler.arch, upscaler.model, Path(source)
+
+
+def _student_calls(
+    model: nn.Module, net: Callable[..., torch.Tensor], mode: CompileMode | None
+) -> Callable[[int, int, torch.device], Callable[[], Any]]:
+    """A `make_call` that moves `model` to the device and runs `net` (it, or its compiled twin
+    in `mode`) on a fixed random LR batch."""
+
+    def make_call(batch: int, lr_size: int, device: torch.device) -> Callable[[], Any]:
+        model.to(device)
+        lr = _random_lr(batch, lr_size, device)
+
+        def call() -> torch.Tensor:
+            with torch.inference_mode():
+                return run_compiled(net, mode, lr)
+
+        return call
+
+    return make_call
 
 
 def teacher_target(
@@ -299,33 +305,13 @@ def benchmark_models(
     a (target, precision) group carries `best_batch`, the batch size with the highest images/s.
     """
     device = torch.device(device)
-    unknown = sorted(set(precisions) - set(PRECISIONS))
-    if unknown:
-        raise ValueError(f"unknown precision(s) {unknown}; choose from {list(PRECISIONS)}")
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError(f"batch_sizes must be positive, got {list(batch_sizes)}")
-    common = {
-        "device": device_name(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "lr_size": lr_size,
-        "input_size": f"{lr_size}x{lr_size}",
-        "warmup": warmup,
-    }
+    _check_settings(precisions, batch_sizes)
+    common = _run_fields(device, lr_size, warmup)
     rows: list[dict[str, Any]] = []
     progress = tqdm(total=len(targets) * len(precisions) * len(batch_sizes), desc="benchmark")
     with progress:
         for target in targets:
-            flops = count_flops((target.make_eager_call or target.make_call)(1, lr_size, device))
-            described = {
-                "model": target.name,
-                "description": target.description,
-                "random_weights": target.random_weights,
-                "params": target.parameters,
-                "flops_per_image": flops,
-                **common,
-            }
+            described = {**_target_fields(target, lr_size, device), **common}
             for precision in precisions:
                 skip = _precision_skip_reason(precision, device)
                 group = []
@@ -336,12 +322,50 @@ def benchmark_models(
                     )
                     group.append(row)
                     progress.update()
-                timed = [row for row in group if row["skipped"] is None]
-                best = max(timed, key=lambda row: row["images_per_s"])["batch"] if timed else None
-                for row in group:
-                    row["best_batch"] = best
+                _mark_best_batch(group)
                 rows.extend(group)
     return rows
+
+
+def _check_settings(precisions: Sequence[str], batch_sizes: Sequence[int]) -> None:
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        raise ValueError(f"unknown precision(s) {unknown}; choose from {list(PRECISIONS)}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch_sizes must be positive, got {list(batch_sizes)}")
+
+
+def _run_fields(device: torch.device, lr_size: int, warmup: int) -> dict[str, Any]:
+    """The fields every row of one benchmark run shares: machine, software, input."""
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "lr_size": lr_size,
+        "input_size": f"{lr_size}x{lr_size}",
+        "warmup": warmup,
+    }
+
+
+def _target_fields(target: EfficiencyTarget, lr_size: int, device: torch.device) -> dict[str, Any]:
+    """The fields of a target's rows: its name and size, FLOPs per image counted at batch 1."""
+    flops = count_flops((target.make_eager_call or target.make_call)(1, lr_size, device))
+    return {
+        "model": target.name,
+        "description": target.description,
+        "random_weights": target.random_weights,
+        "params": target.parameters,
+        "flops_per_image": flops,
+    }
+
+
+def _mark_best_batch(group: list[dict[str, Any]]) -> None:
+    """Give every row of a (target, precision) group the batch size with the most images/s."""
+    timed = [row for row in group if row["skipped"] is None]
+    best = max(timed, key=lambda row: row["images_per_s"])["batch"] if timed else None
+    for row in group:
+        row["best_batch"] = best
 
 
 def _benchmark_one(
@@ -355,17 +379,7 @@ def _benchmark_one(
     runs: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        **described,
-        "precision": precision,
-        "batch": batch,
-        "runs": runs,
-        "median_ms": None,
-        "p90_ms": None,
-        "images_per_s": None,
-        "peak_memory_mb": None,
-        "skipped": skip,
-    }
+    row = _untimed_row(described, precision, batch, runs, skip)
     if skip is not None:
         return row
     run = target.make_call(batch, lr_size, device)
@@ -393,6 +407,23 @@ def _benchmark_one(
     return row
 
 
+def _untimed_row(
+    described: dict[str, Any], precision: str, batch: int, runs: int, skip: str | None
+) -> dict[str, Any]:
+    """A row with its settings and empty timings (what a skipped setting reports)."""
+    return {
+        **described,
+        "precision": precision,
+        "batch": batch,
+        "runs": runs,
+        "median_ms": None,
+        "p90_ms": None,
+        "images_per_s": None,
+        "peak_memory_mb": None,
+        "skipped": skip,
+    }
+
+
 # --------------------------------------------------------------------------------- output
 
 
@@ -403,6 +434,12 @@ def _number(value: float | None, digits: int) -> str:
 def efficiency_markdown(rows: Iterable[dict[str, Any]]) -> str:
     """The markdown table of `benchmark_models` rows, with device, input and weights notes."""
     rows = list(rows)
+    lines = [*_table_lines(rows), "", *_note_lines(rows), *_skipped_lines(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Header and one line per row; the best batch of each model and precision in bold."""
     lines = [
         "| model | params (M) | GFLOPs/image @ input | precision | batch | median ms | p90 ms "
         "| images/s |",
@@ -418,12 +455,16 @@ def efficiency_markdown(rows: Iterable[dict[str, Any]]) -> str:
             f"| {row['batch']} | {_number(row['median_ms'], 2)} | {_number(row['p90_ms'], 2)} "
             f"| {images_per_s} |"
         )
+    return lines
+
+
+def _note_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """What the numbers were measured on and whether the weights were random."""
     devices = sorted({f"{row['device']} ({row['device_type']})" for row in rows})
     sizes = sorted({row["input_size"] for row in rows})
     torch_versions = sorted({row["torch"] for row in rows})
     random = list(dict.fromkeys(row["model"] for row in rows if row["random_weights"]))
-    lines += [
-        "",
+    return [
         f"Device: {', '.join(devices)}; torch {', '.join(torch_versions)}; LR input "
         f"{', '.join(sizes)}; FLOPs count 2 per multiply-add (matmuls, convolutions, attention); "
         "bold: the batch size with the highest images/s.",
@@ -434,18 +475,21 @@ def efficiency_markdown(rows: Iterable[dict[str, Any]]) -> str:
             else "trained for all models."
         ),
     ]
+
+
+def _skipped_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A "Skipped:" list, one line per model, precision and reason (none if nothing was)."""
     skipped: dict[tuple[str, str, str], list[str]] = {}
     for row in rows:
         if row["skipped"] is not None:
             key = (row["model"], row["precision"], row["skipped"])
             skipped.setdefault(key, []).append(str(row["batch"]))
-    if skipped:
-        lines += ["", "Skipped:"]
-        lines += [
-            f"- {model} {precision}, batch {', '.join(batches)}: {reason}"
-            for (model, precision, reason), batches in skipped.items()
-        ]
-    return "\n".join(lines) + "\n"
+    if not skipped:
+        return []
+    return ["", "Skipped:"] + [
+        f"- {model} {precision}, batch {', '.join(batches)}: {reason}"
+        for (model, precision, reason), batches in skipped.items()
+    ]
 
 
 def write_efficiency(

@@ -102,34 +102,10 @@ def export_onnx(
     # A copy: the exporter flips train/eval modes and the mask cache would keep traced tensors.
     net = _PadToWindow(copy.deepcopy(model).float().cpu()).eval()
     example = torch.rand(1, 3, tile, tile, generator=torch.Generator().manual_seed(seed))
-    options: dict[str, Any] = {}
-    if dynamic:
-        options["dynamic_axes"] = {
-            "lr": {0: "batch", 2: "height", 3: "width"},
-            "sr": {0: "batch", 2: "out_height", 3: "out_width"},
-        }
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.replacing(path) as tmp:
-        with warnings.catch_warnings():
-            # The legacy exporter's deprecation notice and the tracer's warnings about the
-            # Python-level size checks (constant by construction after _PadToWindow).
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(
-                net,
-                (example,),
-                str(tmp),
-                input_names=["lr"],
-                output_names=["sr"],
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-                **options,
-            )
-        try:
-            onnx.checker.check_model(str(tmp))
-        except onnx.checker.ValidationError as error:
-            raise OnnxExportError(f"the exported graph is not valid ONNX: {error}") from error
+        _trace_to_onnx(net, example, tmp, opset=opset, dynamic=dynamic)
+        _check_valid_onnx(onnx, tmp)
         diff = _check(ort, tmp, net, tile, window, dynamic, seed)
         if not diff <= atol:
             raise OnnxExportError(
@@ -137,6 +113,42 @@ def export_onnx(
                 f"abs difference {diff:.3g} > {atol:g} (opset {opset}); not written"
             )
     return diff
+
+
+def _trace_to_onnx(
+    net: nn.Module, example: torch.Tensor, target: Path, *, opset: int, dynamic: bool
+) -> None:
+    """Trace ``net`` on ``example`` into an ONNX file (batch, height and width free if
+    ``dynamic``)."""
+    options: dict[str, Any] = {}
+    if dynamic:
+        options["dynamic_axes"] = {
+            "lr": {0: "batch", 2: "height", 3: "width"},
+            "sr": {0: "batch", 2: "out_height", 3: "out_width"},
+        }
+    with warnings.catch_warnings():
+        # The legacy exporter's deprecation notice and the tracer's warnings about the
+        # Python-level size checks (constant by construction after _PadToWindow).
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            net,
+            (example,),
+            str(target),
+            input_names=["lr"],
+            output_names=["sr"],
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+            **options,
+        )
+
+
+def _check_valid_onnx(onnx: Any, onnx_path: Path) -> None:
+    try:
+        onnx.checker.check_model(str(onnx_path))
+    except onnx.checker.ValidationError as error:
+        raise OnnxExportError(f"the exported graph is not valid ONNX: {error}") from error
 
 
 def _check(

@@ -167,6 +167,24 @@ def _parse_unet(params: dict[str, Any]) -> UNetConfig:
         mlp_ratio=float(_get(params, "mlp_ratio", where)),
         lq_size=int(_get(params, "lq_size", where)),
     )
+    _refuse_unsupported_unet_options(params)
+    if config.lq_size != config.image_size:
+        raise TeacherConfigError(
+            f"model.params.lq_size={config.lq_size} != image_size={config.image_size}: the LR "
+            "feature extractor of the x2 configs is not supported (x4 real-SR configs only)"
+        )
+    if len(config.num_res_blocks) != levels:
+        raise TeacherConfigError("model.params.num_res_blocks must have one entry per channel_mult")
+    if config.swin_embed_dim % config.num_head_channels:
+        raise TeacherConfigError(
+            "model.params.swin_embed_dim must be a multiple of num_head_channels"
+        )
+    return config
+
+
+def _refuse_unsupported_unet_options(params: dict[str, Any]) -> None:
+    """Refuse UNetModelSwin switches this port does not implement (absent ones take their
+    upstream defaults)."""
     unsupported = {
         "cond_lq": (bool(params.get("cond_lq", True)), True),
         "cond_mask": (bool(params.get("cond_mask", False)), False),
@@ -182,18 +200,6 @@ def _parse_unet(params: dict[str, Any]) -> UNetConfig:
                 f"model.params.{key}={value} is not supported: this port covers the real-world x4 "
                 f"SR UNetModelSwin ({key}={expected})"
             )
-    if config.lq_size != config.image_size:
-        raise TeacherConfigError(
-            f"model.params.lq_size={config.lq_size} != image_size={config.image_size}: the LR "
-            "feature extractor of the x2 configs is not supported (x4 real-SR configs only)"
-        )
-    if len(config.num_res_blocks) != levels:
-        raise TeacherConfigError("model.params.num_res_blocks must have one entry per channel_mult")
-    if config.swin_embed_dim % config.num_head_channels:
-        raise TeacherConfigError(
-            "model.params.swin_embed_dim must be a multiple of num_head_channels"
-        )
-    return config
 
 
 def _parse_autoencoder(params: dict[str, Any]) -> AutoencoderConfig:

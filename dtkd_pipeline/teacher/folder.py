@@ -24,7 +24,7 @@ from dtkd_pipeline.teacher.config import (
     resolve_config,
 )
 from dtkd_pipeline.teacher.factory import load_teacher
-from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, check_precision, resolve_chop
+from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, Teacher, check_precision, resolve_chop
 from dtkd_pipeline.weights import resolve_weights
 
 
@@ -53,6 +53,25 @@ def super_resolve_paths(
     resolve_chop(chop_size, chop_stride)
     target = resolve_device(device)
     check_precision(precision, target.type)
+    _check_version_options(version, steps, unet)
+    _check_images([path for path, _ in plan])  # before ~700 MB of weights download
+    unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
+    vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
+    teacher = load_teacher(
+        version, unet=unet_path, autoencoder=vq_path, device=target, precision=precision
+    )
+    written = [
+        _super_resolve_file(
+            teacher, path, output, seed=seed, chop_size=chop_size, chop_stride=chop_stride
+        )
+        for path, output in tqdm(plan, desc="teacher-sr", unit="img")
+    ]
+    print(f"{len(written)} image(s) -> {out}")
+    return written
+
+
+def _check_version_options(version: str, steps: int | None, unet: str | None) -> None:
+    """Refuse a step count the version was not trained for, or a config file without weights."""
     trained = resolve_config(version).diffusion.steps
     if steps is not None and steps != trained:
         raise TeacherConfigError(
@@ -63,8 +82,12 @@ def super_resolve_paths(
         raise TeacherConfigError(
             f"--version {version} is a config file: pass --unet with its weights"
         )
+
+
+def _check_images(paths: list[Path]) -> None:
+    """Name every image the teacher cannot take in one ImageReadError; note those it reduces."""
     reduced, unusable = [], []
-    for path, _ in plan:  # bad images are named before ~700 MB of weights download
+    for path in paths:
         try:
             image = read_image(path)  # (decoding twice costs nothing beside 15 diffusion steps)
         except ImageReadError as error:
@@ -88,27 +111,30 @@ def super_resolve_paths(
             f"note: {len(reduced)} image(s) have alpha or 16-bit samples, which the teacher does "
             f"not keep (outputs are 8-bit RGB): {', '.join(reduced[:5])}"
         )
-    unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
-    vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
-    teacher = load_teacher(
-        version, unet=unet_path, autoencoder=vq_path, device=target, precision=precision
-    )
-    written = []
-    for path, output in tqdm(plan, desc="teacher-sr", unit="img"):
-        image = read_image(path)
-        lr = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None]
-        calls = teacher.unet_calls(*lr.shape[-2:], chop_size=chop_size, chop_stride=chop_stride)
-        with tqdm(total=calls, desc=path.name, unit="step", leave=False) as steps:
-            sr = teacher.sample(
-                lr,
-                seed=seed,
-                rng="official",
-                chop_size=chop_size,
-                chop_stride=chop_stride,
-                on_step=steps.update,
-            )
-        rgb = sr[0].permute(1, 2, 0).cpu().numpy()
-        output.parent.mkdir(parents=True, exist_ok=True)  # only once there is a result to write
-        written.append(write_image(output, rgb))
-    print(f"{len(written)} image(s) -> {out}")
-    return written
+
+
+def _super_resolve_file(
+    teacher: Teacher,
+    path: Path,
+    output: Path,
+    *,
+    seed: int,
+    chop_size: int,
+    chop_stride: int | None,
+) -> Path:
+    """Run the teacher on one image (a progress bar over its UNet calls) and write its output."""
+    image = read_image(path)
+    lr = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None]
+    calls = teacher.unet_calls(*lr.shape[-2:], chop_size=chop_size, chop_stride=chop_stride)
+    with tqdm(total=calls, desc=path.name, unit="step", leave=False) as steps:
+        sr = teacher.sample(
+            lr,
+            seed=seed,
+            rng="official",
+            chop_size=chop_size,
+            chop_stride=chop_stride,
+            on_step=steps.update,
+        )
+    rgb = sr[0].permute(1, 2, 0).cpu().numpy()
+    output.parent.mkdir(parents=True, exist_ok=True)  # only once there is a result to write
+    return write_image(output, rgb)
