@@ -143,12 +143,18 @@ def require_parent_folders(path: Path, key: str) -> None:
     naming a temporary instead of ``key``."""
     for parent in path.parents:
         if parent.exists() or parent.is_symlink():
-            require_folder(parent, key)
+            _refuse_a_file(parent, key)
             return
 
 
 def require_folder(folder: Path, key: str) -> None:
-    """Refuse an output location that exists as a file (or a link to one, or a dangling link)."""
+    """Refuse an output folder that exists as a file (or a link to one, or a dangling link), or
+    lies under a file: either way creating it would fail only after the work."""
+    _refuse_a_file(folder, key)
+    require_parent_folders(folder, key)
+
+
+def _refuse_a_file(folder: Path, key: str) -> None:
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         raise OutputFolderError(f"{key}: {folder} is a file, not a folder; choose another {key}")
 

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dtkd_pipeline.atomic import OUTPUT_MARKER, OutputFolderError, replacing, staged_folder
+from dtkd_pipeline.atomic import (
+    OUTPUT_MARKER,
+    OutputFolderError,
+    replacing,
+    require_folder,
+    staged_folder,
+)
 from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
 
 
@@ -30,6 +36,15 @@ def test_a_folder_no_stage_wrote_is_refused_before_any_work(tmp_path: Path) -> N
     refused = pytest.raises(OutputFolderError, match=r"evaluate\.out_dir: .*a-file is a file")
     with refused, staged_folder(a_file, "evaluate.out_dir"):
         pytest.fail("the stage must not start")
+
+
+def test_an_output_folder_under_a_file_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """`--out-dir notes.txt/run` could only fail when the outputs are written, after the work."""
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match=r"--out-dir: .*notes\.txt is a file"):
+        require_folder(tmp_path / "notes.txt" / "run" / "bands", "--out-dir")
+    require_folder(tmp_path / "new" / "run", "--out-dir")  # absent folders are fine
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()
 
 
 def test_a_stage_output_is_replaced_whole_and_marked(tmp_path: Path) -> None:
