@@ -47,6 +47,7 @@ from dtkd_pipeline.tiff16 import (
     is_decodable_16bit_tiff,
     read_tiff_tags,
     refuse_undecodable_16bit_gray_alpha,
+    stored_size,
 )
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def _decodable_16bit_tiff_tags(path: Path) -> Mapping[int, Any] | None:
 
 
 def _tiff16_header(tags: Mapping[int, Any], path: Path) -> ImageHeader:
-    width, height = int(tags[_TIFF_WIDTH]), int(tags[_TIFF_HEIGHT])
+    width, height = stored_size(tags)
     if int(tags.get(_TIFF_ORIENTATION, 1)) in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
     return ImageHeader(path, width, height, 16, has_alpha_sample(tags))
