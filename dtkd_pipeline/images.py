@@ -167,7 +167,28 @@ def _decodable_16bit_tiff_tags(path: Path) -> Mapping[int, Any] | None:
     if tags is None:
         return None
     refuse_undecodable_16bit_gray_alpha(tags)
-    return tags if is_decodable_16bit_tiff(tags) else None
+    if not is_decodable_16bit_tiff(tags):
+        return None
+    _check_pixel_limit(path, *stored_size(tags))  # Image.open checks the files Pillow decodes
+    return tags
+
+
+def _check_pixel_limit(path: Path, width: int, height: int) -> None:
+    """Apply Pillow's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS`` (None: no limit),
+    to an image decoded without Pillow: refused past twice the limit, a warning past it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = width * height
+    if limit is None or pixels <= limit:
+        return
+    refused = pixels > 2 * limit
+    message = (
+        f"{pixels} pixels, more than {'twice ' if refused else ''}PIL.Image.MAX_IMAGE_PIXELS "
+        f"({limit}): this could be a decompression bomb; raise PIL.Image.MAX_IMAGE_PIXELS to "
+        "read a file you trust"
+    )
+    if refused:
+        raise Image.DecompressionBombError(message)  # _reading names the file
+    warnings.warn(f"{path}: {message}", Image.DecompressionBombWarning, stacklevel=4)
 
 
 def _tiff16_header(tags: Mapping[int, Any], path: Path) -> ImageHeader:

@@ -223,3 +223,24 @@ def test_a_16bit_tiff_with_zero_rows_per_strip_is_refused_as_corrupt(tmp_path: P
     expected = f"{re.escape(str(path))}: corrupt TIFF \\(RowsPerStrip is 0\\)"
     with pytest.raises(ImageReadError, match=expected):
         read_image(path)
+
+
+def test_a_16bit_tiff_over_pillows_pixel_limit_is_refused_as_pillow_refuses_other_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) holds for the 16-bit TIFFs
+    decoded here without Pillow too: refused past twice the limit, a warning past it."""
+    path = _write(tmp_path / "big16.tif", _samples(8, 8, 3))
+    eight_bit = tmp_path / "big8.tif"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(eight_bit)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # 64 pixels > 2 x 20
+    for reader in (read_image, probe_image):
+        for image in (eight_bit, path):
+            expected = f"^{re.escape(str(image))}: .*64 pixels.*decompression bomb"
+            with pytest.raises(ImageReadError, match=expected):
+                reader(image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # over the limit, under twice it
+    for reader in (read_image, probe_image):
+        warning = f"^{re.escape(str(path))}: 64 pixels.*decompression bomb"
+        with pytest.warns(Image.DecompressionBombWarning, match=warning):
+            assert reader(path).bit_depth == 16
