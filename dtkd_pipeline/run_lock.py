@@ -1,4 +1,5 @@
-"""Run locks: a second run on something a run is writing is refused at once, not queued.
+"""Run locks: a second run on something a run is writing is refused at once, not queued (the
+stores' and output folders' locks); a `PidLock` with ``wait`` queues instead (weight downloads).
 
 `flock` locks belong to the open file description, so the kernel drops them when the holder exits
 or crashes; no stale lock survives a dead process. The lock file records the holder's PID so the
