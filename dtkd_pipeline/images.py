@@ -47,6 +47,7 @@ from dtkd_pipeline.tiff16 import (
     is_decodable_16bit_tiff,
     read_tiff_tags,
     refuse_undecodable_16bit_gray_alpha,
+    stored_size,
 )
 
 if TYPE_CHECKING:
@@ -166,11 +167,32 @@ def _decodable_16bit_tiff_tags(path: Path) -> Mapping[int, Any] | None:
     if tags is None:
         return None
     refuse_undecodable_16bit_gray_alpha(tags)
-    return tags if is_decodable_16bit_tiff(tags) else None
+    if not is_decodable_16bit_tiff(tags):
+        return None
+    _check_pixel_limit(path, *stored_size(tags))  # Image.open checks the files Pillow decodes
+    return tags
+
+
+def _check_pixel_limit(path: Path, width: int, height: int) -> None:
+    """Apply Pillow's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS`` (None: no limit),
+    to an image decoded without Pillow: refused past twice the limit, a warning past it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = width * height
+    if limit is None or pixels <= limit:
+        return
+    refused = pixels > 2 * limit
+    message = (
+        f"{pixels} pixels, more than {'twice ' if refused else ''}PIL.Image.MAX_IMAGE_PIXELS "
+        f"({limit}): this could be a decompression bomb; raise PIL.Image.MAX_IMAGE_PIXELS to "
+        "read a file you trust"
+    )
+    if refused:
+        raise Image.DecompressionBombError(message)  # _reading names the file
+    warnings.warn(f"{path}: {message}", Image.DecompressionBombWarning, stacklevel=4)
 
 
 def _tiff16_header(tags: Mapping[int, Any], path: Path) -> ImageHeader:
-    width, height = int(tags[_TIFF_WIDTH]), int(tags[_TIFF_HEIGHT])
+    width, height = stored_size(tags)
     if int(tags.get(_TIFF_ORIENTATION, 1)) in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
     return ImageHeader(path, width, height, 16, has_alpha_sample(tags))

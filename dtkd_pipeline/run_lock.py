@@ -1,4 +1,5 @@
-"""Run locks: a second run on something a run is writing is refused at once, not queued.
+"""Run locks: a second run on something a run is writing is refused at once, not queued (the
+stores' and output folders' locks); a `PidLock` with ``wait`` queues instead (weight downloads).
 
 `flock` locks belong to the open file description, so the kernel drops them when the holder exits
 or crashes; no stale lock survives a dead process. The lock file records the holder's PID so the
@@ -60,18 +61,24 @@ class PidLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                if self._lock_file_at_path(fd):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                    self._fd = fd
+                    return self
+            except BaseException:  # refused, Ctrl-C while waiting, no flock on this file system
                 os.close(fd)
-                raise LockHeldError(self.path, holder) from None
-            if _is_file_at(fd, self.path):
-                break
+                raise
             os.close(fd)  # its holder removed it after we opened it: lock the one there now
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
+
+    def _lock_file_at_path(self, fd: int) -> bool:
+        """Lock the open ``fd``; whether it is still the file at ``path``."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockHeldError(self.path, holder) from None
+        return _is_file_at(fd, self.path)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "is_decodable_16bit_tiff",
     "read_tiff_tags",
     "refuse_undecodable_16bit_gray_alpha",
+    "stored_size",
 ]
 
 _WIDTH, _HEIGHT, _BITS, _COMPRESSION, _PHOTOMETRIC = 256, 257, 258, 259, 262
@@ -113,13 +114,22 @@ def has_alpha_sample(tags: Mapping[int, Any]) -> bool:
     return has_extra and bool(extra) and extra[0] in (_ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA)
 
 
+def stored_size(tags: Mapping[int, Any]) -> tuple[int, int]:
+    """(width, height) as stored, before orientation; a TIFF without them is corrupt."""
+    if _WIDTH not in tags or _HEIGHT not in tags:
+        raise TiffDecodeError("corrupt TIFF (no ImageWidth or ImageLength tag)")
+    return int(tags[_WIDTH]), int(tags[_HEIGHT])
+
+
 def decode_tiff16(data: bytes, tags: Mapping[int, Any]) -> DecodedTiff16:
     """Decode the first image of a TIFF file (``data``, its bytes) from its parsed ``tags``
     (:func:`read_tiff_tags`), which :func:`is_decodable_16bit_tiff` accepted."""
-    width, height = int(tags[_WIDTH]), int(tags[_HEIGHT])
+    width, height = stored_size(tags)
     channels = int(tags[_SAMPLES_PER_PIXEL])
     planes = channels if tags.get(_PLANAR_CONFIG, 1) == _SEPARATE_PLANES else 1
     rows_per_strip = min(int(tags.get(_ROWS_PER_STRIP, height)), height)
+    if rows_per_strip < 1:
+        raise TiffDecodeError(f"corrupt TIFF (RowsPerStrip is {rows_per_strip})")
     strips_per_plane = math.ceil(height / rows_per_strip)
     offsets, counts = _values(tags[_STRIP_OFFSETS]), _values(tags[_STRIP_BYTE_COUNTS])
     if len(offsets) != planes * strips_per_plane or len(counts) != len(offsets):

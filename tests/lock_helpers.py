@@ -1,5 +1,5 @@
 """Test building blocks: an output folder's run lock, or a tile store's lock, held by another
-process."""
+process, and a snapshot of the files a refused run must leave untouched."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def file_snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` with its modification time and content."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from dtkd_pipeline.cache import (
     PREPARED_FINGERPRINT,
     CacheError,
     StoreLayout,
+    StoreLayoutError,
     TileStore,
     prepared_arrays,
     teacher_arrays,
@@ -316,6 +318,24 @@ def test_folder_image_too_small_for_the_depth_is_refused_before_the_student_load
         analyze_folder(folder, no_student, levels=3, wavelet="db2", **FAST)
     stats = analyze_folder(folder, Nearest4(), levels=2, wavelet="db2", **FAST)
     assert stats.n_images == 1 and stats.groups["LF"] == 0.0  # the deepest allowed level runs
+
+
+def test_cached_tiles_too_small_for_the_depth_are_refused_before_the_student_loads(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
+    """The params check data.lr_tile, but the stores are what is analysed: db10 (20 taps) on the
+    64-px HR tiles allows pywt.dwt_max_level(64, "db10") = 1 level."""
+    no_student = tmp_path / "student.pt"  # loading it would fail with another error
+    message = (
+        rf"{re.escape(str(data['cache']))}: its 64x64-px teacher tiles are too small for a "
+        r"2-level db10 DWT \(levels 2\): they allow at most 1 level"
+    )
+    with pytest.raises(StoreLayoutError, match=message):  # a CacheError: the CLI exits 1
+        analyze_cache(data["prepared"], data["cache"], no_student, levels=2, wavelet="db10", **FAST)
+    stats = analyze_cache(
+        data["prepared"], data["cache"], Nearest4(), levels=1, wavelet="db10", **FAST
+    )
+    assert stats.n_images == N_TILES  # the deepest allowed level runs
 
 
 def test_wrong_scale_is_reported(data: dict[str, Any]) -> None:

@@ -51,7 +51,7 @@ from dtkd_pipeline.teacher import (
 )
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
-from tests.lock_helpers import store_locked_by_child
+from tests.lock_helpers import file_snapshot, store_locked_by_child
 from tests.pipeline_helpers import REPO_ROOT, forbid_teacher, make_hr_images, tiny_params
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
@@ -478,15 +478,6 @@ def test_output_locations_that_cannot_be_written_are_refused_before_the_teacher_
         cache_teacher.run(params)
 
 
-def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under ``folder`` with its modification time and content."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def test_a_run_on_a_store_another_run_holds_is_refused_before_the_teacher_is_built(
     cached_root: Path, prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -495,7 +486,7 @@ def test_a_run_on_a_store_another_run_holds_is_refused_before_the_teacher_is_bui
         opened.invalidate_shard(0)  # work left for the refused run
     forbid_teacher(monkeypatch, cache_teacher, before="the store lock was checked")
     with store_locked_by_child(store) as holder_pid:
-        before = _files(store)
+        before = file_snapshot(store)
         for params, options in [
             (params_for(prepared_root, tmp_path), {}),
             (params_for(prepared_root, tmp_path, ["teacher.seed=7"]), {"rebuild_on_change": True}),
@@ -506,7 +497,7 @@ def test_a_run_on_a_store_another_run_holds_is_refused_before_the_teacher_is_bui
             assert f"store {store} is in use: PID {holder_pid} holds {store / '.lock'}" in str(
                 caught.value
             )
-        assert _files(store) == before
+        assert file_snapshot(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "teacher.zarr"]
 
 

@@ -19,7 +19,7 @@ from dtkd_pipeline.images import ImageReadError, read_image, to_uint8, write_ima
 from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from stages import prepare_data
-from tests.lock_helpers import output_locked_by_child
+from tests.lock_helpers import file_snapshot, output_locked_by_child
 from tests.pipeline_helpers import REPO_ROOT, make_hr_images, tiny_params
 
 
@@ -288,15 +288,6 @@ def test_a_prepared_dir_under_a_file_is_refused_naming_the_key(tmp_path: Path) -
         prepare_data.run(params)
 
 
-def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under ``folder`` with its modification time and content."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def test_a_run_while_another_holds_the_prepared_dir_is_refused_and_touches_nothing(
     tmp_path: Path,
 ) -> None:
@@ -304,7 +295,7 @@ def test_a_run_while_another_holds_the_prepared_dir_is_refused_and_touches_nothi
     make_hr_images(hr_dir, [(256, 256), (256, 256)])
     params = tiny_params(tmp_path, hr_dir)
     prepared = prepare_data.run(params)
-    before = _tree(prepared)
+    before = file_snapshot(prepared)
     with output_locked_by_child(prepared, "data.prepared_dir") as holder_pid:
         result = CliRunner().invoke(
             app,
@@ -315,7 +306,7 @@ def test_a_run_while_another_holds_the_prepared_dir_is_refused_and_touches_nothi
         assert f"data.prepared_dir: {prepared} is being written by another run" in result.output
         assert f"(PID {holder_pid} holds {tmp_path / '.prepared.dtkd-lock'})" in result.output
         assert "wait for that run to finish or stop it" in result.output
-        assert _tree(prepared) == before
+        assert file_snapshot(prepared) == before
         assert sorted(p.name for p in tmp_path.iterdir()) == [
             ".prepared.dtkd-lock", "hr", "params.yaml", "prepared"
         ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -62,6 +63,34 @@ def test_a_lock_on_a_file_its_holder_removed_meanwhile_is_not_kept(
     monkeypatch.undo()
     newcomer.release()
     assert calls
+
+
+def test_a_lock_attempt_that_fails_otherwise_closes_the_file_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while waiting for the holder, or a file system without flock (ENOLCK), must not
+    leave the lock file open."""
+    path = tmp_path / "x.lock"
+
+    def open_descriptors() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    def interrupted(fd: int, operation: int) -> None:
+        raise KeyboardInterrupt
+
+    def unsupported(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    before = open_descriptors()
+    monkeypatch.setattr(fcntl, "flock", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        PidLock(path, wait=True).acquire()
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with pytest.raises(OSError, match="No locks available"):
+        PidLock(path).acquire()
+    monkeypatch.undo()
+    assert open_descriptors() == before
+    PidLock(path).acquire().release()
 
 
 def test_a_held_output_folder_is_refused_naming_key_folder_and_holder(tmp_path: Path) -> None:

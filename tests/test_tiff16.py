@@ -7,6 +7,7 @@ The files are written by tifffile, an independent TIFF writer (a dev dependency)
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,61 @@ def test_truncated_16bit_tiff_strip_data_is_named(tmp_path: Path) -> None:
     assert probe_image(path).bit_depth == 16  # the header is intact
     with pytest.raises(ImageReadError, match=f"{re.escape(str(path))}: truncated TIFF"):
         read_image(path)
+
+
+def _overwrite_tag(path: Path, code: int, *, new_code: int | None = None, value: int = -1) -> None:
+    """Damage one tag of a little-endian TIFF's first image in place: give it ``new_code`` (a
+    private code: the tag is gone) or store ``value`` as its single LONG value."""
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags[code]
+        entry, value_at = tag.offset, tag.valueoffset
+    data = bytearray(path.read_bytes())
+    if new_code is not None:
+        data[entry : entry + 2] = struct.pack("<H", new_code)
+    if value >= 0:
+        data[value_at : value_at + 4] = struct.pack("<I", value)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("channels", "photometric"), [(3, "rgb"), (2, "minisblack")], ids=["rgb", "gray-alpha"]
+)
+@pytest.mark.parametrize("size_tag", [256, 257], ids=["width", "height"])
+def test_a_16bit_tiff_without_its_size_tags_is_refused_naming_the_file(
+    tmp_path: Path, channels: int, photometric: str, size_tag: int
+) -> None:
+    extra = {"extrasamples": ["unassalpha"]} if channels == 2 else {}
+    path = _write(tmp_path / "sizeless.tif", _samples(8, 8, channels), photometric, **extra)
+    _overwrite_tag(path, size_tag, new_code=65000)
+    for reader in (read_image, probe_image):
+        with pytest.raises(ImageReadError, match=f"^{re.escape(str(path))}: "):
+            reader(path)
+
+
+def test_a_16bit_tiff_with_zero_rows_per_strip_is_refused_as_corrupt(tmp_path: Path) -> None:
+    path = _write(tmp_path / "zero_rows.tif", _samples(8, 8, 3))
+    _overwrite_tag(path, 278, value=0)  # RowsPerStrip
+    expected = f"{re.escape(str(path))}: corrupt TIFF \\(RowsPerStrip is 0\\)"
+    with pytest.raises(ImageReadError, match=expected):
+        read_image(path)
+
+
+def test_a_16bit_tiff_over_pillows_pixel_limit_is_refused_as_pillow_refuses_other_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) holds for the 16-bit TIFFs
+    decoded here without Pillow too: refused past twice the limit, a warning past it."""
+    path = _write(tmp_path / "big16.tif", _samples(8, 8, 3))
+    eight_bit = tmp_path / "big8.tif"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(eight_bit)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # 64 pixels > 2 x 20
+    for reader in (read_image, probe_image):
+        for image in (eight_bit, path):
+            expected = f"^{re.escape(str(image))}: .*64 pixels.*decompression bomb"
+            with pytest.raises(ImageReadError, match=expected):
+                reader(image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # over the limit, under twice it
+    for reader in (read_image, probe_image):
+        warning = f"^{re.escape(str(path))}: 64 pixels.*decompression bomb"
+        with pytest.warns(Image.DecompressionBombWarning, match=warning):
+            assert reader(path).bit_depth == 16

@@ -712,8 +712,9 @@ def _move_into_place(skeleton: Path, path: Path) -> None:
 
 
 def _put_back(trash: Path, path: Path) -> None:
-    """Return the store being overwritten to ``path`` after a failed creation; where another
-    run's store stands there now, delete it (overwriting it was asked for)."""
+    """Return the store being overwritten (moved to ``trash``) to ``path`` after a failed
+    creation. Where a store stands at ``path`` now (another run's, or this run's new one), that
+    one stays and the old one is deleted: overwriting it was asked for."""
     try:
         os.rename(trash, path)
     except OSError:

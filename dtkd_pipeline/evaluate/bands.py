@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
-from dtkd_pipeline.cache import HR, LR, TEACHER, StoreLayout, TileStore
+from dtkd_pipeline.cache import HR, LR, TEACHER, StoreLayout, StoreLayoutError, TileStore
 from dtkd_pipeline.cache.prepared_store import open_prepared, require_prepared_exists
 from dtkd_pipeline.cache.teacher_open import require_teacher_exists
 from dtkd_pipeline.images import list_images, probe_image, read_image, to_uint8
@@ -532,6 +532,7 @@ def analyze_cache(
     _check_args(levels, wavelet, batch_size)
     prepared_path, teacher_path = Path(prepared_store), Path(teacher_store)
     layout, hr_shape = _checked_store_layout(prepared_path, teacher_path)
+    _require_tile_depth(teacher_path, hr_shape, levels, wavelet)  # before the student loads
     _require_positive(max_tiles=max_tiles)
     n_tiles = min(layout.n_tiles, max_tiles or layout.n_tiles)
 
@@ -646,17 +647,40 @@ def require_dwt_depth(
     silently), so the analysis would measure padding. `key` names the depth setting in the
     message; `error` is the exception type the caller promises.
     """
-    import pywt
-
     for _, teacher_path in pairs:
         header = probe_image(teacher_path)
-        deepest = pywt.dwt_max_level(min(header.width, header.height), wavelet)
+        deepest = _deepest_level(header.width, header.height, wavelet)
         if levels > deepest:
             raise error(
                 f"{teacher_path} is {header.width}x{header.height} px, too small for a "
                 f"{levels}-level {wavelet} DWT ({key} {levels}): it allows at most {deepest} "
                 f"levels. Lower {key} or leave this image out of the folder"
             )
+
+
+def _require_tile_depth(
+    teacher_path: Path, tile_shape: tuple[int, ...], levels: int, wavelet: str
+) -> None:
+    """As `require_dwt_depth`, for the cached tiles: params check data.lr_tile when they load,
+    but the stores analysed may have been built with another tile size. A `StoreLayoutError`
+    (the store does not fit the request), which the CLI reports in one line."""
+    height, width = tile_shape[-2:]
+    deepest = _deepest_level(width, height, wavelet)
+    if levels > deepest:
+        allowed = f"{deepest} level{'s' if deepest != 1 else ''}"
+        raise StoreLayoutError(
+            f"{teacher_path}: its {width}x{height}-px teacher tiles are too small for a "
+            f"{levels}-level {wavelet} DWT (levels {levels}): they allow at most {allowed}. "
+            "Lower levels (evaluate.bands.levels), or rebuild both stores with a larger "
+            "data.lr_tile"
+        )
+
+
+def _deepest_level(width: int, height: int, wavelet: str) -> int:
+    """PyWavelets' maximum DWT level for an image of this size (see `require_dwt_depth`)."""
+    import pywt
+
+    return pywt.dwt_max_level(min(width, height), wavelet)
 
 
 def analyze_folder(
