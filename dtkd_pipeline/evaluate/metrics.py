@@ -324,8 +324,13 @@ class MetricSuite:
         self.skipped: dict[str, str] = {}
         self.metrics: dict[str, nn.Module] = {}
 
+        self._record_unusable(skip_unavailable)
+        self._build_metrics(skip_unavailable)
+
+    def _record_unusable(self, skip_unavailable: bool) -> None:
+        """Find the metrics whose library or weight files are missing: raise, or record them in
+        `skipped`. Both kinds are reported together, so one round of fixes is enough."""
         problems = self._import_problems()
-        # Both kinds are reported together, so one round of fixes is enough.
         missing = missing_metric_weights(spec.name for spec in self.specs)
         if (problems or missing) and not skip_unavailable:
             if missing:
@@ -340,6 +345,7 @@ class MetricSuite:
             earlier = self.skipped.get(item.metric)
             self.skipped[item.metric] = f"{earlier}; {reason}" if earlier else reason
 
+    def _build_metrics(self, skip_unavailable: bool) -> None:
         for spec in self.specs:
             if spec.name in self.skipped:
                 continue

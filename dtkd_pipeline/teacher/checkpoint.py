@@ -9,6 +9,7 @@ parameter must be present with the right shape; anything else raises `TeacherChe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -120,41 +121,57 @@ def load_network_weights(
     state = {strip_wrapper_prefixes(key): value for key, value in raw.items()}
     state = {key: value for key, value in state.items() if not _is_recomputed(key)}
     expected = {key: value for key, value in model.state_dict().items() if not _is_recomputed(key)}
+    misfit = _Misfit.between(state, expected)
+    if misfit:
+        raise TeacherCheckpointError(
+            f"{path} does not fit the {kind} of ResShift config {config_label!r}: "
+            + misfit.listing()
+            + "."
+            + misfit.hint(_guess_kind(set(state)), kind, config_label)
+        )
+    model.load_state_dict(state, strict=False)
 
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{key} (checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)})"
-        for key in set(expected) & set(state)
-        if state[key].shape != expected[key].shape
-    )
-    if missing or unexpected or mismatched:
-        problems = [
-            _listing(label, items)
-            for label, items in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if items
+
+@dataclass(frozen=True)
+class _Misfit:
+    """How a checkpoint's keys and shapes differ from the model's, sorted for stable messages."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+
+    @classmethod
+    def between(cls, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> _Misfit:
+        mismatched = [
+            f"{key} (checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)})"
+            for key in set(expected) & set(state)
+            if state[key].shape != expected[key].shape
         ]
-        hint = ""
-        guessed = _guess_kind(set(state))
+        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+        return cls(sorted(missing), sorted(unexpected), sorted(mismatched))
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def listing(self) -> str:
+        labelled = (
+            ("missing keys", self.missing),
+            ("unexpected keys", self.unexpected),
+            ("shape mismatches", self.mismatched),
+        )
+        return "; ".join(_listing(label, items) for label, items in labelled if items)
+
+    def hint(self, guessed: NetworkKind | None, kind: NetworkKind, config_label: str) -> str:
+        """The likely cause: the UNet and autoencoder paths swapped, or another config's widths."""
         if guessed is not None and guessed != kind:
-            hint = (
+            return (
                 f" This looks like {_DESCRIPTIONS[guessed]} passed as the "
                 f"{'UNet' if kind == 'unet' else 'autoencoder'}: check the order of the paths."
             )
-        elif mismatched and not missing and not unexpected:
-            hint = (
+        if self.mismatched and not self.missing and not self.unexpected:
+            return (
                 f" The keys match but the widths do not: the checkpoint was made for a different "
                 f"config than {config_label!r} (e.g. a tiny test config vs the full-width "
                 "v1/v2/v3)."
             )
-        raise TeacherCheckpointError(
-            f"{path} does not fit the {kind} of ResShift config {config_label!r}: "
-            + "; ".join(problems)
-            + "."
-            + hint
-        )
-    model.load_state_dict(state, strict=False)
+        return ""
