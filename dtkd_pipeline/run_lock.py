@@ -111,9 +111,11 @@ def _is_file_at(fd: int, path: Path) -> bool:
 
 def output_lock_path(folder: Path) -> Path:
     """``<parent>/.<name>.dtkd-lock``: beside the folder, so it stays while the folder is
-    replaced whole (a lock file inside would be swapped out with it)."""
+    replaced whole (a lock file inside would be swapped out with it). The parent is resolved, so
+    runs that name it through a symlink and by its real path meet at one lock."""
     absolute = Path(os.path.abspath(folder))  # normalised: `.` has no name, `x/..` is `..`
-    return absolute.with_name(f".{absolute.name}{OUTPUT_LOCK_SUFFIX}")
+    parent = Path(os.path.realpath(absolute.parent))
+    return parent / f".{absolute.name}{OUTPUT_LOCK_SUFFIX}"
 
 
 @contextlib.contextmanager

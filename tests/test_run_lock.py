@@ -110,6 +110,23 @@ def test_a_held_output_folder_is_refused_naming_key_folder_and_holder(tmp_path: 
     assert list(tmp_path.iterdir()) == []  # the holder removed its lock file
 
 
+def test_runs_naming_a_folder_through_a_symlinked_parent_meet_at_one_lock(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "disk"
+    real.mkdir()
+    (tmp_path / "data").symlink_to(real)
+    through_link = tmp_path / "data" / "prepared"
+    assert output_lock_path(through_link) == real / ".prepared.dtkd-lock"
+    with (
+        exclusive_output(real / "prepared", "data.prepared_dir"),
+        pytest.raises(OutputInUseError),
+        exclusive_output(through_link, "data.prepared_dir"),
+    ):
+        pytest.fail("two runs wrote one folder under two names")
+    assert list(real.iterdir()) == []
+
+
 def test_an_output_lock_lives_beside_the_folder_and_survives_its_replacement(
     tmp_path: Path,
 ) -> None:
