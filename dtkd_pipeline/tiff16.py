@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL.TiffImagePlugin import ImageFileDirectory_v2
@@ -65,15 +65,32 @@ class DecodedTiff16:
 def read_tiff_tags(path: Path) -> Mapping[int, Any] | None:
     """The tags of the first image in a TIFF file (as Pillow's ``tag_v2`` holds them, orientation
     included), or None when ``path`` is not a classic TIFF. Read here rather than through
-    ``Image.open``, which refuses a 16-bit gray+alpha TIFF before its tags can be seen."""
+    ``Image.open``, which refuses a 16-bit gray+alpha TIFF before its tags can be seen.
+
+    A first tag directory cut short or placed past the end is refused as corrupt: Pillow only
+    warns and keeps what it read, which ends in a misleading "cannot identify" later."""
     with path.open("rb") as file:
         header = file.read(8)
         if header[:4] not in _TIFF_MAGIC:
             return None
-        tags = ImageFileDirectory_v2(ifh=header)
+        tags = ImageFileDirectory_v2(ifh=header) if len(header) == 8 else None
+        if tags is None or not _directory_fits(file, tags.next, header[:2] == b"II"):
+            raise TiffDecodeError("corrupt or truncated TIFF (its tag directory is cut short)")
         file.seek(tags.next)
         tags.load(file)
     return tags
+
+
+def _directory_fits(file: BinaryIO, offset: int, little_endian: bool) -> bool:
+    """Whether the tag directory at ``offset`` (entry count, then 12-byte entries) lies within the
+    file. The next-directory offset after it may be missing: Pillow reads such files."""
+    size = file.seek(0, 2)
+    file.seek(offset)
+    count_bytes = file.read(2)
+    if len(count_bytes) < 2:
+        return False
+    entries = int.from_bytes(count_bytes, "little" if little_endian else "big")
+    return offset + 2 + 12 * entries <= size
 
 
 def is_decodable_16bit_tiff(tags: Mapping[int, Any]) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,22 @@ def test_truncated_16bit_tiff_strip_data_is_named(tmp_path: Path) -> None:
     assert probe_image(path).bit_depth == 16  # the header is intact
     with pytest.raises(ImageReadError, match=f"{re.escape(str(path))}: truncated TIFF"):
         read_image(path)
+
+
+@pytest.mark.parametrize("kept", [6, 30])  # the header cut; the tag directory cut
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_tiff_cut_inside_its_tag_directory_is_refused_as_truncated_without_pillow_warnings(
+    tmp_path: Path, kept: int, bits: int
+) -> None:
+    samples = _samples(16, 16, 3) >> (16 - bits)
+    path = _write(tmp_path / "cut.tif", samples.astype(np.uint8 if bits == 8 else np.uint16))
+    path.write_bytes(path.read_bytes()[:kept])
+    expected = f"{re.escape(str(path))}: corrupt or truncated TIFF \\(its tag directory is cut"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's "Corrupt EXIF data" would be one
+        for read in (probe_image, read_image):
+            with pytest.raises(ImageReadError, match=expected):
+                read(path)
 
 
 def _overwrite_tag(path: Path, code: int, *, new_code: int | None = None, value: int = -1) -> None:
