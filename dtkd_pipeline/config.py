@@ -498,16 +498,14 @@ class Params(_Section):
         # pixel_l1 and fft ignore levels; the DTCWT's at most 4 halvings fit any patch (>= 32 px).
         if kd.kind not in ("dwt", "dwt_uniform"):
             return self
-        import pywt
-
-        hr_patch = self.distill.patch_size * self.data.scale
-        deepest = pywt.dwt_max_level(hr_patch, kd.wavelet)
-        if kd.levels > deepest:
-            raise ValueError(
-                f"distill.kd.levels ({kd.levels}) is deeper than the {hr_patch}-px HR patch "
-                f"(distill.patch_size x data.scale) allows for wavelet {kd.wavelet}: at most "
-                f"{deepest}. Lower distill.kd.levels or raise distill.patch_size"
-            )
+        _require_dwt_depth(
+            "distill.kd.levels",
+            kd.levels,
+            kd.wavelet,
+            self.distill.patch_size * self.data.scale,
+            "HR patch (distill.patch_size x data.scale)",
+            "raise distill.patch_size",
+        )
         return self
 
     @model_validator(mode="after")
@@ -517,16 +515,14 @@ class Params(_Section):
         bands = self.evaluate.bands
         if not bands.enabled or bands.source != "cache":  # a folder's image sizes are not known yet
             return self
-        import pywt
-
-        hr_tile = self.data.lr_tile * self.data.scale
-        deepest = pywt.dwt_max_level(hr_tile, bands.wavelet)
-        if bands.levels > deepest:
-            raise ValueError(
-                f"evaluate.bands.levels ({bands.levels}) is deeper than the {hr_tile}-px HR tile "
-                f"(data.lr_tile x data.scale) allows for wavelet {bands.wavelet}: at most "
-                f"{deepest}. Lower evaluate.bands.levels or choose a shorter wavelet"
-            )
+        _require_dwt_depth(
+            "evaluate.bands.levels",
+            bands.levels,
+            bands.wavelet,
+            self.data.lr_tile * self.data.scale,
+            "HR tile (data.lr_tile x data.scale)",
+            "choose a shorter wavelet",
+        )
         return self
 
 
@@ -619,3 +615,17 @@ def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
 def section_dict(section: BaseModel) -> dict[str, Any]:
     """A JSON-friendly dict of a params section, for provenance records."""
     return section.model_dump(mode="json")
+
+
+def _require_dwt_depth(
+    key: str, levels: int, wavelet: str, size: int, what: str, remedy: str
+) -> None:
+    """Refuse a DWT of ``levels`` deeper than pywt's maximum for a ``size``-px square ``what``."""
+    import pywt
+
+    deepest = pywt.dwt_max_level(size, wavelet)
+    if levels > deepest:
+        raise ValueError(
+            f"{key} ({levels}) is deeper than the {size}-px {what} allows for wavelet {wavelet}: "
+            f"at most {deepest}. Lower {key} or {remedy}"
+        )
