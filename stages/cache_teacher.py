@@ -55,6 +55,7 @@ from dtkd_pipeline.cache.teacher_store import (
 )
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
+from dtkd_pipeline.run_lock import exclusive_output
 from dtkd_pipeline.teacher import Teacher, resolve_config
 
 
@@ -98,8 +99,12 @@ def run(
         raise ValueError("pass a built teacher (local run) or a scheduler, not both")
     _check_targets(params, overwrite)
     # Held until the fill ends, from before the teacher is built (minutes, and a checkpoint
-    # download): a second run on this store is refused at once.
-    with TileStore.lock_if_present(params.teacher.store) as held_lock:
+    # download): a second run on this store is refused at once. The lock beside the store meets
+    # a second run even before the store exists; the store's own lock, other writers too.
+    with (
+        exclusive_output(params.teacher.store, "teacher.store"),
+        TileStore.lock_if_present(params.teacher.store) as held_lock,
+    ):
         prepared = open_params_prepared(params, complete=True)
         gpus = torch.cuda.device_count() if device is None and teacher is None else 0
         teacher, identity = _teacher_and_identity(params, scheduler, gpus, device, teacher)

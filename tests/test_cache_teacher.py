@@ -41,6 +41,7 @@ from dtkd_pipeline.config import Params
 from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.evaluate.figures import image_grid
 from dtkd_pipeline.losses.wavelet import dwt_subbands
+from dtkd_pipeline.run_lock import OutputInUseError
 from dtkd_pipeline.scheduler import SchedulerUnreachableError, connect
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.teacher import (
@@ -51,7 +52,7 @@ from dtkd_pipeline.teacher import (
 )
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
-from tests.lock_helpers import file_snapshot, store_locked_by_child
+from tests.lock_helpers import file_snapshot, output_locked_by_child, store_locked_by_child
 from tests.pipeline_helpers import REPO_ROOT, forbid_teacher, make_hr_images, tiny_params
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
@@ -499,6 +500,22 @@ def test_a_run_on_a_store_another_run_holds_is_refused_before_the_teacher_is_bui
             )
         assert file_snapshot(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "teacher.zarr"]
+
+
+def test_a_run_on_a_store_another_run_is_about_to_create_is_refused_before_the_teacher_is_built(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs on a store that does not exist yet meet at the lock beside it, not after both
+    built a teacher (the store's own lock only exists once the store does)."""
+    store = tmp_path / "teacher.zarr"
+    forbid_teacher(monkeypatch, cache_teacher, before="the lock beside the store was checked")
+    with output_locked_by_child(store, "teacher.store") as holder_pid:
+        with pytest.raises(OutputInUseError) as caught:
+            cache_teacher.run(params_for(prepared_root, tmp_path))
+        assert f"teacher.store: {store} is being written by another run (PID {holder_pid}" in str(
+            caught.value
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_the_store_stays_locked_from_before_the_teacher_is_built_through_a_rebuild(
