@@ -568,20 +568,44 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _format_validation_error(error: ValidationError, path: Path) -> str:
+def _format_validation_error(error: ValidationError, path: Path, overrides: list[str]) -> str:
     lines = [f"{path}: {error.error_count()} invalid value(s):"]
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        # A value set with -S is not in the file: name the override, or the user hunts in vain.
+        override = _override_setting(key, overrides) if item["loc"] else None
+        origin = f" [set by -S {override}]" if override else ""
         if item["type"] == "missing":
-            lines.append(f"  {key}: missing; add it to {path} (see the documented params.yaml)")
+            where = f"the -S {override} value" if override else f"{path}"
+            lines.append(f"  {key}: missing; add it to {where} (see the documented params.yaml)")
         elif item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key; remove it or check its spelling")
+            lines.append(
+                f"  {key}: unknown key; remove it or check its spelling"
+                f"{_colon_hint(item['loc'][-1])}{origin}"
+            )
         elif item["type"] == "value_error":  # our validators: the message names key and value
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"  {message}" if not item["loc"] else f"  {key}: {message}")
+            lines.append(f"  {message}" if not item["loc"] else f"  {key}: {message}{origin}")
         else:
-            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r}){origin}")
     return "\n".join(lines)
+
+
+def _override_setting(key: str, overrides: list[str]) -> str | None:
+    """The key of the -S override that set ``key`` or a section holding it, the last applied
+    (named without its value, which the message already quotes)."""
+    for item in reversed(overrides):
+        target = item.partition("=")[0]
+        if key == target or key.startswith(target + "."):
+            return target
+    return None
+
+
+def _colon_hint(name: str | int) -> str:
+    """YAML reads ``{name:demo}`` as the one key 'name:demo': say so, since it looks right."""
+    if isinstance(name, str) and ":" in name:
+        return f" ({name!r}: YAML needs a space after the colon, as in 'key: value')"
+    return ""
 
 
 def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
@@ -609,7 +633,7 @@ def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, path)) from exc
+        raise ConfigError(_format_validation_error(exc, path, overrides or [])) from exc
 
 
 def section_dict(section: BaseModel) -> dict[str, Any]:

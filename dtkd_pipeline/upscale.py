@@ -56,6 +56,7 @@ from dtkd_pipeline.images import (
     write_image,
 )
 from dtkd_pipeline.output_plan import plan_outputs
+from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.progress import hidden_unless
 from dtkd_pipeline.resize import imresize
 from dtkd_pipeline.student import build_student, load_student_weights, student_config
@@ -148,9 +149,7 @@ def require_model_file(path: str | os.PathLike[str], releases: bool = True) -> N
     if releases and registered_student(path) is not None:
         return
     if path.is_dir():
-        raise IsADirectoryError(
-            f"model {path} is a folder; pass the checkpoint file in it, e.g. {path / 'student.pt'}"
-        )
+        raise IsADirectoryError(f"model {path} is a folder; {_checkpoints_in(path)}")
     if not path.is_file():
         official = ", ".join(name for name in REGISTRY if name in STUDENT_CONFIGS)
         release = f", or name an official release ({official}; downloaded once)" if releases else ""
@@ -159,6 +158,16 @@ def require_model_file(path: str | os.PathLike[str], releases: bool = True) -> N
             f"data/models/student.pt) or pass the path of yours (--model, or "
             f"evaluate.models.students in params.yaml){release}"
         )
+
+
+def _checkpoints_in(folder: Path) -> str:
+    """Which file of ``folder`` to pass: the checkpoints it holds (distill's checkpoints/ has
+    best.pt and iter_*.pt, no student.pt), else the file distill would have written."""
+    held = sorted(entry.name for entry in folder.iterdir() if entry.suffix in (".pt", ".pth"))
+    if not held:
+        return f"pass the checkpoint file in it, e.g. {folder / 'student.pt'}"
+    example = next((name for name in ("student.pt", "best.pt") if name in held), held[-1])
+    return f"pass the checkpoint file in it, e.g. {folder / example} (it holds {abbreviated(held)})"
 
 
 def resolve_model_file(

@@ -56,6 +56,7 @@ from dtkd_pipeline.cache.teacher_store import (
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.run_lock import exclusive_output
+from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.teacher import Teacher, resolve_config
 
 
@@ -225,10 +226,7 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
     try:
         store = TileStore.open(path, mode="r+" if repair else "r", lock=repair)
     except StoreLayoutError as error:
-        raise StoreLayoutError(
-            f"{error}: verify-cache checks the store that `dtkd-pipeline cache-teacher` writes "
-            f"(teacher.store, here {params.teacher.store}); build it first or pass its path"
-        ) from None
+        raise StoreLayoutError(f"{error}: {_which_stage_builds(path, params)}") from None
     with store:
         if store.kind == KIND_PREPARED:
             return _verify_prepared(store, repair)
@@ -253,6 +251,21 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
             report = store.verify()
             print(report)
         return report.ok and fingerprint_ok
+
+
+def _which_stage_builds(path: Path, params: Params) -> str:
+    """For a store that is not there: the stage that writes it, as the command was given either."""
+    prepared = params.data.prepared_dir / TRAIN_STORE
+    if path.resolve() == prepared.resolve():
+        return (
+            "it is the prepared store that `dtkd-pipeline prepare-data` writes "
+            f"(data.prepared_dir/{TRAIN_STORE}); run that first"
+        )
+    return (
+        "verify-cache checks the store that `dtkd-pipeline cache-teacher` writes "
+        f"(teacher.store, here {params.teacher.store}) or the prepared store (here {prepared}); "
+        "build it first or pass its path"
+    )
 
 
 def _verify_prepared(store: TileStore, repair: bool) -> bool:

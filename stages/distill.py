@@ -140,12 +140,13 @@ def _checkpoint_changes(
     def recipe(params_section: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in params_section.items() if k not in BOOKKEEPING_KEYS}
 
+    # Keyed "distill" so a changed field reads as its params.yaml key (distill.lr).
     differences = diff_fields(
         {
-            "params": recipe(saved["params"]),
+            "distill": recipe(saved["params"]),
             "teacher_cache": saved["provenance"].get("teacher_cache"),
         },
-        {"params": recipe(section_dict(cfg)), "teacher_cache": provenance},
+        {"distill": recipe(section_dict(cfg)), "teacher_cache": provenance},
     )
     if not differences:
         return None

@@ -376,6 +376,8 @@ def run(params: Params, device: str | None = None) -> Path:
 
 def _open_test_sets(params: Params, min_hr_side: int) -> list[TestSet]:
     """Every `evaluate.sets` entry, checked (pairs, sizes the metrics can score) up front."""
+    for item in params.evaluate.sets:
+        _require_prepared(item.name, item.path, params.data.prepared_dir)
     return [
         open_test_set(
             item.name,
@@ -388,6 +390,16 @@ def _open_test_sets(params: Params, min_hr_side: int) -> list[TestSet]:
         )
         for item in params.evaluate.sets
     ]
+
+
+def _require_prepared(name: str, path: Path, prepared_dir: Path) -> None:
+    """A set inside data.prepared_dir (the demo's val/) is prepare's output, not a download: say
+    which stage makes it, rather than to download or unpack it."""
+    if path.resolve().is_relative_to(prepared_dir.resolve()) and not path.is_dir():
+        raise TestSetError(
+            f"test set {name!r}: {path} does not exist yet; it is written by the prepare stage "
+            f"(data.prepared_dir {prepared_dir}): run `dtkd-pipeline prepare-data` first"
+        )
 
 
 def _images_read(cfg: EvaluateParams, test_sets: list[TestSet]) -> dict[str, list[Path | None]]:

@@ -311,3 +311,17 @@ def test_verify_cache_on_a_missing_store_says_which_stage_builds_it(tmp_path: Pa
         assert result.exit_code == 1 and "Traceback" not in result.output
         assert str(target) in result.output
         assert "`dtkd-pipeline cache-teacher` writes (teacher.store" in result.output
+
+
+def test_verify_cache_on_a_missing_prepared_store_says_to_run_prepare_data(
+    tmp_path: Path,
+) -> None:
+    """It pointed at cache-teacher's store even when given the prepared store's own path."""
+    prepared = tmp_path / "prepared"
+    target = prepared / "train.zarr"
+    result = runner.invoke(
+        app, ["verify-cache", str(target), "-S", f"data.prepared_dir={prepared}"]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{target} " in result.output
+    assert "the prepared store that `dtkd-pipeline prepare-data` writes" in result.output

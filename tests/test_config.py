@@ -228,6 +228,30 @@ def test_an_override_that_is_not_yaml_is_named() -> None:
         load_params(REPO_PARAMS, ["distill.milestones=[1,2"])
 
 
+def test_an_invalid_value_set_by_an_override_names_the_override_not_only_the_file() -> None:
+    """params.yaml itself held a valid value: the error sent the user looking in the wrong place."""
+    with pytest.raises(ConfigError) as info:
+        load_params(REPO_PARAMS, ["distill.iterations=abc"])
+    assert (
+        "distill.iterations: Input should be a valid integer (got 'abc') "
+        "[set by -S distill.iterations]"
+    ) in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_params(REPO_PARAMS, ["distill.kd={kind: dwt}"])
+    assert "distill.kd.levels: missing; add it to the -S distill.kd value" in str(info.value)
+
+
+def test_a_key_glued_to_its_value_by_a_colon_is_explained() -> None:
+    """`{name:demo}` (no space) is one YAML key 'name:demo': the bare "unknown key" puzzled."""
+    sets = "evaluate.sets=[{name:demo, layout: paired, path: data/prepared/val}]"
+    with pytest.raises(ConfigError) as info:
+        load_params(REPO_PARAMS, [sets])
+    assert (
+        "evaluate.sets.0.name:demo: unknown key; remove it or check its spelling ('name:demo': "
+        "YAML needs a space after the colon, as in 'key: value') [set by -S evaluate.sets]"
+    ) in str(info.value)
+
+
 def test_unknown_student_is_refused_when_params_load() -> None:
     with pytest.raises(ConfigError, match=r"distill\.student: .*unknown student 'swinir-s-x5'"):
         load_params(REPO_PARAMS, ["distill.student=swinir-s-x5"])

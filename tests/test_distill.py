@@ -27,7 +27,7 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.cache.teacher_store import dwt_tile_shapes
-from dtkd_pipeline.config import ConfigError, Params
+from dtkd_pipeline.config import ConfigError, Params, load_params, section_dict
 from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.stage_files import TRAIN_STORE
@@ -354,13 +354,23 @@ def test_nan_loss_stops_with_debug_state_and_keeps_last_checkpoint(
     assert os.environ.get("WORLD_SIZE", "1") == "1"
 
 
+def test_a_changed_training_setting_is_named_by_its_params_yaml_key() -> None:
+    """It read `params.kd.levels`, a key the user could not find in params.yaml."""
+    params = load_params(REPO_ROOT / "params.yaml")
+    trained = section_dict(params.distill)
+    trained["kd"] = {**trained["kd"], "levels": 3}
+    saved: Any = {"data": {}, "params": trained, "provenance": {"teacher_cache": {"seed": 1}}}
+    changes = distill._checkpoint_changes(saved, params, {"seed": 1}, world_size=1)
+    assert changes == ("settings", "  distill.kd.levels: checkpoint 3, now 2")
+
+
 def test_checkpoints_from_other_params_are_refused_or_restarted(params: Params) -> None:
     small = params.model_copy(
         update={"distill": params.distill.model_copy(update={"iterations": 3, "val_every": 3})}
     )
     distill.run(small, device="cpu")
     changed = small.model_copy(update={"distill": small.distill.model_copy(update={"lr": 1e-3})})
-    with pytest.raises(ConfigError, match=r"params\.lr: checkpoint 0\.0002, now 0\.001"):
+    with pytest.raises(ConfigError, match=r"distill\.lr: checkpoint 0\.0002, now 0\.001"):
         distill.run(changed, device="cpu")
     # A change that cannot run is refused before --restart-on-change deletes anything.
     checkpoints = sorted((params.distill.out_dir / "checkpoints").iterdir())

@@ -17,6 +17,7 @@ from dtkd_pipeline.cli import app
 from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.figures import curve_panels, training_curves
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
+from dtkd_pipeline.evaluate.testsets import TestSetError
 from dtkd_pipeline.images import read_image, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.student import StudentWeightsError, build_student
@@ -217,6 +218,14 @@ def test_missing_student_checkpoint_is_named(params: Params, tmp_path: Path) -> 
     )
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         evaluate.run(broken, device="cpu")
+
+
+def test_evaluating_before_prepare_says_to_run_prepare_data(tmp_path: Path) -> None:
+    """The demo set is prepare's val/: the message told a new user to download it."""
+    params = tiny_params(tmp_path, tmp_path / "unused", ["evaluate.metrics=[psnr]"])
+    with pytest.raises(TestSetError, match=r"run `dtkd-pipeline prepare-data` first"):
+        evaluate.run(params, device="cpu")
+    assert not params.evaluate.metrics_dir.exists()
 
 
 def test_unusable_checkpoints_and_precisions_are_refused_before_the_teacher_runs(

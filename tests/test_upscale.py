@@ -25,6 +25,7 @@ from dtkd_pipeline.resize import imresize
 from dtkd_pipeline.student import StudentWeightsError, build_student
 from dtkd_pipeline.upscale import (
     load_upscaler,
+    require_model_file,
     tile_layout,
     upscale_paths,
     upscale_tensor,
@@ -428,6 +429,18 @@ def test_skip_bad_upscales_every_readable_image(checkpoint: Path, tmp_path: Path
     )
     assert [p.name for p in written] == ["a.png", "c.png"]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+
+
+def test_a_checkpoints_folder_given_as_model_names_the_files_it_holds(tmp_path: Path) -> None:
+    """Passing distill's checkpoints/ suggested checkpoints/student.pt, which is never there."""
+    for name in ("iter_00000003.pt", "best.pt", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(IsADirectoryError) as info:
+        require_model_file(tmp_path)
+    assert str(info.value) == (
+        f"model {tmp_path} is a folder; pass the checkpoint file in it, e.g. "
+        f"{tmp_path / 'best.pt'} (it holds best.pt, iter_00000003.pt)"
+    )
 
 
 def test_bad_paths_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
