@@ -194,7 +194,8 @@ def replacing_folder(final: Path, staging: Path) -> Iterator[Path]:
     :func:`check_replaceable`).
     """
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    made_parents = make_folders(staging.parent)  # removed again on failure, where still empty
+    staging.mkdir()
     try:
         mark_output(staging)
         yield staging
@@ -202,7 +203,38 @@ def replacing_folder(final: Path, staging: Path) -> Iterator[Path]:
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_empty_folders(made_parents)
         raise
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; return those this call made, deepest first (one
+    another process made meanwhile is not ours to remove)."""
+    missing: list[Path] = []
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    made: list[Path] = []
+    for candidate in reversed(missing):
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        made.append(candidate)
+    return made[::-1]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (one chain of parents) while they are empty; one that holds something now
+    (another run's lock or output) stays, and so do its parents."""
+    for folder in sorted(set(folders), key=lambda path: len(path.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def remove_dead_siblings(path: Path) -> None:

@@ -16,7 +16,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from dtkd_pipeline.atomic import OutputFolderError, require_parent_folders
+from dtkd_pipeline.atomic import (
+    OutputFolderError,
+    make_folders,
+    remove_empty_folders,
+    require_parent_folders,
+)
 
 # Ends the name of an output folder's lock file; listed in .gitignore and .dvcignore.
 OUTPUT_LOCK_SUFFIX = ".dtkd-lock"
@@ -142,14 +147,14 @@ def exclusive_output(folder: Path, key: str) -> Iterator[None]:
         finally:
             lock.release()
     except BaseException:
-        _remove_empty_folders(made)
+        remove_empty_folders(made)
         raise
 
 
 def _acquire_making_folders(lock: PidLock, key: str, folder: Path, made: list[Path]) -> None:
     """Take ``lock``, first making its missing parent folders (appended to ``made``)."""
     for attempt in range(_LOCK_FOLDER_ATTEMPTS):
-        made.extend(_make_folders(lock.path.parent))
+        made.extend(make_folders(lock.path.parent))
         try:
             lock.acquire()
             return
@@ -164,33 +169,3 @@ def _acquire_making_folders(lock: PidLock, key: str, folder: Path, made: list[Pa
                 f"{held.path}); wait for that run to finish or stop it, then run again. The lock "
                 "is released when that process exits."
             ) from None
-
-
-def _make_folders(folder: Path) -> list[Path]:
-    """Make ``folder`` and its missing parents; return those this call made, deepest first (one
-    another process made meanwhile is not ours to remove)."""
-    missing: list[Path] = []
-    for candidate in (folder, *folder.parents):
-        if candidate.is_dir():
-            break
-        missing.append(candidate)
-    made: list[Path] = []
-    for candidate in reversed(missing):
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        made.append(candidate)
-    return made[::-1]
-
-
-def _remove_empty_folders(folders: list[Path]) -> None:
-    """Remove ``folders`` (one chain of parents) while they are empty; one that holds something now
-    (another run's lock or output) stays, and so do its parents."""
-    for folder in sorted(set(folders), key=lambda path: len(path.parts), reverse=True):
-        try:
-            folder.rmdir()
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return

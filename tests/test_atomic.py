@@ -64,6 +64,23 @@ def test_a_stage_output_is_replaced_whole_and_marked(tmp_path: Path) -> None:
     assert (final / "README.md").read_text() == "second"  # the previous result stays
 
 
+def test_a_failed_stage_removes_the_parent_folders_it_made_for_its_output(
+    tmp_path: Path,
+) -> None:
+    final = tmp_path / "data" / "report" / "out"
+    with pytest.raises(RuntimeError), staged_folder(final, "report.out_dir"):
+        raise RuntimeError("stage failed")  # e.g. report run before evaluate
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("not the stage's")
+    with pytest.raises(RuntimeError), staged_folder(final, "report.out_dir"):
+        raise RuntimeError("stage failed")
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["keep.txt"]
+    with staged_folder(final, "report.out_dir") as staging:
+        (staging / "README.md").write_text("done")
+    assert (final / "README.md").read_text() == "done"
+
+
 def test_a_checkpoint_temporary_left_by_a_killed_run_is_removed_by_the_next_save(
     tmp_path: Path,
 ) -> None:
