@@ -9,6 +9,7 @@ Errors name the offending key and the file so a user can fix them without readin
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from pathlib import Path
@@ -608,11 +609,19 @@ def _colon_hint(name: str | int) -> str:
     return ""
 
 
+def _named_text(path: Path) -> io.StringIO:
+    """The file's text as a stream named after it: YAML errors then say `in "params.yaml"`, not
+    `in "<unicode string>"`. Decoded whole first, so a bad byte's offset is the file's."""
+    stream = io.StringIO(path.read_text(encoding="utf-8"))
+    stream.name = str(path)  # what PyYAML's reader reports
+    return stream
+
+
 def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
     """Read and validate params.yaml; raise ConfigError naming the file and key on any problem."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        raw = yaml.load(_named_text(path), Loader=_UniqueKeyLoader)
     except FileNotFoundError as exc:
         raise ConfigError(f"params file {path} not found; pass --params PATH") from exc
     except IsADirectoryError as exc:

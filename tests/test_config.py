@@ -206,8 +206,10 @@ def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
         load_params(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
         load_params(bad)
+    assert f'in "{bad}", line 1' in str(caught.value)  # where, in the file's own name
+    assert "<unicode string>" not in str(caught.value)
 
 
 def test_unreadable_params_files_are_named_with_what_to_pass(tmp_path: Path) -> None:
