@@ -123,6 +123,20 @@ class TeacherParams(_Section):
     preview: Path
     preview_tiles: PositiveInt
 
+    @field_validator("version")
+    @classmethod
+    def _preset_or_config_file(cls, value: str) -> str:
+        """Found when params load, not when the teacher is first built (after prepare-data)."""
+        from dtkd_pipeline.teacher.config import PRESETS
+
+        if value not in PRESETS and not Path(value).is_file():
+            raise ValueError(
+                f"{value!r} is neither a ResShift preset ({', '.join(PRESETS)}) nor an existing "
+                "official-format YAML config file: name a preset, or fix the path (relative "
+                "paths are read from the folder the command runs in)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _weights_of_the_version(self) -> TeacherParams:
         """A preset with another preset's registered UNet runs silently wrong weights."""

@@ -129,7 +129,7 @@ class Upscaler:
 def check_precision(precision: str, device: torch.device) -> None:
     """fp32 runs anywhere; bf16/fp16 (autocast) only on CUDA. Raises ValueError otherwise."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     require_cuda_for(precision, device.type, "--precision")
 
 

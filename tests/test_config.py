@@ -201,6 +201,16 @@ def test_output_folders_that_nest_or_hold_the_inputs_are_refused(
         load_params(REPO_PARAMS, [override])
 
 
+def test_a_teacher_version_neither_preset_nor_file_is_refused_when_params_load(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"teacher\.version: 'nope\.yaml' is neither a ResShift"):
+        load_params(REPO_PARAMS, ["teacher.version=nope.yaml"])
+    config = tmp_path / "mine.yaml"
+    config.write_text("{}")  # its content is checked when the teacher is built
+    assert load_params(REPO_PARAMS, [f"teacher.version={config}"]).teacher.version == str(config)
+
+
 def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
