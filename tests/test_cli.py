@@ -133,7 +133,7 @@ def test_teacher_sr_refuses_other_step_count(tmp_path: Path) -> None:
     [
         (".", [], "would overwrite the input"),  # x.png -> ./x.png
         ("out", ["--chop-size", "16"], "chop_size=16"),
-        ("out", ["--precision", "fp64"], "--precision must be one of"),
+        ("out", ["--precision", "fp64"], "precision must be one of"),
         ("x.png", [], "would overwrite the input"),  # one image in, an image file out
         ("x.png/sub", [], "output: x.png is a file, not a folder"),
     ],

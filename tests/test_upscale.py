@@ -203,7 +203,7 @@ def test_reduced_precision_on_cpu_is_a_clear_error(
             upscale_tensor(model, lr, tile=0, precision=precision, device="cpu")
         with pytest.raises(ValueError, match="precision"):
             load_upscaler(checkpoint, "cpu", precision)
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="--precision must be one of"):
         upscale_tensor(model, lr, tile=0, precision="int8", device="cpu")
 
 
