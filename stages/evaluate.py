@@ -330,6 +330,20 @@ def band_folder_pairs(cfg: BandsParams) -> list[tuple[Path, Path]]:
 
 
 def run(params: Params, device: str | None = None) -> Path:
+    """Score every contender on every test set; returns evaluate.metrics_dir."""
+    try:
+        return _evaluate(params, device)
+    except KeyboardInterrupt:
+        cfg = params.evaluate
+        print(
+            f"\ninterrupted: {cfg.metrics_dir}, {cfg.out_dir} and {cfg.plots_dir} are as they "
+            "were (each is replaced only when the evaluation completes); run the same command "
+            "again"
+        )
+        raise
+
+
+def _evaluate(params: Params, device: str | None) -> Path:
     cfg = params.evaluate
     target = resolve_device(device or cfg.device)
     # Everything that can fail on bad input is checked before any model runs.

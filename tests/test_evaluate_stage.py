@@ -106,6 +106,21 @@ def test_evaluate_averages_runs_and_writes_metrics_csv_and_figures(params: Param
     assert "No student checkpoint at" in text
 
 
+def test_ctrl_c_leaves_the_evaluation_outputs_as_they_were_and_says_so(
+    params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_set", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.run(params, device="cpu")
+    assert "are as they were" in capsys.readouterr().out
+    cfg = params.evaluate
+    for folder in (cfg.metrics_dir, cfg.out_dir, cfg.plots_dir):
+        assert not folder.exists() and not folder.with_name(folder.name + ".partial").exists()
+
+
 def test_images_whose_alpha_is_ignored_are_named_in_one_note(
     params: Params,
     tmp_path: Path,
