@@ -33,6 +33,21 @@ def test_dwt_kinds_take_levels_wavelet_weights() -> None:
     assert set(uniform.subband_weights.values()) == {1.0}
 
 
+def test_dwt_kind_defaults_to_the_papers_two_level_haar_weighted_one_two_one() -> None:
+    loss = build_kd_loss("dwt")
+    assert isinstance(loss, DecomposedDWTLoss)
+    assert (loss.levels, loss.wavelet, loss.uniform) == (2, "haar", False)
+    assert loss.subband_weights == {
+        "LL2": 1.0,
+        "LH2": 2.0,
+        "HL2": 2.0,
+        "HH2": 2.0,
+        "LH1": 1.0,
+        "HL1": 1.0,
+        "HH1": 1.0,
+    }
+
+
 def test_unknown_kind_lists_valid_kinds() -> None:
     with pytest.raises(ValueError, match="dwt, dwt_uniform, pixel_l1, fft, dtcwt"):
         build_kd_loss("feature")

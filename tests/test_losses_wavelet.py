@@ -15,6 +15,8 @@ from dtkd_pipeline.losses import (
 )
 
 LEVEL_TWO_DETAILS = ("LH2", "HL2", "HH2")
+# DTKD's J=2 Haar loss: LF (LL2) 1, MF (level-2 details) 2, HF (level-1 details) 1.
+PAPER_WEIGHTS = {"LL2": 1.0, "LH2": 2.0, "HL2": 2.0, "HH2": 2.0, "LH1": 1.0, "HL1": 1.0, "HH1": 1.0}
 
 
 def _pair(shape: tuple[int, ...] = (2, 3, 32, 32), seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -100,9 +102,9 @@ def test_mid_frequency_weight_scales_exactly_the_level_two_details() -> None:
 def test_default_is_the_papers_haar_two_levels_weighted_one_two_one() -> None:
     loss = DecomposedDWTLoss()
     assert (loss.levels, loss.wavelet, loss.uniform) == (2, "haar", False)
-    assert loss.subband_weights == group_weights(2, (1.0, 2.0, 1.0))
-    assert loss.subband_weights["LL2"] == 1.0 and loss.subband_weights["HH2"] == 2.0
-    assert loss.subband_weights["HH1"] == 1.0
+    assert loss.subband_weights == PAPER_WEIGHTS
+    # group_weights' own default is the paper's too (spelled out, not compared with itself).
+    assert group_weights(2) == PAPER_WEIGHTS
 
 
 def test_subbands_get_the_weight_of_their_frequency_group() -> None:

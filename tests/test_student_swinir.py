@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,18 @@ def test_shift_mask_is_computed_once_per_size() -> None:
         model(torch.rand(2, 3, 16, 16))
         model(torch.rand(1, 3, 24, 16))
     assert len(model.mask_cache._masks) == 2
+
+
+def test_shift_mask_cache_tells_apart_sizes_that_share_a_height() -> None:
+    """8×16 has twice the windows of 8×8: a mask cached for 8×8 and reused there would mask
+    the wrong token pairs in half the windows, with no error."""
+    torch.manual_seed(0)
+    model = build_student("swinir-tiny-x4").eval()
+    warmed = copy.deepcopy(model)  # same weights, its own (still empty) mask cache
+    wide = torch.rand(1, 3, 8, 16)
+    with torch.no_grad():
+        warmed(torch.rand(1, 3, 8, 8))
+        torch.testing.assert_close(warmed(wide), model(wide), rtol=0, atol=1e-6)
 
 
 def test_shift_mask_values() -> None:

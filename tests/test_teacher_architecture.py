@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -117,6 +118,18 @@ def test_shift_mask_blocks_only_the_last_window_row_as_upstream_does() -> None:
     for window in (2, 3):
         assert torch.equal(mask[window] == -100.0, blocked)
     assert torch.count_nonzero(official_attention_mask(16, 16, window=8, shift=0)) == 0
+
+
+def test_teacher_shift_mask_cache_tells_apart_sizes_that_share_a_height() -> None:
+    """16×32 has twice the windows of 16×16: a mask cached for 16×16 and reused there would
+    mask the wrong window-row in half the windows, with no error."""
+    torch.manual_seed(0)
+    block = SwinTransformerBlock(64, 16, num_heads=2, window=8, shift=4, mlp_ratio=2.0).eval()
+    warmed = copy.deepcopy(block)  # same weights, its own (still empty) mask cache
+    wide = torch.randn(1, 64, 16, 32)
+    with torch.no_grad():
+        warmed(torch.randn(1, 64, 16, 16))
+        torch.testing.assert_close(warmed(wide), block(wide), rtol=0, atol=1e-6)
 
 
 def test_vq_attention_backends_agree() -> None:
