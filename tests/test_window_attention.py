@@ -87,6 +87,9 @@ def test_relative_position_index_follows_swin_definition() -> None:
     index = relative_position_index(3)
     # token 0 is (0, 0), token 8 is (2, 2): delta (-2, -2) -> (0)·5 + 0; reversed: (4)·5 + 4
     assert index[0, 8].item() == 0 and index[8, 0].item() == 24
+    # token 1 is (0, 1), token 3 is (1, 0): delta (-1, +1) -> (1)·5 + 3, the rows' term first; a
+    # row/column swap (which the symmetric pairs above cannot see) would give 16 here
+    assert index[1, 3].item() == 8 and index[3, 1].item() == 16
     assert index.diagonal().unique().tolist() == [12]  # delta (0, 0) is the table's centre
     assert index.dtype == torch.int64 and index.shape == (9, 9)
 
