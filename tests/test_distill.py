@@ -540,6 +540,21 @@ def test_one_level_kd_loss_trains_on_a_store_with_cached_subbands(tmp_path: Path
     assert final["iteration"] == 2 and final["params"]["kd"]["levels"] == 1
 
 
+def test_kd_weights_lf_mf_hf_weigh_ll2_the_level_two_and_the_level_one_details() -> None:
+    """params.yaml's distill.kd.weights {lf, mf, hf} reach the DWT loss as DESIGN's groups:
+    LL2 / {LH2, HL2, HH2} / {LH1, HL1, HH1}; distinct values catch any swap."""
+    params = load_params(REPO_ROOT / "params.yaml", ["distill.kd.weights={lf: 1, mf: 2, hf: 3}"])
+    assert loop._kd_loss(params.distill).subband_weights == {
+        "LL2": 1.0,
+        "LH2": 2.0,
+        "HL2": 2.0,
+        "HH2": 2.0,
+        "LH1": 3.0,
+        "HL1": 3.0,
+        "HH1": 3.0,
+    }
+
+
 @pytest.mark.parametrize(
     "kd",
     [
