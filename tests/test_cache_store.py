@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -528,6 +529,41 @@ def test_processes_writing_distinct_shards(tmp_path: Path) -> None:
         assert worker.exitcode == 0
     assert coordinator.verify().ok
     assert np.array_equal(coordinator.read_tiles(range(N_TILES))["hr"], prepared_tiles()["hr"])
+
+
+def test_format_1_on_disk_keeps_layout_and_provenance_in_attributes_and_sha256_in_records(
+    tmp_path: Path,
+) -> None:
+    """A store outlives the code that wrote it (a teacher cache takes GPU-hours): what format 1
+    puts on disk, spelled out; changing any of it needs a new FORMAT_VERSION."""
+    store = filled_prepared(tmp_path / "s.zarr")
+    attributes = json.loads((store.path / "zarr.json").read_text())["attributes"]
+    assert attributes == {
+        "dtkd_layout": {
+            "format_version": 1,
+            "kind": "prepared",
+            "n_tiles": N_TILES,
+            "shard_size": SHARD,
+            "arrays": [
+                {"name": "lr", "tile_shape": [3, TILE, TILE], "dtype": "uint8"},
+                {"name": "hr", "tile_shape": [3, TILE * SCALE, TILE * SCALE], "dtype": "uint8"},
+                {"name": "tile_source", "tile_shape": [], "dtype": "int32"},
+                {"name": "tile_offset", "tile_shape": [2], "dtype": "int32"},
+            ],
+            "compression": {"codec": "zstd", "level": 3},
+        },
+        "provenance": PROVENANCE,
+    }
+    tiles = prepared_tiles()
+    for shard in range(3):
+        start, stop = shard * SHARD, min((shard + 1) * SHARD, N_TILES)
+        record = json.loads((store.path / "_done" / f"{shard}.json").read_text())
+        # sha256 of each array's C-order bytes: the prepared-store fingerprint is built from it.
+        sha256 = {
+            name: hashlib.sha256(data[start:stop].tobytes()).hexdigest()
+            for name, data in tiles.items()
+        }
+        assert record == {"shard": shard, "start": start, "stop": stop, "sha256": sha256}
 
 
 def test_fingerprint_is_stable_and_content_sensitive(tmp_path: Path) -> None:
