@@ -50,6 +50,18 @@ def test_tiles_are_aligned_with_bicubic_lr_of_their_source(tmp_path: Path) -> No
     assert read_image(prepared / "val" / "hr" / "img02.png").rgb.shape == (200, 208, 3)
 
 
+def test_train_store_provenance_records_scale_tile_size_and_sources(tmp_path: Path) -> None:
+    """DESIGN's cache contract: the prepared store says how its tiles were cut."""
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    prepared = prepare_data.run(tiny_params(tmp_path, hr_dir, ["data.stride=32"]))
+    with TileStore.open(prepared / TRAIN_STORE) as store:
+        recorded = {
+            key: store.provenance.get(key) for key in ("scale", "lr_tile", "stride", "sources")
+        }
+    assert recorded == {"scale": 4, "lr_tile": 64, "stride": 32, "sources": ["img00.png"]}
+
+
 def test_small_images_padded_or_skipped(tmp_path: Path) -> None:
     hr_dir = tmp_path / "hr"
     make_hr_images(hr_dir, [(160, 300), (256, 256), (100, 100)])
