@@ -24,6 +24,7 @@ import yaml
 from _common import device_name, synchronize
 
 from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
+from dtkd_pipeline.cache.prepared_store import prepared_provenance
 from dtkd_pipeline.config import DataParams, Params, load_params
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.teacher import Teacher
@@ -57,7 +58,7 @@ def synthetic_prepared(path: Path, data: DataParams, tiles: int) -> None:
     coarse = rng.integers(0, 256, (shard_size, 3, side // 8, side // 8), dtype=np.uint8)
     lr = coarse.repeat(8, axis=2).repeat(8, axis=3)
     hr = lr.repeat(data.scale, axis=2).repeat(data.scale, axis=3)
-    provenance = prepare_data.train_store_provenance(data, ["synthetic"])
+    provenance = prepared_provenance(data, ["synthetic"])
     with TileStore.create(path, layout, provenance) as store:
         for shard in range(layout.n_shards):
             start, stop = layout.shard_range(shard)

@@ -45,7 +45,7 @@ from dtkd_pipeline.cache import (
 )
 from dtkd_pipeline.cache.dask_fanout import dask_device_type, fill_on_local_gpus, fill_with_dask
 from dtkd_pipeline.cache.local_fill import fill_locally
-from dtkd_pipeline.cache.prepared_store import open_params_prepared
+from dtkd_pipeline.cache.prepared_store import check_prepared_fits, open_params_prepared
 from dtkd_pipeline.cache.preview import write_preview
 from dtkd_pipeline.cache.teacher_record import build_teacher, check_device_type
 from dtkd_pipeline.cache.teacher_store import (
@@ -107,6 +107,7 @@ def run(
         TileStore.lock_if_present(params.teacher.store) as held_lock,
     ):
         prepared = open_params_prepared(params, complete=True)
+        check_prepared_fits(prepared, params.data)
         gpus = torch.cuda.device_count() if device is None and teacher is None else 0
         teacher, identity = _teacher_and_identity(params, scheduler, gpus, device, teacher)
         check_device_type(params.teacher, identity.device_type)

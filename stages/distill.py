@@ -16,6 +16,7 @@ import torch
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.cache import DWT_LEVELS
+from dtkd_pipeline.cache.prepared_store import check_prepared_fits, open_params_prepared
 from dtkd_pipeline.cache.provenance import diff_fields
 from dtkd_pipeline.cache.teacher_open import open_teacher
 from dtkd_pipeline.cache.teacher_record import (
@@ -252,6 +253,8 @@ def _require_own_out_dir(out_dir: Path) -> None:
 def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
     cfg, scale = params.distill, params.data.scale
     provenance = _teacher_provenance(params)
+    with open_params_prepared(params, complete=True) as prepared:
+        check_prepared_fits(prepared, params.data)  # the teacher cache holds their tiles too
     ctx = setup_distributed(device)
     check_recipe(cfg, ctx.device, ctx.world_size)  # before --restart-on-change deletes anything
     atomic.require_folder(cfg.out_dir, "distill.out_dir")

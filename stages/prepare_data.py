@@ -23,7 +23,6 @@ import dask
 import numpy as np
 from tqdm.auto import tqdm
 
-from dtkd_pipeline import __version__
 from dtkd_pipeline.atomic import (
     OUTPUT_MARKER,
     check_replaceable,
@@ -35,7 +34,6 @@ from dtkd_pipeline.cache import (
     HR,
     KIND_PREPARED,
     LR,
-    SOURCES,
     TILE_OFFSET,
     TILE_SOURCE,
     Compression,
@@ -43,6 +41,7 @@ from dtkd_pipeline.cache import (
     TileStore,
     prepared_arrays,
 )
+from dtkd_pipeline.cache.prepared_store import prepared_provenance
 from dtkd_pipeline.config import DataParams, Params
 from dtkd_pipeline.evaluate.metrics import VALIDATION_METRICS, min_scored_side
 from dtkd_pipeline.images import (
@@ -234,25 +233,12 @@ def train_store_layout(data: DataParams, n_tiles: int) -> StoreLayout:
     )
 
 
-def train_store_provenance(data: DataParams, source_names: list[str]) -> dict[str, Any]:
-    """What train.zarr records about how its tiles were made."""
-    return {
-        SOURCES: source_names,
-        "scale": data.scale,
-        "lr_tile": data.lr_tile,
-        "stride": data.stride,
-        "small_images": data.small_images,
-        "lr_source": "paired" if data.lr_dir is not None else "matlab-bicubic",
-        "package_version": __version__,
-    }
-
-
 def _write_train_store(
     path: Path, paths: list[Path], plans: list[TilePlan], sources: Sources, data: DataParams
 ) -> int:
     n_tiles = sum(len(plan.offsets) for plan in plans)
     layout = train_store_layout(data, n_tiles)
-    provenance = train_store_provenance(data, [p.name for p in paths])
+    provenance = prepared_provenance(data, [p.name for p in paths])
     pending: dict[str, list[np.ndarray]] = {LR: [], HR: [], TILE_SOURCE: [], TILE_OFFSET: []}
     shard = 0
 

@@ -444,6 +444,17 @@ def test_resume_with_other_settings_is_refused_by_field(
     assert "rng" in message and "--overwrite" in message
 
 
+def test_prepared_tiles_cut_with_other_data_settings_are_refused_before_the_teacher_is_built(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data.lr_tile edited by hand without prepare-data: the stale tiles are not cached."""
+    forbid_teacher(monkeypatch, cache_teacher, before="the prepared store was checked")
+    params = params_for(prepared_root, tmp_path, ["data.lr_tile=128"])
+    with pytest.raises(CacheError, match=r"data\.lr_tile: store 64, params 128.*prepare-data"):
+        cache_teacher.run(params, device="cpu")
+    assert not params.teacher.store.exists()
+
+
 def test_wrong_step_count_is_refused_before_any_work(prepared_root: Path, tmp_path: Path) -> None:
     params = params_for(prepared_root, tmp_path, ["teacher.steps=15"])
     with pytest.raises(CacheError, match="trained for 2 steps"):

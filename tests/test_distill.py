@@ -20,6 +20,7 @@ from dtkd_pipeline.cache import (
     KIND_TEACHER,
     PREPARED_FINGERPRINT,
     TEACHER,
+    CacheError,
     ProvenanceMismatchError,
     StoreLayout,
     TileStore,
@@ -286,6 +287,22 @@ def test_an_unmarked_out_dir_holding_only_what_distill_writes_is_taken_as_its_ow
     (out / "notes.txt").write_text("mine")
     with pytest.raises(OutputFolderError, match=r"notes\.txt"):
         distill._require_own_out_dir(out)
+
+
+def test_stage_refuses_prepared_tiles_cut_with_other_data_settings(
+    params: Params, tmp_path: Path
+) -> None:
+    """data.stride edited without re-running prepare-data: the old tiles are not trained on."""
+    edited = params.model_copy(
+        update={"data": params.data.model_copy(update={"stride": 16, "small_images": "skip"})}
+    )
+    with pytest.raises(CacheError) as info:
+        distill.run(edited, device="cpu")
+    message = str(info.value)
+    assert f"data.stride: store {params.data.stride}, params 16" in message
+    assert "data.small_images: store 'pad', params 'skip'" in message
+    assert "dtkd-pipeline prepare-data" in message
+    assert not (tmp_path / "models").exists()
 
 
 def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -> None:
