@@ -22,7 +22,11 @@ def _write(tmp_path: Path, raw: dict) -> Path:
 
 def test_repository_params_yaml_validates_with_paper_defaults() -> None:
     params = load_params(REPO_PARAMS)
+    assert params.data.scale == 4
+    assert params.teacher.version == "v1"  # ResShift real-world x4, 15 steps
     assert params.teacher.steps == 15
+    assert params.distill.student == "swinir-s-x4"
+    assert params.distill.kd.final_weight == 1.0
     assert params.distill.kd.kind == "dwt"
     assert params.distill.kd.levels == 2
     assert params.distill.kd.wavelet == "haar"
