@@ -399,9 +399,9 @@ def upscale(
             "records its own."
         ),
     ] = None,
-    tile: Annotated[int, typer.Option(help="LR tile size; 0 = whole image at once.")] = 256,
-    overlap: Annotated[int, typer.Option(help="LR overlap between tiles (blended).")] = 32,
-    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+    tile: Annotated[int, typer.Option(min=0, help="LR tile size; 0 = whole image at once.")] = 256,
+    overlap: Annotated[int, typer.Option(min=0, help="LR overlap between tiles (blended).")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 4,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
     device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
     compile_mode: Annotated[

@@ -61,6 +61,23 @@ def test_an_unknown_device_is_a_usage_error_before_any_work(command: list[str]) 
         assert "CUDA is not available; use cpu" in refusal("cuda")
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "bound"),
+    [("--tile", "-1", 0), ("--overlap", "-2", 0), ("--batch-size", "0", 1)],
+)
+def test_upscale_out_of_range_numbers_are_usage_errors_naming_the_option(
+    tmp_path: Path, option: str, value: str, bound: int
+) -> None:
+    """They were refused only after the model loaded, as `tile`, `overlap` or `batch_size`."""
+    image = write_image(tmp_path / "x.png", np.full((16, 16, 3), 0.5))
+    result = runner.invoke(app, ["upscale", str(image), str(tmp_path / "out"), option, value])
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # unwrap the boxed message
+    assert f"Invalid value for '{option}'" in message
+    assert f"greater than or equal to {bound}" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_cache_teacher_flags_set_their_params_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
