@@ -99,6 +99,21 @@ def test_cache_teacher_flags_set_their_params_keys(
     assert seen["teacher"].dwt is False
 
 
+def test_an_empty_scheduler_address_is_refused_not_run_locally(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--scheduler "$ADDR"` with ADDR unset ran the whole cache on this machine instead."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the stage ran")
+
+    monkeypatch.setattr(cache_teacher, "run", forbidden)
+    result = runner.invoke(app, ["cache-teacher", "--scheduler", " "])
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # unwrap the boxed message
+    assert "Invalid value for '--scheduler': empty address" in message
+
+
 def test_cache_teacher_refuses_a_step_count_the_checkpoint_was_not_trained_for(
     tmp_path: Path,
 ) -> None:
