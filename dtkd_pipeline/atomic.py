@@ -139,12 +139,23 @@ def is_replaceable(folder: Path) -> bool:
 
 
 def require_parent_folders(path: Path, key: str) -> None:
-    """Refuse a location under a file (``notes.txt/out``): creating it would fail after the work,
-    naming a temporary instead of ``key``."""
+    """Refuse a location under a file (``notes.txt/out``), or a missing one whose nearest existing
+    folder this process may not write in: creating it would fail after the work, naming a
+    temporary or lock file instead of ``key``."""
     for parent in path.parents:
         if parent.exists() or parent.is_symlink():
             _refuse_a_file(parent, key)
+            if not (path.exists() or path.is_symlink()) and not can_write_in(parent):
+                raise OutputFolderError(
+                    f"{key}: cannot create {path}: {parent} is not writable; choose another "
+                    f"{key} or fix the permissions of {parent}"
+                )
             return
+
+
+def can_write_in(folder: Path) -> bool:
+    """Whether this process may create entries in ``folder`` (permissions, read-only mounts)."""
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def require_folder(folder: Path, key: str) -> None:

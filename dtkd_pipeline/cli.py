@@ -49,6 +49,16 @@ def _valid_device(value: str | None) -> str | None:
     return value
 
 
+def _valid_scheduler(value: str | None) -> str | None:
+    """Refuse an empty address (an unset shell variable, say): it would quietly run here."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter(
+            "empty address: pass the dask scheduler's, e.g. --scheduler tcp://HOST:8786, or "
+            "leave --scheduler out to run on this machine"
+        )
+    return value
+
+
 def _device_option(help_text: str) -> Any:
     return typer.Option(help=help_text, callback=_valid_device)
 
@@ -155,7 +165,8 @@ def cache_teacher(
     scheduler: Annotated[
         str | None,
         typer.Option(
-            help="dask.distributed scheduler address: one task per shard (or per batch of shards)."
+            help="dask.distributed scheduler address: one task per shard (or per batch of shards).",
+            callback=_valid_scheduler,
         ),
     ] = None,
     device: Annotated[
@@ -399,9 +410,9 @@ def upscale(
             "records its own."
         ),
     ] = None,
-    tile: Annotated[int, typer.Option(help="LR tile size; 0 = whole image at once.")] = 256,
-    overlap: Annotated[int, typer.Option(help="LR overlap between tiles (blended).")] = 32,
-    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+    tile: Annotated[int, typer.Option(min=0, help="LR tile size; 0 = whole image at once.")] = 256,
+    overlap: Annotated[int, typer.Option(min=0, help="LR overlap between tiles (blended).")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 4,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
     device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
     compile_mode: Annotated[

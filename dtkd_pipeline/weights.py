@@ -366,7 +366,8 @@ def download(spec: WeightSpec, dest_dir: str | os.PathLike[str], progress: bool 
     ignores Range gets a fresh start). The sha256 is computed while streaming; the ``.part`` becomes
     the final file (atomic ``os.replace``) only after the hash check passes, then ``<file>.sha256``
     is written. Concurrent callers on one machine serialise on ``<file>.lock`` where ``fcntl``
-    exists, so only one of them downloads; the lock file is removed when done.
+    exists, so only one of them downloads; the lock file is removed when done. Folders made for
+    a download that fails are removed again unless they keep a resumable ``.part``.
     """
     folder = Path(dest_dir).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -374,7 +375,16 @@ def download(spec: WeightSpec, dest_dir: str | os.PathLike[str], progress: bool 
             f"the weights folder {folder} is a file; point --weights-dir (teacher.weights_dir) "
             f"or {HOME_ENV} at a folder"
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    made = atomic.make_folders(folder)
+    try:
+        return _download_into(folder, spec, progress)
+    except BaseException:
+        atomic.remove_empty_folders(made)  # a mistyped --weights-dir leaves no empty folder behind
+        raise
+
+
+def _download_into(folder: Path, spec: WeightSpec, progress: bool) -> Path:
+    """`download` in an existing ``folder``: lock, fetch, verify, then move into place."""
     final = folder / spec.filename
     with _file_lock(folder / (spec.filename + ".lock")):
         if final.is_file():  # another process finished while we waited for the lock

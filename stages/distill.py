@@ -27,7 +27,7 @@ from dtkd_pipeline.cache.teacher_record import (
 )
 from dtkd_pipeline.config import ConfigError, DistillParams, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
-from dtkd_pipeline.evaluate.testsets import TestSet, load_pair, open_test_set
+from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
 from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.stage_files import (
     CHECKPOINTS_DIR,
@@ -259,7 +259,7 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     check_recipe(cfg, ctx.device, ctx.world_size)  # before --restart-on-change deletes anything
     atomic.require_folder(cfg.out_dir, "distill.out_dir")
     _require_own_out_dir(cfg.out_dir)  # before --restart-on-change deletes anything
-    val_set = open_test_set("validation", "paired", params.data.prepared_dir / VAL_DIR, scale)
+    val_set = _open_validation_set(params)
     latest = _reconcile_checkpoints(params, provenance, ctx, restart_on_change)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +279,18 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     if ctx.is_main:
         _write_student(final, speed, path)
     return path
+
+
+def _open_validation_set(params: Params) -> TestSet:
+    """The whole-image pairs prepare-data holds out; when missing, say which stage writes them
+    (the test-set message would send the user to evaluate.sets, which does not name them)."""
+    folder = params.data.prepared_dir / VAL_DIR
+    if not folder.is_dir():
+        raise TestSetError(
+            f"validation images {folder} not found: prepare-data writes them beside "
+            f"{TRAIN_STORE} (data.prepared_dir/{VAL_DIR}); run `dtkd-pipeline prepare-data` first"
+        )
+    return open_test_set("validation", "paired", folder, params.data.scale)
 
 
 def _main_rank_hooks(

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.atomic import staged_folder
-from dtkd_pipeline.cache.teacher_record import build_teacher
+from dtkd_pipeline.cache.teacher_record import build_teacher, resolve_keyed_checkpoint
 from dtkd_pipeline.config import (
     BandsParams,
     ConfigError,
@@ -96,11 +96,21 @@ def _student_contenders(params: Params, device: torch.device) -> list[zoo.Conten
     return found
 
 
+def _one_step_unet(params: Params) -> Path | None:
+    """The one-step UNet's checkpoint file, resolved before any model runs; its errors name
+    evaluate.models.one_step, not the teacher.unet_weights it stands in for."""
+    name = params.evaluate.models.one_step
+    if name is None:
+        return None
+    return resolve_keyed_checkpoint("evaluate.models.one_step", name, params.teacher)
+
+
 def _contenders(
     params: Params,
     device: torch.device,
     students: list[zoo.Contender],
     teacher: Teacher | None,
+    one_step_unet: Path | None,
 ) -> list[zoo.Contender]:
     cfg = params.evaluate
     models = cfg.models
@@ -108,9 +118,9 @@ def _contenders(
     if models.bicubic:
         found.append(zoo.bicubic(params.data.scale))
     found += students
-    if models.one_step is not None:
+    if one_step_unet is not None:
         # The one-step UNet runs on the teacher's VQGAN, loaded like the teacher itself.
-        spec = _eager_teacher(params, unet_weights=models.one_step, random_weights=False)
+        spec = _eager_teacher(params, unet_weights=str(one_step_unet), random_weights=False)
         one_step = build_teacher(spec, device)
         found.append(
             zoo.diffusion(zoo.ONE_STEP, one_step, cfg.teacher_seeds, cfg.teacher_chop, True)
@@ -356,13 +366,15 @@ def _evaluate(params: Params, device: str | None) -> Path:
     )
     test_sets = _open_test_sets(params, suite.min_hr_side)
     students = _student_contenders(params, target)
+    one_step_unet = _one_step_unet(params)
     if cfg.efficiency.enabled:
         check_efficiency_precisions(params, target)
     _note_ignored_alpha(_images_read(cfg, test_sets))
 
     wants_teacher = cfg.models.teacher or (cfg.efficiency.enabled and cfg.efficiency.teacher)
     teacher = build_teacher(_eager_teacher(params), target) if wants_teacher else None
-    contenders = _contenders(params, target, students, teacher if cfg.models.teacher else None)
+    chosen_teacher = teacher if cfg.models.teacher else None
+    contenders = _contenders(params, target, students, chosen_teacher, one_step_unet)
     summary: dict[str, Any] = {}
     with (
         staged_folder(cfg.metrics_dir, "evaluate.metrics_dir") as metrics_dir,

@@ -374,6 +374,19 @@ def test_damaged_or_foreign_store_metadata_is_a_store_error_naming_the_fix(
     assert "--overwrite" in str(error.value)
 
 
+def test_a_foreign_zarr_group_is_refused_without_a_lock_file_left_in_it(tmp_path: Path) -> None:
+    """verify-cache --repair and cache-teacher lock a store before writing; pointed at someone
+    else's Zarr group by mistake they refused it, but left a .lock file inside it."""
+    foreign = tmp_path / "theirs.zarr"
+    zarr.open_group(foreign, mode="w")
+    before = sorted(p.name for p in foreign.iterdir())
+    with pytest.raises(StoreLayoutError, match="not a dtkd tile store"):
+        TileStore.open(foreign, mode="r+", lock=True)
+    with TileStore.lock_if_present(foreign) as lock:
+        assert lock is None
+    assert sorted(p.name for p in foreign.iterdir()) == before
+
+
 def test_a_deleted_shard_file_is_a_missing_shard_never_zeros(tmp_path: Path) -> None:
     """zarr reads an absent chunk file as zeros: a complete shard whose file is gone must be
     refused on read, listed as missing (so the filling stage recomputes it) and named by verify."""

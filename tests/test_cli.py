@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from dtkd_pipeline.cli import app
 from dtkd_pipeline.images import read_image, write_image
+from dtkd_pipeline.student import build_student
 from dtkd_pipeline.teacher import build_teacher_networks
 from stages import cache_teacher
 from tests.pipeline_helpers import REPO_ROOT
@@ -59,6 +61,23 @@ def test_an_unknown_device_is_a_usage_error_before_any_work(command: list[str]) 
         assert "CUDA is not available; use cpu" in refusal("cuda")
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "bound"),
+    [("--tile", "-1", 0), ("--overlap", "-2", 0), ("--batch-size", "0", 1)],
+)
+def test_upscale_out_of_range_numbers_are_usage_errors_naming_the_option(
+    tmp_path: Path, option: str, value: str, bound: int
+) -> None:
+    """They were refused only after the model loaded, as `tile`, `overlap` or `batch_size`."""
+    image = write_image(tmp_path / "x.png", np.full((16, 16, 3), 0.5))
+    result = runner.invoke(app, ["upscale", str(image), str(tmp_path / "out"), option, value])
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # unwrap the boxed message
+    assert f"Invalid value for '{option}'" in message
+    assert f"greater than or equal to {bound}" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_cache_teacher_flags_set_their_params_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -78,6 +97,21 @@ def test_cache_teacher_flags_set_their_params_keys(
     assert seen["overwrite"] is True and seen["device"] == "cpu"
     assert runner.invoke(app, ["cache-teacher", "--no-dwt"]).exit_code == 0
     assert seen["teacher"].dwt is False
+
+
+def test_an_empty_scheduler_address_is_refused_not_run_locally(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--scheduler "$ADDR"` with ADDR unset ran the whole cache on this machine instead."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the stage ran")
+
+    monkeypatch.setattr(cache_teacher, "run", forbidden)
+    result = runner.invoke(app, ["cache-teacher", "--scheduler", " "])
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # unwrap the boxed message
+    assert "Invalid value for '--scheduler': empty address" in message
 
 
 def test_cache_teacher_refuses_a_step_count_the_checkpoint_was_not_trained_for(
@@ -223,6 +257,45 @@ def test_benchmark_and_analyze_bands_leave_evaluate_free_to_replace_its_folders(
     mine_plots = ["-S", f"evaluate.out_dir={out}", "-S", f"evaluate.plots_dir={mine}"]
     assert runner.invoke(app, ["analyze-bands", "--device", "cpu", *mine_plots]).exit_code == 0
     assert not (mine / atomic.OUTPUT_MARKER).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["prepare-data", "-S", "data.prepared_dir={ro}/prepared"], "data.prepared_dir"),
+        (["benchmark", "--device", "cpu", "--out-dir", "{ro}/bench"], "--out-dir"),
+        (["upscale", "{image}", "{ro}/out", "--model", "{model}", "--device", "cpu"], "output"),
+        (["upscale", "{image}", "{tmp}/out", "--export-onnx", "{ro}/s.onnx"], "ONNX output"),
+    ],
+    ids=["prepare-data", "benchmark", "upscale", "upscale-onnx"],
+)
+def test_an_output_in_an_unwritable_folder_is_refused_by_its_key_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], key: str
+) -> None:
+    """The failure came at the end (after the timing, or the images), naming a lock file or a
+    temporary folder instead of the option or key."""
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:  # root ignores mode bits
+        if Path(str(path)) == read_only and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    inputs = tmp_path / "inputs"
+    image = write_image(inputs / "x.png", np.full((16, 16, 3), 0.5))
+    model = inputs / "student.pt"
+    state = build_student("swinir-tiny-x4").state_dict()
+    torch.save({"model": state, "ema": state, "arch": "swinir-tiny-x4", "iteration": 0}, model)
+    filled = [a.format(ro=read_only, tmp=tmp_path, image=image, model=model) for a in args]
+    result = runner.invoke(app, filled)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{key}: cannot create {read_only}/" in result.output
+    assert f"{read_only} is not writable; choose another {key}" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs", "read-only"]
+    assert list(read_only.iterdir()) == []
 
 
 def test_analyze_bands_wants_a_checkpoint_file_not_a_release_name() -> None:

@@ -23,6 +23,7 @@ from dtkd_pipeline.cache import (
     CacheError,
     ProvenanceMismatchError,
     StoreLayout,
+    StoreLayoutError,
     TileStore,
     teacher_arrays,
 )
@@ -30,6 +31,7 @@ from dtkd_pipeline.cache.teacher_record import teacher_params_provenance
 from dtkd_pipeline.cache.teacher_store import dwt_tile_shapes
 from dtkd_pipeline.config import ConfigError, Params, load_params, section_dict
 from dtkd_pipeline.devices import DeviceError
+from dtkd_pipeline.evaluate.testsets import TestSetError
 from dtkd_pipeline.losses.wavelet import dwt_subbands
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
@@ -303,6 +305,33 @@ def test_stage_refuses_prepared_tiles_cut_with_other_data_settings(
     assert "data.small_images: store 'pad', params 'skip'" in message
     assert "dtkd-pipeline prepare-data" in message
     assert not (tmp_path / "models").exists()
+
+
+def test_missing_validation_images_say_to_run_prepare_data(params: Params) -> None:
+    """They are prepare-data's output; the message sent the user to evaluate.sets instead."""
+    shutil.rmtree(params.data.prepared_dir / "val")
+    with pytest.raises(TestSetError) as info:
+        distill.run(params, device="cpu")
+    message = str(info.value)
+    assert f"validation images {params.data.prepared_dir / 'val'} not found" in message
+    assert "run `dtkd-pipeline prepare-data` first" in message
+    assert "evaluate.sets" not in message
+    assert not params.distill.out_dir.exists()
+
+
+def test_a_teacher_store_that_is_a_file_is_refused_naming_teacher_store(
+    params: Params, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "teacher.png"
+    a_file.write_bytes(b"not a store")
+    elsewhere = params.model_copy(
+        update={"teacher": params.teacher.model_copy(update={"store": a_file})}
+    )
+    with pytest.raises(StoreLayoutError) as info:
+        distill.run(elsewhere, device="cpu")
+    message = str(info.value)
+    assert message.startswith(f"teacher.store: {a_file} is a file, not a tile store")
+    assert "`dtkd-pipeline cache-teacher`" in message
 
 
 def test_stage_refuses_cache_built_with_other_teacher_settings(params: Params) -> None:

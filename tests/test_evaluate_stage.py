@@ -21,6 +21,7 @@ from dtkd_pipeline.evaluate.testsets import TestSetError
 from dtkd_pipeline.images import read_image, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.student import StudentWeightsError, build_student
+from dtkd_pipeline.weights import WeightsError
 from stages import evaluate, report
 from tests.pipeline_helpers import forbid_teacher, make_hr_images, tiny_params
 
@@ -233,6 +234,23 @@ def test_missing_student_checkpoint_is_named(params: Params, tmp_path: Path) -> 
     )
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         evaluate.run(broken, device="cpu")
+
+
+def test_a_missing_one_step_checkpoint_names_its_key_before_the_teacher_runs(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was reported as teacher.unet_weights, a key the user never set, after the teacher."""
+    forbid_teacher(monkeypatch, evaluate, before="the one-step checkpoint was found")
+    missing = tmp_path / "sinsr.pth"
+    models = params.evaluate.models.model_copy(update={"one_step": str(missing)})
+    broken = params.model_copy(
+        update={"evaluate": params.evaluate.model_copy(update={"models": models})}
+    )
+    with pytest.raises(WeightsError) as info:
+        evaluate.run(broken, device="cpu")
+    assert str(info.value).startswith(f"evaluate.models.one_step={missing}: weights file")
+    assert "teacher.unet_weights" not in str(info.value)
+    assert not params.evaluate.metrics_dir.exists()
 
 
 def test_evaluating_before_prepare_says_to_run_prepare_data(tmp_path: Path) -> None:

@@ -240,7 +240,7 @@ def test_an_error_page_instead_of_a_checkpoint_is_refused_and_leaves_no_file(
     spec = replace(_spec(Server("")), url=(served / FILENAME).as_uri())
     with pytest.raises(WeightsError, match="25 bytes received are not a torch checkpoint"):
         weights.download(spec, tmp_path / "cache", progress=False)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache").exists()  # made for the download, removed with it
 
 
 def test_wrong_registry_hash_leaves_no_file(server: Server, tmp_path: Path) -> None:
@@ -336,6 +336,21 @@ def test_server_down_message_says_what_to_do(tmp_path: Path) -> None:
     assert spec.url in message
     assert str(tmp_path / "w" / FILENAME) in message
     assert "--weights-dir" in message and "DTKD_HOME" in message
+
+
+def test_a_failed_download_removes_the_folders_it_made_unless_a_part_is_kept(
+    server: Server, tmp_path: Path
+) -> None:
+    """A mistyped --weights-dir must not leave an empty folder tree behind; a resumable .part
+    keeps its folder."""
+    unreachable = _spec(Server(base_url=f"http://127.0.0.1:{_closed_port()}"))
+    with pytest.raises(WeightsError, match="could not download"):
+        weights.download(unreachable, tmp_path / "typo" / "weights", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    server.drop_after = 1000
+    with pytest.raises(WeightsError, match="resumes it"):
+        weights.download(_spec(server), tmp_path / "new" / "weights", progress=False)
+    assert [p.name for p in (tmp_path / "new" / "weights").iterdir()] == [f"{FILENAME}.part"]
 
 
 def test_http_error_is_reported(server: Server, tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ class TileStore:
         run on the store is refused at once, not after its own slow work. Pass the lock on as
         ``held_lock``.
         """
-        if not (Path(path) / "zarr.json").is_file():
+        if not _is_tile_store(Path(path)):  # nothing to lock, or not ours to put a lock file in
             yield None
             return
         with StoreLock(path) as lock:
@@ -208,6 +208,8 @@ class TileStore:
         """Open an existing store. `lock=True` takes the coordinator lock (fails fast if held)."""
         path = Path(path)
         cls.require_store(path)  # before the lock, which would leave a file in any folder
+        if lock:
+            cls._open(path, mode="r", lock=None)  # so would a foreign or damaged Zarr group
         store_lock = StoreLock(path).acquire() if lock else None
         try:
             return cls._open(path, mode=mode, lock=store_lock)
@@ -719,6 +721,15 @@ def _put_back(trash: Path, path: Path) -> None:
         os.rename(trash, path)
     except OSError:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _is_tile_store(path: Path) -> bool:
+    """Whether ``path`` holds a readable tile store of this pipeline."""
+    try:
+        TileStore._open(path, mode="r", lock=None)
+    except CacheError:
+        return False
+    return True
 
 
 def _refuse_unless_store(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dtkd_pipeline.cache.errors import StoreLayoutError
 from dtkd_pipeline.cache.layout import KIND_TEACHER
 from dtkd_pipeline.cache.store import TileStore
 
@@ -21,9 +22,16 @@ def require_teacher_exists(path: Path) -> None:
 
 
 def open_teacher(path: Path) -> TileStore:
-    """The teacher store at `path`, refused if missing or another kind of store."""
+    """The teacher store at `path` (teacher.store), refused if missing, not a tile store, or
+    another kind of store."""
     require_teacher_exists(path)
-    teacher = TileStore.open(path)
+    try:
+        teacher = TileStore.open(path)
+    except StoreLayoutError as error:
+        raise StoreLayoutError(
+            f"teacher.store: {error}; point teacher.store at the store that "
+            "`dtkd-pipeline cache-teacher` builds"
+        ) from None
     with teacher.closed_on_error():
         teacher.require_kind(KIND_TEACHER)
     return teacher

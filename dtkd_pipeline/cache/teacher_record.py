@@ -92,6 +92,15 @@ def _per_role(
     return found
 
 
+def resolve_keyed_checkpoint(key: str, name: str, teacher: TeacherParams) -> Path:
+    """The checkpoint file that params ``key`` names (a registered name or a path), looked up
+    like the teacher's own files (in teacher.weights_dir); errors name ``key``."""
+    try:
+        return resolve_weights(name, weights_dir=teacher.weights_dir)
+    except WeightsError as error:
+        raise WeightsError(f"{key}={name}: {error}") from error
+
+
 def local_checkpoint_provenance(teacher: TeacherParams) -> dict[str, Any]:
     """`checkpoint_sha256` of the teacher files present here ({} for a random teacher or none)."""
     if teacher.random_weights:

@@ -63,7 +63,7 @@ def _require(module: str) -> Any:
 
 def check_onnx_target(path: str | os.PathLike[str]) -> Path:
     """Refuse an export that would fail at the end (packages missing, not a .onnx file name, a
-    folder in the way), so callers can check before their own long work."""
+    folder in the way, an unwritable folder), so callers can check before their own long work."""
     _require("onnx")
     _require("onnxruntime")
     path = Path(path)
@@ -72,6 +72,7 @@ def check_onnx_target(path: str | os.PathLike[str]) -> Path:
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise ValueError(f"ONNX output {path}: {blocker} is a file, not a folder")
+    atomic.require_parent_folders(path, "ONNX output")  # a folder it cannot be written in
     return path
 
 
