@@ -26,8 +26,22 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+def _path_text(text: str | Path) -> Path:
+    """A path argument; an empty one (an unset shell variable, say) would silently mean '.'.
+    (Typer passes defaults, already Paths, through here too.)"""
+    if not str(text).strip():
+        raise typer.BadParameter(
+            "empty path: pass a file or folder (did a shell variable expand to nothing?)"
+        )
+    return Path(text)
+
+
 ParamsOption = Annotated[
-    Path, typer.Option("--params", "-p", help="Pipeline parameters (see params.yaml).")
+    Path,
+    typer.Option(
+        "--params", "-p", parser=_path_text, help="Pipeline parameters (see params.yaml)."
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
@@ -160,7 +174,8 @@ def cache_teacher(
         bool, typer.Option(help="Delete an existing store and start over.")
     ] = False,
     weights_dir: Annotated[
-        Path | None, typer.Option(help="Folder with the official .pth files (offline use).")
+        Path | None,
+        typer.Option(parser=_path_text, help="Folder with the official .pth files (offline use)."),
     ] = None,
     scheduler: Annotated[
         str | None,
@@ -213,7 +228,8 @@ def verify_cache(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A teacher store (data/cache/teacher.zarr) or prepared store (…/train.zarr)."
+            parser=_path_text,
+            help="A teacher store (data/cache/teacher.zarr) or prepared store (…/train.zarr).",
         ),
     ],
     params: ParamsOption = Path("params.yaml"),
@@ -292,7 +308,9 @@ def benchmark(
     device: DeviceOption = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option(help="Folder for efficiency.json/.md (default: evaluate.out_dir)."),
+        typer.Option(
+            parser=_path_text, help="Folder for efficiency.json/.md (default: evaluate.out_dir)."
+        ),
     ] = None,
 ) -> None:
     """Params, FLOPs and latency of the students and the teacher (settings: evaluate.efficiency)."""
@@ -318,13 +336,16 @@ def analyze_bands(
     overrides: SetOption = None,
     model: Annotated[
         list[Path] | None,
-        typer.Option(help="Student checkpoint(s) (default: evaluate.models.students)."),
+        typer.Option(
+            parser=_path_text, help="Student checkpoint(s) (default: evaluate.models.students)."
+        ),
     ] = None,
     device: DeviceOption = None,
     out_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Folder for bands.json and bands.png (default: evaluate.out_dir/plots_dir)."
+            parser=_path_text,
+            help="Folder for bands.json and bands.png (default: evaluate.out_dir/plots_dir).",
         ),
     ] = None,
 ) -> None:
@@ -394,8 +415,12 @@ def _model_labels(paths: list[Path]) -> dict[str, Path]:
 
 @app.command("upscale")
 def upscale(
-    inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
-    output: Annotated[Path, typer.Argument(help="Output file (for one image) or folder.")],
+    inputs: Annotated[
+        Path, typer.Argument(parser=_path_text, help="An image file or a folder of images.")
+    ],
+    output: Annotated[
+        Path, typer.Argument(parser=_path_text, help="Output file (for one image) or folder.")
+    ],
     model: Annotated[
         str,
         typer.Option(
@@ -426,10 +451,14 @@ def upscale(
     ] = None,
     export_onnx: Annotated[
         Path | None,
-        typer.Option(help="Also export the student to this ONNX file (checked against PyTorch)."),
+        typer.Option(
+            parser=_path_text,
+            help="Also export the student to this ONNX file (checked against PyTorch).",
+        ),
     ] = None,
     weights_dir: Annotated[
-        Path | None, typer.Option(help="Folder with official .pth files (offline use).")
+        Path | None,
+        typer.Option(parser=_path_text, help="Folder with official .pth files (offline use)."),
     ] = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Skip unreadable images with a note instead of stopping.")
@@ -478,9 +507,12 @@ def _export_student_onnx(
 
 @app.command("teacher-sr")
 def teacher_sr(
-    inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
+    inputs: Annotated[
+        Path, typer.Argument(parser=_path_text, help="An image file or a folder of images.")
+    ],
     output: Annotated[
-        Path, typer.Argument(help="Output file (for one image) or folder (x4 PNGs).")
+        Path,
+        typer.Argument(parser=_path_text, help="Output file (for one image) or folder (x4 PNGs)."),
     ],
     version: Annotated[
         str, typer.Option(help="ResShift preset v1, v2, v3 or an official YAML.")
@@ -497,7 +529,9 @@ def teacher_sr(
             "else 7/8 of the chop size)."
         ),
     ] = None,
-    weights_dir: Annotated[Path | None, typer.Option(help="Folder with the .pth files.")] = None,
+    weights_dir: Annotated[
+        Path | None, typer.Option(parser=_path_text, help="Folder with the .pth files.")
+    ] = None,
     unet: Annotated[str | None, typer.Option(help="UNet weight name or path.")] = None,
     autoencoder: Annotated[str | None, typer.Option(help="VQGAN weight name or path.")] = None,
     device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
@@ -530,7 +564,9 @@ def weights(
     download: Annotated[
         list[str] | None, typer.Option(help="Download (and verify) these named weights.")
     ] = None,
-    weights_dir: Annotated[Path | None, typer.Option(help="Target folder.")] = None,
+    weights_dir: Annotated[
+        Path | None, typer.Option(parser=_path_text, help="Target folder.")
+    ] = None,
 ) -> None:
     """List the known official checkpoints, their licences, and where they are or would be kept."""
     from dtkd_pipeline import weights as registry

@@ -114,6 +114,27 @@ def test_an_empty_scheduler_address_is_refused_not_run_locally(
     assert "Invalid value for '--scheduler': empty address" in message
 
 
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["prepare-data", "--params", ""], "'--params'"),
+        (["benchmark", "--out-dir", ""], "'--out-dir'"),
+        (["upscale", "", "out"], "'inputs'"),
+        (["weights", "--weights-dir", " "], "'--weights-dir'"),
+    ],
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(
+    argv: list[str], name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out-dir "$DIR"` with DIR unset wrote into the current folder ('' is Path('.'))."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # unwrap the boxed message
+    assert "Invalid value for" in message and name in message and "empty path" in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cache_teacher_refuses_a_step_count_the_checkpoint_was_not_trained_for(
     tmp_path: Path,
 ) -> None:
