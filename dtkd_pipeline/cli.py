@@ -468,6 +468,13 @@ def upscale(
     from dtkd_pipeline import upscale as runner
     from dtkd_pipeline.student.onnx_export import check_onnx_target
 
+    if tile and overlap >= tile:  # before the model loads, under the names the user typed
+        raise typer.BadParameter(
+            f"{overlap} must be smaller than --tile ({tile}); lower --overlap, raise --tile, or "
+            "pass --tile 0 to upscale whole images",
+            param_hint="'--overlap'",
+        )
+
     def action() -> None:
         if export_onnx is not None:
             check_onnx_target(export_onnx)  # before the images, not after them

@@ -78,6 +78,19 @@ def test_upscale_out_of_range_numbers_are_usage_errors_naming_the_option(
     assert not (tmp_path / "out").exists()
 
 
+def test_upscale_overlap_not_below_the_tile_is_a_usage_error_naming_both_options(
+    tmp_path: Path,
+) -> None:
+    """It was refused only after the model loaded, as `overlap` and `the tile`."""
+    image = write_image(tmp_path / "x.png", np.full((16, 16, 3), 0.5))
+    argv = ["upscale", str(image), str(tmp_path / "out"), "--tile", "32", "--overlap", "32"]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # unwrap the boxed message
+    assert "Invalid value for '--overlap': 32 must be smaller than --tile (32)" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_cache_teacher_flags_set_their_params_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
