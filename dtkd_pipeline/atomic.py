@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,21 @@ def pid_trash(path: Path) -> Path:
     """``<name>.trash-<pid>``: where ``path`` is moved to be deleted; :func:`remove_dead_siblings`
     removes it once the process deleting it has died."""
     return path.with_name(f"{path.name}.trash-{os.getpid()}")
+
+
+def delete_trash(trash: Path) -> None:
+    """Delete ``trash``, a replaced copy moved aside (see :func:`pid_trash`) once its replacement
+    is in place. A failure only warns: the replacement succeeded, and the leftover is named so the
+    user can delete it by hand."""
+    try:
+        shutil.rmtree(trash)
+    except OSError as error:
+        shutil.rmtree(trash, ignore_errors=True)  # rmtree stops at its first failure: free the rest
+        warnings.warn(
+            f"{trash}: the replaced copy could not be deleted ({error.strerror or error}); "
+            f"its replacement is in place, so delete {trash} by hand",
+            stacklevel=2,
+        )
 
 
 def _discard(tmp: Path) -> None:

@@ -651,3 +651,30 @@ def test_a_failed_overwrite_puts_the_old_store_back(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
     with TileStore.open(path, mode="r+", lock=True) as old:
         assert old.provenance["scale"] == SCALE and old.verify().ok
+
+
+def test_an_overwrite_whose_old_store_cannot_be_deleted_warns_and_keeps_the_new_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.zarr"
+    filled_prepared(path).close()
+    trash = store_module.pid_trash(path)
+    real_rmtree = shutil.rmtree
+
+    def rmtree(target: Any, ignore_errors: bool = False, **kwargs: Any) -> None:
+        if Path(target) != trash:
+            real_rmtree(target, ignore_errors=ignore_errors, **kwargs)
+        elif not ignore_errors:
+            raise PermissionError(13, "Permission denied", str(trash / "lr"))
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    with pytest.warns(UserWarning) as caught:
+        new = TileStore.create(path, prepared_layout(), PROVENANCE | {"scale": 2}, overwrite=True)
+    monkeypatch.undo()
+    message = str(caught[0].message)
+    assert f"{trash}: the replaced copy could not be deleted (Permission denied)" in message
+    assert f"delete {trash} by hand" in message
+    new.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr", trash.name]
+    with TileStore.open(path, mode="r+", lock=True) as fresh:  # the new store, its lock released
+        assert fresh.provenance["scale"] == 2 and fresh.missing_shards() == [0, 1, 2]

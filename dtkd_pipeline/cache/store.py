@@ -43,6 +43,7 @@ import numpy as np
 import zarr
 
 from dtkd_pipeline.atomic import (
+    delete_trash,
     flush_to_disk,
     pid_temporary,
     pid_trash,
@@ -173,7 +174,7 @@ class TileStore:
             # The open descriptor follows the renamed inode, so the lock is held throughout.
             lock.path = path / LOCK_NAME
             if trash is not None:
-                shutil.rmtree(trash)
+                delete_trash(trash)  # the new store is in place: a failure here only warns
         except BaseException:
             lock.release()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -720,7 +721,7 @@ def _put_back(trash: Path, path: Path) -> None:
     try:
         os.rename(trash, path)
     except OSError:
-        shutil.rmtree(trash, ignore_errors=True)
+        delete_trash(trash)
 
 
 def _is_tile_store(path: Path) -> bool:
