@@ -33,6 +33,7 @@ from dtkd_pipeline.evaluate.metrics import Color
 from dtkd_pipeline.evaluate.testsets import Layout
 from dtkd_pipeline.losses.objective import KdLossKind
 from dtkd_pipeline.losses.schedule import KdWeightMode
+from dtkd_pipeline.losses.wavelet import deepest_dwt_level
 from dtkd_pipeline.teacher.noise import RngMode
 from dtkd_pipeline.teacher.sampler import Precision
 
@@ -668,9 +669,7 @@ def _require_dwt_depth(
     key: str, levels: int, wavelet: str, size: int, what: str, remedy: str
 ) -> None:
     """Refuse a DWT of ``levels`` deeper than pywt's maximum for a ``size``-px square ``what``."""
-    import pywt
-
-    deepest = pywt.dwt_max_level(size, wavelet)
+    deepest = deepest_dwt_level(size, size, wavelet)
     if levels > deepest:
         raise ValueError(
             f"{key} ({levels}) is deeper than the {size}-px {what} allows for wavelet {wavelet}: "

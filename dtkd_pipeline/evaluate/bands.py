@@ -44,7 +44,12 @@ from dtkd_pipeline.cache import HR, LR, TEACHER, StoreLayout, StoreLayoutError, 
 from dtkd_pipeline.cache.prepared_store import open_prepared, require_prepared_exists
 from dtkd_pipeline.cache.teacher_open import require_teacher_exists
 from dtkd_pipeline.images import list_images, probe_image, read_image, to_uint8
-from dtkd_pipeline.losses.wavelet import dwt_subbands, subband_level, subband_names
+from dtkd_pipeline.losses.wavelet import (
+    deepest_dwt_level,
+    dwt_subbands,
+    subband_level,
+    subband_names,
+)
 from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.scheduler import connect
 
@@ -649,7 +654,7 @@ def require_dwt_depth(
     """
     for _, teacher_path in pairs:
         header = probe_image(teacher_path)
-        deepest = _deepest_level(header.width, header.height, wavelet)
+        deepest = deepest_dwt_level(header.width, header.height, wavelet)
         if levels > deepest:
             raise error(
                 f"{teacher_path} is {header.width}x{header.height} px, too small for a "
@@ -665,7 +670,7 @@ def _require_tile_depth(
     but the stores analysed may have been built with another tile size. A `StoreLayoutError`
     (the store does not fit the request), which the CLI reports in one line."""
     height, width = tile_shape[-2:]
-    deepest = _deepest_level(width, height, wavelet)
+    deepest = deepest_dwt_level(width, height, wavelet)
     if levels > deepest:
         allowed = f"{deepest} level{'s' if deepest != 1 else ''}"
         raise StoreLayoutError(
@@ -674,13 +679,6 @@ def _require_tile_depth(
             "Lower levels (evaluate.bands.levels), or rebuild both stores with a larger "
             "data.lr_tile"
         )
-
-
-def _deepest_level(width: int, height: int, wavelet: str) -> int:
-    """PyWavelets' maximum DWT level for an image of this size (see `require_dwt_depth`)."""
-    import pywt
-
-    return pywt.dwt_max_level(min(width, height), wavelet)
 
 
 def analyze_folder(

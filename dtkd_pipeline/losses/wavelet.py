@@ -48,6 +48,13 @@ def subband_names(levels: int) -> tuple[str, ...]:
     return tuple(names)
 
 
+def deepest_dwt_level(width: int, height: int, wavelet: str) -> int:
+    """PyWavelets' maximum DWT level for a ``width`` x ``height`` image and this wavelet's filter
+    length: deeper, the coarsest subbands are all boundary padding (ptwt decomposes any depth
+    without a word)."""
+    return pywt.dwt_max_level(min(width, height), wavelet)
+
+
 def subband_level(name: str) -> int:
     """Decomposition level encoded in a subband name: "HL2" -> 2."""
     return int(name[2:])
