@@ -56,7 +56,7 @@ from dtkd_pipeline.cache.teacher_store import (
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.run_lock import exclusive_output
-from dtkd_pipeline.stage_files import TRAIN_STORE
+from dtkd_pipeline.stage_files import RUN_PREPARE_DATA_FIRST, TRAIN_STORE
 from dtkd_pipeline.teacher import Teacher, resolve_config
 
 
@@ -258,10 +258,7 @@ def _which_stage_builds(path: Path, params: Params) -> str:
     """For a store that is not there: the stage that writes it, as the command was given either."""
     prepared = params.data.prepared_dir / TRAIN_STORE
     if path.resolve() == prepared.resolve():
-        return (
-            "it is the prepared store that `dtkd-pipeline prepare-data` writes "
-            f"(data.prepared_dir/{TRAIN_STORE}); run that first"
-        )
+        return f"it is the prepared store data.prepared_dir/{TRAIN_STORE}; {RUN_PREPARE_DATA_FIRST}"
     return (
         "verify-cache checks the store that `dtkd-pipeline cache-teacher` writes "
         f"(teacher.store, here {params.teacher.store}) or the prepared store (here {prepared}); "

@@ -32,6 +32,7 @@ from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.stage_files import (
     CHECKPOINTS_DIR,
     DVCLIVE_DIR,
+    RUN_PREPARE_DATA_FIRST,
     STUDENT_FILE,
     TRAIN_STORE,
     VAL_DIR,
@@ -288,7 +289,7 @@ def _open_validation_set(params: Params) -> TestSet:
     if not folder.is_dir():
         raise TestSetError(
             f"validation images {folder} not found: prepare-data writes them beside "
-            f"{TRAIN_STORE} (data.prepared_dir/{VAL_DIR}); run `dtkd-pipeline prepare-data` first"
+            f"{TRAIN_STORE} (data.prepared_dir/{VAL_DIR}); {RUN_PREPARE_DATA_FIRST}"
         )
     return open_test_set("validation", "paired", folder, params.data.scale)
 

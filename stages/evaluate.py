@@ -64,7 +64,13 @@ from dtkd_pipeline.evaluate.testsets import (
 )
 from dtkd_pipeline.images import as_saved_8bit, probe_image
 from dtkd_pipeline.pairing import abbreviated
-from dtkd_pipeline.stage_files import COMPARISONS_DIR, EFFICIENCY_JSON, EFFICIENCY_MD, TRAIN_STORE
+from dtkd_pipeline.stage_files import (
+    COMPARISONS_DIR,
+    EFFICIENCY_JSON,
+    EFFICIENCY_MD,
+    RUN_PREPARE_DATA_FIRST,
+    TRAIN_STORE,
+)
 from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
 
@@ -424,7 +430,7 @@ def _require_prepared(name: str, path: Path, prepared_dir: Path) -> None:
     if path.resolve().is_relative_to(prepared_dir.resolve()) and not path.is_dir():
         raise TestSetError(
             f"test set {name!r}: {path} does not exist yet; it is written by the prepare stage "
-            f"(data.prepared_dir {prepared_dir}): run `dtkd-pipeline prepare-data` first"
+            f"(data.prepared_dir {prepared_dir}): {RUN_PREPARE_DATA_FIRST}"
         )
 
 

@@ -431,4 +431,5 @@ def test_verify_cache_on_a_missing_prepared_store_says_to_run_prepare_data(
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{target} " in result.output
-    assert "the prepared store that `dtkd-pipeline prepare-data` writes" in result.output
+    assert "the prepared store data.prepared_dir/train.zarr" in result.output
+    assert "run `dtkd-pipeline prepare-data` first" in result.output  # as every stage says it

@@ -12,7 +12,7 @@ from dtkd_pipeline.cache.layout import KIND_PREPARED
 from dtkd_pipeline.cache.provenance import SOURCES
 from dtkd_pipeline.cache.store import TileStore
 from dtkd_pipeline.config import DataParams, Params
-from dtkd_pipeline.stage_files import TRAIN_STORE
+from dtkd_pipeline.stage_files import RUN_PREPARE_DATA_FIRST, TRAIN_STORE
 
 # The data.* settings that decide which tiles train.zarr holds (shard_size and compression only
 # decide how they are stored), each recorded in its provenance under the same name.
@@ -69,7 +69,7 @@ def require_prepared_exists(path: Path, error: type[Exception] = CacheError) -> 
     FileNotFoundError for every missing input).
     """
     if not path.exists():
-        raise error(f"prepared store {path} not found; run `dtkd-pipeline prepare-data` first")
+        raise error(f"prepared store {path} not found; {RUN_PREPARE_DATA_FIRST}")
 
 
 def open_prepared(path: Path, *, complete: bool = True) -> TileStore:
