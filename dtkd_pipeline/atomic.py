@@ -226,12 +226,31 @@ def replacing_folder(final: Path, staging: Path) -> Iterator[Path]:
     try:
         mark_output(staging)
         yield staging
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        # Move the old folder aside rather than delete it first: a delete that stops halfway
+        # would leave ``final`` non-empty, the swap would fail, and the new result would be lost.
+        trash = pid_trash(final)
+        moved_aside = _move_aside(final, trash)
+        try:
+            os.replace(staging, final)
+        except BaseException:
+            if moved_aside:
+                os.rename(trash, final)
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         remove_empty_folders(made_parents)
         raise
+    if moved_aside:
+        delete_trash(trash)
+
+
+def _move_aside(folder: Path, trash: Path) -> bool:
+    """Rename ``folder`` to ``trash``; False where there was no folder to move."""
+    try:
+        os.rename(folder, trash)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def make_folders(folder: Path) -> list[Path]:

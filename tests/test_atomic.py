@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,26 @@ def test_a_stage_output_is_replaced_whole_and_marked(tmp_path: Path) -> None:
         (staging / "README.md").write_text("third")
         raise RuntimeError("stage failed")
     assert (final / "README.md").read_text() == "second"  # the previous result stays
+
+
+def test_an_old_output_that_cannot_be_fully_deleted_does_not_cost_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting the old output first, as before, stopped halfway on an undeletable file, the
+    swap then failed on a non-empty folder and the finished result was thrown away."""
+    final = tmp_path / "out"
+    with staged_folder(final, "report.out_dir") as staging:
+        (staging / "README.md").write_text("old")
+
+    def stuck_rmtree(path: object, ignore_errors: bool = False) -> None:
+        if Path(str(path)).exists() and not ignore_errors:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", stuck_rmtree)  # deletes nothing, as if every file stuck
+    warned = pytest.warns(UserWarning, match=r"out\.trash-\d+.*delete .* by hand")
+    with warned, staged_folder(final, "report.out_dir") as staging:
+        (staging / "README.md").write_text("new")
+    assert (final / "README.md").read_text() == "new"
 
 
 def test_a_failed_stage_removes_the_parent_folders_it_made_for_its_output(
