@@ -68,6 +68,8 @@ from dtkd_pipeline.stage_files import COMPARISONS_DIR, EFFICIENCY_JSON, EFFICIEN
 from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
 
+ONE_STEP_KEY = "evaluate.models.one_step"  # a UNet file run in place of teacher.unet_weights
+
 
 def _eager_teacher(params: Params, **update: Any) -> TeacherParams:
     """The teacher params (with `update`) as evaluate builds them: eager, because test images come
@@ -102,7 +104,7 @@ def _one_step_unet(params: Params) -> Path | None:
     name = params.evaluate.models.one_step
     if name is None:
         return None
-    return resolve_keyed_checkpoint("evaluate.models.one_step", name, params.teacher)
+    return resolve_keyed_checkpoint(ONE_STEP_KEY, name, params.teacher)
 
 
 def _contenders(
@@ -121,7 +123,7 @@ def _contenders(
     if one_step_unet is not None:
         # The one-step UNet runs on the teacher's VQGAN, loaded like the teacher itself.
         spec = _eager_teacher(params, unet_weights=str(one_step_unet), random_weights=False)
-        one_step = build_teacher(spec, device)
+        one_step = build_teacher(spec, device, unet_key=ONE_STEP_KEY)
         found.append(
             zoo.diffusion(zoo.ONE_STEP, one_step, cfg.teacher_seeds, cfg.teacher_chop, True)
         )

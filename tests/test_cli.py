@@ -237,6 +237,35 @@ def test_teacher_sr_names_every_bad_image_before_resolving_weights(tmp_path: Pat
     assert not (tmp_path / "o").exists()
 
 
+def test_teacher_sr_names_the_weight_option_the_user_typed_not_a_params_key(
+    tmp_path: Path,
+) -> None:
+    """A bad --unet / --autoencoder file was reported as teacher.unet_weights, a params key
+    teacher-sr does not read."""
+    unet = tmp_path / "unet.pth"
+    torch.save(build_teacher_networks(TINY_TEACHER)[0].state_dict(), unet)
+    page = tmp_path / "page.pth"  # an error page saved as a checkpoint
+    page.write_text("<html>rate limited</html>")
+    absent = tmp_path / "absent.pth"
+    write_image(tmp_path / "x.png", np.full((40, 40, 3), 0.5))
+    common = ["teacher-sr", str(tmp_path / "x.png"), str(tmp_path / "o"),
+              "--version", str(TINY_TEACHER), "--device", "cpu"]  # fmt: skip
+    cases = {
+        "--unet: ": ["--unet", str(page), "--autoencoder", str(unet)],  # corrupt
+        "--autoencoder: ": ["--unet", str(unet), "--autoencoder", str(unet)],  # wrong network
+        f"--unet {absent}: ": ["--unet", str(absent)],  # missing
+    }
+    for named, options in cases.items():
+        result = runner.invoke(app, [*common, *options])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.output.startswith(f"error: {named}"), result.output
+        assert "teacher.unet_weights" not in result.output
+        assert "teacher.autoencoder_weights" not in result.output
+        if options[1] == str(page):
+            assert "point --unet at the official ResShift .pth file" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_output_location_is_named_without_traceback(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -21,6 +21,7 @@ from dtkd_pipeline.evaluate.testsets import TestSetError
 from dtkd_pipeline.images import read_image, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.student import StudentWeightsError, build_student
+from dtkd_pipeline.teacher import TeacherCheckpointError, build_teacher_networks
 from dtkd_pipeline.weights import WeightsError
 from stages import evaluate, report
 from tests.pipeline_helpers import forbid_teacher, make_hr_images, tiny_params
@@ -249,6 +250,30 @@ def test_a_missing_one_step_checkpoint_names_its_key_before_the_teacher_runs(
     with pytest.raises(WeightsError) as info:
         evaluate.run(broken, device="cpu")
     assert str(info.value).startswith(f"evaluate.models.one_step={missing}: weights file")
+    assert "teacher.unet_weights" not in str(info.value)
+    assert not params.evaluate.metrics_dir.exists()
+
+
+def test_an_unloadable_one_step_checkpoint_is_named_by_its_key_not_the_teachers(
+    params: Params, tmp_path: Path
+) -> None:
+    """A corrupt one-step file was reported as teacher.unet_weights, which it stands in for."""
+    vq = tmp_path / "vq.pth"
+    torch.save(build_teacher_networks("tests/data/resshift_tiny_t2.yaml")[1].state_dict(), vq)
+    page = tmp_path / "sinsr.pth"  # an error page saved as a checkpoint
+    page.write_text("<html>rate limited</html>")
+    models = params.evaluate.models.model_copy(update={"one_step": str(page)})
+    teacher = params.teacher.model_copy(update={"autoencoder_weights": str(vq)})
+    broken = params.model_copy(
+        update={
+            "teacher": teacher,
+            "evaluate": params.evaluate.model_copy(update={"models": models}),
+        }
+    )
+    with pytest.raises(TeacherCheckpointError) as info:
+        evaluate.run(broken, device="cpu")
+    assert str(info.value).startswith(f"evaluate.models.one_step: teacher checkpoint {page}")
+    assert "point evaluate.models.one_step at" in str(info.value)
     assert "teacher.unet_weights" not in str(info.value)
     assert not params.evaluate.metrics_dir.exists()
 
