@@ -415,15 +415,16 @@ def _open_test_sets(params: Params, min_hr_side: int) -> list[TestSet]:
             item.hr_dir,
             item.lr_dir,
             min_hr_side=min_hr_side,
+            params_key=f"evaluate.sets.{index}",  # as params errors name list entries
         )
-        for item in params.evaluate.sets
+        for index, item in enumerate(params.evaluate.sets)
     ]
 
 
 def _require_prepared(name: str, path: Path, prepared_dir: Path) -> None:
     """A set inside data.prepared_dir (the demo's val/) is prepare's output, not a download: say
     which stage makes it, rather than to download or unpack it."""
-    if path.resolve().is_relative_to(prepared_dir.resolve()) and not path.is_dir():
+    if path.resolve().is_relative_to(prepared_dir.resolve()) and not path.exists():
         raise TestSetError(
             f"test set {name!r}: {path} does not exist yet; it is written by the prepare stage "
             f"(data.prepared_dir {prepared_dir}): run `dtkd-pipeline prepare-data` first"

@@ -286,6 +286,18 @@ def test_evaluating_before_prepare_says_to_run_prepare_data(tmp_path: Path) -> N
     assert not params.evaluate.metrics_dir.exists()
 
 
+def test_a_test_set_path_that_is_a_file_names_its_entry_key(tmp_path: Path) -> None:
+    """Inside data.prepared_dir too, where it was reported as not written yet."""
+    for where in (tmp_path / "Set5.zip", tmp_path / "prepared" / "val"):
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_bytes(b"PK\x03\x04")
+        sets = f"evaluate.sets=[{{name: demo, layout: hr-only, path: '{where}'}}]"
+        params = tiny_params(tmp_path, tmp_path / "unused", ["evaluate.metrics=[psnr]", sets])
+        with pytest.raises(TestSetError, match=r"\(from evaluate\.sets\.0\.path\) is a file"):
+            evaluate.run(params, device="cpu")
+        assert not params.evaluate.metrics_dir.exists()
+
+
 def test_unusable_checkpoints_and_precisions_are_refused_before_the_teacher_runs(
     params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

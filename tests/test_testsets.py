@@ -171,6 +171,31 @@ def test_missing_folder_and_empty_set(tmp_path: Path) -> None:
         open_test_set("s", "hr-only", tmp_path, SCALE, hr_dir=tmp_path)
 
 
+@pytest.mark.parametrize("layout", ["paired", "realsr", "imagenet-test", "hr-only"])
+def test_a_set_path_that_is_a_file_is_called_a_file_with_its_key(
+    tmp_path: Path, layout: str
+) -> None:
+    """It was reported as a folder that "does not exist", sending the user to look for it."""
+    archive = tmp_path / "Set5.zip"
+    archive.write_bytes(b"PK\x03\x04")
+    with pytest.raises(TestSetError) as caught:
+        open_test_set("s", layout, archive, SCALE, params_key="evaluate.sets.2")
+    message = str(caught.value)
+    assert f"{archive} (from evaluate.sets.2.path) is a file, not a folder" in message
+    assert "point evaluate.sets.2.path at the test set's folder" in message
+    assert "does not exist" not in message
+
+
+def test_an_explicit_hr_or_lr_dir_that_is_a_file_names_that_key(tmp_path: Path) -> None:
+    _write(tmp_path / "hr" / "a.png", 8, 8)
+    (tmp_path / "lr.txt").write_text("not a folder")
+    with pytest.raises(TestSetError, match=r"lr\.txt \(from evaluate\.sets\.0\.lr_dir\) is a file"):
+        open_test_set(
+            "s", "paired", None, SCALE, tmp_path / "hr", tmp_path / "lr.txt",
+            params_key="evaluate.sets.0",
+        )  # fmt: skip
+
+
 def test_unmatched_files_are_listed(tmp_path: Path) -> None:
     for i in range(14):
         _write(tmp_path / "hr" / f"img{i:02d}.png", 8, 8)
