@@ -59,7 +59,6 @@ from dtkd_pipeline.evaluate.testsets import (
     TestPair,
     TestSet,
     TestSetError,
-    load_pair,
     open_test_set,
 )
 from dtkd_pipeline.images import as_saved_8bit, probe_image
@@ -178,7 +177,7 @@ def evaluate_set(
     total = len(test_set.pairs) * sum(len(c.runs) for c in contenders)
     with tqdm(total=total, desc=f"evaluate {test_set.name}", unit="sr") as bar:
         for index, pair in enumerate(test_set.pairs):
-            lr, hr = load_pair(pair, scale)
+            lr, hr = test_set.load(pair, scale)
             panels: dict[str, torch.Tensor] = {}
             for contender in contenders:
                 for run in contender:

@@ -50,6 +50,7 @@ from dtkd_pipeline.images import (
     list_images,
     read_image,
     to_uint8,
+    unreadable_advice,
     write_image,
 )
 from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
@@ -365,9 +366,10 @@ def _probe_all(
 def _refuse_or_skip_bad(bad: dict[Path, ImageReadError], skip_bad: bool) -> None:
     if bad and not skip_bad:
         problems = "\n".join(f"  {exc}" for exc in bad.values())
+        advice = unreadable_advice("them", "rerun with --skip-bad (data.skip_bad: true)")
         raise ImageReadError(
-            f"{len(bad)} image(s) could not be read or paired; nothing was written. Fix or remove "
-            f"them, or rerun with --skip-bad (data.skip_bad: true):\n{problems}"
+            f"{len(bad)} image(s) could not be read or paired, so nothing was written; "
+            f"{advice}:\n{problems}"
         )
     for exc in bad.values():
         tqdm.write(f"skipping: {exc}")

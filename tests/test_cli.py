@@ -233,6 +233,7 @@ def test_teacher_sr_names_every_bad_image_before_resolving_weights(tmp_path: Pat
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "2 image(s) cannot be super-resolved; nothing was written" in result.output
     assert "broken.png" in result.output and "too-small.png" in result.output
+    assert "; replace or remove the file" in result.output  # what to do about broken.png
     assert "fine.png" not in result.output and "absent-unet.pth" not in result.output
     assert not (tmp_path / "o").exists()
 

@@ -18,7 +18,7 @@ from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.figures import curve_panels, training_curves
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
 from dtkd_pipeline.evaluate.testsets import TestSetError
-from dtkd_pipeline.images import read_image, write_image
+from dtkd_pipeline.images import ImageReadError, read_image, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.student import StudentWeightsError, build_student
 from dtkd_pipeline.teacher import TeacherCheckpointError, build_teacher_networks
@@ -296,6 +296,18 @@ def test_a_test_set_path_that_is_a_file_names_its_entry_key(tmp_path: Path) -> N
         with pytest.raises(TestSetError, match=r"\(from evaluate\.sets\.0\.path\) is a file"):
             evaluate.run(params, device="cpu")
         assert not params.evaluate.metrics_dir.exists()
+
+
+def test_an_image_unreadable_mid_evaluation_says_what_to_do(params: Params) -> None:
+    """Pixel data corrupt behind a good header shows only when the image is scored."""
+    image = params.evaluate.sets[0].path / "hr" / "img00.png"
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ImageReadError) as info:
+        evaluate.run(params, device="cpu")
+    assert str(info.value).startswith(f"test set 'demo': {image}: corrupt or truncated")
+    assert "replace or remove the file, or point evaluate.sets.0.path at" in str(info.value)
+    assert not params.evaluate.metrics_dir.exists()
 
 
 def test_unusable_checkpoints_and_precisions_are_refused_before_the_teacher_runs(

@@ -39,7 +39,14 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from dtkd_pipeline.images import list_images, probe_image, read_image, to_uint8
+from dtkd_pipeline.images import (
+    ImageReadError,
+    list_images,
+    probe_image,
+    read_image,
+    to_uint8,
+    unreadable_advice,
+)
 from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
 from dtkd_pipeline.resize import bicubic_downscale_x4, imresize, modcrop
 
@@ -82,7 +89,11 @@ class TestPair:
 
 @dataclass(frozen=True)
 class TestSet:
-    """A named test set: its layout, where it was read from, and its pairs sorted by stem."""
+    """A named test set: its layout, where it was read from, and its pairs sorted by stem.
+
+    ``read_advice``: what to do about an image of the set that cannot be read (which settings
+    to point at a good copy of the set).
+    """
 
     __test__ = False
 
@@ -90,12 +101,21 @@ class TestSet:
     layout: str
     root: Path
     pairs: list[TestPair]
+    read_advice: str = unreadable_advice("the file")
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __iter__(self) -> Iterator[TestPair]:
         return iter(self.pairs)
+
+    def load(self, pair: TestPair, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`load_pair`, with pixel data corrupt behind a good header reported as the
+        set's image, saying what to do."""
+        try:
+            return load_pair(pair, scale)
+        except ImageReadError as error:
+            raise _unreadable(self.name, error, self.read_advice) from error
 
 
 # ---------------------------------------------------------------------------------- opening
@@ -132,6 +152,9 @@ def open_test_set(
         raise ValueError(f"test set {name!r}: give its path (or hr_dir and lr_dir for 'paired')")
     root = Path(path) if path is not None else Path(str(hr_dir)).parent
     keys = _FolderKeys.of(params_key)
+    read_advice = unreadable_advice(
+        "the file", f"point {keys.used(layout, hr_dir, lr_dir)} at a good copy of the set"
+    )
     if layout == "paired":
         pairs = _open_paired(name, root, scale, hr_dir, lr_dir, keys)
     elif layout == "realsr":
@@ -147,8 +170,15 @@ def open_test_set(
         _check_unique_stems(name, pairs, folder)
     if check_sizes:
         for pair in pairs:
-            _check_pair_size(pair, scale, min_hr_side)
-    return TestSet(name=name, layout=layout, root=root, pairs=sorted(pairs, key=lambda p: p.stem))
+            try:
+                _check_pair_size(pair, scale, min_hr_side)
+            except ImageReadError as error:
+                raise _unreadable(name, error, read_advice) from error
+    return TestSet(name, layout, root, sorted(pairs, key=lambda p: p.stem), read_advice)
+
+
+def _unreadable(name: str, error: ImageReadError, advice: str) -> ImageReadError:
+    return ImageReadError(f"test set {name!r}: {error}; {advice}")
 
 
 def _joined(*parts: str) -> str:
@@ -168,6 +198,12 @@ class _FolderKeys:
         if params_key is None:
             return cls(*(f"{what} in params.yaml (evaluate.sets)" for what in _UNKEYED))
         return cls(f"{params_key}.path", f"{params_key}.hr_dir", f"{params_key}.lr_dir")
+
+    def used(self, layout: str, hr_dir: object, lr_dir: object) -> str:
+        """The settings that gave the set's images (explicit hr_dir/lr_dir replace the path)."""
+        explicit = [key for key, given in ((self.hr_dir, hr_dir), (self.lr_dir, lr_dir)) if given]
+        path = [] if layout == "paired" and len(explicit) == 2 else [self.path]
+        return " / ".join(path + explicit)
 
 
 def _folder(name: str, folder: Path, layout: str, key: str) -> Path:

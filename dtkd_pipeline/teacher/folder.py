@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dtkd_pipeline.devices import resolve_device
-from dtkd_pipeline.images import ImageReadError, read_image, write_image
+from dtkd_pipeline.images import ImageReadError, read_image, unreadable_advice, write_image
 from dtkd_pipeline.output_plan import plan_outputs
 from dtkd_pipeline.teacher.config import (
     AUTOENCODER_WEIGHTS,
@@ -113,7 +113,7 @@ def _check_images(paths: list[Path]) -> None:
         try:
             image = read_image(path)  # (decoding twice costs nothing beside 15 diffusion steps)
         except ImageReadError as error:
-            unusable.append(str(error))
+            unusable.append(f"{error}; {unreadable_advice('the file')}")
             continue
         height, width = image.rgb.shape[:2]
         if min(height, width) < MIN_LR_SIDE:
