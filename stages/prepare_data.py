@@ -29,6 +29,7 @@ from dtkd_pipeline.atomic import (
     pid_temporary,
     remove_dead_siblings,
     replacing_folder,
+    require_replaceable_location,
 )
 from dtkd_pipeline.cache import (
     HR,
@@ -174,6 +175,7 @@ def _check_prepared_dir(folder: Path) -> None:
     DVC restores a checked-out output without the marker (.dvcignore'd), so a folder holding
     only what this stage writes counts as its own too.
     """
+    require_replaceable_location(folder, "data.prepared_dir")  # checked out by DVC or not
     ours = {TRAIN_STORE, VAL_DIR, OUTPUT_MARKER}
     checked_out = (folder / TRAIN_STORE / "zarr.json").is_file()
     if checked_out and {entry.name for entry in folder.iterdir()} <= ours:
