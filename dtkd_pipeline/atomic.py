@@ -137,14 +137,24 @@ def check_replaceable(folder: Path, key: str) -> None:
 
     A missing or empty folder, or one holding :data:`OUTPUT_MARKER`, may be replaced.
     """
-    require_parent_folders(folder, key)
-    require_folder(folder, key)
+    require_replaceable_location(folder, key)
     if is_replaceable(folder):
         return
     raise OutputFolderError(
         f"{key}: {folder} holds files no stage of this pipeline wrote, and the stage replaces "
         f"that folder whole; set {key} to a new or empty folder, or delete {folder} yourself"
     )
+
+
+def require_replaceable_location(folder: Path, key: str) -> None:
+    """Refuse a folder to be replaced whole that this process could not replace: one under a
+    file, a file, or an existing folder whose entries it could not delete or whose own folder it
+    could not rename a new one into (checked here: the swap comes after the work)."""
+    require_folder(folder, key, writable=False)  # an empty read-only folder is still replaced
+    if folder.is_dir():
+        require_writable_in(folder.parent, key, f"cannot replace {folder}")
+        if any(folder.iterdir()):  # its entries are deleted
+            require_writable_in(folder, key)
 
 
 def is_replaceable(folder: Path) -> bool:
@@ -161,11 +171,8 @@ def require_parent_folders(path: Path, key: str) -> None:
     for parent in path.parents:
         if parent.exists() or parent.is_symlink():
             _refuse_a_file(parent, key)
-            if not (path.exists() or path.is_symlink()) and not can_write_in(parent):
-                raise OutputFolderError(
-                    f"{key}: cannot create {path}: {parent} is not writable; choose another "
-                    f"{key} or fix the permissions of {parent}"
-                )
+            if not (path.exists() or path.is_symlink()):
+                require_writable_in(parent, key, f"cannot create {path}")
             return
 
 
@@ -174,11 +181,36 @@ def can_write_in(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def require_folder(folder: Path, key: str) -> None:
+def require_writable(path: Path, key: str) -> None:
+    """Refuse an existing output this process may not write: a folder it cannot create entries
+    in, or a file it cannot replace (files are renamed over, so their folder must be writable).
+    A missing output is :func:`require_parent_folders`' concern."""
+    if path.is_dir():
+        require_writable_in(path, key)
+    elif path.exists():
+        require_writable_in(path.parent, key, f"cannot replace {path}")
+
+
+def require_writable_in(folder: Path, key: str, action: str | None = None) -> None:
+    """Refuse, naming ``key`` (and ``action``, where ``folder`` is not the output itself), when
+    this process cannot create entries in ``folder``: the write would fail only after the work,
+    naming a temporary or lock file."""
+    if not can_write_in(folder):
+        doing = f"{action}: " if action else ""
+        raise OutputFolderError(
+            f"{key}: {doing}{folder} is not writable; choose another {key} or fix the "
+            f"permissions of {folder}"
+        )
+
+
+def require_folder(folder: Path, key: str, *, writable: bool = True) -> None:
     """Refuse an output folder that exists as a file (or a link to one, or a dangling link), or
-    lies under a file: either way creating it would fail only after the work."""
+    lies under a file, or (``writable``) exists but cannot be written in: each way writing in it
+    would fail only after the work. ``writable=False`` for a folder that may be only read."""
     _refuse_a_file(folder, key)
     require_parent_folders(folder, key)
+    if writable:
+        require_writable(folder, key)
 
 
 def _refuse_a_file(folder: Path, key: str) -> None:
@@ -187,11 +219,13 @@ def _refuse_a_file(folder: Path, key: str) -> None:
 
 
 def require_file_target(path: Path, key: str) -> None:
-    """Refuse an output file location that is a folder or lies under a file, before the work
-    that produces the file (the write would fail at the end, naming a temporary)."""
+    """Refuse an output file location that is a folder, lies under a file, or could not be
+    written (see :func:`require_writable`), before the work that produces the file (the write
+    would fail at the end, naming a temporary)."""
     if path.is_dir():
         raise OutputFolderError(f"{key}: {path} is a folder; give a file name")
     require_parent_folders(path, key)
+    require_writable(path, key)
 
 
 def mark_output(folder: Path) -> None:

@@ -581,7 +581,9 @@ def weights(
 
     def action() -> None:
         target = registry.weights_dir(weights_dir)
-        require_folder(target, "--weights-dir" if weights_dir else "the weights folder")
+        # Listing may read a shared read-only folder; downloading writes in it.
+        key = "--weights-dir" if weights_dir else "the weights folder"
+        require_folder(target, key, writable=bool(download))
         # Names only: a file path would "resolve" to itself and download nothing.
         specs = [registry.get_spec(name) for name in download or []]
         for spec in specs:

@@ -64,6 +64,7 @@ __all__ = [
     "read_image",
     "to_uint8",
     "to_uint16",
+    "unreadable_advice",
     "write_image",
 ]
 
@@ -74,6 +75,12 @@ Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 class ImageReadError(ValueError):
     """A file could not be read as an image; the message names the file and the reason."""
+
+
+def unreadable_advice(files: str, *other_ways: str) -> str:
+    """What to do about unreadable images, worded alike by every command: replace or remove
+    ``files`` ("the file", "them"), or one of the command's ``other_ways`` past them."""
+    return ", or ".join((f"replace or remove {files}", *other_ways))
 
 
 @dataclass(frozen=True, eq=False)

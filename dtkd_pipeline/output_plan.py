@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dtkd_pipeline.atomic import require_parent_folders
+from dtkd_pipeline.atomic import require_parent_folders, require_writable
 from dtkd_pipeline.images import IMAGE_EXTENSIONS, list_images
 
 __all__ = ["plan_outputs"]
@@ -25,6 +25,7 @@ def plan_outputs(inputs: Path, out: Path, suffix: str = "") -> list[tuple[Path, 
     if not inputs.exists():
         raise FileNotFoundError(f"input not found: {inputs}")
     require_parent_folders(out, "output")
+    require_writable(out, "output")  # an existing folder written in, or file replaced
     if inputs.is_file():
         pairs = [(inputs, _single_target(inputs, out, suffix))]
     else:

@@ -21,6 +21,7 @@ from dtkd_pipeline.atomic import (
     make_folders,
     remove_empty_folders,
     require_parent_folders,
+    require_writable_in,
 )
 
 # Ends the name of an output folder's lock file; listed in .gitignore and .dvcignore.
@@ -138,6 +139,8 @@ def exclusive_output(folder: Path, key: str) -> Iterator[None]:
     """
     require_parent_folders(folder, key)  # the lock goes beside it: refuse `notes.txt/out` first
     lock_path = output_lock_path(folder)
+    if folder.exists():  # (a missing folder's parent was checked above)
+        require_writable_in(lock_path.parent, key, f"cannot lock {folder}")
     lock = PidLock(lock_path, remove_when_released=True)
     made: list[Path] = []
     try:

@@ -53,6 +53,7 @@ from dtkd_pipeline.images import (
     LoadedImage,
     probe_image,
     read_image,
+    unreadable_advice,
     write_image,
 )
 from dtkd_pipeline.output_plan import plan_outputs
@@ -539,8 +540,8 @@ def _prescan(pairs: list[tuple[Path, Path]], skip_bad: bool) -> list[tuple[Path,
     if bad and not skip_bad:
         problems = "\n".join(f"  {error}" for error in bad)
         raise ImageReadError(
-            f"{len(bad)} input image(s) cannot be read; nothing was written. Fix or remove them, "
-            f"or rerun with --skip-bad:\n{problems}"
+            f"{len(bad)} input image(s) cannot be read, so nothing was written; "
+            f"{unreadable_advice('them', 'rerun with --skip-bad')}:\n{problems}"
         )
     for error in bad:
         tqdm.write(f"skipping: {error}")
@@ -614,9 +615,9 @@ def _read_or_skip(
         return read_image(source)
     except ImageReadError as error:
         if not skip_bad:
+            advice = unreadable_advice("it", "rerun with --skip-bad to go past unreadable images")
             raise ImageReadError(
-                f"{error}; {written} of {total} image(s) were written to {out} "
-                "before it. Rerun with --skip-bad to go past unreadable images"
+                f"{error}; {written} of {total} image(s) were written to {out} before it; {advice}"
             ) from error
         tqdm.write(f"skipping: {error}")
         return None

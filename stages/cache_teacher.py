@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from dtkd_pipeline.atomic import require_file_target, require_parent_folders
+from dtkd_pipeline.atomic import require_file_target, require_parent_folders, require_writable
 from dtkd_pipeline.cache import (
     KIND_PREPARED,
     KIND_TEACHER,
@@ -128,6 +128,7 @@ def _check_targets(params: Params, overwrite: bool) -> None:
     check_steps(params.teacher)
     require_file_target(params.teacher.preview, "teacher.preview")  # written after the teacher ran
     require_parent_folders(params.teacher.store, "teacher.store")
+    require_writable(params.teacher.store, "teacher.store")  # a store resumed or overwritten
     try:
         TileStore.check_target(params.teacher.store, overwrite)
     except NotAStoreError as error:

@@ -59,7 +59,6 @@ from dtkd_pipeline.evaluate.testsets import (
     TestPair,
     TestSet,
     TestSetError,
-    load_pair,
     open_test_set,
 )
 from dtkd_pipeline.images import as_saved_8bit, probe_image
@@ -73,6 +72,8 @@ from dtkd_pipeline.stage_files import (
 )
 from dtkd_pipeline.student import StudentWeightsError
 from dtkd_pipeline.teacher import Teacher
+
+ONE_STEP_KEY = "evaluate.models.one_step"  # a UNet file run in place of teacher.unet_weights
 
 
 def _eager_teacher(params: Params, **update: Any) -> TeacherParams:
@@ -108,7 +109,7 @@ def _one_step_unet(params: Params) -> Path | None:
     name = params.evaluate.models.one_step
     if name is None:
         return None
-    return resolve_keyed_checkpoint("evaluate.models.one_step", name, params.teacher)
+    return resolve_keyed_checkpoint(ONE_STEP_KEY, name, params.teacher)
 
 
 def _contenders(
@@ -127,7 +128,7 @@ def _contenders(
     if one_step_unet is not None:
         # The one-step UNet runs on the teacher's VQGAN, loaded like the teacher itself.
         spec = _eager_teacher(params, unet_weights=str(one_step_unet), random_weights=False)
-        one_step = build_teacher(spec, device)
+        one_step = build_teacher(spec, device, unet_key=ONE_STEP_KEY)
         found.append(
             zoo.diffusion(zoo.ONE_STEP, one_step, cfg.teacher_seeds, cfg.teacher_chop, True)
         )
@@ -182,7 +183,7 @@ def evaluate_set(
     total = len(test_set.pairs) * sum(len(c.runs) for c in contenders)
     with tqdm(total=total, desc=f"evaluate {test_set.name}", unit="sr") as bar:
         for index, pair in enumerate(test_set.pairs):
-            lr, hr = load_pair(pair, scale)
+            lr, hr = test_set.load(pair, scale)
             panels: dict[str, torch.Tensor] = {}
             for contender in contenders:
                 for run in contender:
@@ -419,15 +420,16 @@ def _open_test_sets(params: Params, min_hr_side: int) -> list[TestSet]:
             item.hr_dir,
             item.lr_dir,
             min_hr_side=min_hr_side,
+            params_key=f"evaluate.sets.{index}",  # as params errors name list entries
         )
-        for item in params.evaluate.sets
+        for index, item in enumerate(params.evaluate.sets)
     ]
 
 
 def _require_prepared(name: str, path: Path, prepared_dir: Path) -> None:
     """A set inside data.prepared_dir (the demo's val/) is prepare's output, not a download: say
     which stage makes it, rather than to download or unpack it."""
-    if path.resolve().is_relative_to(prepared_dir.resolve()) and not path.is_dir():
+    if path.resolve().is_relative_to(prepared_dir.resolve()) and not path.exists():
         raise TestSetError(
             f"test set {name!r}: {path} does not exist yet; it is written by the prepare stage "
             f"(data.prepared_dir {prepared_dir}): {RUN_PREPARE_DATA_FIRST}"

@@ -29,6 +29,7 @@ from dtkd_pipeline.atomic import (
     pid_temporary,
     remove_dead_siblings,
     replacing_folder,
+    require_replaceable_location,
 )
 from dtkd_pipeline.cache import (
     HR,
@@ -50,6 +51,7 @@ from dtkd_pipeline.images import (
     list_images,
     read_image,
     to_uint8,
+    unreadable_advice,
     write_image,
 )
 from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
@@ -173,6 +175,7 @@ def _check_prepared_dir(folder: Path) -> None:
     DVC restores a checked-out output without the marker (.dvcignore'd), so a folder holding
     only what this stage writes counts as its own too.
     """
+    require_replaceable_location(folder, "data.prepared_dir")  # checked out by DVC or not
     ours = {TRAIN_STORE, VAL_DIR, OUTPUT_MARKER}
     checked_out = (folder / TRAIN_STORE / "zarr.json").is_file()
     if checked_out and {entry.name for entry in folder.iterdir()} <= ours:
@@ -365,9 +368,10 @@ def _probe_all(
 def _refuse_or_skip_bad(bad: dict[Path, ImageReadError], skip_bad: bool) -> None:
     if bad and not skip_bad:
         problems = "\n".join(f"  {exc}" for exc in bad.values())
+        advice = unreadable_advice("them", "rerun with --skip-bad (data.skip_bad: true)")
         raise ImageReadError(
-            f"{len(bad)} image(s) could not be read or paired; nothing was written. Fix or remove "
-            f"them, or rerun with --skip-bad (data.skip_bad: true):\n{problems}"
+            f"{len(bad)} image(s) could not be read or paired, so nothing was written; "
+            f"{advice}:\n{problems}"
         )
     for exc in bad.values():
         tqdm.write(f"skipping: {exc}")

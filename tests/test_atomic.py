@@ -15,7 +15,9 @@ import torch
 from dtkd_pipeline.atomic import (
     OUTPUT_MARKER,
     OutputFolderError,
+    mark_output,
     replacing,
+    require_file_target,
     require_folder,
     staged_folder,
 )
@@ -46,6 +48,85 @@ def test_an_output_folder_under_a_file_is_refused_naming_the_file(tmp_path: Path
         require_folder(tmp_path / "notes.txt" / "run" / "bands", "--out-dir")
     require_folder(tmp_path / "new" / "run", "--out-dir")  # absent folders are fine
     assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def _read_only(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:
+    """Make `folders` read-only to this process as os.access sees them (root ignores mode bits)."""
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:
+        if Path(str(path)) in folders and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_an_existing_output_this_process_cannot_write_is_refused_by_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only missing outputs were checked: an existing read-only one failed after the work."""
+    out = tmp_path / "out"
+    out.mkdir()
+    preview = out / "preview.png"
+    preview.write_bytes(b"an older preview")
+    _read_only(monkeypatch, out)
+    fix = f"{out} is not writable; choose another --out-dir or fix the permissions of {out}"
+    with pytest.raises(OutputFolderError) as info:
+        require_folder(out, "--out-dir")  # written in
+    assert str(info.value) == f"--out-dir: {fix}"
+    require_folder(out, "--weights-dir", writable=False)  # only read: a shared read-only folder
+    with pytest.raises(OutputFolderError) as info:
+        require_file_target(preview, "teacher.preview")  # replaced by a rename in `out`
+    assert str(info.value).startswith(f"teacher.preview: cannot replace {preview}: {out} is not")
+    assert preview.read_bytes() == b"an older preview"
+
+
+def test_a_folder_replaced_whole_needs_its_parent_and_its_entries_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap came after the stage's work and failed there, naming `<folder>.partial`."""
+    parent = tmp_path / "data"
+    final = parent / "metrics"
+    final.mkdir(parents=True)
+    mark_output(final)
+    _read_only(monkeypatch, final)
+    with (
+        pytest.raises(OutputFolderError, match=rf"^evaluate\.metrics_dir: {final} is not writable"),
+        staged_folder(final, "evaluate.metrics_dir"),
+    ):
+        pytest.fail("the stage must not start")
+    (final / OUTPUT_MARKER).unlink()  # empty: its parent removes it, so it is replaced
+    with staged_folder(final, "evaluate.metrics_dir") as staging:
+        (staging / "demo.json").write_text("{}")
+    assert (final / "demo.json").is_file()
+
+    _read_only(monkeypatch, parent)
+    refused = rf"^evaluate\.metrics_dir: cannot replace {final}: {parent} is not writable"
+    with (
+        pytest.raises(OutputFolderError, match=refused),
+        staged_folder(final, "evaluate.metrics_dir"),
+    ):
+        pytest.fail("the stage must not start")
+    assert sorted(p.name for p in parent.iterdir()) == ["metrics"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only folders")
+def test_a_chmod_read_only_output_folder_is_refused_before_the_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    mark_output(out)  # a stage's earlier output
+    out.chmod(0o555)
+    try:
+        with pytest.raises(OutputFolderError, match=rf"^--out-dir: {out} is not writable"):
+            require_folder(out, "--out-dir")
+        with (
+            pytest.raises(OutputFolderError, match=rf"^report\.out_dir: {out} is not writable"),
+            staged_folder(out, "report.out_dir"),
+        ):
+            pytest.fail("the stage must not start")
+    finally:
+        out.chmod(0o755)
 
 
 def test_a_stage_output_is_replaced_whole_and_marked(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from dtkd_pipeline import atomic
 from dtkd_pipeline.cli import app
 from dtkd_pipeline.images import read_image, write_image
 from dtkd_pipeline.student import build_student
@@ -233,7 +234,37 @@ def test_teacher_sr_names_every_bad_image_before_resolving_weights(tmp_path: Pat
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "2 image(s) cannot be super-resolved; nothing was written" in result.output
     assert "broken.png" in result.output and "too-small.png" in result.output
+    assert "; replace or remove the file" in result.output  # what to do about broken.png
     assert "fine.png" not in result.output and "absent-unet.pth" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_teacher_sr_names_the_weight_option_the_user_typed_not_a_params_key(
+    tmp_path: Path,
+) -> None:
+    """A bad --unet / --autoencoder file was reported as teacher.unet_weights, a params key
+    teacher-sr does not read."""
+    unet = tmp_path / "unet.pth"
+    torch.save(build_teacher_networks(TINY_TEACHER)[0].state_dict(), unet)
+    page = tmp_path / "page.pth"  # an error page saved as a checkpoint
+    page.write_text("<html>rate limited</html>")
+    absent = tmp_path / "absent.pth"
+    write_image(tmp_path / "x.png", np.full((40, 40, 3), 0.5))
+    common = ["teacher-sr", str(tmp_path / "x.png"), str(tmp_path / "o"),
+              "--version", str(TINY_TEACHER), "--device", "cpu"]  # fmt: skip
+    cases = {
+        "--unet: ": ["--unet", str(page), "--autoencoder", str(unet)],  # corrupt
+        "--autoencoder: ": ["--unet", str(unet), "--autoencoder", str(unet)],  # wrong network
+        f"--unet {absent}: ": ["--unet", str(absent)],  # missing
+    }
+    for named, options in cases.items():
+        result = runner.invoke(app, [*common, *options])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.output.startswith(f"error: {named}"), result.output
+        assert "teacher.unet_weights" not in result.output
+        assert "teacher.autoencoder_weights" not in result.output
+        if options[1] == str(page):
+            assert "point --unet at the official ResShift .pth file" in result.output
     assert not (tmp_path / "o").exists()
 
 
@@ -263,7 +294,6 @@ def test_benchmark_and_analyze_bands_leave_evaluate_free_to_replace_its_folders(
 ) -> None:
     """Their default folders are evaluate's outputs: written there, they must stay replaceable
     (marked) so the next `evaluate` does not refuse them as a user's folders."""
-    from dtkd_pipeline import atomic
     from stages import evaluate as stage
 
     out, plots, mine = tmp_path / "evaluation", tmp_path / "plots", tmp_path / "mine"
@@ -332,6 +362,52 @@ def test_an_output_in_an_unwritable_folder_is_refused_by_its_key_before_any_work
     assert list(read_only.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("args", "key", "refused"),
+    [
+        (["prepare-data", "-S", "data.prepared_dir={ro}"], "data.prepared_dir", "{ro}"),
+        (["cache-teacher", "-S", "teacher.store={ro}"], "teacher.store", "{ro}"),
+        (["benchmark", "--device", "cpu", "--out-dir", "{ro}"], "--out-dir", "{ro}"),
+        (["upscale", "{image}", "{ro}", "--model", "{model}", "--device", "cpu"], "output", "{ro}"),
+        (
+            ["upscale", "{image}", "{tmp}/out", "--export-onnx", "{ro}/s.onnx"],
+            "ONNX output",
+            "cannot replace {ro}/s.onnx: {ro}",
+        ),
+    ],
+    ids=["prepare-data", "cache-teacher", "benchmark", "upscale", "upscale-onnx"],
+)
+def test_an_existing_output_this_process_cannot_write_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], key: str, refused: str
+) -> None:
+    """Only outputs still to be created were checked; an existing read-only one failed at the
+    end, after the work, naming a temporary or `.partial` folder instead of the key."""
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    (read_only / "s.onnx").write_bytes(b"an earlier export")
+    (read_only / atomic.OUTPUT_MARKER).write_text("")  # an earlier run's output
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:  # root ignores mode bits
+        if Path(str(path)) == read_only and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    inputs = tmp_path / "inputs"
+    image = write_image(inputs / "x.png", np.full((16, 16, 3), 0.5))
+    model = inputs / "student.pt"
+    state = build_student("swinir-tiny-x4").state_dict()
+    torch.save({"model": state, "ema": state, "arch": "swinir-tiny-x4", "iteration": 0}, model)
+    filled = [a.format(ro=read_only, tmp=tmp_path, image=image, model=model) for a in args]
+    result = runner.invoke(app, filled)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    named = refused.format(ro=read_only)
+    assert f"error: {key}: {named} is not writable; choose another {key}" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs", "read-only"]
+    assert sorted(p.name for p in read_only.iterdir()) == [atomic.OUTPUT_MARKER, "s.onnx"]
+
+
 def test_analyze_bands_wants_a_checkpoint_file_not_a_release_name() -> None:
     result = runner.invoke(app, ["analyze-bands", "--model", "swinir-s-x4"])
     assert result.exit_code == 1
@@ -381,6 +457,28 @@ def test_weights_listing_shows_the_mirror_it_would_use_and_refuses_a_file_as_fol
     result = runner.invoke(app, ["weights", "--weights-dir", str(a_file)])
     assert result.exit_code == 1 and "--weights-dir" in result.output
     assert "is a file, not a folder" in result.output
+
+
+def test_weights_lists_a_read_only_folder_but_refuses_to_download_into_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared read-only weights folder is read, never written: only a download needs writing."""
+    monkeypatch.setenv("DTKD_MIRROR", "http://127.0.0.1:9/mirror")  # never reached
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:  # root ignores mode bits
+        if Path(str(path)) == tmp_path and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    listed = runner.invoke(app, ["weights", "--weights-dir", str(tmp_path)])
+    assert listed.exit_code == 0 and "resshift-vq-f4" in listed.output
+    download = ["weights", "--weights-dir", str(tmp_path), "--download", "resshift-vq-f4"]
+    result = runner.invoke(app, download)
+    assert result.exit_code == 1
+    assert f"--weights-dir: {tmp_path} is not writable; choose another" in result.output
+    assert "127.0.0.1" not in result.output
 
 
 def test_cli_reference_matches_the_app(tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.figures import curve_panels, training_curves
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
 from dtkd_pipeline.evaluate.testsets import TestSetError
-from dtkd_pipeline.images import read_image, write_image
+from dtkd_pipeline.images import ImageReadError, read_image, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4
 from dtkd_pipeline.student import StudentWeightsError, build_student
+from dtkd_pipeline.teacher import TeacherCheckpointError, build_teacher_networks
 from dtkd_pipeline.weights import WeightsError
 from stages import evaluate, report
 from tests.pipeline_helpers import forbid_teacher, make_hr_images, tiny_params
@@ -253,11 +254,59 @@ def test_a_missing_one_step_checkpoint_names_its_key_before_the_teacher_runs(
     assert not params.evaluate.metrics_dir.exists()
 
 
+def test_an_unloadable_one_step_checkpoint_is_named_by_its_key_not_the_teachers(
+    params: Params, tmp_path: Path
+) -> None:
+    """A corrupt one-step file was reported as teacher.unet_weights, which it stands in for."""
+    vq = tmp_path / "vq.pth"
+    torch.save(build_teacher_networks("tests/data/resshift_tiny_t2.yaml")[1].state_dict(), vq)
+    page = tmp_path / "sinsr.pth"  # an error page saved as a checkpoint
+    page.write_text("<html>rate limited</html>")
+    models = params.evaluate.models.model_copy(update={"one_step": str(page)})
+    teacher = params.teacher.model_copy(update={"autoencoder_weights": str(vq)})
+    broken = params.model_copy(
+        update={
+            "teacher": teacher,
+            "evaluate": params.evaluate.model_copy(update={"models": models}),
+        }
+    )
+    with pytest.raises(TeacherCheckpointError) as info:
+        evaluate.run(broken, device="cpu")
+    assert str(info.value).startswith(f"evaluate.models.one_step: teacher checkpoint {page}")
+    assert "point evaluate.models.one_step at" in str(info.value)
+    assert "teacher.unet_weights" not in str(info.value)
+    assert not params.evaluate.metrics_dir.exists()
+
+
 def test_evaluating_before_prepare_says_to_run_prepare_data(tmp_path: Path) -> None:
     """The demo set is prepare's val/: the message told a new user to download it."""
     params = tiny_params(tmp_path, tmp_path / "unused", ["evaluate.metrics=[psnr]"])
     with pytest.raises(TestSetError, match=r"run `dtkd-pipeline prepare-data` first"):
         evaluate.run(params, device="cpu")
+    assert not params.evaluate.metrics_dir.exists()
+
+
+def test_a_test_set_path_that_is_a_file_names_its_entry_key(tmp_path: Path) -> None:
+    """Inside data.prepared_dir too, where it was reported as not written yet."""
+    for where in (tmp_path / "Set5.zip", tmp_path / "prepared" / "val"):
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_bytes(b"PK\x03\x04")
+        sets = f"evaluate.sets=[{{name: demo, layout: hr-only, path: '{where}'}}]"
+        params = tiny_params(tmp_path, tmp_path / "unused", ["evaluate.metrics=[psnr]", sets])
+        with pytest.raises(TestSetError, match=r"\(from evaluate\.sets\.0\.path\) is a file"):
+            evaluate.run(params, device="cpu")
+        assert not params.evaluate.metrics_dir.exists()
+
+
+def test_an_image_unreadable_mid_evaluation_says_what_to_do(params: Params) -> None:
+    """Pixel data corrupt behind a good header shows only when the image is scored."""
+    image = params.evaluate.sets[0].path / "hr" / "img00.png"
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ImageReadError) as info:
+        evaluate.run(params, device="cpu")
+    assert str(info.value).startswith(f"test set 'demo': {image}: corrupt or truncated")
+    assert "replace or remove the file, or point evaluate.sets.0.path at" in str(info.value)
     assert not params.evaluate.metrics_dir.exists()
 
 

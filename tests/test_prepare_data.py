@@ -95,6 +95,7 @@ def test_corrupt_image_fails_before_writing_anything(tmp_path: Path) -> None:
         prepare_data.run(params)
     message = str(info.value)
     assert "broken.png" in message and "notes.jpg" in message and "--skip-bad" in message
+    assert "replace or remove them, or rerun with --skip-bad (data.skip_bad: true)" in message
     assert not params.data.prepared_dir.exists()
     assert not list(tmp_path.glob("prepared*"))
 

@@ -198,3 +198,26 @@ def test_an_output_folder_under_a_file_is_refused_before_locking(tmp_path: Path)
     with refused, exclusive_output(tmp_path / "notes.txt" / "out", "data.prepared_dir"):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_an_existing_output_in_a_read_only_folder_is_refused_by_its_key_not_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock beside it could not be made: a PermissionError named the hidden lock file."""
+    parent = tmp_path / "shared"
+    (parent / "prepared").mkdir(parents=True)
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:  # root ignores mode bits
+        if Path(str(path)) == parent and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    refused = pytest.raises(
+        OutputFolderError,
+        match=rf"^data\.prepared_dir: cannot lock {parent / 'prepared'}: {parent} is not writable",
+    )
+    with refused, exclusive_output(parent / "prepared", "data.prepared_dir"):
+        pass
+    assert [p.name for p in parent.iterdir()] == ["prepared"]

@@ -128,3 +128,37 @@ def test_non_tensor_pickle_refused(resshift_parity_dir: Path, tmp_path: Path) ->
         TeacherCheckpointError, match=r"object\.pth contains Python objects other than tensors"
     ):
         _load(resshift_parity_dir, path, resshift_parity_dir / "vq_basic.pth")
+
+
+def test_errors_name_the_params_key_by_default_and_the_callers_label_when_given(
+    resshift_parity_dir: Path, tmp_path: Path
+) -> None:
+    """Each caller names what its user set: params keys for the stages, options for the CLI."""
+    page = tmp_path / "page.pth"
+    page.write_bytes(b"<html>rate limited</html>")
+    vq = resshift_parity_dir / "vq_basic.pth"
+    config = resshift_parity_dir / "config.yaml"
+    with pytest.raises(TeacherCheckpointError) as info:
+        load_teacher(config, unet=page, autoencoder=vq)
+    assert str(info.value).startswith("teacher.unet_weights: ")
+    assert "point teacher.unet_weights at the official" in str(info.value)
+    with pytest.raises(TeacherCheckpointError) as info:
+        load_teacher(config, unet=resshift_parity_dir / "unet.pth", autoencoder=page)
+    assert str(info.value).startswith("teacher.autoencoder_weights: ")
+    with pytest.raises(TeacherCheckpointError) as info:
+        load_teacher(config, unet=vq, autoencoder=vq, unet_source="--unet")
+    assert str(info.value).startswith("--unet: ") and "passed as the UNet" in str(info.value)
+    with pytest.raises(TeacherCheckpointError) as info:
+        load_teacher(
+            config,
+            unet=resshift_parity_dir / "unet.pth",
+            autoencoder=page,
+            autoencoder_source="--autoencoder",
+        )
+    assert str(info.value).startswith("--autoencoder: ")
+    assert "point --autoencoder at the official" in str(info.value)
+    assert "teacher." not in str(info.value)
+    # No file given: the config's own key named it.
+    with pytest.raises(TeacherCheckpointError) as info:
+        load_teacher(config)  # its autoencoder.ckpt_path, vq_<case>.pth, is a template
+    assert str(info.value).startswith(f"autoencoder.ckpt_path in {config}: ")

@@ -14,7 +14,7 @@ from dtkd_pipeline.evaluate.testsets import (
     load_pair,
     open_test_set,
 )
-from dtkd_pipeline.images import to_uint8, write_image
+from dtkd_pipeline.images import ImageReadError, to_uint8, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4, imresize
 from dtkd_pipeline.stage_files import VAL_DIR
 
@@ -171,6 +171,31 @@ def test_missing_folder_and_empty_set(tmp_path: Path) -> None:
         open_test_set("s", "hr-only", tmp_path, SCALE, hr_dir=tmp_path)
 
 
+@pytest.mark.parametrize("layout", ["paired", "realsr", "imagenet-test", "hr-only"])
+def test_a_set_path_that_is_a_file_is_called_a_file_with_its_key(
+    tmp_path: Path, layout: str
+) -> None:
+    """It was reported as a folder that "does not exist", sending the user to look for it."""
+    archive = tmp_path / "Set5.zip"
+    archive.write_bytes(b"PK\x03\x04")
+    with pytest.raises(TestSetError) as caught:
+        open_test_set("s", layout, archive, SCALE, params_key="evaluate.sets.2")
+    message = str(caught.value)
+    assert f"{archive} (from evaluate.sets.2.path) is a file, not a folder" in message
+    assert "point evaluate.sets.2.path at the test set's folder" in message
+    assert "does not exist" not in message
+
+
+def test_an_explicit_hr_or_lr_dir_that_is_a_file_names_that_key(tmp_path: Path) -> None:
+    _write(tmp_path / "hr" / "a.png", 8, 8)
+    (tmp_path / "lr.txt").write_text("not a folder")
+    with pytest.raises(TestSetError, match=r"lr\.txt \(from evaluate\.sets\.0\.lr_dir\) is a file"):
+        open_test_set(
+            "s", "paired", None, SCALE, tmp_path / "hr", tmp_path / "lr.txt",
+            params_key="evaluate.sets.0",
+        )  # fmt: skip
+
+
 def test_unmatched_files_are_listed(tmp_path: Path) -> None:
     for i in range(14):
         _write(tmp_path / "hr" / f"img{i:02d}.png", 8, 8)
@@ -189,6 +214,40 @@ def test_unmatched_files_are_listed(tmp_path: Path) -> None:
     _write(realsr / "Canon_002_LR4.png", 8, 8)
     with pytest.raises(TestSetError, match=r"Canon_001_HR\.png.*Canon_002_LR4\.png"):
         open_test_set("r", "realsr", tmp_path / "RealSR", SCALE)
+
+
+def test_an_unreadable_image_is_named_with_what_to_do_and_the_key_to_change(
+    tmp_path: Path,
+) -> None:
+    """It was named, but with no advice: a bad header when the set opens, bad pixel data (behind a
+    good header) when the pair loads."""
+    _write(tmp_path / "hr" / "a.png", 32, 32)
+    (tmp_path / "hr" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    with pytest.raises(ImageReadError) as caught:
+        open_test_set("s5", "hr-only", tmp_path / "hr", SCALE, params_key="evaluate.sets.1")
+    assert str(caught.value).startswith(f"test set 's5': {tmp_path / 'hr' / 'b.png'}: ")
+    assert str(caught.value).endswith(
+        "; replace or remove the file, or point evaluate.sets.1.path at a good copy of the set"
+    )
+
+    whole = (tmp_path / "hr" / "a.png").read_bytes()
+    (tmp_path / "hr" / "b.png").write_bytes(whole[: len(whole) // 2])  # good header, cut short
+    test_set = open_test_set("s5", "hr-only", tmp_path / "hr", SCALE, params_key="evaluate.sets.1")
+    test_set.load(test_set.pairs[0], SCALE)
+    with pytest.raises(ImageReadError, match=r"b\.png: corrupt or truncated") as caught:
+        test_set.load(test_set.pairs[1], SCALE)
+    assert "replace or remove the file, or point evaluate.sets.1.path at" in str(caught.value)
+
+
+def test_read_advice_names_the_explicit_folders_that_replace_the_path(tmp_path: Path) -> None:
+    _write(tmp_path / "HRs" / "a.png", 8, 8)
+    _write(tmp_path / "LRs" / "a.png", 2, 2)
+    paired = open_test_set(
+        "d", "paired", tmp_path, SCALE, tmp_path / "HRs", tmp_path / "LRs", params_key="k"
+    )
+    assert paired.read_advice.endswith("point k.hr_dir / k.lr_dir at a good copy of the set")
+    hr_only = open_test_set("h", "hr-only", tmp_path / "HRs", SCALE, params_key="k")
+    assert hr_only.read_advice.endswith("point k.path at a good copy of the set")
 
 
 def test_ambiguous_names_are_refused(tmp_path: Path) -> None:

@@ -404,8 +404,11 @@ def test_unreadable_headers_are_all_named_before_anything_is_written(
 ) -> None:
     inputs, out = _folder_with_bad_images(tmp_path), tmp_path / "out"
     (inputs / "empty.jpg").write_bytes(b"")
-    with pytest.raises(ImageReadError, match=r"2 input image\(s\)[\s\S]*broken.png[\s\S]*empty"):
+    with pytest.raises(
+        ImageReadError, match=r"2 input image\(s\)[\s\S]*broken.png[\s\S]*empty"
+    ) as info:
         upscale_paths(inputs, out, model_path=checkpoint, tile=0, device="cpu")
+    assert "replace or remove them, or rerun with --skip-bad" in str(info.value)
     assert not out.exists()
     with pytest.raises(ImageReadError, match=re.escape("broken.png")):
         upscale_paths(inputs / "broken.png", out, model_path=checkpoint, device="cpu")
@@ -416,8 +419,11 @@ def test_corrupt_pixel_data_stops_the_run_saying_what_was_written(
 ) -> None:
     inputs, out = _folder_with_bad_images(tmp_path), tmp_path / "out"
     (inputs / "broken.png").unlink()
-    with pytest.raises(ImageReadError, match=r"b_truncated.png.*1 of 3 image\(s\) were written"):
+    with pytest.raises(
+        ImageReadError, match=r"b_truncated.png.*1 of 3 image\(s\) were written"
+    ) as info:
         upscale_paths(inputs, out, model_path=checkpoint, tile=0, device="cpu")
+    assert "; replace or remove it, or rerun with --skip-bad" in str(info.value)
     # Whatever was written is complete; no temporary files are left behind.
     assert [p.name for p in out.iterdir()] == ["a.png"]
 

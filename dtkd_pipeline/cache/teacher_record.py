@@ -114,8 +114,13 @@ def check_device_type(teacher: TeacherParams, device_type: str) -> None:
     require_cuda_for(teacher.precision, device_type, "teacher.precision")
 
 
-def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
-    """The teacher the params name, on ``device``, at their precision and compile mode."""
+def build_teacher(
+    teacher: TeacherParams, device: torch.device, *, unet_key: str = "teacher.unet_weights"
+) -> Teacher:
+    """The teacher the params name, on ``device``, at their precision and compile mode.
+
+    ``unet_key`` is the params key that named ``teacher.unet_weights`` (evaluate's one-step UNet
+    stands in for it), so an unloadable file is reported under the key the user set."""
     check_device_type(teacher, device.type)
     if teacher.random_weights:
         return random_teacher(
@@ -133,4 +138,5 @@ def build_teacher(teacher: TeacherParams, device: torch.device) -> Teacher:
         device=device,
         precision=teacher.precision,
         compile_mode=teacher.compile,
+        unet_source=unet_key,
     )

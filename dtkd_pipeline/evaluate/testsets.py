@@ -39,7 +39,14 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from dtkd_pipeline.images import list_images, probe_image, read_image, to_uint8
+from dtkd_pipeline.images import (
+    ImageReadError,
+    list_images,
+    probe_image,
+    read_image,
+    to_uint8,
+    unreadable_advice,
+)
 from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_stem
 from dtkd_pipeline.resize import bicubic_downscale_x4, imresize, modcrop
 
@@ -55,6 +62,7 @@ __all__ = [
 Layout = Literal["paired", "realsr", "imagenet-test", "hr-only"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
 _REALSR_CAMERAS = ("Canon", "Nikon")
+_UNKEYED = ("the set's path", "its hr_dir", "its lr_dir")  # without the set's params key
 
 
 class TestSetError(ValueError):
@@ -81,7 +89,11 @@ class TestPair:
 
 @dataclass(frozen=True)
 class TestSet:
-    """A named test set: its layout, where it was read from, and its pairs sorted by stem."""
+    """A named test set: its layout, where it was read from, and its pairs sorted by stem.
+
+    ``read_advice``: what to do about an image of the set that cannot be read (which settings
+    to point at a good copy of the set).
+    """
 
     __test__ = False
 
@@ -89,12 +101,21 @@ class TestSet:
     layout: str
     root: Path
     pairs: list[TestPair]
+    read_advice: str = unreadable_advice("the file")
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __iter__(self) -> Iterator[TestPair]:
         return iter(self.pairs)
+
+    def load(self, pair: TestPair, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`load_pair`, with pixel data corrupt behind a good header reported as the
+        set's image, saying what to do."""
+        try:
+            return load_pair(pair, scale)
+        except ImageReadError as error:
+            raise _unreadable(self.name, error, self.read_advice) from error
 
 
 # ---------------------------------------------------------------------------------- opening
@@ -109,13 +130,15 @@ def open_test_set(
     lr_dir: str | os.PathLike[str] | None = None,
     check_sizes: bool = True,
     min_hr_side: tuple[int, str] = (0, ""),
+    params_key: str | None = None,
 ) -> TestSet:
     """List and pair a test set's files (see the module docstring for the layouts).
 
     ``check_sizes`` reads every image header (not the pixels) so a size mismatch is reported now,
     before any model runs, rather than in the middle of an evaluation. ``min_hr_side`` is
     (pixels, who needs them): the smallest HR side (after cropping to a multiple of ``scale``)
-    the metrics can score, e.g. ``MetricSuite.min_hr_side``.
+    the metrics can score, e.g. ``MetricSuite.min_hr_side``. ``params_key`` is the params entry
+    the set comes from (e.g. ``evaluate.sets.0``): errors about its folders name its keys.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"test set {name!r}: unknown layout {layout!r}; use one of {LAYOUTS}")
@@ -128,32 +151,72 @@ def open_test_set(
     if path is None and not (layout == "paired" and hr_dir is not None and lr_dir is not None):
         raise ValueError(f"test set {name!r}: give its path (or hr_dir and lr_dir for 'paired')")
     root = Path(path) if path is not None else Path(str(hr_dir)).parent
+    keys = _FolderKeys.of(params_key)
+    read_advice = unreadable_advice(
+        "the file", f"point {keys.used(layout, hr_dir, lr_dir)} at a good copy of the set"
+    )
     if layout == "paired":
-        pairs = _open_paired(name, root, scale, hr_dir, lr_dir)
+        pairs = _open_paired(name, root, scale, hr_dir, lr_dir, keys)
     elif layout == "realsr":
-        pairs = _open_realsr(name, root, scale)
+        pairs = _open_realsr(name, root, scale, keys)
     elif layout == "imagenet-test":
-        gt, lq = _folder(name, root / "gt", layout), _folder(name, root / "lq", layout)
+        root = _folder(name, root, layout, keys.path)
+        gt = _folder(name, root / "gt", layout, keys.path)
+        lq = _folder(name, root / "lq", layout, keys.path)
         pairs = _match_by_stem(name, _images(name, gt), _images(name, lq), gt, lq, scale)
     else:
-        folder = _folder(name, root, layout)
+        folder = _folder(name, root, layout, keys.path)
         pairs = [TestPair(p.stem, p, None) for p in _images(name, folder)]
         _check_unique_stems(name, pairs, folder)
     if check_sizes:
         for pair in pairs:
-            _check_pair_size(pair, scale, min_hr_side)
-    return TestSet(name=name, layout=layout, root=root, pairs=sorted(pairs, key=lambda p: p.stem))
+            try:
+                _check_pair_size(pair, scale, min_hr_side)
+            except ImageReadError as error:
+                raise _unreadable(name, error, read_advice) from error
+    return TestSet(name, layout, root, sorted(pairs, key=lambda p: p.stem), read_advice)
+
+
+def _unreadable(name: str, error: ImageReadError, advice: str) -> ImageReadError:
+    return ImageReadError(f"test set {name!r}: {error}; {advice}")
 
 
 def _joined(*parts: str) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def _folder(name: str, folder: Path, layout: str) -> Path:
+@dataclass(frozen=True)
+class _FolderKeys:
+    """How errors name the settings that give a set's folders (params keys when known)."""
+
+    path: str
+    hr_dir: str
+    lr_dir: str
+
+    @classmethod
+    def of(cls, params_key: str | None) -> _FolderKeys:
+        if params_key is None:
+            return cls(*(f"{what} in params.yaml (evaluate.sets)" for what in _UNKEYED))
+        return cls(f"{params_key}.path", f"{params_key}.hr_dir", f"{params_key}.lr_dir")
+
+    def used(self, layout: str, hr_dir: object, lr_dir: object) -> str:
+        """The settings that gave the set's images (explicit hr_dir/lr_dir replace the path)."""
+        explicit = [key for key, given in ((self.hr_dir, hr_dir), (self.lr_dir, lr_dir)) if given]
+        path = [] if layout == "paired" and len(explicit) == 2 else [self.path]
+        return " / ".join(path + explicit)
+
+
+def _folder(name: str, folder: Path, layout: str, key: str) -> Path:
+    """`folder` when it is one; `key` names the setting that gave it (or the folder above it)."""
+    if folder.exists() and not folder.is_dir():
+        raise TestSetError(
+            f"test set {name!r} ({layout}): {folder} (from {key}) is a file, not a folder; "
+            f"point {key} at the test set's folder (unpack the file first if it is an archive)"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"test set {name!r} ({layout}): folder {folder} does not exist; check the set's path "
-            f"in params.yaml (evaluate.sets) or download/unpack the test set there"
+            f"test set {name!r} ({layout}): folder {folder} does not exist; check {key} or "
+            "download/unpack the test set there"
         )
     return folder
 
@@ -174,9 +237,20 @@ def _open_paired(
     scale: int,
     hr_dir: str | os.PathLike[str] | None,
     lr_dir: str | os.PathLike[str] | None,
+    keys: _FolderKeys,
 ) -> list[TestPair]:
-    hr_folder = _folder(name, Path(hr_dir) if hr_dir else _default_dir(root, "hr"), "paired")
-    lr_folder = _folder(name, Path(lr_dir) if lr_dir else _default_dir(root, "lr"), "paired")
+    if not (hr_dir and lr_dir):  # the set's path holds the default hr/ or lr/ folder
+        root = _folder(name, root, "paired", keys.path)
+    hr_folder = (
+        _folder(name, Path(hr_dir), "paired", keys.hr_dir)
+        if hr_dir
+        else _folder(name, _default_dir(root, "hr"), "paired", keys.path)
+    )
+    lr_folder = (
+        _folder(name, Path(lr_dir), "paired", keys.lr_dir)
+        if lr_dir
+        else _folder(name, _default_dir(root, "lr"), "paired", keys.path)
+    )
     hr_files, lr_files = _images(name, hr_folder), _images(name, lr_folder)
     return _match_by_stem(name, hr_files, lr_files, hr_folder, lr_folder, scale)
 
@@ -226,8 +300,8 @@ def _check_unique_stems(name: str, pairs: list[TestPair], where: Path) -> None:
         seen[pair.stem] = pair.hr
 
 
-def _open_realsr(name: str, root: Path, scale: int) -> list[TestPair]:
-    root = _folder(name, root, "realsr")
+def _open_realsr(name: str, root: Path, scale: int, keys: _FolderKeys) -> list[TestPair]:
+    root = _folder(name, root, "realsr", keys.path)
     test_dirs = _realsr_test_dirs(root, scale)
     if not test_dirs:
         raise FileNotFoundError(

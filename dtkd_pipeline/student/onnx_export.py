@@ -73,6 +73,7 @@ def check_onnx_target(path: str | os.PathLike[str]) -> Path:
     if blocker is not None:
         raise ValueError(f"ONNX output {path}: {blocker} is a file, not a folder")
     atomic.require_parent_folders(path, "ONNX output")  # a folder it cannot be written in
+    atomic.require_writable(path, "ONNX output")  # an existing file it cannot replace
     return path
 
 

@@ -38,48 +38,53 @@ class TeacherCheckpointError(ValueError):
     """A teacher checkpoint is missing, unreadable, or does not fit the network it loads into."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint safely and unwrap `state_dict`; clear errors on failure."""
+def read_checkpoint(path: str | Path, source: str) -> dict[str, torch.Tensor]:
+    """Read a checkpoint safely and unwrap `state_dict`; clear errors on failure.
+
+    `source` is what the user set to name this file (a params key, a CLI option); every error
+    starts with it, so the user knows what to change.
+    """
     path = Path(path)
     if not path.is_file():
         raise TeacherCheckpointError(
-            f"teacher checkpoint {path} does not exist: download it (see dtkd_pipeline.weights) or "
-            "pass the right path"
+            f"{source}: teacher checkpoint {path} does not exist: download it (see "
+            f"`dtkd-pipeline weights`) or point {source} at the right file"
         )
     try:
         loaded = load_checkpoint(path)
     except UnreadableCheckpoint as error:
         if error.reason == "unsafe":
             raise TeacherCheckpointError(
-                f"teacher checkpoint {path} contains Python objects other than tensors, so it is "
-                f"not loaded (unsafe to unpickle). Save its state dict alone: {error.detail}"
+                f"{source}: teacher checkpoint {path} contains Python objects other than "
+                f"tensors, so it is not loaded (unsafe to unpickle). Save its state dict alone: "
+                f"{error.detail}"
             ) from error
-        raise _corrupt(path, error) from error
+        raise _corrupt(path, error, source) from error
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(
         isinstance(value, torch.Tensor) for value in loaded.values()
     ):
         raise TeacherCheckpointError(
-            f"teacher checkpoint {path} is not a state dict (a mapping of parameter names to "
-            "tensors)"
+            f"{source}: teacher checkpoint {path} is not a state dict (a mapping of parameter "
+            "names to tensors)"
         )
     return dict(loaded)
 
 
-def _corrupt(path: Path, error: UnreadableCheckpoint) -> TeacherCheckpointError:
+def _corrupt(path: Path, error: UnreadableCheckpoint, source: str) -> TeacherCheckpointError:
     size = path.stat().st_size
     if error.reason == "not-torch" and size > 0:  # not damaged: some other kind of file
         return TeacherCheckpointError(
-            f"teacher checkpoint {path} is not a torch checkpoint ({NOT_TORCH_FILE}): an error "
-            "page saved by a download, or the wrong file. Delete it and download it again, or "
-            "point teacher.unet_weights / teacher.autoencoder_weights at the official ResShift "
-            ".pth files (see `dtkd-pipeline weights`)"
+            f"{source}: teacher checkpoint {path} is not a torch checkpoint ({NOT_TORCH_FILE}): "
+            f"an error page saved by a download, or the wrong file. Delete it and download it "
+            f"again, or point {source} at the official ResShift .pth file (see "
+            "`dtkd-pipeline weights`)"
         )
     return TeacherCheckpointError(
-        f"teacher checkpoint {path} ({size:,} bytes) could not be read; it is probably "
-        f"truncated or corrupt (an interrupted download?). Delete it and download it again. "
-        f"({error.detail})"
+        f"{source}: teacher checkpoint {path} ({size:,} bytes) could not be read; it is "
+        f"probably truncated or corrupt (an interrupted download?). Delete it and download it "
+        f"again. ({error.detail})"
     )
 
 
@@ -113,18 +118,19 @@ def _listing(label: str, items: list[str]) -> str:
 
 
 def load_network_weights(
-    model: nn.Module, path: str | Path, kind: NetworkKind, config_label: str
+    model: nn.Module, path: str | Path, kind: NetworkKind, config_label: str, source: str
 ) -> None:
-    """Load `path` into `model` strictly (parameters), recomputing the derived buffers."""
+    """Load `path` into `model` strictly (parameters), recomputing the derived buffers; errors
+    start with `source`, what the user set to name the file."""
     path = Path(path)
-    raw = read_checkpoint(path)
+    raw = read_checkpoint(path, source)
     state = {strip_wrapper_prefixes(key): value for key, value in raw.items()}
     state = {key: value for key, value in state.items() if not _is_recomputed(key)}
     expected = {key: value for key, value in model.state_dict().items() if not _is_recomputed(key)}
     misfit = _Misfit.between(state, expected)
     if misfit:
         raise TeacherCheckpointError(
-            f"{path} does not fit the {kind} of ResShift config {config_label!r}: "
+            f"{source}: {path} does not fit the {kind} of ResShift config {config_label!r}: "
             + misfit.listing()
             + "."
             + misfit.hint(_guess_kind(set(state)), kind, config_label)

@@ -28,6 +28,21 @@ def build_teacher_networks(config: ConfigLike) -> tuple[UNetModelSwin, VQModel]:
     return UNetModelSwin(parsed.unet), VQModel(parsed.autoencoder)
 
 
+# What names a given checkpoint file unless the caller says otherwise: the params keys that the
+# pipeline stages read the files from.
+UNET_SOURCE = "teacher.unet_weights"
+AUTOENCODER_SOURCE = "teacher.autoencoder_weights"
+
+
+def _checkpoint_source(
+    given: str | Path | None, source: str, key: str, config: TeacherConfig
+) -> str:
+    """What named the file: `source` for a given path, else the config's own `key`."""
+    if given is not None:
+        return source
+    return f"{key} in {config.source or f'config {config.version!r}'}"
+
+
 def _checkpoint_path(
     given: str | Path | None, from_config: str | None, config: TeacherConfig, kind: str
 ) -> Path:
@@ -56,18 +71,25 @@ def load_teacher(
     precision: Precision = "fp32",
     channels_last: bool = False,
     compile_mode: CompileMode | None = None,
+    *,
+    unet_source: str = UNET_SOURCE,
+    autoencoder_source: str = AUTOENCODER_SOURCE,
 ) -> Teacher:
     """Build the teacher from a config and official checkpoint files (strict, prefix-tolerant).
 
     Paths default to the config's `model.ckpt_path` / `autoencoder.ckpt_path` (relative paths are
     looked up beside the config file first). The sha256 of each file is recorded for provenance.
+    `unet_source` / `autoencoder_source` name what the user set to choose `unet` / `autoencoder`
+    (a params key, a CLI option); a missing, unreadable or misfitting file is reported under it.
     """
     parsed = resolve_config(config)
     unet_path = _checkpoint_path(unet, parsed.unet_ckpt_path, parsed, "UNet")
     vq_path = _checkpoint_path(autoencoder, parsed.autoencoder_ckpt_path, parsed, "autoencoder")
+    unet_named = _checkpoint_source(unet, unet_source, "model.ckpt_path", parsed)
+    vq_named = _checkpoint_source(autoencoder, autoencoder_source, "autoencoder.ckpt_path", parsed)
     unet_model, vq_model = build_teacher_networks(parsed)
-    load_network_weights(unet_model, unet_path, "unet", parsed.version)
-    load_network_weights(vq_model, vq_path, "autoencoder", parsed.version)
+    load_network_weights(unet_model, unet_path, "unet", parsed.version, unet_named)
+    load_network_weights(vq_model, vq_path, "autoencoder", parsed.version, vq_named)
     teacher = Teacher.from_networks(
         unet_model,
         vq_model,

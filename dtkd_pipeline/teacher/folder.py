@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dtkd_pipeline.devices import resolve_device
-from dtkd_pipeline.images import ImageReadError, read_image, write_image
+from dtkd_pipeline.images import ImageReadError, read_image, unreadable_advice, write_image
 from dtkd_pipeline.output_plan import plan_outputs
 from dtkd_pipeline.teacher.config import (
     AUTOENCODER_WEIGHTS,
@@ -25,7 +25,7 @@ from dtkd_pipeline.teacher.config import (
 )
 from dtkd_pipeline.teacher.factory import load_teacher
 from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, Teacher, check_precision, resolve_chop
-from dtkd_pipeline.weights import resolve_weights
+from dtkd_pipeline.weights import WeightsError, resolve_weights
 
 
 def super_resolve_paths(
@@ -55,10 +55,24 @@ def super_resolve_paths(
     check_precision(precision, target.type)
     _check_version_options(version, steps, unet)
     _check_images([path for path, _ in plan])  # before ~700 MB of weights download
-    unet_path = resolve_weights(unet or VERSION_WEIGHTS[version], weights_dir=weights_dir)
-    vq_path = resolve_weights(autoencoder or AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
+    unet_path = (
+        _resolve_given("--unet", unet, weights_dir)
+        if unet
+        else resolve_weights(VERSION_WEIGHTS[version], weights_dir=weights_dir)
+    )
+    vq_path = (
+        _resolve_given("--autoencoder", autoencoder, weights_dir)
+        if autoencoder
+        else resolve_weights(AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
+    )
     teacher = load_teacher(
-        version, unet=unet_path, autoencoder=vq_path, device=target, precision=precision
+        version,
+        unet=unet_path,
+        autoencoder=vq_path,
+        device=target,
+        precision=precision,
+        unet_source="--unet",  # the options that choose the files, not the params keys
+        autoencoder_source="--autoencoder",
     )
     written = [
         _super_resolve_file(
@@ -68,6 +82,14 @@ def super_resolve_paths(
     ]
     print(f"{len(written)} image(s) -> {out}")
     return written
+
+
+def _resolve_given(option: str, given: str, weights_dir: Path | None) -> Path:
+    """The weights file the user named with `option`; its errors name the option."""
+    try:
+        return resolve_weights(given, weights_dir=weights_dir)
+    except WeightsError as error:
+        raise WeightsError(f"{option} {given}: {error}") from error
 
 
 def _check_version_options(version: str, steps: int | None, unet: str | None) -> None:
@@ -91,7 +113,7 @@ def _check_images(paths: list[Path]) -> None:
         try:
             image = read_image(path)  # (decoding twice costs nothing beside 15 diffusion steps)
         except ImageReadError as error:
-            unusable.append(str(error))
+            unusable.append(f"{error}; {unreadable_advice('the file')}")
             continue
         height, width = image.rgb.shape[:2]
         if min(height, width) < MIN_LR_SIDE:
