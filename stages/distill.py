@@ -27,7 +27,7 @@ from dtkd_pipeline.cache.teacher_record import (
 )
 from dtkd_pipeline.config import ConfigError, DistillParams, Params, section_dict
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
-from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, load_pair, open_test_set
+from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, open_test_set
 from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.stage_files import (
     CHECKPOINTS_DIR,
@@ -287,18 +287,20 @@ def _open_validation_set(params: Params) -> TestSet:
     (the test-set message would send the user to evaluate.sets, which does not name them)."""
     folder = params.data.prepared_dir / VAL_DIR
     if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "not found"
         raise TestSetError(
-            f"validation images {folder} not found: prepare-data writes them beside "
+            f"validation images {folder} {what}: prepare-data writes them beside "
             f"{TRAIN_STORE} (data.prepared_dir/{VAL_DIR}); {RUN_PREPARE_DATA_FIRST}"
         )
-    return open_test_set("validation", "paired", folder, params.data.scale)
+    rewrite = f"rerun `dtkd-pipeline prepare-data` to write data.prepared_dir/{VAL_DIR} again"
+    return open_test_set("validation", "paired", folder, params.data.scale, remedy=rewrite)
 
 
 def _main_rank_hooks(
     cfg: DistillParams, val_set: TestSet, scale: int, ctx: DistributedContext
 ) -> tuple[Validator, _DvcLiveLogger]:
     """Rank 0's validation (on the EMA weights the loop passes) and curve logger."""
-    pairs = [load_pair(pair, scale) for pair in val_set]  # decoded once, reused every time
+    pairs = [val_set.load(pair, scale) for pair in val_set]  # decoded once, reused every time
     metrics = FullReferenceMetrics(scale=scale, device=ctx.device)
 
     def validate(model: torch.nn.Module) -> dict[str, float]:

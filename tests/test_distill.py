@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from dtkd_pipeline.cache.teacher_store import dwt_tile_shapes
 from dtkd_pipeline.config import ConfigError, Params, load_params, section_dict
 from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.evaluate.testsets import TestSetError
+from dtkd_pipeline.images import ImageReadError
 from dtkd_pipeline.losses.wavelet import dwt_subbands, group_weights
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
@@ -317,6 +319,26 @@ def test_missing_validation_images_say_to_run_prepare_data(params: Params) -> No
     assert "run `dtkd-pipeline prepare-data` first" in message
     assert "evaluate.sets" not in message
     assert not params.distill.out_dir.exists()
+
+
+def test_validation_images_replaced_by_a_file_are_called_a_file(params: Params) -> None:
+    val = params.data.prepared_dir / "val"
+    shutil.rmtree(val)
+    val.write_text("not a folder")
+    with pytest.raises(TestSetError, match=rf"{re.escape(str(val))} is a file, not a folder"):
+        distill.run(params, device="cpu")
+    assert not params.distill.out_dir.exists()
+
+
+def test_a_corrupt_validation_image_says_to_rerun_prepare_data(params: Params) -> None:
+    """The advice pointed at evaluate.sets, which does not hold the validation images."""
+    hr_image = sorted((params.data.prepared_dir / "val").rglob("*.png"))[0]
+    hr_image.write_bytes(hr_image.read_bytes()[:60])  # header kept, pixels cut off
+    with pytest.raises(ImageReadError) as info:
+        distill.run(params, device="cpu")
+    message = str(info.value)
+    assert hr_image.name in message and "rerun `dtkd-pipeline prepare-data`" in message
+    assert "evaluate.sets" not in message
 
 
 def test_a_teacher_store_that_is_a_file_is_refused_naming_teacher_store(

@@ -131,6 +131,7 @@ def open_test_set(
     check_sizes: bool = True,
     min_hr_side: tuple[int, str] = (0, ""),
     params_key: str | None = None,
+    remedy: str | None = None,
 ) -> TestSet:
     """List and pair a test set's files (see the module docstring for the layouts).
 
@@ -139,6 +140,8 @@ def open_test_set(
     (pixels, who needs them): the smallest HR side (after cropping to a multiple of ``scale``)
     the metrics can score, e.g. ``MetricSuite.min_hr_side``. ``params_key`` is the params entry
     the set comes from (e.g. ``evaluate.sets.0``): errors about its folders name its keys.
+    ``remedy`` replaces "point the key at a good copy" in the advice for unreadable images, for
+    a set no params key gives (the validation images prepare-data writes).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"test set {name!r}: unknown layout {layout!r}; use one of {LAYOUTS}")
@@ -153,7 +156,7 @@ def open_test_set(
     root = Path(path) if path is not None else Path(str(hr_dir)).parent
     keys = _FolderKeys.of(params_key)
     read_advice = unreadable_advice(
-        "the file", f"point {keys.used(layout, hr_dir, lr_dir)} at a good copy of the set"
+        "the file", remedy or f"point {keys.used(layout, hr_dir, lr_dir)} at a good copy of the set"
     )
     if layout == "paired":
         pairs = _open_paired(name, root, scale, hr_dir, lr_dir, keys)
