@@ -268,6 +268,24 @@ def test_teacher_sr_names_the_weight_option_the_user_typed_not_a_params_key(
     assert not (tmp_path / "o").exists()
 
 
+def test_teacher_sr_offline_without_weights_says_the_options_take_local_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DTKD_MIRROR", "http://127.0.0.1:9/mirror")  # refused: offline
+    write_image(tmp_path / "x.png", np.full((40, 40, 3), 0.5))
+    base = ["teacher-sr", str(tmp_path / "x.png"), str(tmp_path / "o"), "--device", "cpu"]
+    result = runner.invoke(app, [*base, "--weights-dir", str(tmp_path / "w")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "could not download resshift-realsr-v1" in result.output
+    assert "Or pass a local copy with --unet FILE." in result.output
+    unet = tmp_path / "unet.pth"
+    unet.write_bytes(b"")  # only its existence matters: the autoencoder is resolved next
+    result = runner.invoke(app, [*base, "--weights-dir", str(tmp_path / "w"), "--unet", str(unet)])
+    assert "could not download resshift-vq-f4" in result.output
+    assert "Or pass a local copy with --autoencoder FILE." in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_output_location_is_named_without_traceback(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -55,16 +55,8 @@ def super_resolve_paths(
     check_precision(precision, target.type)
     _check_version_options(version, steps, unet)
     _check_images([path for path, _ in plan])  # before ~700 MB of weights download
-    unet_path = (
-        _resolve_given("--unet", unet, weights_dir)
-        if unet
-        else resolve_weights(VERSION_WEIGHTS[version], weights_dir=weights_dir)
-    )
-    vq_path = (
-        _resolve_given("--autoencoder", autoencoder, weights_dir)
-        if autoencoder
-        else resolve_weights(AUTOENCODER_WEIGHTS, weights_dir=weights_dir)
-    )
+    unet_path = _teacher_file("--unet", unet, VERSION_WEIGHTS.get(version, ""), weights_dir)
+    vq_path = _teacher_file("--autoencoder", autoencoder, AUTOENCODER_WEIGHTS, weights_dir)
     teacher = load_teacher(
         version,
         unet=unet_path,
@@ -84,12 +76,15 @@ def super_resolve_paths(
     return written
 
 
-def _resolve_given(option: str, given: str, weights_dir: Path | None) -> Path:
-    """The weights file the user named with `option`; its errors name the option."""
+def _teacher_file(option: str, given: str | None, default: str, weights_dir: Path | None) -> Path:
+    """The weights file the user named with ``option``, else the ``default`` release; errors
+    name the option, and an unobtainable default says the option takes a local copy."""
     try:
-        return resolve_weights(given, weights_dir=weights_dir)
+        return resolve_weights(given or default, weights_dir=weights_dir)
     except WeightsError as error:
-        raise WeightsError(f"{option} {given}: {error}") from error
+        if given:
+            raise WeightsError(f"{option} {given}: {error}") from error
+        raise WeightsError(f"{error} Or pass a local copy with {option} FILE.") from error
 
 
 def _check_version_options(version: str, steps: int | None, unet: str | None) -> None:
