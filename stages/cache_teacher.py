@@ -198,11 +198,11 @@ def _fill(
         elif shards:
             assert teacher is not None  # built for every run that is neither fanned out
             fill_locally(store, prepared, teacher, params, shards)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # the CLI prints the note
         done = store.n_shards - len(store.missing_shards())
-        print(
-            f"\ninterrupted: {done} of {store.n_shards} shards are stored in {store.path}; "
-            "run the same command again to compute the rest"
+        interrupt.add_note(
+            f"{done} of {store.n_shards} shards are stored in {store.path}; run the same command "
+            "again to compute the rest"
         )
         raise
     remaining = store.missing_shards()
