@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import ImageReadError, read_image, write_image
-from dtkd_pipeline.output_plan import plan_outputs
+from dtkd_pipeline.output_plan import interrupted_images_note, plan_outputs
 from dtkd_pipeline.teacher.config import (
     AUTOENCODER_WEIGHTS,
     VERSION_WEIGHTS,
@@ -60,12 +60,17 @@ def super_resolve_paths(
     teacher = load_teacher(
         version, unet=unet_path, autoencoder=vq_path, device=target, precision=precision
     )
-    written = [
-        _super_resolve_file(
-            teacher, path, output, seed=seed, chop_size=chop_size, chop_stride=chop_stride
-        )
-        for path, output in tqdm(plan, desc="teacher-sr", unit="img")
-    ]
+    written: list[Path] = []
+    try:
+        for path, output in tqdm(plan, desc="teacher-sr", unit="img"):
+            written.append(
+                _super_resolve_file(
+                    teacher, path, output, seed=seed, chop_size=chop_size, chop_stride=chop_stride
+                )
+            )
+    except KeyboardInterrupt as interrupt:  # the CLI prints the note
+        interrupt.add_note(interrupted_images_note(len(written), len(plan), out))
+        raise
     print(f"{len(written)} image(s) -> {out}")
     return written
 
