@@ -607,6 +607,19 @@ def test_ctrl_c_says_how_many_shards_are_stored_and_how_to_resume(
     assert note.startswith("0 of 4 shards are stored") and "run the same command again" in note
 
 
+def test_ctrl_c_after_overwrite_says_to_resume_without_it(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_teacher, "fill_locally", interrupted)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        cache_teacher.run(params_for(prepared_root, tmp_path), overwrite=True, device="cpu")
+    (note,) = raised.value.__notes__  # repeating --overwrite would delete the stored shards
+    assert "; run the same command again without --overwrite to compute the rest" in note
+
+
 def test_offline_weights_stop_at_once_with_url_path_and_alternative(
     prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
