@@ -322,8 +322,11 @@ def _train_closing_logger(
     except KeyboardInterrupt as interrupt:  # the CLI prints the note
         if ctx.is_main:
             newest = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).latest()
-            where = f"the last checkpoint is {newest}" if newest else "no checkpoint was written"
-            interrupt.add_note(f"{where}; run the same command again to resume from it")
+            interrupt.add_note(
+                f"the last checkpoint is {newest}; run the same command again to resume from it"
+                if newest
+                else "no checkpoint was written; run the same command again to start over"
+            )
         raise
     finally:
         if logger is not None:
