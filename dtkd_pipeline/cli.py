@@ -1,7 +1,8 @@
 """The ``dtkd-pipeline`` command line: each command reads params and calls one stage in ``stages/``.
 
 Library errors that a user can fix (bad params, missing weights, unreadable images, a cache that
-does not match) are printed as one clear message with exit code 1, without a traceback.
+does not match) are printed as one clear message with exit code 1, without a traceback. Ctrl-C
+and SIGTERM print one line on what the interrupted command left and exit 130 or 143.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from dtkd_pipeline.interrupts import interrupt_exit_code, interrupt_message, sigterm_as_interrupt
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` stays fast
     from dtkd_pipeline.config import Params
@@ -116,12 +119,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run(action: Callable[[], Any], also: tuple[type[BaseException], ...] = ()) -> Any:
-    """Run a command; user-fixable errors (and ``also``) become one red line and exit code 1."""
+    """Run a command; user-fixable errors (and ``also``) become one red line and exit code 1.
+
+    Ctrl-C and SIGTERM unwind the same way (cleanup runs, locks are released), then print one
+    line on what was left and how to go on, and exit 130 (Ctrl-C) or 143 (SIGTERM).
+    """
     try:
-        return action()
+        with sigterm_as_interrupt():
+            return action()
     except (*_user_errors(), *also) as exc:
         typer.secho(f"error: {_message(exc)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt as interrupt:
+        typer.secho(f"\n{interrupt_message(interrupt)}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(interrupt_exit_code(interrupt)) from None
 
 
 def _message(exc: BaseException) -> str:

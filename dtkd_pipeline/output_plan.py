@@ -12,7 +12,7 @@ from pathlib import Path
 from dtkd_pipeline.atomic import require_parent_folders, require_writable
 from dtkd_pipeline.images import IMAGE_EXTENSIONS, list_images
 
-__all__ = ["plan_outputs"]
+__all__ = ["interrupted_images_note", "plan_outputs"]
 
 
 def _path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
@@ -41,6 +41,15 @@ def plan_outputs(inputs: Path, out: Path, suffix: str = "") -> list[tuple[Path, 
         pairs = [(source, _path_for(source, out, suffix)) for source in sources]
     _check_plan(pairs)
     return pairs
+
+
+def interrupted_images_note(written: int, total: int, out: Path) -> str:
+    """What an interrupted run left in ``out``: each image is written whole (atomically), so those
+    there are complete; a rerun does every image again."""
+    return (
+        f"{written} of {total} image(s) were written to {out}, each complete; run the same "
+        "command again to write them all"
+    )
 
 
 def _single_target(source: Path, out: Path, suffix: str) -> Path:

@@ -56,7 +56,7 @@ from dtkd_pipeline.images import (
     unreadable_advice,
     write_image,
 )
-from dtkd_pipeline.output_plan import plan_outputs
+from dtkd_pipeline.output_plan import interrupted_images_note, plan_outputs
 from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.progress import hidden_unless
 from dtkd_pipeline.resize import imresize
@@ -590,19 +590,29 @@ def upscale_paths(
     upscaler = load_upscaler(
         model_path, device, precision, arch=arch, compile_mode=compile_mode, weights_dir=weights_dir
     )
-    written = []
+    written: list[Path] = []
     bar = tqdm(pairs, desc="upscale", unit="img", **hidden_unless(progress and len(pairs) >= 2))
-    for source, target in bar:
-        bar.set_postfix_str(source.name, refresh=False)
-        image = _read_or_skip(source, skip_bad, written=len(written), total=len(pairs), out=out)
-        if image is None:
-            continue
-        rgb, alpha = upscale_image(
-            upscaler, image, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.append(write_image(target, rgb, alpha, bit_depth=image.bit_depth))
-    bar.close()
+    try:
+        for source, target in bar:
+            bar.set_postfix_str(source.name, refresh=False)
+            image = _read_or_skip(source, skip_bad, written=len(written), total=len(pairs), out=out)
+            if image is None:
+                continue
+            rgb, alpha = upscale_image(
+                upscaler,
+                image,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written.append(write_image(target, rgb, alpha, bit_depth=image.bit_depth))
+    except KeyboardInterrupt as interrupt:  # the CLI prints the note
+        interrupt.add_note(interrupted_images_note(len(written), len(pairs), out))
+        raise
+    finally:
+        bar.close()
     return written
 
 

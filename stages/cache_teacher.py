@@ -116,7 +116,7 @@ def run(
         started = time.perf_counter()
         store = _open_store(params, layout, provenance, overwrite, rebuild_on_change, held_lock)
         with store:
-            computed = _fill(store, prepared, teacher, params, scheduler, gpus)
+            computed = _fill(store, prepared, teacher, params, scheduler, gpus, overwrite)
             print(_summary(store, computed, time.perf_counter() - started))
             shown = min(params.teacher.preview_tiles, store.n_tiles)
             print(f"preview of {shown} tiles -> {write_preview(store, params)}")
@@ -187,8 +187,12 @@ def _fill(
     params: Params,
     scheduler: str | None,
     gpus: int,
+    overwrite: bool,
 ) -> int:
-    """Compute the missing shards (on dask workers, local GPUs or here); returns how many tiles."""
+    """Compute the missing shards (on dask workers, local GPUs or here); returns how many tiles.
+
+    ``overwrite``: the run started over, so resuming it must not repeat the flag.
+    """
     store.remove_partial_files()  # leftovers of a killed run's interrupted shard writes
     shards = store.missing_shards()
     try:
@@ -199,11 +203,12 @@ def _fill(
         elif shards:
             assert teacher is not None  # built for every run that is neither fanned out
             fill_locally(store, prepared, teacher, params, shards)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # the CLI prints the note
         done = store.n_shards - len(store.missing_shards())
-        print(
-            f"\ninterrupted: {done} of {store.n_shards} shards are stored in {store.path}; "
-            "run the same command again to compute the rest"
+        again = "the same command again" + (" without --overwrite" if overwrite else "")
+        interrupt.add_note(
+            f"{done} of {store.n_shards} shards are stored in {store.path}; run {again} to "
+            "compute the rest"
         )
         raise
     remaining = store.missing_shards()

@@ -322,11 +322,14 @@ def _train_closing_logger(
     """Train; on Ctrl-C say where the run resumes from; close the curves either way."""
     try:
         return train(cfg, run_spec, ctx, validate=validate, log=logger, latest=latest)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # the CLI prints the note
         if ctx.is_main:
             newest = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).latest()
-            where = f"the last checkpoint is {newest}" if newest else "no checkpoint was written"
-            print(f"\ninterrupted: {where}; run the same command again to resume from it")
+            interrupt.add_note(
+                f"the last checkpoint is {newest}; run the same command again to resume from it"
+                if newest
+                else "no checkpoint was written; run the same command again to start over"
+            )
         raise
     finally:
         if logger is not None:

@@ -350,12 +350,11 @@ def run(params: Params, device: str | None = None) -> Path:
     """Score every contender on every test set; returns evaluate.metrics_dir."""
     try:
         return _evaluate(params, device)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # the CLI prints the note
         cfg = params.evaluate
-        print(
-            f"\ninterrupted: {cfg.metrics_dir}, {cfg.out_dir} and {cfg.plots_dir} are as they "
-            "were (each is replaced only when the evaluation completes); run the same command "
-            "again"
+        interrupt.add_note(
+            f"{cfg.metrics_dir}, {cfg.out_dir} and {cfg.plots_dir} are as they were (each is "
+            "replaced only when the evaluation completes); run the same command again"
         )
         raise
 

@@ -279,10 +279,10 @@ def run(params: Params, skip_bad: bool | None = None) -> Path:
     """Build ``<prepared_dir>/train.zarr`` and ``<prepared_dir>/val/``; returns prepared_dir."""
     try:
         return _prepare(params, skip_bad)
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: {params.data.prepared_dir} is as it was (it is replaced only when "
-            "everything is written); run the same command again"
+    except KeyboardInterrupt as interrupt:  # the CLI prints the note
+        interrupt.add_note(
+            f"{params.data.prepared_dir} is as it was (it is replaced only when everything is "
+            "written); run the same command again"
         )
         raise
 

@@ -594,19 +594,30 @@ def test_a_store_without_subbands_refused_for_teacher_dwt_names_the_dwt_setting(
 
 
 def test_ctrl_c_says_how_many_shards_are_stored_and_how_to_resume(
-    prepared_root: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cache_teacher, "fill_locally", interrupted)
     params = params_for(prepared_root, tmp_path)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as raised:
         cache_teacher.run(params, device="cpu")
-    assert "interrupted: 0 of 4 shards are stored" in capsys.readouterr().out
+    (note,) = raised.value.__notes__  # printed by the CLI
+    assert note.startswith("0 of 4 shards are stored") and "run the same command again" in note
+
+
+def test_ctrl_c_after_overwrite_says_to_resume_without_it(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_teacher, "fill_locally", interrupted)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        cache_teacher.run(params_for(prepared_root, tmp_path), overwrite=True, device="cpu")
+    (note,) = raised.value.__notes__  # repeating --overwrite would delete the stored shards
+    assert "; run the same command again without --overwrite to compute the rest" in note
 
 
 def test_offline_weights_stop_at_once_with_url_path_and_alternative(

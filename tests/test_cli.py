@@ -189,6 +189,39 @@ def test_teacher_sr_writes_x4_png_per_image(tmp_path: Path) -> None:
     assert read_image(tmp_path / "b_x4.jpg").rgb.shape == (256, 256, 3)
 
 
+def test_teacher_sr_stopped_midway_says_how_many_images_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtkd_pipeline.teacher import folder
+
+    unet, vq = build_teacher_networks(TINY_TEACHER)
+    torch.save(unet.state_dict(), tmp_path / "unet.pth")
+    torch.save({"state_dict": vq.state_dict()}, tmp_path / "vq.pth")
+    inputs = tmp_path / "in"
+    for name in ("a", "b", "c"):
+        write_image(inputs / f"{name}.png", np.zeros((64, 64, 3)))
+    calls: list[Path] = []
+
+    def second_image_interrupted(teacher: object, path: Path, output: Path, **kw: object) -> Path:
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second image
+        return output
+
+    monkeypatch.setattr(folder, "_super_resolve_file", second_image_interrupted)
+    args = [
+        str(inputs), str(tmp_path / "out"), "--version", str(TINY_TEACHER),
+        "--unet", str(tmp_path / "unet.pth"), "--autoencoder", str(tmp_path / "vq.pth"),
+        "--device", "cpu",
+    ]  # fmt: skip
+    result = runner.invoke(app, ["teacher-sr", *args])
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.output.rstrip().endswith(
+        f"interrupted (Ctrl-C): 1 of 3 image(s) were written to {tmp_path / 'out'}, each "
+        "complete; run the same command again to write them all"
+    )
+
+
 def test_teacher_sr_refuses_other_step_count(tmp_path: Path) -> None:
     image = tmp_path / "x.png"
     write_image(image, np.zeros((64, 64, 3)))

@@ -675,7 +675,7 @@ def test_checkpoints_made_on_another_teacher_cache_are_refused(params: Params) -
 
 
 def test_ctrl_c_says_where_training_will_resume_from(
-    params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    params: Params, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     distill.run(params, device="cpu")
     newest = params.distill.out_dir / "checkpoints" / "iter_00000006.pt"
@@ -684,10 +684,23 @@ def test_ctrl_c_says_where_training_will_resume_from(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(distill, "train", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as raised:
         distill.run(params, device="cpu")
-    out = capsys.readouterr().out
-    assert f"interrupted: the last checkpoint is {newest}; run the same command again" in out
+    (note,) = raised.value.__notes__  # printed by the CLI
+    assert note.startswith(f"the last checkpoint is {newest}; run the same command again")
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_the_rerun_starts_over(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        distill.run(params, device="cpu")
+    (note,) = raised.value.__notes__  # printed by the CLI
+    assert note == "no checkpoint was written; run the same command again to start over"
 
 
 def test_a_git_repository_without_commits_is_explained_not_a_dvclive_traceback(

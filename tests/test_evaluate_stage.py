@@ -109,15 +109,16 @@ def test_evaluate_averages_runs_and_writes_metrics_csv_and_figures(params: Param
 
 
 def test_ctrl_c_leaves_the_evaluation_outputs_as_they_were_and_says_so(
-    params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    params: Params, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluate, "evaluate_set", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as raised:
         evaluate.run(params, device="cpu")
-    assert "are as they were" in capsys.readouterr().out
+    (note,) = raised.value.__notes__  # printed by the CLI
+    assert "are as they were" in note
     cfg = params.evaluate
     for folder in (cfg.metrics_dir, cfg.out_dir, cfg.plots_dir):
         assert not folder.exists() and not folder.with_name(folder.name + ".partial").exists()

@@ -274,7 +274,7 @@ def test_a_link_to_a_missing_image_is_reported_not_silently_dropped(tmp_path: Pa
 
 
 def test_ctrl_c_leaves_the_prepared_folder_as_it_was_and_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hr_dir = tmp_path / "hr"
     make_hr_images(hr_dir, [(256, 256), (256, 256)])
@@ -285,9 +285,10 @@ def test_ctrl_c_leaves_the_prepared_folder_as_it_was_and_says_so(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prepare_data, "_write_val", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as raised:
         prepare_data.run(tiny_params(tmp_path, hr_dir))
-    assert "is as it was" in capsys.readouterr().out
+    (note,) = raised.value.__notes__  # printed by the CLI
+    assert f"{prepared} is as it was" in note
     assert sorted(p.relative_to(prepared) for p in prepared.rglob("*")) == before
     assert not list(tmp_path.glob("prepared.tmp-*"))
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import ImageReadError, read_image, unreadable_advice, write_image
-from dtkd_pipeline.output_plan import plan_outputs
+from dtkd_pipeline.output_plan import interrupted_images_note, plan_outputs
 from dtkd_pipeline.teacher.config import (
     AUTOENCODER_WEIGHTS,
     VERSION_WEIGHTS,
@@ -66,12 +66,17 @@ def super_resolve_paths(
         unet_source="--unet",  # the options that choose the files, not the params keys
         autoencoder_source="--autoencoder",
     )
-    written = [
-        _super_resolve_file(
-            teacher, path, output, seed=seed, chop_size=chop_size, chop_stride=chop_stride
-        )
-        for path, output in tqdm(plan, desc="teacher-sr", unit="img")
-    ]
+    written: list[Path] = []
+    try:
+        for path, output in tqdm(plan, desc="teacher-sr", unit="img"):
+            written.append(
+                _super_resolve_file(
+                    teacher, path, output, seed=seed, chop_size=chop_size, chop_stride=chop_stride
+                )
+            )
+    except KeyboardInterrupt as interrupt:  # the CLI prints the note
+        interrupt.add_note(interrupted_images_note(len(written), len(plan), out))
+        raise
     print(f"{len(written)} image(s) -> {out}")
     return written
 
