@@ -135,6 +135,19 @@ def forbid_teacher(monkeypatch: Any, stage: Any, before: str) -> None:
     monkeypatch.setattr(stage, "build_teacher", refused)
 
 
+def pretend_read_only(monkeypatch: Any, *folders: Path) -> None:
+    """Make `folders` read-only to this process as os.access sees them (root, which tests often
+    run as, ignores mode bits, so chmod alone would prove nothing)."""
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:
+        if Path(str(path)) in folders and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+
+
 def bars_under_tqdm_disable(monkeypatch: Any, module: Any) -> list[tuple[str, bool]]:
     """Give `module` a tqdm as TQDM_DISABLE=1 makes it; return (desc, shown) per bar it then makes.
 

@@ -22,6 +22,7 @@ from dtkd_pipeline.atomic import (
     staged_folder,
 )
 from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
+from tests.pipeline_helpers import pretend_read_only
 
 
 def test_a_folder_no_stage_wrote_is_refused_before_any_work(tmp_path: Path) -> None:
@@ -50,18 +51,6 @@ def test_an_output_folder_under_a_file_is_refused_naming_the_file(tmp_path: Path
     assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()
 
 
-def _read_only(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:
-    """Make `folders` read-only to this process as os.access sees them (root ignores mode bits)."""
-    real_access = os.access
-
-    def access(path: object, mode: int, **kwargs: object) -> bool:
-        if Path(str(path)) in folders and mode & os.W_OK:
-            return False
-        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "access", access)
-
-
 def test_an_existing_output_this_process_cannot_write_is_refused_by_its_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,7 +59,7 @@ def test_an_existing_output_this_process_cannot_write_is_refused_by_its_key(
     out.mkdir()
     preview = out / "preview.png"
     preview.write_bytes(b"an older preview")
-    _read_only(monkeypatch, out)
+    pretend_read_only(monkeypatch, out)
     fix = f"{out} is not writable; choose another --out-dir or fix the permissions of {out}"
     with pytest.raises(OutputFolderError) as info:
         require_folder(out, "--out-dir")  # written in
@@ -90,7 +79,7 @@ def test_a_folder_replaced_whole_needs_its_parent_and_its_entries_writable(
     final = parent / "metrics"
     final.mkdir(parents=True)
     mark_output(final)
-    _read_only(monkeypatch, final)
+    pretend_read_only(monkeypatch, final)
     with (
         pytest.raises(OutputFolderError, match=rf"^evaluate\.metrics_dir: {final} is not writable"),
         staged_folder(final, "evaluate.metrics_dir"),
@@ -101,7 +90,7 @@ def test_a_folder_replaced_whole_needs_its_parent_and_its_entries_writable(
         (staging / "demo.json").write_text("{}")
     assert (final / "demo.json").is_file()
 
-    _read_only(monkeypatch, parent)
+    pretend_read_only(monkeypatch, parent)
     refused = rf"^evaluate\.metrics_dir: cannot replace {final}: {parent} is not writable"
     with (
         pytest.raises(OutputFolderError, match=refused),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from dtkd_pipeline.images import read_image, write_image
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.teacher import build_teacher_networks
 from stages import cache_teacher
-from tests.pipeline_helpers import REPO_ROOT
+from tests.pipeline_helpers import REPO_ROOT, pretend_read_only
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
 runner = CliRunner()
@@ -374,6 +373,15 @@ def test_benchmark_and_analyze_bands_leave_evaluate_free_to_replace_its_folders(
     assert not (mine / atomic.OUTPUT_MARKER).exists()
 
 
+def _image_and_student(folder: Path) -> tuple[Path, Path]:
+    """A small image and a tiny student checkpoint for the commands that upscale."""
+    image = write_image(folder / "x.png", np.full((16, 16, 3), 0.5))
+    model = folder / "student.pt"
+    state = build_student("swinir-tiny-x4").state_dict()
+    torch.save({"model": state, "ema": state, "arch": "swinir-tiny-x4", "iteration": 0}, model)
+    return image, model
+
+
 @pytest.mark.parametrize(
     ("args", "key"),
     [
@@ -391,19 +399,8 @@ def test_an_output_in_an_unwritable_folder_is_refused_by_its_key_before_any_work
     temporary folder instead of the option or key."""
     read_only = tmp_path / "read-only"
     read_only.mkdir()
-    real_access = os.access
-
-    def access(path: object, mode: int, **kwargs: object) -> bool:  # root ignores mode bits
-        if Path(str(path)) == read_only and mode & os.W_OK:
-            return False
-        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "access", access)
-    inputs = tmp_path / "inputs"
-    image = write_image(inputs / "x.png", np.full((16, 16, 3), 0.5))
-    model = inputs / "student.pt"
-    state = build_student("swinir-tiny-x4").state_dict()
-    torch.save({"model": state, "ema": state, "arch": "swinir-tiny-x4", "iteration": 0}, model)
+    pretend_read_only(monkeypatch, read_only)
+    image, model = _image_and_student(tmp_path / "inputs")
     filled = [a.format(ro=read_only, tmp=tmp_path, image=image, model=model) for a in args]
     result = runner.invoke(app, filled)
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -437,19 +434,8 @@ def test_an_existing_output_this_process_cannot_write_is_refused_before_any_work
     read_only.mkdir()
     (read_only / "s.onnx").write_bytes(b"an earlier export")
     (read_only / atomic.OUTPUT_MARKER).write_text("")  # an earlier run's output
-    real_access = os.access
-
-    def access(path: object, mode: int, **kwargs: object) -> bool:  # root ignores mode bits
-        if Path(str(path)) == read_only and mode & os.W_OK:
-            return False
-        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "access", access)
-    inputs = tmp_path / "inputs"
-    image = write_image(inputs / "x.png", np.full((16, 16, 3), 0.5))
-    model = inputs / "student.pt"
-    state = build_student("swinir-tiny-x4").state_dict()
-    torch.save({"model": state, "ema": state, "arch": "swinir-tiny-x4", "iteration": 0}, model)
+    pretend_read_only(monkeypatch, read_only)
+    image, model = _image_and_student(tmp_path / "inputs")
     filled = [a.format(ro=read_only, tmp=tmp_path, image=image, model=model) for a in args]
     result = runner.invoke(app, filled)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
@@ -515,14 +501,7 @@ def test_weights_lists_a_read_only_folder_but_refuses_to_download_into_it(
 ) -> None:
     """A shared read-only weights folder is read, never written: only a download needs writing."""
     monkeypatch.setenv("DTKD_MIRROR", "http://127.0.0.1:9/mirror")  # never reached
-    real_access = os.access
-
-    def access(path: object, mode: int, **kwargs: object) -> bool:  # root ignores mode bits
-        if Path(str(path)) == tmp_path and mode & os.W_OK:
-            return False
-        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "access", access)
+    pretend_read_only(monkeypatch, tmp_path)
     listed = runner.invoke(app, ["weights", "--weights-dir", str(tmp_path)])
     assert listed.exit_code == 0 and "resshift-vq-f4" in listed.output
     download = ["weights", "--weights-dir", str(tmp_path), "--download", "resshift-vq-f4"]

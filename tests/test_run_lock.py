@@ -19,6 +19,7 @@ from dtkd_pipeline.run_lock import (
     output_lock_path,
 )
 from tests.lock_helpers import output_locked_by_child
+from tests.pipeline_helpers import pretend_read_only
 
 
 def test_a_second_holder_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
@@ -206,14 +207,7 @@ def test_an_existing_output_in_a_read_only_folder_is_refused_by_its_key_not_its_
     """The lock beside it could not be made: a PermissionError named the hidden lock file."""
     parent = tmp_path / "shared"
     (parent / "prepared").mkdir(parents=True)
-    real_access = os.access
-
-    def access(path: object, mode: int, **kwargs: object) -> bool:  # root ignores mode bits
-        if Path(str(path)) == parent and mode & os.W_OK:
-            return False
-        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "access", access)
+    pretend_read_only(monkeypatch, parent)
     refused = pytest.raises(
         OutputFolderError,
         match=rf"^data\.prepared_dir: cannot lock {parent / 'prepared'}: {parent} is not writable",
