@@ -203,6 +203,13 @@ def require_writable_in(folder: Path, key: str, action: str | None = None) -> No
         )
 
 
+def require_writable_location(path: Path, key: str) -> None:
+    """Refuse an output at ``path`` (file or folder) that could not be written: one under a file,
+    or in or at a place this process may not write."""
+    require_parent_folders(path, key)
+    require_writable(path, key)
+
+
 def require_folder(folder: Path, key: str, *, writable: bool = True) -> None:
     """Refuse an output folder that exists as a file (or a link to one, or a dangling link), or
     lies under a file, or (``writable``) exists but cannot be written in: each way writing in it
@@ -224,8 +231,7 @@ def require_file_target(path: Path, key: str) -> None:
     would fail at the end, naming a temporary)."""
     if path.is_dir():
         raise OutputFolderError(f"{key}: {path} is a folder; give a file name")
-    require_parent_folders(path, key)
-    require_writable(path, key)
+    require_writable_location(path, key)
 
 
 def mark_output(folder: Path) -> None:

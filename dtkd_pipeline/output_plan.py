@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dtkd_pipeline.atomic import require_parent_folders, require_writable
+from dtkd_pipeline.atomic import require_writable_location
 from dtkd_pipeline.images import IMAGE_EXTENSIONS, list_images
 
 __all__ = ["interrupted_images_note", "plan_outputs"]
@@ -24,8 +24,7 @@ def plan_outputs(inputs: Path, out: Path, suffix: str = "") -> list[tuple[Path, 
     """(input image, output file) pairs for ``inputs`` (a file or a folder) and ``out``."""
     if not inputs.exists():
         raise FileNotFoundError(f"input not found: {inputs}")
-    require_parent_folders(out, "output")
-    require_writable(out, "output")  # an existing folder written in, or file replaced
+    require_writable_location(out, "output")  # an existing folder written in, or file replaced
     if inputs.is_file():
         pairs = [(inputs, _single_target(inputs, out, suffix))]
     else:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from dtkd_pipeline.atomic import require_file_target, require_parent_folders, require_writable
+from dtkd_pipeline.atomic import require_file_target, require_writable_location
 from dtkd_pipeline.cache import (
     KIND_PREPARED,
     KIND_TEACHER,
@@ -127,8 +127,7 @@ def _check_targets(params: Params, overwrite: bool) -> None:
     """Refuse, before any work, settings and output locations the run would fail on later."""
     check_steps(params.teacher)
     require_file_target(params.teacher.preview, "teacher.preview")  # written after the teacher ran
-    require_parent_folders(params.teacher.store, "teacher.store")
-    require_writable(params.teacher.store, "teacher.store")  # a store resumed or overwritten
+    require_writable_location(params.teacher.store, "teacher.store")  # resumed or overwritten
     try:
         TileStore.check_target(params.teacher.store, overwrite)
     except NotAStoreError as error:
