@@ -54,6 +54,13 @@ def pid_temporary(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
+def hidden_pid_temporary(target: Path) -> Path:
+    """``.<name>.<hex>.tmp-<pid>``: a hidden temporary for ``target`` that
+    :func:`remove_dead_hidden_temporaries` removes once the process writing it has died (a
+    SIGKILL or power loss leaves it behind). The hex keeps two writes of one name apart."""
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp-{os.getpid()}")
+
+
 def pid_trash(path: Path) -> Path:
     """``<name>.trash-<pid>``: where ``path`` is moved to be deleted; :func:`remove_dead_siblings`
     removes it once the process deleting it has died."""
@@ -85,10 +92,11 @@ def _naming(target: Path, error: OSError) -> OSError:
     return OSError(error.errno, error.strerror or str(error), os.fspath(target))
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write to a temporary file in the same folder, then rename it over ``path``."""
+def write_bytes(path: Path, data: bytes, *, temporary: Path | None = None) -> Path:
+    """Write to a temporary file in the same folder (``temporary``: see :func:`replacing`), then
+    rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
+    with replacing(path, temporary=temporary) as tmp:
         tmp.write_bytes(data)
     return path
 
@@ -331,6 +339,27 @@ def remove_dead_siblings(path: Path) -> None:
 def remove_dead_temporaries(folder: Path, name: str | None = None) -> None:
     """Remove `<name>.tmp-<pid>` / `<name>.trash-<pid>` in `folder` (any name when None) whose
     creating process has died."""
+    for entry, base, _ in _dead_writers_leftovers(folder):
+        if name is not None and base != name:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def remove_dead_hidden_temporaries(folder: Path) -> None:
+    """Remove the hidden `.<name>.tmp-<pid>` files in `folder` whose writing process has died
+    (see :func:`hidden_pid_temporary`). Only hidden files: in a folder of the user's, a visible
+    file or a folder so named may be theirs."""
+    for entry, _, kind in _dead_writers_leftovers(folder):
+        if kind == "tmp" and entry.name.startswith(".") and not entry.is_dir():
+            entry.unlink(missing_ok=True)
+
+
+def _dead_writers_leftovers(folder: Path) -> Iterator[tuple[Path, str, str]]:
+    """(entry, name, kind) for each `<name>.<kind>-<pid>` in `folder`, kind tmp or trash, whose
+    process has died (this process's own are never yielded)."""
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
@@ -338,15 +367,10 @@ def remove_dead_temporaries(folder: Path, name: str | None = None) -> None:
         base, dot, kind = stem.rpartition(".")
         if not (dot and kind in ("tmp", "trash") and pid_text.isdigit()):
             continue
-        if name is not None and base != name:
-            continue
         pid = int(pid_text)
         if pid == os.getpid() or _pid_alive(pid):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        yield entry, base, kind
 
 
 def _pid_alive(pid: int) -> bool:

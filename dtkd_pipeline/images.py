@@ -403,7 +403,9 @@ def write_image(
     Float inputs are [0, 1] and quantised with :func:`to_uint8` / :func:`to_uint16`; uint8 (for
     ``bit_depth=8``) and uint16 (for ``bit_depth=16``) are written as they are. The format follows
     the suffix (PNG, JPEG, WebP (lossless), TIFF, BMP); 16-bit needs PNG. The file appears
-    complete or not at all: a temporary file in the same folder is renamed over ``path``.
+    complete or not at all: a temporary file in the same folder is renamed over ``path``. The
+    temporary's name carries this process's id, so one a killed writer left is recognised as
+    dead (see :func:`~dtkd_pipeline.atomic.remove_dead_hidden_temporaries`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -426,7 +428,7 @@ def write_image(
             raise ValueError(f"{path}: {suffix} cannot store alpha; use .png")
         samples = np.dstack([samples, alpha_samples])
     encoded = encode_png16(samples) if bit_depth == 16 else _encode_pillow(samples, suffix)
-    atomic.write_bytes(path, encoded)
+    atomic.write_bytes(path, encoded, temporary=atomic.hidden_pid_temporary(path))
     return path
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dtkd_pipeline.atomic import require_writable_location
+from dtkd_pipeline.atomic import remove_dead_hidden_temporaries, require_writable_location
 from dtkd_pipeline.images import IMAGE_EXTENSIONS, list_images
 
-__all__ = ["interrupted_images_note", "plan_outputs"]
+__all__ = ["interrupted_images_note", "plan_outputs", "remove_killed_writes"]
 
 
 def _path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
@@ -40,6 +40,13 @@ def plan_outputs(inputs: Path, out: Path, suffix: str = "") -> list[tuple[Path, 
         pairs = [(source, _path_for(source, out, suffix)) for source in sources]
     _check_plan(pairs)
     return pairs
+
+
+def remove_killed_writes(pairs: list[tuple[Path, Path]]) -> None:
+    """Remove the hidden temporaries that writers killed mid-image (SIGKILL, power loss) left in
+    the output folders of ``pairs``; a live writer's (another run's) stay."""
+    for folder in dict.fromkeys(target.parent for _, target in pairs):
+        remove_dead_hidden_temporaries(folder)
 
 
 def interrupted_images_note(written: int, total: int, out: Path) -> str:

@@ -56,7 +56,11 @@ from dtkd_pipeline.images import (
     unreadable_advice,
     write_image,
 )
-from dtkd_pipeline.output_plan import interrupted_images_note, plan_outputs
+from dtkd_pipeline.output_plan import (
+    interrupted_images_note,
+    plan_outputs,
+    remove_killed_writes,
+)
 from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.progress import hidden_unless
 from dtkd_pipeline.resize import imresize
@@ -582,11 +586,14 @@ def upscale_paths(
     unreadable files are all named in one ImageReadError and nothing is written, or, with
     ``skip_bad``, skipped with a note. Pixel data corrupt behind a good header shows only when its
     turn comes: an ImageReadError naming it (outputs already written are complete: writes are
-    atomic), or a skip.
+    atomic), or a skip. Temporaries that killed writers left in the output folder are removed
+    first (see :func:`~dtkd_pipeline.output_plan.remove_killed_writes`).
     """
     inputs, out = Path(inputs), Path(out)
     require_model_file(model_path)
-    pairs = _prescan(plan_outputs(inputs, out, suffix), skip_bad)
+    plan = plan_outputs(inputs, out, suffix)
+    remove_killed_writes(plan)
+    pairs = _prescan(plan, skip_bad)
     upscaler = load_upscaler(
         model_path, device, precision, arch=arch, compile_mode=compile_mode, weights_dir=weights_dir
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,24 @@ def bars_under_tqdm_disable(monkeypatch: Any, module: Any) -> list[tuple[str, bo
 
     monkeypatch.setattr(module, "tqdm", DisabledByEnvironment)
     return made
+
+
+# write_image in a child process that is SIGKILLed where it would rename its temporary.
+_KILLED_AT_RENAME = """
+import os, signal, sys
+import numpy as np
+from dtkd_pipeline.images import write_image
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+write_image(sys.argv[1], np.zeros((4, 4, 3)))
+"""
+
+
+def image_write_killed_midway(target: Path) -> Path:
+    """Write an image to ``target`` in a process killed (SIGKILL) before its rename, as a kill or
+    power loss mid-image would; return the temporary it left beside ``target``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-c", _KILLED_AT_RENAME, str(target)]
+    killed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (leftover,) = (path for path in target.parent.iterdir() if path.name != target.name)
+    return leftover

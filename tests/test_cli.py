@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from dtkd_pipeline.images import read_image, write_image
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.teacher import build_teacher_networks
 from stages import cache_teacher
-from tests.pipeline_helpers import REPO_ROOT, pretend_read_only
+from tests.pipeline_helpers import REPO_ROOT, image_write_killed_midway, pretend_read_only
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
 runner = CliRunner()
@@ -188,14 +189,23 @@ def test_teacher_sr_writes_x4_png_per_image(tmp_path: Path) -> None:
     assert read_image(tmp_path / "b_x4.jpg").rgb.shape == (256, 256, 3)
 
 
+def _tiny_teacher_options(folder: Path) -> list[str]:
+    """teacher-sr options for the tiny test teacher, its random weights saved in ``folder``."""
+    unet, vq = build_teacher_networks(TINY_TEACHER)
+    torch.save(unet.state_dict(), folder / "unet.pth")
+    torch.save({"state_dict": vq.state_dict()}, folder / "vq.pth")
+    return [
+        "--version", str(TINY_TEACHER),
+        "--unet", str(folder / "unet.pth"), "--autoencoder", str(folder / "vq.pth"),
+        "--device", "cpu",
+    ]  # fmt: skip
+
+
 def test_teacher_sr_stopped_midway_says_how_many_images_are_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dtkd_pipeline.teacher import folder
 
-    unet, vq = build_teacher_networks(TINY_TEACHER)
-    torch.save(unet.state_dict(), tmp_path / "unet.pth")
-    torch.save({"state_dict": vq.state_dict()}, tmp_path / "vq.pth")
     inputs = tmp_path / "in"
     for name in ("a", "b", "c"):
         write_image(inputs / f"{name}.png", np.zeros((64, 64, 3)))
@@ -208,17 +218,30 @@ def test_teacher_sr_stopped_midway_says_how_many_images_are_written(
         return output
 
     monkeypatch.setattr(folder, "_super_resolve_file", second_image_interrupted)
-    args = [
-        str(inputs), str(tmp_path / "out"), "--version", str(TINY_TEACHER),
-        "--unet", str(tmp_path / "unet.pth"), "--autoencoder", str(tmp_path / "vq.pth"),
-        "--device", "cpu",
-    ]  # fmt: skip
+    args = [str(inputs), str(tmp_path / "out"), *_tiny_teacher_options(tmp_path)]
     result = runner.invoke(app, ["teacher-sr", *args])
     assert result.exit_code == 130 and "Traceback" not in result.output
     assert result.output.rstrip().endswith(
         f"interrupted (Ctrl-C): 1 of 3 image(s) were written to {tmp_path / 'out'}, each "
         "complete; run the same command again to write them all"
     )
+
+
+def test_teacher_sr_removes_a_killed_writers_temporary_and_keeps_a_live_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtkd_pipeline.teacher import folder
+
+    write_image(tmp_path / "in" / "x.png", np.zeros((40, 40, 3)))
+    out = tmp_path / "out"
+    image_write_killed_midway(out / "x.png")
+    live = out / f".x.png.0123abcd.tmp-{os.getppid()}"  # another run, still writing
+    live.write_bytes(b"in progress")
+    monkeypatch.setattr(folder, "_super_resolve_file", lambda *args, **kwargs: args[2])
+    args = [str(tmp_path / "in"), str(out), *_tiny_teacher_options(tmp_path)]
+    result = runner.invoke(app, ["teacher-sr", *args])
+    assert result.exit_code == 0, result.output
+    assert [path.name for path in out.iterdir()] == [live.name]
 
 
 def test_teacher_sr_refuses_other_step_count(tmp_path: Path) -> None:

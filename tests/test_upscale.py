@@ -30,7 +30,7 @@ from dtkd_pipeline.upscale import (
     upscale_paths,
     upscale_tensor,
 )
-from tests.pipeline_helpers import bars_under_tqdm_disable
+from tests.pipeline_helpers import bars_under_tqdm_disable, image_write_killed_midway
 
 ARCH = "swinir-tiny-x4"
 SCALE = 4
@@ -435,6 +435,24 @@ def test_skip_bad_upscales_every_readable_image(checkpoint: Path, tmp_path: Path
     )
     assert [p.name for p in written] == ["a.png", "c.png"]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+
+
+def test_a_killed_writers_temporary_is_removed_and_a_live_writers_kept(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    source = write_image(tmp_path / "x.png", _random_rgb(8, 8, seed=12))
+    out = tmp_path / "out"
+    leftover = image_write_killed_midway(out / "y.png")
+    assert leftover.name.startswith(".y.png.")  # hidden, as the outputs' readers expect
+    dead_pid = leftover.name.rpartition("-")[2]
+    live = out / f".z.png.0123abcd.tmp-{os.getppid()}"  # another run, still writing
+    live.write_bytes(b"in progress")
+    users = out / f"scan.tmp-{dead_pid}"  # visible: a name of the user's, not a temporary
+    users.write_bytes(b"keep")
+
+    upscale_paths(source, out, model_path=checkpoint, tile=0, device="cpu", progress=False)
+
+    assert sorted(path.name for path in out.iterdir()) == sorted([live.name, users.name, "x.png"])
 
 
 def test_a_checkpoints_folder_given_as_model_names_the_files_it_holds(tmp_path: Path) -> None:

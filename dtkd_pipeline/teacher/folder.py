@@ -16,7 +16,11 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import ImageReadError, read_image, unreadable_advice, write_image
-from dtkd_pipeline.output_plan import interrupted_images_note, plan_outputs
+from dtkd_pipeline.output_plan import (
+    interrupted_images_note,
+    plan_outputs,
+    remove_killed_writes,
+)
 from dtkd_pipeline.teacher.config import (
     AUTOENCODER_WEIGHTS,
     VERSION_WEIGHTS,
@@ -48,8 +52,10 @@ def super_resolve_paths(
 
     Everything that can refuse the run (outputs, images, steps, chopping, precision, device,
     weights) is checked before the teacher loads and before any output folder is created.
+    Temporaries that killed writers left in the output folder are removed first.
     """
     plan = plan_outputs(inputs, out)
+    remove_killed_writes(plan)
     resolve_chop(chop_size, chop_stride)
     target = resolve_device(device)
     check_precision(precision, target.type)
