@@ -84,6 +84,11 @@ DeviceOption = Annotated[
     str | None, _device_option("cpu, cuda or cuda:N (default: the params' device or auto).")
 ]
 
+SkipExistingOption = Annotated[
+    bool,
+    typer.Option(help="Skip inputs whose output file exists (to finish an interrupted run)."),
+]
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that carry a complete, user-facing message."""
@@ -474,6 +479,7 @@ def upscale(
     skip_bad: Annotated[
         bool, typer.Option(help="Skip unreadable images with a note instead of stopping.")
     ] = False,
+    skip_existing: SkipExistingOption = False,
 ) -> None:
     """Super-resolve images x4 with the distilled student (tiled, keeps bit depth and alpha)."""
     from dtkd_pipeline import upscale as runner
@@ -489,7 +495,7 @@ def upscale(
     def action() -> None:
         if export_onnx is not None:
             check_onnx_target(export_onnx)  # before the images, not after them
-        written = runner.upscale_paths(
+        runner.upscale_paths(
             inputs,
             output,
             model_path=model,
@@ -502,8 +508,8 @@ def upscale(
             compile_mode=compile_mode,  # type: ignore[arg-type]  # checked by the upscaler
             weights_dir=weights_dir,
             skip_bad=skip_bad,
-        )
-        typer.echo(f"{len(written)} image(s) -> {output}")
+            skip_existing=skip_existing,
+        )  # prints its own summary line
         if export_onnx is not None:
             _export_student_onnx(model, arch, weights_dir, export_onnx)
 
@@ -554,6 +560,7 @@ def teacher_sr(
     autoencoder: Annotated[str | None, typer.Option(help="VQGAN weight name or path.")] = None,
     device: Annotated[str | None, _device_option("cpu, cuda or cuda:N (default: auto).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
+    skip_existing: SkipExistingOption = False,
 ) -> None:
     """Super-resolve images with the ResShift teacher alone (official sampler, official RNG)."""
     from dtkd_pipeline.teacher.folder import super_resolve_paths
@@ -572,6 +579,7 @@ def teacher_sr(
             autoencoder=autoencoder,
             device=device,
             precision=precision,
+            skip_existing=skip_existing,
         ),
         also=(ValueError,),  # chop size, precision and image-size refusals
     )

@@ -2,7 +2,8 @@
 
 One image in: the output is a file when it has an image extension, else a folder. A folder in:
 the output is a folder. Every plan is checked before any model loads: name clashes, outputs over
-inputs, and output locations under a file are refused, each saying what to change.
+inputs, and output locations under a file are refused, each saying what to change. Outputs are
+written whole, so a rerun with ``--skip-existing`` may take an existing one as done.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from pathlib import Path
 from dtkd_pipeline.atomic import remove_dead_hidden_temporaries, require_writable_location
 from dtkd_pipeline.images import IMAGE_EXTENSIONS, list_images
 
-__all__ = ["interrupted_images_note", "plan_outputs", "remove_killed_writes"]
+__all__ = [
+    "images_summary",
+    "interrupted_images_note",
+    "nothing_to_do_note",
+    "outputs_to_write",
+    "plan_outputs",
+    "remove_killed_writes",
+]
 
 
 def _path_for(source: Path, out_dir: Path, suffix: str = "") -> Path:
@@ -49,12 +57,39 @@ def remove_killed_writes(pairs: list[tuple[Path, Path]]) -> None:
         remove_dead_hidden_temporaries(folder)
 
 
-def interrupted_images_note(written: int, total: int, out: Path) -> str:
-    """What an interrupted run left in ``out``: each image is written whole (atomically), so those
-    there are complete; a rerun does every image again."""
+def outputs_to_write(
+    pairs: list[tuple[Path, Path]], skip_existing: bool
+) -> tuple[list[tuple[Path, Path]], int]:
+    """The pairs still to write, and how many were left out because their output file exists
+    (only with ``skip_existing``; every output is written whole, so one that exists is done)."""
+    if not skip_existing:
+        return pairs, 0
+    todo = [(source, target) for source, target in pairs if not target.is_file()]
+    return todo, len(pairs) - len(todo)
+
+
+def images_summary(written: int, present: int, out: Path) -> str:
+    """The last line of a run: what it wrote, and what ``--skip-existing`` found already there."""
+    skipped = f"; {present} skipped, already present" if present else ""
+    return f"{written} image(s) -> {out}{skipped}"
+
+
+def nothing_to_do_note(present: int, out: Path) -> str:
+    """A ``--skip-existing`` run whose every output is already there."""
     return (
-        f"{written} of {total} image(s) were written to {out}, each complete; run the same "
-        "command again to write them all"
+        f"all {present} output image(s) are already in {out}; nothing to do (leave out "
+        "--skip-existing to write them again)"
+    )
+
+
+def interrupted_images_note(written: int, total: int, out: Path, present: int = 0) -> str:
+    """What an interrupted run left in ``out``: each image is written whole (atomically), so those
+    there are complete and a rerun with ``--skip-existing`` writes only the rest. ``total`` counts
+    this run's images; ``present`` those it skipped as already there."""
+    already = f" ({present} more were already there)" if present else ""
+    return (
+        f"{written} of {total} image(s) were written to {out}{already}, each complete; run the "
+        "same command with --skip-existing to write only the rest"
     )
 
 

@@ -57,7 +57,10 @@ from dtkd_pipeline.images import (
     write_image,
 )
 from dtkd_pipeline.output_plan import (
+    images_summary,
     interrupted_images_note,
+    nothing_to_do_note,
+    outputs_to_write,
     plan_outputs,
     remove_killed_writes,
 )
@@ -570,8 +573,10 @@ def upscale_paths(
     compile_mode: CompileMode | None = None,
     weights_dir: str | os.PathLike[str] | None = None,
     skip_bad: bool = False,
+    skip_existing: bool = False,
 ) -> list[Path]:
-    """Super-resolve an image file or a folder of images; return the written paths.
+    """Super-resolve an image file or a folder of images; return the written paths and print a
+    summary line.
 
     * ``inputs`` a file: ``out`` with an image suffix is the output file, else a folder that
       receives ``<stem><suffix>.png``.
@@ -587,13 +592,19 @@ def upscale_paths(
     ``skip_bad``, skipped with a note. Pixel data corrupt behind a good header shows only when its
     turn comes: an ImageReadError naming it (outputs already written are complete: writes are
     atomic), or a skip. Temporaries that killed writers left in the output folder are removed
-    first (see :func:`~dtkd_pipeline.output_plan.remove_killed_writes`).
+    first (see :func:`~dtkd_pipeline.output_plan.remove_killed_writes`). ``skip_existing``:
+    inputs whose output file exists are left out (an interrupted run's rest); when that is all
+    of them, nothing loads and nothing is written.
     """
     inputs, out = Path(inputs), Path(out)
     require_model_file(model_path)
     plan = plan_outputs(inputs, out, suffix)
     remove_killed_writes(plan)
-    pairs = _prescan(plan, skip_bad)
+    todo, present = outputs_to_write(plan, skip_existing)
+    if not todo:
+        print(nothing_to_do_note(present, out))
+        return []
+    pairs = _prescan(todo, skip_bad)
     upscaler = load_upscaler(
         model_path, device, precision, arch=arch, compile_mode=compile_mode, weights_dir=weights_dir
     )
@@ -616,10 +627,11 @@ def upscale_paths(
             target.parent.mkdir(parents=True, exist_ok=True)
             written.append(write_image(target, rgb, alpha, bit_depth=image.bit_depth))
     except KeyboardInterrupt as interrupt:  # the CLI prints the note
-        interrupt.add_note(interrupted_images_note(len(written), len(pairs), out))
+        interrupt.add_note(interrupted_images_note(len(written), len(pairs), out, present))
         raise
     finally:
         bar.close()
+    print(images_summary(len(written), present, out))
     return written
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tqdm.auto import tqdm
 from typer.testing import CliRunner
 
 from dtkd_pipeline import atomic
@@ -223,7 +224,52 @@ def test_teacher_sr_stopped_midway_says_how_many_images_are_written(
     assert result.exit_code == 130 and "Traceback" not in result.output
     assert result.output.rstrip().endswith(
         f"interrupted (Ctrl-C): 1 of 3 image(s) were written to {tmp_path / 'out'}, each "
-        "complete; run the same command again to write them all"
+        "complete; run the same command with --skip-existing to write only the rest"
+    )
+
+
+def test_teacher_sr_skip_existing_runs_only_the_missing_images_and_counts_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtkd_pipeline.teacher import folder
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a", "b", "c"):
+        write_image(inputs / f"{name}.png", np.zeros((40, 40, 3)))
+    write_image(out / "b.png", np.zeros((160, 160, 3)))  # an interrupted run's
+    calls: list[str] = []
+    totals: list[int] = []
+
+    def record(teacher: object, path: Path, output: Path, **kwargs: object) -> Path:
+        calls.append(path.name)
+        return output
+
+    class CountingBar(tqdm):
+        def __init__(self, iterable: list[object], **kwargs: object) -> None:
+            totals.append(len(iterable))
+            super().__init__(iterable, **kwargs)
+
+    monkeypatch.setattr(folder, "_super_resolve_file", record)
+    monkeypatch.setattr(folder, "tqdm", CountingBar)
+    args = [str(inputs), str(out), *_tiny_teacher_options(tmp_path), "--skip-existing"]
+    result = runner.invoke(app, ["teacher-sr", *args])
+    assert result.exit_code == 0, result.output
+    assert calls == ["a.png", "c.png"] and totals == [2]
+    assert f"2 image(s) -> {out}; 1 skipped, already present" in result.output
+
+
+def test_teacher_sr_skip_existing_with_every_output_there_resolves_no_weights(
+    tmp_path: Path,
+) -> None:
+    source = write_image(tmp_path / "x.png", np.zeros((40, 40, 3)))  # one file in
+    write_image(tmp_path / "x_x4.png", np.zeros((160, 160, 3)))
+    absent = ["--unet", str(tmp_path / "absent-unet.pth")]  # never reached: nothing to do
+    args = [str(source), str(tmp_path / "x_x4.png"), *absent, "--skip-existing"]
+    result = runner.invoke(app, ["teacher-sr", *args])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        f"all 1 output image(s) are already in {tmp_path / 'x_x4.png'}; nothing to do (leave "
+        "out --skip-existing to write them again)\n"
     )
 
 

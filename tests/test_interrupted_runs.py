@@ -218,10 +218,18 @@ def test_upscale_stopped_by_sigterm_says_how_many_images_are_written_and_leaves_
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     found = re.fullmatch(
         rf"interrupted \(SIGTERM\): (\d+) of 40 image\(s\) were written to {re.escape(str(out))}, "
-        "each complete; run the same command again to write them all",
+        "each complete; run the same command with --skip-existing to write only the rest",
         _interrupt_line(stopped),
     )
     assert found, stopped.stderr[-2000:]
+    written = int(found[1])
     assert sorted(path.name for path in out.iterdir()) == [
-        f"{index:02d}.png" for index in range(int(found[1]))
+        f"{index:02d}.png" for index in range(written)
     ]  # no temporary beside them
+
+    rest = run_cli([*args, "--skip-existing"], tmp_path)
+    assert rest.returncode == 0, rest.stderr[-2000:]
+    assert f"{40 - written} image(s) -> {out}; {written} skipped, already present" in rest.stdout
+    assert sorted(path.name for path in out.iterdir()) == [
+        f"{index:02d}.png" for index in range(40)
+    ]

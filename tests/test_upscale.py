@@ -437,6 +437,66 @@ def test_skip_bad_upscales_every_readable_image(checkpoint: Path, tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
 
 
+def test_skip_existing_upscales_only_the_missing_outputs_and_counts_the_rest(
+    checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    for seed, name in enumerate(["a.png", "b.png", "c.png"]):
+        write_image(inputs / name, _random_rgb(8, 8, seed=seed))
+    done = write_image(out / "b.png", np.zeros((32, 32, 3))).read_bytes()  # an earlier run's
+    common = {"model_path": checkpoint, "tile": 0, "device": "cpu", "progress": False}
+
+    written = upscale_paths(inputs, out, **common, skip_existing=True)
+    assert [path.name for path in written] == ["a.png", "c.png"]
+    assert (out / "b.png").read_bytes() == done
+    assert f"2 image(s) -> {out}; 1 skipped, already present" in capsys.readouterr().out
+
+    # Interrupted again: the count is of the images this run had left to do.
+    (out / "c.png").unlink()
+    monkeypatch.setattr(upscale, "upscale_image", _interrupt)
+    with pytest.raises(KeyboardInterrupt) as info:
+        upscale_paths(inputs, out, **common, skip_existing=True)
+    assert info.value.__notes__ == [
+        f"0 of 1 image(s) were written to {out} (2 more were already there), each complete; "
+        "run the same command with --skip-existing to write only the rest"
+    ]
+
+    monkeypatch.undo()
+    assert len(upscale_paths(inputs, out, **common)) == 3  # without the flag: every image again
+    assert (out / "b.png").read_bytes() != done
+
+
+def _interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("output", ["x_x4.png", "folder"])
+def test_skip_existing_with_every_output_present_loads_no_model_and_says_so(
+    checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+) -> None:
+    source = write_image(tmp_path / "x.png", _random_rgb(8, 8, seed=13))  # one file in
+    out = tmp_path / output
+    target = out if out.suffix else out / "x.png"
+    write_image(target, np.zeros((32, 32, 3)))
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded with nothing to do")
+
+    monkeypatch.setattr(upscale, "load_upscaler", no_model)
+    assert upscale_paths(source, out, model_path=checkpoint, skip_existing=True) == []
+    assert capsys.readouterr().out == (
+        f"all 1 output image(s) are already in {out}; nothing to do (leave out --skip-existing "
+        "to write them again)\n"
+    )
+
+
 def test_a_killed_writers_temporary_is_removed_and_a_live_writers_kept(
     checkpoint: Path, tmp_path: Path
 ) -> None:

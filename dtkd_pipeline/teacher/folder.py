@@ -17,7 +17,10 @@ from tqdm.auto import tqdm
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.images import ImageReadError, read_image, unreadable_advice, write_image
 from dtkd_pipeline.output_plan import (
+    images_summary,
     interrupted_images_note,
+    nothing_to_do_note,
+    outputs_to_write,
     plan_outputs,
     remove_killed_writes,
 )
@@ -46,6 +49,7 @@ def super_resolve_paths(
     autoencoder: str | None = None,
     device: str | None = None,
     precision: str = "fp32",
+    skip_existing: bool = False,
 ) -> list[Path]:
     """Super-resolve one image into ``out`` (a file with an image extension, else a folder) or a
     folder into ``<out>/<stem>.png``; returns the written paths.
@@ -53,6 +57,8 @@ def super_resolve_paths(
     Everything that can refuse the run (outputs, images, steps, chopping, precision, device,
     weights) is checked before the teacher loads and before any output folder is created.
     Temporaries that killed writers left in the output folder are removed first.
+    ``skip_existing``: inputs whose output file exists are left out (an interrupted run's rest);
+    when that is all of them, no weights are resolved and nothing is written.
     """
     plan = plan_outputs(inputs, out)
     remove_killed_writes(plan)
@@ -60,7 +66,11 @@ def super_resolve_paths(
     target = resolve_device(device)
     check_precision(precision, target.type)
     _check_version_options(version, steps, unet)
-    _check_images([path for path, _ in plan])  # before ~700 MB of weights download
+    todo, present = outputs_to_write(plan, skip_existing)
+    if not todo:
+        print(nothing_to_do_note(present, out))
+        return []
+    _check_images([path for path, _ in todo])  # before ~700 MB of weights download
     unet_path = _teacher_file("--unet", unet, VERSION_WEIGHTS.get(version, ""), weights_dir)
     vq_path = _teacher_file("--autoencoder", autoencoder, AUTOENCODER_WEIGHTS, weights_dir)
     teacher = load_teacher(
@@ -74,16 +84,16 @@ def super_resolve_paths(
     )
     written: list[Path] = []
     try:
-        for path, output in tqdm(plan, desc="teacher-sr", unit="img"):
+        for path, output in tqdm(todo, desc="teacher-sr", unit="img"):
             written.append(
                 _super_resolve_file(
                     teacher, path, output, seed=seed, chop_size=chop_size, chop_stride=chop_stride
                 )
             )
     except KeyboardInterrupt as interrupt:  # the CLI prints the note
-        interrupt.add_note(interrupted_images_note(len(written), len(plan), out))
+        interrupt.add_note(interrupted_images_note(len(written), len(todo), out, present))
         raise
-    print(f"{len(written)} image(s) -> {out}")
+    print(images_summary(len(written), present, out))
     return written
 
 
