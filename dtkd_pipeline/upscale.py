@@ -645,8 +645,11 @@ def _read_or_skip(
     except ImageReadError as error:
         if not skip_bad:
             advice = unreadable_advice("it", "rerun with --skip-bad to go past unreadable images")
+            # The images before it are whole; a rerun need not compute them again.
+            keep = "; add --skip-existing to the rerun to keep those written" if written else ""
             raise ImageReadError(
-                f"{error}; {written} of {total} image(s) were written to {out} before it; {advice}"
+                f"{error}; {written} of {total} image(s) were written to {out} before it; "
+                f"{advice}{keep}"
             ) from error
         tqdm.write(f"skipping: {error}")
         return None

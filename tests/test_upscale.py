@@ -424,6 +424,7 @@ def test_corrupt_pixel_data_stops_the_run_saying_what_was_written(
     ) as info:
         upscale_paths(inputs, out, model_path=checkpoint, tile=0, device="cpu")
     assert "; replace or remove it, or rerun with --skip-bad" in str(info.value)
+    assert str(info.value).endswith("; add --skip-existing to the rerun to keep those written")
     # Whatever was written is complete; no temporary files are left behind.
     assert [p.name for p in out.iterdir()] == ["a.png"]
 
