@@ -71,14 +71,28 @@ def delete_trash(trash: Path) -> None:
     """Delete ``trash``, a replaced copy moved aside (see :func:`pid_trash`) once its replacement
     is in place. A failure only warns: the replacement succeeded, and the leftover is named so the
     user can delete it by hand."""
+    _delete_or_warn(trash, "the replaced copy", "its replacement is in place", stacklevel=3)
+
+
+def _delete_or_warn(path: Path, what: str, why_safe: str, *, stacklevel: int) -> None:
+    """Delete ``path`` (a folder tree, or a file or link); where that fails and it is still
+    there, warn naming it and saying why deleting it by hand is safe. ``stacklevel`` is passed
+    to ``warnings.warn`` from here: 3 points at the caller of this function's caller."""
+    is_tree = path.is_dir() and not path.is_symlink()
     try:
-        shutil.rmtree(trash)
+        if is_tree:
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     except OSError as error:
-        shutil.rmtree(trash, ignore_errors=True)  # rmtree stops at its first failure: free the rest
+        if is_tree:  # rmtree stops at its first failure: free the rest
+            shutil.rmtree(path, ignore_errors=True)
+        if not (path.exists() or path.is_symlink()):  # another process deleted it meanwhile
+            return
         warnings.warn(
-            f"{trash}: the replaced copy could not be deleted ({error.strerror or error}); "
-            f"its replacement is in place, so delete {trash} by hand",
-            stacklevel=2,
+            f"{path}: {what} could not be deleted ({error.strerror or error}); "
+            f"{why_safe}, so delete {path} by hand",
+            stacklevel=stacklevel,
         )
 
 
@@ -338,14 +352,10 @@ def remove_dead_siblings(path: Path) -> None:
 
 def remove_dead_temporaries(folder: Path, name: str | None = None) -> None:
     """Remove `<name>.tmp-<pid>` / `<name>.trash-<pid>` in `folder` (any name when None) whose
-    creating process has died."""
+    creating process has died. One that cannot be deleted warns, naming it, and is left."""
     for entry, base, _ in _dead_writers_leftovers(folder):
-        if name is not None and base != name:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        if name is None or base == name:
+            _remove_dead_leftover(entry)
 
 
 def remove_dead_hidden_temporaries(folder: Path) -> None:
@@ -354,7 +364,12 @@ def remove_dead_hidden_temporaries(folder: Path) -> None:
     file or a folder so named may be theirs."""
     for entry, _, kind in _dead_writers_leftovers(folder):
         if kind == "tmp" and entry.name.startswith(".") and not entry.is_dir():
-            entry.unlink(missing_ok=True)
+            _remove_dead_leftover(entry)
+
+
+def _remove_dead_leftover(entry: Path) -> None:
+    # stacklevel 4: the warning points at whoever called remove_dead_*.
+    _delete_or_warn(entry, "a dead run's leftover", "no running process uses it", stacklevel=4)
 
 
 def _dead_writers_leftovers(folder: Path) -> Iterator[tuple[Path, str, str]]:

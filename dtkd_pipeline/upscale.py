@@ -70,7 +70,7 @@ from dtkd_pipeline.resize import imresize
 from dtkd_pipeline.student import build_student, load_student_weights, student_config
 from dtkd_pipeline.student.registry import STUDENT_CONFIGS
 from dtkd_pipeline.student.weights import read_checkpoint
-from dtkd_pipeline.weights import REGISTRY, resolve_weights
+from dtkd_pipeline.weights import REGISTRY, WeightsError, offering_local_copy, resolve_weights
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -605,9 +605,17 @@ def upscale_paths(
         print(nothing_to_do_note(present, out))
         return []
     pairs = _prescan(todo, skip_bad)
-    upscaler = load_upscaler(
-        model_path, device, precision, arch=arch, compile_mode=compile_mode, weights_dir=weights_dir
-    )
+    try:
+        upscaler = load_upscaler(
+            model_path,
+            device,
+            precision,
+            arch=arch,
+            compile_mode=compile_mode,
+            weights_dir=weights_dir,
+        )
+    except WeightsError as error:  # only a named release is fetched: say a file will do too
+        raise offering_local_copy(error, "--model") from error
     written: list[Path] = []
     bar = tqdm(pairs, desc="upscale", unit="img", **hidden_unless(progress and len(pairs) >= 2))
     try:

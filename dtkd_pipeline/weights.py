@@ -260,6 +260,12 @@ def _how_to_fix(spec: WeightSpec, final: Path) -> str:
     )
 
 
+def offering_local_copy(error: WeightsError, option: str) -> WeightsError:
+    """``error`` about a registered release that could not be had, plus the way round it: the
+    command ``option`` also takes a checkpoint file the user already has."""
+    return WeightsError(f"{error} Or pass a local copy with {option} FILE.")
+
+
 def verify_file(path: Path, spec: WeightSpec) -> str:
     """Check ``path`` against the spec's hash, else its recorded hash (recorded here if absent).
 

@@ -363,6 +363,7 @@ def _evaluate(params: Params, device: str | None) -> Path:
     cfg = params.evaluate
     target = resolve_device(device or cfg.device)
     # Everything that can fail on bad input is checked before any model runs.
+    _check_output_folders(cfg)  # first: metric networks, students and the teacher load below
     suite = MetricSuite(
         cfg.metrics,
         scale=params.data.scale,
@@ -404,6 +405,18 @@ def _evaluate(params: Params, device: str | None) -> Path:
         f"figures -> {cfg.plots_dir}"
     )
     return cfg.metrics_dir
+
+
+def _check_output_folders(cfg: EvaluateParams) -> None:
+    """Refuse, before any model loads, an output folder the stage could not replace at the end
+    (one no stage wrote, a read-only place, a file in the way); ``staged_folder`` checks each
+    again when it writes, in the same order, so the messages are the same."""
+    for folder, key in (
+        (cfg.metrics_dir, "evaluate.metrics_dir"),
+        (cfg.plots_dir, "evaluate.plots_dir"),
+        (cfg.out_dir, "evaluate.out_dir"),
+    ):
+        atomic.check_replaceable(folder, key)
 
 
 def _open_test_sets(params: Params, min_hr_side: int) -> list[TestSet]:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from dtkd_pipeline.atomic import (
     OUTPUT_MARKER,
     OutputFolderError,
     mark_output,
+    remove_dead_temporaries,
     replacing,
     require_file_target,
     require_folder,
@@ -254,3 +256,59 @@ def test_a_durable_write_syncs_the_file_before_its_rename_and_the_folder_after(
         tmp.write_text("{}")
     assert events == [f"fsync {tmp}", f"rename {tmp} {target}", f"fsync {tmp_path}"]
     assert target.read_text() == "{}"
+
+
+def _dead_pid() -> int:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    )
+    return int(dead.stdout)
+
+
+def test_a_dead_runs_leftover_that_cannot_be_deleted_warns_once_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to stay forever without a word: the user never learnt it was there."""
+    pid = _dead_pid()
+    stuck = tmp_path / f"s.zarr.trash-{pid}"
+    for part in ("lr", "hr"):
+        (stuck / part).mkdir(parents=True)
+        (stuck / part / "c0").write_bytes(b"chunk")
+    freed = tmp_path / f"s.zarr.tmp-{pid}"
+    (freed / "lr").mkdir(parents=True)
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path: object, ignore_errors: bool = False, **kwargs: object) -> None:
+        if Path(str(path)) != stuck:
+            real_rmtree(path, ignore_errors=ignore_errors, **kwargs)  # type: ignore[arg-type]
+        elif not ignore_errors:  # a busy or read-only filesystem: nothing inside goes either
+            raise PermissionError(errno.EACCES, "Permission denied", str(stuck / "lr" / "c0"))
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    with pytest.warns(UserWarning) as caught:
+        remove_dead_temporaries(tmp_path)
+    assert [str(warning.message) for warning in caught] == [
+        f"{stuck}: a dead run's leftover could not be deleted (Permission denied); "
+        f"no running process uses it, so delete {stuck} by hand"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stuck.name]
+
+
+def test_a_dead_runs_leftover_another_process_deleted_meanwhile_does_not_warn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs starting together both clean the same folder: the loser finds it gone."""
+    leftover = tmp_path / f"student.pt.tmp-{_dead_pid()}"
+    leftover.mkdir()
+    real_rmtree = shutil.rmtree
+
+    def rmtree_raced(path: object, ignore_errors: bool = False, **kwargs: object) -> None:
+        real_rmtree(path, ignore_errors=True)  # type: ignore[arg-type]
+        if not ignore_errors:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_raced)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        remove_dead_temporaries(tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -387,6 +387,32 @@ def test_teacher_sr_offline_without_weights_says_the_options_take_local_copies(
     assert not (tmp_path / "o").exists()
 
 
+def test_upscale_offline_with_a_release_name_says_model_takes_a_local_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download error listed --weights-dir and mirrors, but not the plain way round: a file."""
+    monkeypatch.setenv("DTKD_MIRROR", "http://127.0.0.1:9/mirror")  # refused: offline
+    write_image(tmp_path / "x.png", np.full((16, 16, 3), 0.5))
+    result = runner.invoke(
+        app,
+        [
+            "upscale",
+            str(tmp_path / "x.png"),
+            str(tmp_path / "o"),
+            "--model",
+            "swinir-s-x4",
+            "--weights-dir",
+            str(tmp_path / "w"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "could not download swinir-s-x4" in result.output
+    assert result.output.rstrip().endswith("Or pass a local copy with --model FILE.")
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_output_location_is_named_without_traceback(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

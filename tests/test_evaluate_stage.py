@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from dtkd_pipeline.atomic import OutputFolderError
 from dtkd_pipeline.cli import app
 from dtkd_pipeline.config import ConfigError, Params, section_dict
 from dtkd_pipeline.evaluate.figures import curve_panels, training_curves
@@ -24,7 +25,12 @@ from dtkd_pipeline.student import StudentWeightsError, build_student
 from dtkd_pipeline.teacher import TeacherCheckpointError, build_teacher_networks
 from dtkd_pipeline.weights import WeightsError
 from stages import evaluate, report
-from tests.pipeline_helpers import forbid_teacher, make_hr_images, tiny_params
+from tests.pipeline_helpers import (
+    forbid_teacher,
+    make_hr_images,
+    pretend_read_only,
+    tiny_params,
+)
 
 TINY_TEACHER = [
     "teacher.version=tests/data/resshift_tiny_t2.yaml",
@@ -331,6 +337,40 @@ def test_unusable_checkpoints_and_precisions_are_refused_before_the_teacher_runs
     with pytest.raises(ConfigError, match=r"half precisions are measured on CUDA only"):
         evaluate.run(half_only, device="cpu")
     assert not params.evaluate.metrics_dir.exists()
+
+
+@pytest.mark.parametrize("bad", ["user's files", "read-only", "a file"])
+def test_a_bad_output_location_is_refused_before_any_model_loads(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    """It was refused only when the results were written, after the teacher had loaded."""
+    forbid_teacher(monkeypatch, evaluate, before="the output folders were checked")
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model loaded before the output folders were checked")
+
+    monkeypatch.setattr(evaluate, "MetricSuite", no_model)  # the metric networks
+    monkeypatch.setattr(evaluate, "_student_contenders", no_model)
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    if bad == "user's files":
+        (ours / "notes.md").write_text("keep me")
+        key, folder, refusal = "evaluate.metrics_dir", ours, "holds files no stage"
+    elif bad == "read-only":
+        pretend_read_only(monkeypatch, ours)
+        key, folder, refusal = "evaluate.out_dir", ours / "evaluation", "is not writable"
+    else:
+        (ours / "plots").write_text("")
+        key, folder, refusal = "evaluate.plots_dir", ours / "plots", "is a file, not a folder"
+    field = key.split(".")[1]
+    placed = params.model_copy(
+        update={"evaluate": params.evaluate.model_copy(update={field: folder})}
+    )
+    with pytest.raises(OutputFolderError, match=rf"^{re.escape(key)}: .*{refusal}"):
+        evaluate.run(placed, device="cpu")
+    untouched = (params.evaluate.metrics_dir, params.evaluate.plots_dir, params.evaluate.out_dir)
+    assert not any(output.exists() for output in untouched)
+    assert not list(tmp_path.rglob("*.partial"))
 
 
 def test_running_out_of_memory_is_not_blamed_on_the_image(

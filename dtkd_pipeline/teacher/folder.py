@@ -32,7 +32,7 @@ from dtkd_pipeline.teacher.config import (
 )
 from dtkd_pipeline.teacher.factory import load_teacher
 from dtkd_pipeline.teacher.sampler import MIN_LR_SIDE, Teacher, check_precision, resolve_chop
-from dtkd_pipeline.weights import WeightsError, resolve_weights
+from dtkd_pipeline.weights import WeightsError, offering_local_copy, resolve_weights
 
 
 def super_resolve_paths(
@@ -105,7 +105,7 @@ def _teacher_file(option: str, given: str | None, default: str, weights_dir: Pat
     except WeightsError as error:
         if given:
             raise WeightsError(f"{option} {given}: {error}") from error
-        raise WeightsError(f"{error} Or pass a local copy with {option} FILE.") from error
+        raise offering_local_copy(error, option) from error
 
 
 def _check_version_options(version: str, steps: int | None, unet: str | None) -> None:
