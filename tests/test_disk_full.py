@@ -111,6 +111,28 @@ def test_a_failed_write_in_a_staged_folder_is_reported_for_the_folder_the_user_c
         assert (final / "figures").is_dir()  # the previous result, untouched
 
 
+def test_a_full_disk_while_a_store_is_created_names_its_lock_and_leaves_no_skeleton(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's PID is the first byte a new store writes."""
+    from dtkd_pipeline.cache.layout import ArraySpec, Compression, StoreLayout
+
+    layout = StoreLayout(
+        kind="prepared",
+        n_tiles=2,
+        shard_size=1,
+        arrays=(ArraySpec("lr", (3, 8, 8), "uint8"),),
+        compression=Compression("zstd", 3),
+    )
+    fill_disk_after(monkeypatch, os, "pwrite", room=0)
+    path = tmp_path / "train.zarr"
+    with pytest.raises(OSError) as info:
+        TileStore.create(path, layout, {})
+    assert info.value.errno == errno.ENOSPC
+    assert Path(info.value.filename).name == ".lock"
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------- the commands
 
 
@@ -177,6 +199,38 @@ def test_prepare_data_disk_full_names_the_prepared_folder_and_leaves_nothing_hal
     assert runner.invoke(app, args).exit_code == 0
     with TileStore.open(prepared / "train.zarr") as store:
         assert store.verify().ok
+
+
+@pytest.mark.slow
+def test_cache_teacher_disk_full_keeps_finished_shards_and_resumes(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "teacher.zarr"
+    args = _args(
+        "cache-teacher", project, f"teacher.store={store}", f"teacher.preview={tmp_path / 'p.png'}"
+    )
+    real_put = zarr_local._put
+
+    def full_after_first_shard(path: Path, *args: Any, **kwargs: Any) -> int:
+        if "/c/1/" in Path(path).as_posix():  # the second shard's data
+            raise disk_full()
+        return real_put(path, *args, **kwargs)
+
+    monkeypatch.setattr(zarr_local, "_put", full_after_first_shard)
+    failed = runner.invoke(app, args)
+    assert failed.exit_code == 1
+    second_shard = store / "teacher" / "c" / "1" / "0" / "0" / "0"
+    assert one_error_line(failed.output) == f"error: {second_shard}: {NO_SPACE}; {FREE_SPACE}"
+    with TileStore.open(store) as kept:
+        assert kept.completed_shards() == [0] and kept.verify([0]).ok
+    assert leftovers(tmp_path) == []
+
+    monkeypatch.undo()
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "computed 1 tiles" in resumed.output  # only the shard the full disk stopped
+    with TileStore.open(store) as finished:
+        assert finished.verify().ok
 
 
 def test_evaluate_disk_full_names_an_output_folder_and_keeps_the_previous_results(
