@@ -11,6 +11,7 @@ code that knows what it was writing must name it.
 from __future__ import annotations
 
 import errno
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from dtkd_pipeline.cache import TileStore
 from dtkd_pipeline.cli import app
 from dtkd_pipeline.config import load_params
 from dtkd_pipeline.student import build_student
+from dtkd_pipeline.train.checkpoint import save_raising_write_errors
 from stages import cache_teacher, distill, prepare_data
 from tests.pipeline_helpers import REPO_ROOT, apply_profile, make_hr_images, profile_overrides
 
@@ -131,6 +133,35 @@ def test_a_full_disk_while_a_store_is_created_names_its_lock_and_leaves_no_skele
     assert info.value.errno == errno.ENOSPC
     assert Path(info.value.filename).name == ".lock"
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- torch files
+
+
+class FullDisk(io.RawIOBase):
+    """A file with ``room`` bytes of space left."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise disk_full()
+        self.room -= size
+        return size
+
+
+@pytest.mark.parametrize("room", [0, 1000, 50_000])
+def test_a_checkpoint_written_to_a_full_disk_raises_the_disk_error_not_torchs(room: int) -> None:
+    """torch's zip writer raises "unexpected pos 768 vs 662" over the failed write."""
+    state = {"a": torch.zeros(10_000), "b": torch.ones(5_000)}
+    with pytest.raises(OSError) as info:
+        save_raising_write_errors(state, FullDisk(room))
+    assert info.value.errno == errno.ENOSPC
 
 
 # ---------------------------------------------------------------------------- the commands
