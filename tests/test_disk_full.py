@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from dtkd_pipeline.cli import app
 from dtkd_pipeline.config import load_params
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.checkpoint import save_raising_write_errors
+from dtkd_pipeline.train.curves import truncate_curves
 from stages import cache_teacher, distill, prepare_data
 from tests.pipeline_helpers import REPO_ROOT, apply_profile, make_hr_images, profile_overrides
 
@@ -262,6 +264,67 @@ def test_cache_teacher_disk_full_keeps_finished_shards_and_resumes(
     assert "computed 1 tiles" in resumed.output  # only the shard the full disk stopped
     with TileStore.open(store) as finished:
         assert finished.verify().ok
+
+
+@pytest.mark.slow
+def test_distill_disk_full_at_a_checkpoint_names_it_and_resumes_from_the_last_one(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second checkpoint meets a full disk; closing the curves then fails too, leaving
+    dvclive's summary empty, as its in-place rewrite does on a full disk."""
+    import dvclive.live
+
+    out_dir = tmp_path / "models"
+    args = _args(
+        "distill", project, f"distill.out_dir={out_dir}", "distill.iterations=4",
+        "distill.milestones=[3]", "distill.checkpoint_every=2", "distill.val_every=2",
+    )  # fmt: skip
+    real_save, real_dump = torch.save, dvclive.live.dump_json
+    saved: list[object] = []
+    full = False
+
+    def save(obj: object, handle: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal full
+        saved.append(obj)
+        full = full or len(saved) == 3  # iter_2, best, then iter_4
+        real_save(obj, FullDisk(100) if full else handle, *args, **kwargs)
+
+    def dump_json(content: object, output_file: str, **kwargs: Any) -> None:
+        if not full:
+            return real_dump(content, output_file, **kwargs)
+        Path(output_file).write_text("")  # opened for writing, then nothing fits
+        raise disk_full()
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(dvclive.live, "dump_json", dump_json)
+    failed = runner.invoke(app, args)
+    assert failed.exit_code == 1
+    checkpoint = out_dir / "checkpoints" / "iter_00000004.pt"
+    assert one_error_line(failed.output) == f"error: {checkpoint}: {NO_SPACE}; {FREE_SPACE}"
+    assert sorted(path.name for path in (out_dir / "checkpoints").iterdir()) == [
+        "best.pt",
+        "iter_00000002.pt",
+    ]
+    assert leftovers(out_dir) == [] and not (out_dir / "student.pt").exists()
+    assert (out_dir / "dvclive" / "metrics.json").read_text() == ""
+
+    monkeypatch.undo()
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming from" in resumed.output and "iter_00000002.pt at iteration 2" in resumed.output
+    assert "metrics.json was cut short" in resumed.output
+    assert (out_dir / "student.pt").is_file()
+    assert json.loads((out_dir / "dvclive" / "metrics.json").read_text())["step"] == 4
+
+
+def test_a_curve_row_a_full_disk_cut_short_is_dropped_when_training_resumes(
+    tmp_path: Path,
+) -> None:
+    curve = tmp_path / "plots" / "metrics" / "train" / "loss.tsv"
+    curve.parent.mkdir(parents=True)
+    curve.write_text("step\tloss\n1\t0.5\n2\t0.25\n1")  # "12\t0.125" cut short after "1"
+    assert truncate_curves(tmp_path, last_step=2) == 1
+    assert curve.read_text() == "step\tloss\n1\t0.5\n2\t0.25\n"
 
 
 def test_evaluate_disk_full_names_an_output_folder_and_keeps_the_previous_results(
