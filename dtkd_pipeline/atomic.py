@@ -32,7 +32,9 @@ def replacing(
         yield tmp
     except BaseException as error:
         _discard(tmp)
-        if isinstance(error, OSError) and os.fspath(tmp) in (error.filename, error.filename2):
+        if isinstance(error, OSError) and (
+            os.fspath(tmp) in (error.filename, error.filename2) or _unnamed(error)
+        ):
             raise _naming(target, error) from error
         raise
     try:
@@ -104,6 +106,24 @@ def _discard(tmp: Path) -> None:
 def _naming(target: Path, error: OSError) -> OSError:
     """The same failure (errno, reason) reported for ``target``."""
     return OSError(error.errno, error.strerror or str(error), os.fspath(target))
+
+
+def _unnamed(error: OSError) -> bool:
+    """A system error without a file name: a failed write, flush or close (a full disk, an I/O
+    error) names none, so the caller that knows what was being written must."""
+    return error.errno is not None and error.filename is None
+
+
+@contextlib.contextmanager
+def naming_write_errors(location: Path) -> Iterator[None]:
+    """Report an OSError without a file name raised inside as one about ``location``: the
+    file or folder being written, which the user can free space for or move elsewhere."""
+    try:
+        yield
+    except OSError as error:
+        if _unnamed(error):
+            raise _naming(location, error) from error
+        raise
 
 
 def write_bytes(path: Path, data: bytes, *, temporary: Path | None = None) -> Path:
@@ -258,7 +278,9 @@ def require_file_target(path: Path, key: str) -> None:
 
 def mark_output(folder: Path) -> None:
     """Mark `folder` as a stage's output (see :func:`check_replaceable`)."""
-    (folder / OUTPUT_MARKER).write_text("written by a dtkd-pipeline stage; replaced on rerun\n")
+    marker = folder / OUTPUT_MARKER
+    with naming_write_errors(marker):
+        marker.write_text("written by a dtkd-pipeline stage; replaced on rerun\n")
 
 
 @contextlib.contextmanager
@@ -286,8 +308,9 @@ def replacing_folder(final: Path, staging: Path) -> Iterator[Path]:
     made_parents = make_folders(staging.parent)  # removed again on failure, where still empty
     staging.mkdir()
     try:
-        mark_output(staging)
-        yield staging
+        with _naming_staged_errors(staging, final):
+            mark_output(staging)
+            yield staging
         # Move the old folder aside rather than delete it first: a delete that stops halfway
         # would leave ``final`` non-empty, the swap would fail, and the new result would be lost.
         trash = pid_trash(final)
@@ -304,6 +327,23 @@ def replacing_folder(final: Path, staging: Path) -> Iterator[Path]:
         raise
     if moved_aside:
         delete_trash(trash)
+
+
+@contextlib.contextmanager
+def _naming_staged_errors(staging: Path, final: Path) -> Iterator[None]:
+    """Report an OSError about a file in ``staging`` (or about no file) as one about ``final``:
+    the staging folder is deleted on the way out, ``final`` is what the user chose."""
+    try:
+        yield
+    except OSError as error:
+        named = (error.filename, error.filename2)
+        if _unnamed(error) or any(_is_within(name, staging) for name in named):
+            raise _naming(final, error) from error
+        raise
+
+
+def _is_within(name: object, folder: Path) -> bool:
+    return isinstance(name, str | os.PathLike) and Path(name).is_relative_to(folder)
 
 
 def _move_aside(folder: Path, trash: Path) -> bool:

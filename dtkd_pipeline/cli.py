@@ -8,6 +8,7 @@ and SIGTERM print one line on what the interrupted command left and exit 130 or 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sys
 from collections import Counter
@@ -144,12 +145,24 @@ def _message(exc: BaseException) -> str:
     """The error's own message, without the worker traceback a DataLoader re-raise wraps it in."""
     if isinstance(exc, OSError) and exc.filename is not None:
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
-        return f"{where}: {exc.strerror}; choose another location or fix its permissions"
+        return f"{where}: {exc.strerror}; {_os_error_advice(exc.errno)}"
     text = str(exc)
     marker = f"\n{type(exc).__name__}: "
     if text.startswith("Caught ") and "Original Traceback" in text and marker in text:
         return text.rsplit(marker, 1)[1].strip()
     return text
+
+
+# What to do about a failed write besides choosing another location (default: permissions).
+_WRITE_FAILURE_ADVICE = {
+    errno.ENOSPC: "free space on that disk or choose another location",
+    errno.EDQUOT: "free space within your disk quota or choose another location",
+    errno.EIO: "the disk reported an input/output error; check it or choose another location",
+}
+
+
+def _os_error_advice(code: int | None) -> str:
+    return _WRITE_FAILURE_ADVICE.get(code, "choose another location or fix its permissions")
 
 
 def _params(path: Path, overrides: list[str] | None) -> Params:

@@ -19,6 +19,7 @@ from typing import Self
 from dtkd_pipeline.atomic import (
     OutputFolderError,
     make_folders,
+    naming_write_errors,
     remove_empty_folders,
     require_parent_folders,
     require_writable_in,
@@ -68,8 +69,9 @@ class PidLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if self._lock_file_at_path(fd):
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                    with naming_write_errors(self.path):  # a full disk fails the PID's write
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
                     self._fd = fd
                     return self
             except BaseException:  # refused, Ctrl-C while waiting, no flock on this file system

@@ -23,6 +23,8 @@ air-gapped mirrors and the tests.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -31,6 +33,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -501,16 +504,34 @@ def _stream(response: _Response, part: Path, offset: int, spec: WeightSpec, prog
         ) as bar,
     ):
         while chunk := response.read(_CHUNK):
-            out.write(chunk)
+            with _writing(part):
+                out.write(chunk)
             digest.update(chunk)
             received += len(chunk)
             bar.update(len(chunk))
+        with _writing(part):
+            out.flush()  # here, not on close: a full disk must fail as a write, not a download
     if remaining is not None and received != remaining:
         # Keep the .part: the next run resumes from what arrived.
         raise ConnectionError(
             f"connection closed after {offset + received} of {offset + remaining} bytes"
         )
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _writing(part: Path) -> Iterator[None]:
+    """A failed write to ``part`` (a full disk) as a WeightsError that says so; left an OSError,
+    it would be reported as a failed download and blame the server."""
+    try:
+        yield
+    except OSError as error:
+        room = "free space there, or " if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise WeightsError(
+            f"could not write {part}: {error.strerror or error}; {room}point --weights-dir (for "
+            f"the pipeline stages: teacher.weights_dir) or {HOME_ENV} at a folder on another "
+            "disk. The bytes downloaded so far are kept; running again resumes from them."
+        ) from error
 
 
 def _file_lock(path: Path) -> PidLock:

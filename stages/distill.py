@@ -8,6 +8,7 @@ uses), the last raw weights (``model``), the params and the cache's provenance.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from dtkd_pipeline.train.checkpoint import (
     StudentCheckpoint,
     atomic_torch_save,
 )
-from dtkd_pipeline.train.curves import truncate_curves
+from dtkd_pipeline.train.curves import discard_unreadable_summary, truncate_curves
 from dtkd_pipeline.train.loop import (
     DistributedContext,
     TrainingRun,
@@ -101,6 +102,11 @@ class _DvcLiveLogger:
 
         if resume_from is not None:
             if (folder / "metrics.json").is_file():
+                if discard_unreadable_summary(folder):
+                    print(
+                        f"note: {folder / 'metrics.json'} was cut short (a failed write) and is "
+                        f"written anew from iteration {resume_from}"
+                    )
                 truncate_curves(folder, resume_from)
             else:
                 print(
@@ -110,8 +116,10 @@ class _DvcLiveLogger:
         from scmrepo.exceptions import SCMError
 
         resume = resume_from is not None
+        self.folder = folder
         try:
-            self.live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, resume=resume)
+            with atomic.naming_write_errors(folder):
+                self.live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, resume=resume)
         except SCMError as error:  # dvclive reads the git revision of the repository it is in
             raise ConfigError(
                 f"dvclive cannot log {folder}: the git repository around it has {error} "
@@ -119,13 +127,15 @@ class _DvcLiveLogger:
             ) from None
 
     def __call__(self, iteration: int, values: dict[str, float]) -> None:
-        self.live.step = iteration
-        for name, value in values.items():
-            self.live.log_metric(name, value)
-        self.live.make_summary()
+        with atomic.naming_write_errors(self.folder):  # dvclive's failed writes name no file
+            self.live.step = iteration
+            for name, value in values.items():
+                self.live.log_metric(name, value)
+            self.live.make_summary()
 
     def close(self) -> None:
-        self.live.end()
+        with atomic.naming_write_errors(self.folder):
+            self.live.end()
 
 
 def _checkpoint_changes(
@@ -321,19 +331,23 @@ def _train_closing_logger(
 ) -> dict[str, Any]:
     """Train; on Ctrl-C say where the run resumes from; close the curves either way."""
     try:
-        return train(cfg, run_spec, ctx, validate=validate, log=logger, latest=latest)
-    except KeyboardInterrupt as interrupt:  # the CLI prints the note
-        if ctx.is_main:
+        result = train(cfg, run_spec, ctx, validate=validate, log=logger, latest=latest)
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt) and ctx.is_main:  # the CLI prints the note
             newest = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).latest()
-            interrupt.add_note(
+            error.add_note(
                 f"the last checkpoint is {newest}; run the same command again to resume from it"
                 if newest
                 else "no checkpoint was written; run the same command again to start over"
             )
-        raise
-    finally:
         if logger is not None:
-            logger.close()
+            # On a full disk closing fails too: that second error must not hide the first.
+            with contextlib.suppress(OSError):
+                logger.close()
+        raise
+    if logger is not None:
+        logger.close()
+    return result
 
 
 def _write_student(final: dict[str, Any], speed: dict[str, Any], path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
+import os
 import socket
 import sys
 import threading
@@ -11,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import torch
@@ -433,3 +436,50 @@ def test_registry_matches_the_official_release_files() -> None:
     for spec in specs.values():
         assert spec.url.endswith("/" + spec.filename)
     assert weights.get_spec("autoencoder_vq_f4.pth").name == "resshift-vq-f4"
+
+
+def test_a_full_disk_mid_download_says_to_free_space_and_the_rerun_resumes(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not blamed on the server: the bytes that fit are kept, and the rerun asks for the rest."""
+    real_open = open
+
+    class FullDisk:
+        """The .part file on a disk with room for 300 000 more bytes."""
+
+        def __init__(self, handle: BinaryIO) -> None:
+            self.handle, self.room = handle, 300_000
+
+        def write(self, data: bytes) -> int:
+            if len(data) > self.room:
+                self.handle.write(data[: self.room])  # what fits, as the kernel does
+                self.room = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.room -= len(data)
+            return self.handle.write(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+    def open_on_full_disk(file: Path, mode: str = "r", *args: object) -> object:
+        handle = real_open(file, mode, *args)
+        return FullDisk(handle) if "b" in mode and mode[0] in "wa" else handle
+
+    monkeypatch.setattr(weights, "open", open_on_full_disk, raising=False)
+    part = tmp_path / f"{FILENAME}.part"
+    with pytest.raises(WeightsError) as info:
+        weights.download(_spec(server, sha256=PAYLOAD_SHA), tmp_path, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"could not write {part}: {os.strerror(errno.ENOSPC)}; free space")
+    assert "running again resumes" in message and "server" not in message
+    assert part.stat().st_size == 300_000 and not (tmp_path / FILENAME).exists()
+
+    monkeypatch.undo()
+    assert weights.download(_spec(server, sha256=PAYLOAD_SHA), tmp_path).read_bytes() == PAYLOAD
+    assert server.range_headers == [None, "bytes=300000-"]

@@ -45,6 +45,7 @@ import zarr
 from dtkd_pipeline.atomic import (
     delete_trash,
     flush_to_disk,
+    naming_write_errors,
     pid_temporary,
     pid_trash,
     remove_dead_siblings,
@@ -163,10 +164,15 @@ class TileStore:
         tmp = pid_temporary(path)  # a killed creator's is removed by remove_dead_siblings
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        lock = StoreLock(tmp).acquire()
+        try:
+            lock = StoreLock(tmp).acquire()
+        except BaseException:  # a full disk fails the lock's PID write: leave no skeleton
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         trash: Path | None = None  # where the store being overwritten went
         try:
-            _build_skeleton(tmp, layout, provenance_json)
+            with naming_write_errors(path):  # zarr's failed writes name no file
+                _build_skeleton(tmp, layout, provenance_json)
             if old_lock is not None:
                 os.rename(path, pid_trash(path))
                 trash = pid_trash(path)
@@ -517,7 +523,8 @@ class TileStore:
         }
         self._record_path(shard_index).unlink(missing_ok=True)
         for name, data in prepared.items():
-            self._array(name)[start:stop] = data
+            with naming_write_errors(self.shard_file(name, shard_index)):  # zarr names none
+                self._array(name)[start:stop] = data
         # On disk before the record that vouches for them: after a power loss a recorded shard
         # must not turn out empty.
         flush_to_disk(*(self.shard_file(name, shard_index) for name in prepared))

@@ -6,7 +6,7 @@ import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, BinaryIO, TypedDict, cast
 
 import numpy as np
 import torch
@@ -44,8 +44,35 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     hidden = path.with_name(f".{path.name}")
     remove_dead_siblings(hidden)  # a killed run's half-written temporary (checkpoints are large)
-    with replacing(path, durable=True, temporary=pid_temporary(hidden)) as tmp:
-        torch.save(obj, tmp)
+    with (
+        replacing(path, durable=True, temporary=pid_temporary(hidden)) as tmp,
+        tmp.open("wb") as handle,
+    ):
+        save_raising_write_errors(obj, handle)
+
+
+def save_raising_write_errors(obj: Any, handle: BinaryIO) -> None:
+    """``torch.save`` into ``handle``, raising a failed write (a full disk) as the OSError it is.
+
+    torch's zip writer meets the failure mid-record and often raises a RuntimeError ("unexpected
+    pos ...") over it while closing, which names neither the file nor the cause. (Given a path
+    rather than a Python file, torch writes in C++ and only that RuntimeError is left.)
+    """
+    try:
+        torch.save(obj, handle)
+    except RuntimeError as error:
+        failed_write = _os_error_behind(error)
+        if failed_write is None:
+            raise
+        raise OSError(failed_write.errno, failed_write.strerror, failed_write.filename) from error
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The OSError that ``error`` was raised while handling, if any."""
+    seen: BaseException | None = error.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__context__
+    return seen
 
 
 def rng_states() -> dict[str, Any]:
