@@ -342,6 +342,37 @@ def test_paper_deltas_must_name_an_evaluated_set_and_a_metric_column(
     assert rgb.report.paper_deltas == {"demo": {"psnr": 1.0}}
 
 
+# Mappings whose keys are the user's names (student labels, test sets), not knobs.
+_USER_KEYED = {("evaluate", "models", "students"), ("report", "paper_deltas")}
+
+
+def _params_leaves(node: object, key: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The dotted keys of params.yaml's knobs: every value that is not a section."""
+    if isinstance(node, dict) and key not in _USER_KEYED and node:
+        return [leaf for name, sub in node.items() for leaf in _params_leaves(sub, (*key, name))]
+    return [key]
+
+
+@pytest.mark.parametrize(
+    "key", [".".join(key) for key in _params_leaves(yaml.safe_load(REPO_PARAMS.read_text()))]
+)
+def test_every_params_leaf_rejects_a_bad_value_naming_its_key_and_the_file(
+    tmp_path: Path, key: str
+) -> None:
+    """No knob takes anything: a value of the wrong shape is refused under its full key."""
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    *sections, name = key.split(".")
+    node = raw
+    for section in sections:
+        node = node[section]
+    node[name] = ["not a mapping"] if isinstance(node[name], dict) else {"not": "a value"}
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert f"{path}: " in str(info.value)
+    assert re.search(rf"^  {re.escape(key)}[:.]", str(info.value), flags=re.MULTILINE)
+
+
 def test_validator_messages_state_the_value_once() -> None:
     with pytest.raises(ConfigError) as info:
         load_params(REPO_PARAMS, ["data.lr_tile=100"])
