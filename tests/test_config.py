@@ -373,6 +373,28 @@ def test_every_params_leaf_rejects_a_bad_value_naming_its_key_and_the_file(
     assert re.search(rf"^  {re.escape(key)}[:.]", str(info.value), flags=re.MULTILINE)
 
 
+def _leaf_key_lines(node: yaml.MappingNode, key: tuple[str, ...] = ()) -> list[tuple[str, int]]:
+    """(dotted key, line number) of each knob in a composed params.yaml."""
+    found = []
+    for key_node, value in node.value:
+        name = (*key, key_node.value)
+        if isinstance(value, yaml.MappingNode) and value.value and name not in _USER_KEYED:
+            found += _leaf_key_lines(value, name)
+        else:
+            found.append((".".join(name), key_node.start_mark.line))
+    return found
+
+
+def test_every_params_leaf_is_documented_by_a_comment_on_its_line() -> None:
+    """The project rule: a knob says what it does where it is set, not only in code."""
+    text = REPO_PARAMS.read_text()
+    lines = text.splitlines()
+    undocumented = [
+        key for key, line in _leaf_key_lines(yaml.compose(text)) if "#" not in lines[line]
+    ]
+    assert not undocumented
+
+
 def test_validator_messages_state_the_value_once() -> None:
     with pytest.raises(ConfigError) as info:
         load_params(REPO_PARAMS, ["data.lr_tile=100"])
