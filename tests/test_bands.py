@@ -257,7 +257,9 @@ def test_band_analysis_on_a_dask_scheduler_equals_the_local_one(
 
 
 def test_write_band_report_writes_json_and_png(data: dict[str, Any], tmp_path: Path) -> None:
-    stats = analyze_cache(data["prepared"], data["cache"], Bicubic4(), max_tiles=4, progress=True)
+    stats = analyze_cache(
+        data["prepared"], data["cache"], Bicubic4(), max_tiles=4, batch_size=8, progress=True
+    )
     paths = write_band_report(stats, tmp_path / "report")
     assert set(paths) == {"json", "png"}
     payload = json.loads(paths["json"].read_text())

@@ -22,7 +22,7 @@ def test_distill_and_band_analysis_name_a_missing_teacher_store_the_same_way(
     prepared = tmp_path / "train.zarr"
     prepared.mkdir()  # the band analysis checks the prepared store first
     with pytest.raises(FileNotFoundError) as from_bands:
-        analyze_cache(prepared, absent, nn.Identity(), progress=False)
+        analyze_cache(prepared, absent, nn.Identity(), batch_size=1, progress=False)
 
     message = str(from_distill.value)
     assert str(from_bands.value) == message

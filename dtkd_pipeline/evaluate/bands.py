@@ -513,9 +513,9 @@ def analyze_cache(
     teacher_store: str | Path,
     student: nn.Module | str | Path,
     *,
-    levels: int = 2,
+    levels: int = 2,  # the paper's J, with Haar: the method's own setting
     wavelet: str = "haar",
-    batch_size: int = 8,
+    batch_size: int,  # a speed setting (evaluate.bands.batch_size): no default here
     device: torch.device | str = "cpu",
     max_tiles: int | None = None,
     scheduler: str = "threads",
@@ -685,9 +685,9 @@ def analyze_folder(
     folder: str | Path,
     student: nn.Module | str | Path,
     *,
-    levels: int = 2,
+    levels: int = 2,  # the paper's J, with Haar: the method's own setting
     wavelet: str = "haar",
-    batch_size: int = 8,
+    batch_size: int,  # a speed setting (evaluate.bands.batch_size): no default here
     device: torch.device | str = "cpu",
     max_images: int | None = None,
     images_per_task: int = 32,

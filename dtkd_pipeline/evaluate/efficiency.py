@@ -76,9 +76,9 @@ def measure_latency(
     fn: Callable[[], Any],
     *,
     device: str | torch.device,
-    warmup: int = 3,
-    runs: int = 10,
-    batch: int = 1,
+    warmup: int,
+    runs: int,
+    batch: int,
 ) -> LatencyStats:
     """Time `runs` calls of `fn` after `warmup` untimed ones (allocator, cuDNN autotune, caches)."""
     if runs < 1 or warmup < 0 or batch < 1:
