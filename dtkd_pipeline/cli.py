@@ -197,14 +197,21 @@ def cache_teacher(
         typer.Option(help="Diffusion steps (sets teacher.steps); must be the checkpoint's."),
     ] = None,
     dwt: Annotated[
-        bool | None, typer.Option("--dwt/--no-dwt", help="Also store 2-level DWT subbands.")
+        bool | None,
+        typer.Option(
+            "--dwt/--no-dwt", help="Also store 2-level DWT subbands (default: teacher.dwt)."
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Delete an existing store and start over.")
     ] = False,
     weights_dir: Annotated[
         Path | None,
-        typer.Option(parser=_path_text, help="Folder with the official .pth files (offline use)."),
+        typer.Option(
+            parser=_path_text,
+            help="Folder with the official .pth files, for offline use (default: "
+            "teacher.weights_dir).",
+        ),
     ] = None,
     scheduler: Annotated[
         str | None,
