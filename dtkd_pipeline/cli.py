@@ -458,12 +458,14 @@ def upscale(
         Path, typer.Argument(parser=_path_text, help="Output file (for one image) or folder.")
     ],
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Student checkpoint (student.pt), an official SwinIR file, or an official "
-            "release's name (swinir-s-x2/x3/x4, downloaded once; see `weights`)."
+            help="Student checkpoint (default: student.pt in distill.out_dir of --params), an "
+            "official SwinIR file, or an official release's name (swinir-s-x2/x3/x4, "
+            "downloaded once; see `weights`)."
         ),
-    ] = "data/models/student.pt",
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
     arch: Annotated[
         str | None,
         typer.Option(
@@ -515,10 +517,11 @@ def upscale(
     def action() -> None:
         if export_onnx is not None:
             check_onnx_target(export_onnx)  # before the images, not after them
+        student = model if model is not None else _distilled_student(params)
         runner.upscale_paths(
             inputs,
             output,
-            model_path=model,
+            model_path=student,
             arch=arch,
             tile=tile,
             overlap=overlap,
@@ -531,10 +534,24 @@ def upscale(
             skip_existing=skip_existing,
         )  # prints its own summary line
         if export_onnx is not None:
-            _export_student_onnx(model, arch, weights_dir, export_onnx)
+            _export_student_onnx(student, arch, weights_dir, export_onnx)
 
     # Option values the upscaler rejects (precision, arch, compile mode); onnx packages missing.
     _run(action, also=(ValueError, ImportError))
+
+
+def _distilled_student(params: Path) -> str:
+    """The student.pt that distill writes into the params' distill.out_dir, for no --model."""
+    from dtkd_pipeline.config import ConfigError
+    from dtkd_pipeline.stage_files import STUDENT_FILE
+
+    if not params.exists():  # the params' own error would not say that --model avoids them
+        raise ConfigError(
+            f"no --model given and params file {params} not found: pass --model (a student "
+            "checkpoint or an official release's name), or --params naming the params.yaml "
+            "whose distill.out_dir holds the trained student.pt"
+        )
+    return str(_params(params, None).distill.out_dir / STUDENT_FILE)
 
 
 def _export_student_onnx(

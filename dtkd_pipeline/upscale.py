@@ -163,7 +163,7 @@ def require_model_file(path: str | os.PathLike[str], releases: bool = True) -> N
         release = f", or name an official release ({official}; downloaded once)" if releases else ""
         raise FileNotFoundError(
             f"model file not found: {path}; train one with `dtkd-pipeline distill` (it writes "
-            f"data/models/student.pt) or pass the path of yours (--model, or "
+            f"student.pt into distill.out_dir) or pass the path of yours (--model, or "
             f"evaluate.models.students in params.yaml){release}"
         )
 

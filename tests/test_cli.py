@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from tqdm.auto import tqdm
 from typer.testing import CliRunner
 
@@ -91,6 +92,34 @@ def test_upscale_overlap_not_below_the_tile_is_a_usage_error_naming_both_options
     message = " ".join(result.output.replace("│", " ").split())  # unwrap the boxed message
     assert "Invalid value for '--overlap': 32 must be smaller than --tile (32)" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_upscale_without_model_reads_the_student_from_the_params_distill_out_dir(
+    tmp_path: Path,
+) -> None:
+    """It defaulted to data/models/student.pt whatever distill.out_dir said: a run trained
+    elsewhere was missed, or an older student in data/models was used in its place."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["distill"]["out_dir"] = str(tmp_path / "models")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    image, _ = _image_and_student(tmp_path / "models")  # writes models/student.pt
+    out = tmp_path / "out.png"
+    argv = ["upscale", str(image), str(out), "--params", str(params), "--device", "cpu"]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert read_image(out).rgb.shape == (64, 64, 3)
+
+    (tmp_path / "models" / "student.pt").unlink()
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 1
+    assert f"model file not found: {tmp_path / 'models' / 'student.pt'}" in result.output
+
+    argv = ["upscale", str(image), str(out), "--params", str(tmp_path / "absent.yaml")]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 1
+    message = " ".join(result.output.split())
+    assert f"no --model given and params file {tmp_path / 'absent.yaml'} not found" in message
 
 
 def test_cache_teacher_flags_set_their_params_keys(
