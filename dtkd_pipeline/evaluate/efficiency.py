@@ -495,6 +495,11 @@ def _skipped_lines(rows: list[dict[str, Any]]) -> list[str]:
 def write_efficiency(
     rows: Sequence[dict[str, Any]], json_path: str | Path, markdown_path: str | Path
 ) -> None:
-    """Write the rows as a JSON list and as a markdown table, each atomically (temp + replace)."""
-    atomic.write_json(Path(json_path), list(rows))
-    atomic.write_text(Path(markdown_path), efficiency_markdown(rows))
+    """Write the rows as a JSON list and as a markdown table; the two land together, so a
+    failure (a full disk) never leaves a new table beside an old one."""
+    atomic.write_together(
+        {
+            Path(json_path): atomic.json_text(list(rows)).encode("utf-8"),
+            Path(markdown_path): efficiency_markdown(rows).encode("utf-8"),
+        }
+    )
