@@ -31,6 +31,7 @@ from dtkd_pipeline.cache import (
     dask_fanout,
     preview,
 )
+from dtkd_pipeline.cache import store as store_module
 from dtkd_pipeline.cache.batch_groups import shard_groups
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
 from dtkd_pipeline.cache.shard_compute import compute_shards
@@ -53,7 +54,13 @@ from dtkd_pipeline.teacher import (
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
 from tests.lock_helpers import file_snapshot, output_locked_by_child, store_locked_by_child
-from tests.pipeline_helpers import REPO_ROOT, forbid_teacher, make_hr_images, tiny_params
+from tests.pipeline_helpers import (
+    REPO_ROOT,
+    bars_made,
+    forbid_teacher,
+    make_hr_images,
+    tiny_params,
+)
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
 TEACHER_OVERRIDES = [
@@ -260,6 +267,23 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
     assert "corrupt shard 2" in printed and f"verify-cache {path} --repair" in printed
     assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
     np.testing.assert_array_equal(teacher_bytes(path), before)
+
+
+def test_verify_cache_shows_a_bar_over_the_shards_that_tqdm_disable_hides(
+    cached_root: Path, prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding a real-sized store takes minutes: verify-cache counts the shards it checked."""
+    path = copy_of_cache(cached_root, tmp_path)
+    params = params_for(prepared_root, tmp_path)
+    with TileStore.open(path) as store:
+        n_shards = store.n_shards
+    bars = bars_made(monkeypatch, store_module)
+    assert cache_teacher.verify(path, params) is True
+    assert [(bar.total, bar.unit, bar.shown) for bar in bars] == [(n_shards, "shard", True)]
+
+    hidden = bars_made(monkeypatch, store_module, tqdm_disable=True)
+    assert cache_teacher.verify(path, params) is True
+    assert [bar.shown for bar in hidden] == [False]
 
 
 def test_an_emptied_shard_file_counts_as_missing_in_both_stores_never_as_black_tiles(
