@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,7 @@ class MadeBar:
     unit: str
     shown: bool
     leave: bool | None
+    made: tqdm = field(compare=False, repr=False)  # the bar itself, to read its count `n`
 
 
 def bars_made(monkeypatch: Any, module: Any, *, tqdm_disable: bool = False) -> list[MadeBar]:
@@ -190,7 +191,7 @@ def _patch_tqdm(
             iterable = args[0] if args else kwargs.get("iterable")
             total = kwargs.get("total", len(iterable) if hasattr(iterable, "__len__") else None)
             unit, leave = kwargs.get("unit", "it"), kwargs.get("leave", True)
-            record(MadeBar(kwargs.get("desc", ""), total, unit, not self.disable, leave))
+            record(MadeBar(kwargs.get("desc", ""), total, unit, not self.disable, leave, self))
 
     monkeypatch.setattr(module, "tqdm", Recording)
 
