@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from dtkd_pipeline.evaluate import efficiency
 from dtkd_pipeline.evaluate.efficiency import (
     EfficiencyTarget,
     benchmark_models,
@@ -24,6 +25,7 @@ from dtkd_pipeline.evaluate.efficiency import (
 )
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.teacher.factory import random_teacher
+from tests.pipeline_helpers import bars_made
 
 TINY_TEACHER_CONFIG = Path(__file__).parent / "data" / "resshift_tiny_t2.yaml"
 
@@ -194,6 +196,17 @@ def test_a_markdown_write_that_fails_leaves_the_old_json_and_markdown_pair(
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(markdown_path)
     assert json_path.read_text() == "old json" and markdown_path.read_text() == "old table"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["efficiency.json", "efficiency.md"]
+
+
+def test_the_benchmark_bar_counts_settings_timed(
+    tiny_targets: list[EfficiencyTarget], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One step per model x precision x batch size, each timed warmup + runs times."""
+    bars = bars_made(monkeypatch, efficiency)
+    settings: dict[str, Any] = {"lr_size": 64, "warmup": 0, "runs": 1, "device": "cpu"}
+    benchmark_models(tiny_targets[:1], batch_sizes=[1, 2], precisions=["fp32", "bf16"], **settings)
+    assert [(bar.desc, bar.total, bar.unit) for bar in bars] == [("benchmark", 4, "setting")]
+    assert bars[0].made.n == 4
 
 
 def test_benchmark_rejects_bad_settings(tiny_targets: list[EfficiencyTarget]) -> None:

@@ -308,7 +308,8 @@ def benchmark_models(
     _check_settings(precisions, batch_sizes)
     common = _run_fields(device, lr_size, warmup)
     rows: list[dict[str, Any]] = []
-    progress = tqdm(total=len(targets) * len(precisions) * len(batch_sizes), desc="benchmark")
+    settings = len(targets) * len(precisions) * len(batch_sizes)  # each timed warmup + runs times
+    progress = tqdm(total=settings, desc="benchmark", unit="setting")
     with progress:
         for target in targets:
             described = {**_target_fields(target, lr_size, device), **common}
