@@ -8,7 +8,7 @@ import os
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,26 @@ def write_bytes(path: Path, data: bytes, *, temporary: Path | None = None) -> Pa
     return path
 
 
+def write_together(contents: Mapping[Path, bytes]) -> list[Path]:
+    """Write several files that belong together (a table as JSON and as markdown): each goes to
+    a hidden temporary beside it, and only once every one is written are they renamed into place.
+
+    A failed write (a full disk) leaves every target as it was and no temporary behind; only a
+    kill between the renames could leave a new file beside an old one. A killed run's
+    temporaries are removed by the next call for the same folders (see
+    :func:`hidden_pid_temporary`). Returns the targets.
+    """
+    targets = list(contents)
+    for folder in dict.fromkeys(target.parent for target in targets):
+        remove_dead_hidden_temporaries(folder)
+    with contextlib.ExitStack() as renames:  # on success, renamed last-entered first
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = renames.enter_context(replacing(target, temporary=hidden_pid_temporary(target)))
+            tmp.write_bytes(contents[target])
+    return targets
+
+
 def flush_to_disk(*paths: Path) -> None:
     """fsync each file, then each distinct parent folder (so the names survive a power loss too).
 
@@ -162,8 +182,13 @@ def write_text(path: Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(payload: Any) -> str:
+    """``payload`` as the pipeline writes JSON files: indented, ending in a newline."""
+    return json.dumps(payload, indent=2) + "\n"
+
+
 def write_json(path: Path, payload: Any) -> Path:
-    return write_text(path, json.dumps(payload, indent=2) + "\n")
+    return write_text(path, json_text(payload))
 
 
 # Marks a folder a stage wrote, so a rerun may replace it whole. Listed in .dvcignore.

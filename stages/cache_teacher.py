@@ -237,7 +237,7 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
         if store.kind == KIND_PREPARED:
             return _verify_prepared(store, repair)
         store.require_kind(KIND_TEACHER)
-        report = store.verify()
+        report = store.verify(progress=True)
         prepared = open_params_prepared(params, complete=False)
         stored_fp = store.provenance.get(PREPARED_FINGERPRINT)
         fingerprint_ok = stored_fp == prepared.fingerprint()
@@ -254,7 +254,7 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
         if repair and report.bad_shards:
             print(f"repairing shards {report.bad_shards}")
             _recompute(store, params, report.bad_shards, device)
-            report = store.verify()
+            report = store.verify(progress=True)
             print(report)
         return report.ok and fingerprint_ok
 
@@ -278,7 +278,7 @@ def _verify_prepared(store: TileStore, repair: bool) -> bool:
             f"{store.path} is a prepared store: --repair recomputes teacher shards only; "
             "rebuild it with `dtkd-pipeline prepare-data`"
         )
-    report = store.verify()
+    report = store.verify(progress=True)
     print(report)
     if not report.ok:
         print("  rebuild it with `dtkd-pipeline prepare-data` (then rebuild the teacher cache)")

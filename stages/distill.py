@@ -314,7 +314,7 @@ def _main_rank_hooks(
     metrics = FullReferenceMetrics(scale=scale, device=ctx.device)
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
-        return evaluate_pairs(model, pairs, metrics, ctx.device)
+        return evaluate_pairs(model, pairs, metrics, ctx.device, progress=True)
 
     done = CheckpointManager(cfg.out_dir / CHECKPOINTS_DIR, cfg.keep_last).iterations()
     logger = _DvcLiveLogger(cfg.out_dir / DVCLIVE_DIR, resume_from=done[-1] if done else None)

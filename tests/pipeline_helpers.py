@@ -8,6 +8,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +158,42 @@ def bars_under_tqdm_disable(monkeypatch: Any, module: Any) -> list[tuple[str, bo
     default, so an explicit ``disable=False`` still shows a bar, as it does under the variable.
     """
     made: list[tuple[str, bool]] = []
-
-    class DisabledByEnvironment(tqdm):
-        def __init__(self, *args: Any, disable: bool | None = True, **kwargs: Any) -> None:
-            super().__init__(*args, disable=disable, **kwargs)
-            made.append((kwargs.get("desc", ""), not self.disable))
-
-    monkeypatch.setattr(module, "tqdm", DisabledByEnvironment)
+    _patch_tqdm(monkeypatch, module, lambda bar: made.append((bar.desc, bar.shown)), disable=True)
     return made
+
+
+@dataclass(frozen=True)
+class MadeBar:
+    """What a progress bar was asked to show: its label, length, unit, and whether it shows."""
+
+    desc: str
+    total: float | None
+    unit: str
+    shown: bool
+    leave: bool | None
+    made: tqdm = field(compare=False, repr=False)  # the bar itself, to read its count `n`
+
+
+def bars_made(monkeypatch: Any, module: Any, *, tqdm_disable: bool = False) -> list[MadeBar]:
+    """Give `module` a recording tqdm; return a `MadeBar` per bar it then makes (with
+    ``tqdm_disable``, the bars default to hidden, as TQDM_DISABLE=1 makes them)."""
+    made: list[MadeBar] = []
+    _patch_tqdm(monkeypatch, module, made.append, disable=tqdm_disable)
+    return made
+
+
+def _patch_tqdm(
+    monkeypatch: Any, module: Any, record: Callable[[MadeBar], object], *, disable: bool
+) -> None:
+    class Recording(tqdm):
+        def __init__(self, *args: Any, disable: bool | None = disable, **kwargs: Any) -> None:
+            super().__init__(*args, disable=disable, **kwargs)
+            iterable = args[0] if args else kwargs.get("iterable")
+            total = kwargs.get("total", len(iterable) if hasattr(iterable, "__len__") else None)
+            unit, leave = kwargs.get("unit", "it"), kwargs.get("leave", True)
+            record(MadeBar(kwargs.get("desc", ""), total, unit, not self.disable, leave, self))
+
+    monkeypatch.setattr(module, "tqdm", Recording)
 
 
 # write_image in a child process that is SIGKILLed where it would rename its temporary.

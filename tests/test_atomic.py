@@ -22,6 +22,7 @@ from dtkd_pipeline.atomic import (
     require_file_target,
     require_folder,
     staged_folder,
+    write_together,
 )
 from dtkd_pipeline.train.checkpoint import CheckpointManager, atomic_torch_save
 from tests.pipeline_helpers import pretend_read_only
@@ -232,6 +233,34 @@ def test_a_write_error_names_the_target_not_its_temporary(tmp_path: Path) -> Non
         tmp.write_bytes(b"graph")
     assert info.value.filename == str(target) and info.value.filename2 is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx"]
+
+
+def test_files_written_together_keep_their_old_contents_when_one_write_fails(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "table.json", tmp_path / "table.md"
+    first.write_text("old json")
+    second.write_text("old md")
+    (tmp_path / "in-the-way").mkdir()
+    blocked = tmp_path / "in-the-way" / "table.csv"
+    blocked.mkdir()  # its temporary can be written, its rename cannot: it fails last
+    with pytest.raises(OSError) as info:
+        write_together({first: b"new json", second: b"new md", blocked: b"new csv"})
+    assert info.value.filename == str(blocked)
+    assert first.read_text() == "old json" and second.read_text() == "old md"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in-the-way", "table.json", "table.md"]
+    assert [p.name for p in (tmp_path / "in-the-way").iterdir()] == ["table.csv"]
+
+    write_together({first: b"new json", second: b"new md"})
+    assert first.read_text() == "new json" and second.read_text() == "new md"
+
+
+def test_files_written_together_remove_a_killed_writers_temporaries(tmp_path: Path) -> None:
+    target = tmp_path / "table.md"
+    leftover = tmp_path / f".table.md.0123abcd.tmp-{_dead_pid()}"
+    leftover.write_text("half a table")
+    write_together({target: b"table"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.md"]
 
 
 def test_a_durable_write_syncs_the_file_before_its_rename_and_the_folder_after(

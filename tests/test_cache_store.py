@@ -33,6 +33,7 @@ from dtkd_pipeline.cache import (
     teacher_arrays,
 )
 from dtkd_pipeline.cache import store as store_module
+from tests.pipeline_helpers import bars_made
 
 N_TILES, SHARD, TILE, SCALE = 10, 4, 8, 4  # 3 shards, the last holding 2 tiles
 PROVENANCE = {"scale": SCALE, "tile_size": TILE, "sources": [{"name": "a.png", "sha256": "ab"}]}
@@ -298,6 +299,19 @@ def test_write_shard_validates_input(tmp_path: Path) -> None:
     with pytest.raises(PermissionError, match="opened read-only"):
         TileStore.open(tmp_path / "s.zarr").write_shard(2, tiles)
     assert store.completed_shards() == []
+
+
+def test_verify_hides_its_shard_bar_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Library callers (the loader, tests) check stores quietly; verify-cache asks for the bar."""
+    store = filled_prepared(tmp_path / "train.zarr")
+    bars = bars_made(monkeypatch, store_module)
+    assert store.verify().ok and store.verify(shards=[0, 2], progress=True).ok
+    assert [(bar.total, bar.unit, bar.shown) for bar in bars] == [
+        (3, "shard", False),
+        (2, "shard", True),
+    ]
 
 
 def test_verify_finds_flipped_bytes_and_rewrite_restores_them(tmp_path: Path) -> None:

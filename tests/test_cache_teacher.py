@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 import dtkd_pipeline
 from dtkd_pipeline.atomic import OutputFolderError
@@ -30,7 +31,9 @@ from dtkd_pipeline.cache import (
     TileStore,
     dask_fanout,
     preview,
+    shard_compute,
 )
+from dtkd_pipeline.cache import store as store_module
 from dtkd_pipeline.cache.batch_groups import shard_groups
 from dtkd_pipeline.cache.prepared_store import open_params_prepared
 from dtkd_pipeline.cache.shard_compute import compute_shards
@@ -53,7 +56,13 @@ from dtkd_pipeline.teacher import (
 from dtkd_pipeline.weights import WeightsError
 from stages import cache_teacher, prepare_data
 from tests.lock_helpers import file_snapshot, output_locked_by_child, store_locked_by_child
-from tests.pipeline_helpers import REPO_ROOT, forbid_teacher, make_hr_images, tiny_params
+from tests.pipeline_helpers import (
+    REPO_ROOT,
+    bars_made,
+    forbid_teacher,
+    make_hr_images,
+    tiny_params,
+)
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
 TEACHER_OVERRIDES = [
@@ -260,6 +269,46 @@ def test_verify_names_corrupt_shard_and_repair_restores_bytes(
     assert "corrupt shard 2" in printed and f"verify-cache {path} --repair" in printed
     assert cache_teacher.verify(path, params, repair=True, device="cpu") is True
     np.testing.assert_array_equal(teacher_bytes(path), before)
+
+
+def test_cache_teacher_counts_each_batchs_diffusion_steps_under_its_tile_bar(
+    prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU batch runs the teacher's steps for minutes: a bar of its own counts them, under the
+    tile bar, gone when the batch is done, and hidden where the tile bar is (TQDM_DISABLE)."""
+    params = params_for(prepared_root, tmp_path, ["teacher.batch_size=1"])
+    prepared = open_params_prepared(params, complete=False)
+    teacher = cache_teacher.build_teacher(params.teacher, torch.device("cpu"))
+    batches = prepared.layout.tiles_in([0])  # one tile per batch
+    steps = bars_made(monkeypatch, shard_compute)
+    with tqdm(total=batches, disable=False) as tiles:  # shown, whatever TQDM_DISABLE says
+        list(compute_shards(teacher, prepared, [0], params, tiles))
+    assert len(steps) == batches
+    for bar in steps:
+        assert (bar.total, bar.unit, bar.leave) == (params.teacher.steps, "step", False)
+        assert bar.shown and bar.made.n == params.teacher.steps
+
+    hidden_steps = bars_made(monkeypatch, shard_compute)
+    with tqdm(total=batches, disable=True) as hidden_tiles:
+        list(compute_shards(teacher, prepared, [0], params, hidden_tiles))
+    assert [bar.shown for bar in hidden_steps] == [False] * batches
+
+
+def test_verify_cache_shows_a_bar_over_the_shards_that_tqdm_disable_hides(
+    cached_root: Path, prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding a real-sized store takes minutes: verify-cache counts the shards it checked."""
+    path = copy_of_cache(cached_root, tmp_path)
+    params = params_for(prepared_root, tmp_path)
+    with TileStore.open(path) as store:
+        n_shards = store.n_shards
+    bars = bars_made(monkeypatch, store_module)
+    assert cache_teacher.verify(path, params) is True
+    assert [(bar.total, bar.unit, bar.shown) for bar in bars] == [(n_shards, "shard", True)]
+
+    hidden = bars_made(monkeypatch, store_module, tqdm_disable=True)
+    assert cache_teacher.verify(path, params) is True
+    assert [bar.shown for bar in hidden] == [False]
 
 
 def test_an_emptied_shard_file_counts_as_missing_in_both_stores_never_as_black_tiles(

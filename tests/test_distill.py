@@ -184,6 +184,25 @@ def test_the_distill_bar_honours_tqdm_disable(
     assert ("distill", False) in bars and not any(shown for _, shown in bars)
 
 
+def test_distill_validation_asks_for_its_image_bar(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage's validation shows its images' bar (evaluate_pairs hides it unless asked)."""
+    asked: list[bool] = []
+
+    def recording(*args: Any, progress: bool = False) -> dict[str, float]:
+        asked.append(progress)
+        return {"psnr_y": 20.0, "ssim_y": 0.5}
+
+    monkeypatch.setattr(distill, "evaluate_pairs", recording)
+    context = DistributedContext(0, 1, torch.device("cpu"))
+    val_set = distill._open_validation_set(params)
+    validate, logger = distill._main_rank_hooks(params.distill, val_set, 4, context)
+    validate(build_student("swinir-tiny-x4"))
+    logger.close()
+    assert asked == [True]
+
+
 _KILL_SCRIPT = """
 import os, signal, sys, torch
 sys.path.insert(0, {root!r})

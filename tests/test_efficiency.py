@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from dtkd_pipeline.evaluate import efficiency
 from dtkd_pipeline.evaluate.efficiency import (
     EfficiencyTarget,
     benchmark_models,
@@ -22,6 +25,7 @@ from dtkd_pipeline.evaluate.efficiency import (
 )
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.teacher.factory import random_teacher
+from tests.pipeline_helpers import bars_made
 
 TINY_TEACHER_CONFIG = Path(__file__).parent / "data" / "resshift_tiny_t2.yaml"
 
@@ -169,6 +173,40 @@ def test_efficiency_is_written_as_json_and_a_markdown_table(
     assert "random for" in markdown and "64x64" in markdown
     assert "bf16, batch 1, 2:" in markdown  # the skipped settings say why
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
+
+
+def test_a_markdown_write_that_fails_leaves_the_old_json_and_markdown_pair(
+    tiny_rows: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while writing efficiency.md must not leave a new efficiency.json beside the
+    old table: the two land together or not at all."""
+    json_path, markdown_path = tmp_path / "efficiency.json", tmp_path / "efficiency.md"
+    json_path.write_text("old json")
+    markdown_path.write_text("old table")
+    real_write_bytes = Path.write_bytes
+
+    def disk_fills_at_the_markdown(path: Path, data: bytes) -> int:
+        if ".efficiency.md." in path.name:  # the markdown's temporary
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_fills_at_the_markdown)
+    with pytest.raises(OSError) as info:
+        write_efficiency(tiny_rows, json_path, markdown_path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(markdown_path)
+    assert json_path.read_text() == "old json" and markdown_path.read_text() == "old table"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["efficiency.json", "efficiency.md"]
+
+
+def test_the_benchmark_bar_counts_settings_timed(
+    tiny_targets: list[EfficiencyTarget], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One step per model x precision x batch size, each timed warmup + runs times."""
+    bars = bars_made(monkeypatch, efficiency)
+    settings: dict[str, Any] = {"lr_size": 64, "warmup": 0, "runs": 1, "device": "cpu"}
+    benchmark_models(tiny_targets[:1], batch_sizes=[1, 2], precisions=["fp32", "bf16"], **settings)
+    assert [(bar.desc, bar.total, bar.unit) for bar in bars] == [("benchmark", 4, "setting")]
+    assert bars[0].made.n == 4
 
 
 def test_benchmark_rejects_bad_settings(tiny_targets: list[EfficiencyTarget]) -> None:

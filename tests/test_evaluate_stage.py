@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from dtkd_pipeline.atomic import OutputFolderError
 from dtkd_pipeline.cli import app
 from dtkd_pipeline.config import ConfigError, Params, section_dict
-from dtkd_pipeline.evaluate.figures import curve_panels, training_curves
+from dtkd_pipeline.evaluate.figures import curve_figure, curve_panels, training_curves
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
 from dtkd_pipeline.evaluate.testsets import TestSetError
 from dtkd_pipeline.images import ImageReadError, read_image, write_image
@@ -209,6 +209,36 @@ def test_training_curves_read_losses_first_three_panels_to_a_row(tmp_path: Path)
     with Image.open(training_curves(series, tmp_path / "curves.png")) as image:
         width, height = image.size
     assert width < 2 * height  # 3 columns x 2 rows, not one strip of 6 panels
+
+
+def test_every_training_curve_panel_names_what_it_plots_and_its_unit(tmp_path: Path) -> None:
+    """A reader must tell λ from the learning rate and PSNR in dB from SSIM without the code."""
+    series = {
+        "train/loss": [(10.0, 0.30), (20.0, 0.20)],
+        "train/task_l1": [(10.0, 0.25), (20.0, 0.15)],
+        "train/kd": [(10.0, 0.10), (20.0, 0.08)],
+        "train/lambda": [(10.0, 0.5), (20.0, 1.0)],
+        "val/psnr_y": [(20.0, 27.5)],
+        "perf/samples_per_s": [(20.0, 12.0)],
+    }
+    figure = curve_figure(series)
+    by_title = {axis.get_title(): axis for axis in figure.axes}
+    assert {title: axis.get_ylabel() for title, axis in by_title.items()} == {
+        "training losses": "loss (log scale)",
+        "KD weight λ (its schedule)": "λ",
+        "validation PSNR-Y (EMA weights)": "PSNR-Y (dB)",
+        "training speed": "samples/s",
+    }
+    assert all(axis.get_xlabel() == "iteration" for axis in figure.axes)
+    losses = by_title["training losses"]
+    legend = [text.get_text() for text in losses.get_legend().get_texts()]
+    assert legend == ["total = L1 + λ·KD", "L1 to HR (task)", "KD to teacher (before λ)"]
+    drawn = {line.get_label(): list(line.get_ydata()) for line in losses.get_lines()}
+    assert drawn["L1 to HR (task)"] == [0.25, 0.15]  # the task curve, not another one
+    assert list(by_title["KD weight λ (its schedule)"].get_lines()[0].get_ydata()) == [0.5, 1.0]
+
+    with Image.open(training_curves(series, tmp_path / "curves.png")) as image:
+        assert image.format == "PNG" and 600 < image.width < 2500 and 400 < image.height < 1500
 
 
 def test_missing_metric_weights_stop_before_any_model_runs(

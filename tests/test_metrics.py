@@ -10,6 +10,7 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from dtkd_pipeline.evaluate import metrics as metrics_module
 from dtkd_pipeline.evaluate.metrics import (
     METRICS,
     PYIQA_WEIGHTS_URL,
@@ -21,6 +22,7 @@ from dtkd_pipeline.evaluate.metrics import (
     evaluate_pairs,
     missing_metric_weights,
 )
+from tests.pipeline_helpers import bars_made
 
 # Imported here, at collection, under the real TORCH_HOME: the tests below then switch TORCH_HOME
 # after pyiqa fixed its cache folder, as happens when pyiqa was imported earlier in a session.
@@ -147,6 +149,27 @@ def test_validation_scores_the_8_bit_output_averaged_over_images(torch_home: Pat
     assert got == pytest.approx(expected, abs=1e-9)
     unrounded = metrics((tensors[0][0] + 0.3 / 255).clamp(0, 1), tensors[0][1])
     assert unrounded["psnr_y"] != pytest.approx(metrics(tensors[0][0], tensors[0][1])["psnr_y"])
+
+
+def test_validation_counts_its_images_on_a_passing_bar_only_when_asked(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole validation images take seconds each on a CPU: a bar under the training bar counts
+    them and goes when done; library callers and a single image get none."""
+    tensors = [(_tensor(sr), _tensor(gt)) for sr, gt in (_pair(seed=3), _pair(seed=4))]
+    metrics = FullReferenceMetrics(scale=SCALE)
+    bars = bars_made(monkeypatch, metrics_module)
+    evaluate_pairs(_Shift(), tensors, metrics, torch.device("cpu"), progress=True)
+    evaluate_pairs(_Shift(), tensors, metrics, torch.device("cpu"))
+    evaluate_pairs(_Shift(), tensors[:1], metrics, torch.device("cpu"), progress=True)
+    assert [(bar.total, bar.unit, bar.leave, bar.shown) for bar in bars] == [
+        (2, "img", False, True),
+        (2, "img", False, False),
+        (1, "img", False, False),
+    ]
+    hidden = bars_made(monkeypatch, metrics_module, tqdm_disable=True)
+    evaluate_pairs(_Shift(), tensors, metrics, torch.device("cpu"), progress=True)
+    assert [bar.shown for bar in hidden] == [False]
 
 
 def test_call_takes_one_image_and_needs_gt_for_full_reference(torch_home: Path) -> None:

@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from dtkd_pipeline.compiled import fill_batch
 from dtkd_pipeline.config import Params, TeacherParams
 from dtkd_pipeline.images import to_uint8
 from dtkd_pipeline.losses.wavelet import dwt_subbands
+from dtkd_pipeline.progress import hidden_unless
 from dtkd_pipeline.teacher import OfficialNoise, Teacher
 
 
@@ -35,14 +37,22 @@ def teacher_outputs(
     ids: list[int],
     tp: TeacherParams,
     stream: OfficialNoise | None = None,
+    on_step: Callable[[], object] | None = None,
 ) -> dict[str, np.ndarray]:
-    """uint8 teacher tiles (and float16 subbands) for one batch of uint8 LR tiles."""
+    """uint8 teacher tiles (and float16 subbands) for one batch of uint8 LR tiles; ``on_step``
+    is called after each UNet call."""
     batch = torch.from_numpy(lr).float().div_(255.0)
     real = len(batch)
     batch = fill_batch(batch, network_rows(teacher, real, tp))  # one shape: one compilation
     ids = ids + [ids[-1]] * (len(batch) - real)
     sr = teacher.sample(
-        batch, seed=tp.seed, rng=tp.rng, sample_ids=ids, steps=tp.steps, stream=stream
+        batch,
+        seed=tp.seed,
+        rng=tp.rng,
+        sample_ids=ids,
+        steps=tp.steps,
+        stream=stream,
+        on_step=on_step,
     )[:real]
     sr_u8 = to_uint8(sr)
     outputs = {TEACHER: sr_u8.cpu().numpy()}
@@ -119,16 +129,45 @@ def compute_shards(
         for first in range(0, stop - start, tp.batch_size):
             chunk = slice(first, min(first + tp.batch_size, stop - start))
             ids = list(range(start + chunk.start, start + chunk.stop))
-            for name, part in teacher_outputs(teacher, lr[chunk], ids, tp, stream).items():
+            with _step_bar(bar, teacher, lr[chunk]) as on_step:
+                outputs = teacher_outputs(teacher, lr[chunk], ids, tp, stream, on_step)
+            for name, part in outputs.items():
                 parts.setdefault(name, []).append(part)
             if bar is not None:
                 bar.update(int(is_wanted[chunk].sum()))
         if order is not None:
             order.done(stop)
-        outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        stacked = {name: np.concatenate(chunks) for name, chunks in parts.items()}
         for shard in wanted:
             first, last = layout.shard_range(shard)
             yield (
                 shard,
-                {name: data[first - start : last - start] for name, data in outputs.items()},
+                {name: data[first - start : last - start] for name, data in stacked.items()},
             )
+
+
+@contextlib.contextmanager
+def _step_bar(
+    tiles: tqdm | None, teacher: Teacher, lr: np.ndarray
+) -> Iterator[Callable[[], object] | None]:
+    """Yield the step callback of a bar over one batch's UNet calls, under the tile bar and
+    shown only where that one shows (no bar, and None, without a tile bar).
+
+    On a CPU a batch runs for minutes and the tile bar stands still meanwhile; a GPU batch ends
+    within the delay, so its bar never appears.
+    """
+    if tiles is None:
+        yield None
+        return
+    with tqdm(
+        total=teacher.unet_calls(*lr.shape[-2:]),
+        desc=f"batch of {len(lr)} tiles",
+        unit="step",
+        leave=False,
+        delay=_STEP_BAR_DELAY_S,
+        **hidden_unless(not tiles.disable),
+    ) as steps:
+        yield steps.update
+
+
+_STEP_BAR_DELAY_S = 2.0

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
+from tqdm.auto import tqdm
 
 from dtkd_pipeline.atomic import (
     delete_trash,
@@ -51,6 +52,7 @@ from dtkd_pipeline.atomic import (
     remove_dead_siblings,
     replacing,
 )
+from dtkd_pipeline.progress import hidden_unless
 
 from .errors import (
     CacheError,
@@ -614,10 +616,17 @@ class TileStore:
 
     # ------------------------------------------------------------------ verification
 
-    def verify(self, shards: Iterable[int] | None = None) -> VerifyReport:
-        """Decode every complete shard and compare with its recorded checksums."""
+    def verify(
+        self, shards: Iterable[int] | None = None, *, progress: bool = False
+    ) -> VerifyReport:
+        """Decode every complete shard and compare with its recorded checksums.
+
+        ``progress`` shows a bar over the shards: a real-sized store takes minutes to decode.
+        """
         report = VerifyReport(self.path, self.n_shards)
-        for shard_index in shards if shards is not None else range(self.n_shards):
+        chosen = list(shards) if shards is not None else list(range(self.n_shards))
+        bar = tqdm(chosen, desc=f"verify {self.path.name}", unit="shard", **hidden_unless(progress))
+        for shard_index in bar:
             self.layout.shard_range(shard_index)  # range check
             if not self._record_path(shard_index).is_file():
                 report.missing.append(shard_index)

@@ -308,7 +308,8 @@ def benchmark_models(
     _check_settings(precisions, batch_sizes)
     common = _run_fields(device, lr_size, warmup)
     rows: list[dict[str, Any]] = []
-    progress = tqdm(total=len(targets) * len(precisions) * len(batch_sizes), desc="benchmark")
+    settings = len(targets) * len(precisions) * len(batch_sizes)  # each timed warmup + runs times
+    progress = tqdm(total=settings, desc="benchmark", unit="setting")
     with progress:
         for target in targets:
             described = {**_target_fields(target, lr_size, device), **common}
@@ -495,6 +496,11 @@ def _skipped_lines(rows: list[dict[str, Any]]) -> list[str]:
 def write_efficiency(
     rows: Sequence[dict[str, Any]], json_path: str | Path, markdown_path: str | Path
 ) -> None:
-    """Write the rows as a JSON list and as a markdown table, each atomically (temp + replace)."""
-    atomic.write_json(Path(json_path), list(rows))
-    atomic.write_text(Path(markdown_path), efficiency_markdown(rows))
+    """Write the rows as a JSON list and as a markdown table; the two land together, so a
+    failure (a full disk) never leaves a new table beside an old one."""
+    atomic.write_together(
+        {
+            Path(json_path): atomic.json_text(list(rows)).encode("utf-8"),
+            Path(markdown_path): efficiency_markdown(rows).encode("utf-8"),
+        }
+    )

@@ -304,7 +304,12 @@ def _show_pixels(axis: Any, image: Any) -> None:
 
 
 def training_curves(series: Mapping[str, list[tuple[float, float]]], path: str | Path) -> Path:
-    """Training curves from dvclive: one panel per metric family, three panels to a row.
+    """Training curves from dvclive (see `curve_figure`) as a PNG at `path`."""
+    return _save_atomic(curve_figure(series), Path(path))
+
+
+def curve_figure(series: Mapping[str, list[tuple[float, float]]]) -> Any:
+    """One panel per metric family, three panels to a row, each titled and with its unit.
 
     `series` maps names such as "train/loss" or "val/psnr_y" to (step, value) points. Losses
     share a log-scaled panel; the KD weight lambda, learning rate and validation metrics get
@@ -323,16 +328,38 @@ def training_curves(series: Mapping[str, list[tuple[float, float]]], path: str |
         axis = figure.add_subplot(rows, columns, index + 1)
         for name in names:
             points = series[name]
-            axis.plot([p[0] for p in points], [p[1] for p in points], label=name, marker=".")
+            label = _LOSS_LEGEND.get(name, name)
+            axis.plot([p[0] for p in points], [p[1] for p in points], label=label, marker=".")
+        title, unit = _CURVE_LABELS.get(panel, (panel, panel))
         if panel == "training losses" and all(p[1] > 0 for n in names for p in series[n]):
             axis.set_yscale("log")
-        axis.set_title(panel, fontsize=10)
+            unit += " (log scale)"
+        axis.set_title(title, fontsize=10)
         axis.set_xlabel("iteration")
+        axis.set_ylabel(unit)
         axis.grid(alpha=0.3)
-        if len(names) > 1:
+        if len(names) > 1 or panel == "training losses":
             axis.legend(fontsize=8)
     figure.tight_layout()
-    return _save_atomic(figure, Path(path))
+    return figure
+
+
+# Panel -> (title, y-axis label): what each curve is and its unit.
+_CURVE_LABELS = {
+    "training losses": ("training losses", "loss"),
+    "train/lambda": ("KD weight λ (its schedule)", "λ"),
+    "train/lr": ("learning rate", "learning rate"),
+    "val/psnr_y": ("validation PSNR-Y (EMA weights)", "PSNR-Y (dB)"),
+    "val/ssim_y": ("validation SSIM-Y (EMA weights)", "SSIM-Y"),
+    "perf/samples_per_s": ("training speed", "samples/s"),
+    "perf/loader_wait": ("time spent waiting for data", "fraction of wall time"),
+}
+# The loss curves as the objective adds them up: total = L1 + λ·KD.
+_LOSS_LEGEND = {
+    "train/loss": "total = L1 + λ·KD",
+    "train/task_l1": "L1 to HR (task)",
+    "train/kd": "KD to teacher (before λ)",
+}
 
 
 def curve_panels(names: Iterable[str]) -> dict[str, list[str]]:

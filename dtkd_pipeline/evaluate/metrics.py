@@ -31,8 +31,10 @@ from urllib.error import URLError
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dtkd_pipeline.images import as_saved_8bit
+from dtkd_pipeline.progress import hidden_unless
 
 __all__ = [
     "METRICS",
@@ -452,15 +454,21 @@ def evaluate_pairs(
     pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     metrics: FullReferenceMetrics,
     device: torch.device,
+    *,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Mean metrics of ``model`` (LR [0,1] -> SR) over (LR, HR) pairs, one whole image at a time.
 
     Pairs come from `testsets.load_pair` (decoded once by the caller, reused every validation).
+    ``progress`` counts the images on a bar that goes when they are done (under the training
+    bar: whole images take seconds each on a CPU); one image gets none.
     """
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
-    for lr, hr in pairs:
+    shown = progress and len(pairs) >= 2
+    bar = tqdm(pairs, desc="validation", unit="img", leave=False, **hidden_unless(shown))
+    for lr, hr in bar:
         sr = as_saved_8bit(model(lr.to(device)))
         for key, value in metrics(sr, hr).items():
             totals[key] = totals.get(key, 0.0) + value
