@@ -345,14 +345,15 @@ def benchmark(
     out_dir: Annotated[
         Path | None,
         typer.Option(
-            parser=_path_text, help="Folder for efficiency.json/.md (default: evaluate.out_dir)."
+            parser=_path_text,
+            help="Folder for efficiency.json/.md/.png (default: evaluate.out_dir).",
         ),
     ] = None,
 ) -> None:
     """Params, FLOPs and latency of the students and the teacher (settings: evaluate.efficiency)."""
     from dtkd_pipeline.atomic import require_folder
     from dtkd_pipeline.devices import resolve_device
-    from dtkd_pipeline.stage_files import EFFICIENCY_MD
+    from dtkd_pipeline.stage_files import EFFICIENCY_MD, EFFICIENCY_PNG
     from stages import evaluate as stage
 
     def action() -> None:
@@ -362,6 +363,7 @@ def benchmark(
         with _still_stage_outputs([] if out_dir else [target]):
             stage.run_efficiency(loaded, resolve_device(device or loaded.evaluate.device), target)
         typer.echo((target / EFFICIENCY_MD).read_text())
+        typer.echo(f"chart: {target / EFFICIENCY_PNG}")
 
     _run(action)
 

@@ -22,4 +22,5 @@ DVCLIVE_DIR = "dvclive"
 # evaluate, inside evaluate.out_dir
 EFFICIENCY_JSON = "efficiency.json"
 EFFICIENCY_MD = "efficiency.md"
+EFFICIENCY_PNG = "efficiency.png"  # latency and throughput against batch size
 COMPARISONS_DIR = "comparisons"

@@ -7,7 +7,8 @@ Writes three folders:
 * ``evaluate.out_dir``/ (default data/evaluation):
   ``<set>.json`` the full record (skipped metrics and why, run provenance, params),
   ``<set>.csv`` one row per image, model and run,
-  ``efficiency.json`` / ``efficiency.md`` params, FLOPs and latency (``evaluate.efficiency``),
+  ``efficiency.json`` / ``efficiency.md`` params, FLOPs and latency (``evaluate.efficiency``)
+  and ``efficiency.png`` latency and images/s against batch size,
   ``bands.json`` mean teacher-student difference per DWT subband and group;
 * ``evaluate.plots_dir``/ (DVC plots): ``bands.png`` the band chart and
   ``comparisons/<set>/<image>.png`` the same crop of every model's output beside GT.
@@ -67,6 +68,7 @@ from dtkd_pipeline.stage_files import (
     COMPARISONS_DIR,
     EFFICIENCY_JSON,
     EFFICIENCY_MD,
+    EFFICIENCY_PNG,
     RUN_PREPARE_DATA_FIRST,
     TRAIN_STORE,
 )
@@ -292,7 +294,9 @@ def run_efficiency(
         runs=cfg.efficiency.runs,
         device=device,
     )
-    write_efficiency(rows, out_dir / EFFICIENCY_JSON, out_dir / EFFICIENCY_MD)
+    write_efficiency(
+        rows, out_dir / EFFICIENCY_JSON, out_dir / EFFICIENCY_MD, out_dir / EFFICIENCY_PNG
+    )
 
 
 def run_bands(

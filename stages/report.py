@@ -24,7 +24,13 @@ from dtkd_pipeline.evaluate.bands import JSON_NAME as BANDS_JSON
 from dtkd_pipeline.evaluate.bands import PNG_NAME as BANDS_PNG
 from dtkd_pipeline.evaluate.figures import training_curves
 from dtkd_pipeline.evaluate.metrics import METRICS
-from dtkd_pipeline.stage_files import COMPARISONS_DIR, DVCLIVE_DIR, EFFICIENCY_MD, STUDENT_FILE
+from dtkd_pipeline.stage_files import (
+    COMPARISONS_DIR,
+    DVCLIVE_DIR,
+    EFFICIENCY_MD,
+    EFFICIENCY_PNG,
+    STUDENT_FILE,
+)
 from dtkd_pipeline.student.weights import read_checkpoint
 from dtkd_pipeline.train.curves import read_curves
 
@@ -189,7 +195,7 @@ def _write_report(params: Params, staging: Path) -> str:
     checkpoint = read_checkpoint(student_path) if student_path.is_file() else None
     parts = _title_lines(params, checkpoint)
     parts += _heading("Metrics") + _metrics_lines(params, staging)
-    parts += _heading("Efficiency") + _efficiency_lines(params)
+    parts += _heading("Efficiency") + _efficiency_lines(params, figures)
     parts += _heading("Teacher–student difference per DWT subband") + _bands_lines(params, figures)
     parts += _heading("Training curves") + _curves_lines(params, figures)
     parts += _heading("Cached teacher tiles") + _teacher_preview_lines(params, figures)
@@ -244,10 +250,16 @@ def _metrics_lines(params: Params, staging: Path) -> list[str]:
     return lines
 
 
-def _efficiency_lines(params: Params) -> list[str]:
+def _efficiency_lines(params: Params, figures: Path) -> list[str]:
+    """The efficiency table, and its chart (copied into ``figures``) where evaluate drew one."""
     efficiency = params.evaluate.out_dir / EFFICIENCY_MD
     if efficiency.is_file():
-        return [efficiency.read_text().strip()]
+        chart = params.evaluate.out_dir / EFFICIENCY_PNG
+        if not chart.is_file():  # written by a version before the chart
+            return [efficiency.read_text().strip()]
+        shutil.copy2(chart, figures / EFFICIENCY_PNG)
+        picture = f"![latency and throughput against batch size]({FIGURES_DIR}/{EFFICIENCY_PNG})"
+        return [efficiency.read_text().strip(), "", picture]
     if not params.evaluate.efficiency.enabled:
         return ["*Not measured: `evaluate.efficiency.enabled` is false.*"]
     return _missing("efficiency table", efficiency, "run `dtkd-pipeline evaluate`")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
 from dtkd_pipeline.evaluate import efficiency
 from dtkd_pipeline.evaluate.efficiency import (
@@ -23,6 +24,7 @@ from dtkd_pipeline.evaluate.efficiency import (
     teacher_target,
     write_efficiency,
 )
+from dtkd_pipeline.evaluate.figures import efficiency_figure
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.teacher.factory import random_teacher
 from tests.pipeline_helpers import bars_made
@@ -160,11 +162,14 @@ def test_every_benchmark_row_has_the_table_fields(
     assert student["flops_per_image"] < one_step["flops_per_image"]
 
 
-def test_efficiency_is_written_as_json_and_a_markdown_table(
+def test_efficiency_is_written_as_json_a_markdown_table_and_a_chart(
     tiny_rows: list[dict], tmp_path: Path
 ) -> None:
     json_path, markdown_path = tmp_path / "out" / "efficiency.json", tmp_path / "efficiency.md"
-    write_efficiency(tiny_rows, json_path, markdown_path)
+    chart_path = tmp_path / "efficiency.png"
+    write_efficiency(tiny_rows, json_path, markdown_path, chart_path)
+    with Image.open(chart_path) as chart:
+        assert chart.format == "PNG" and chart.width > 600 and chart.height > 300
     assert json.loads(json_path.read_text()) == tiny_rows
     markdown = markdown_path.read_text()
     assert "| model | params (M) | GFLOPs/image @ input |" in markdown
@@ -172,7 +177,7 @@ def test_efficiency_is_written_as_json_and_a_markdown_table(
         assert f"| {model} |" in markdown
     assert "random for" in markdown and "64x64" in markdown
     assert "bf16, batch 1, 2:" in markdown  # the skipped settings say why
-    assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
+    assert not list(tmp_path.rglob("*.tmp*"))  # no temporary files left behind
 
 
 def test_a_markdown_write_that_fails_leaves_the_old_json_and_markdown_pair(
@@ -192,10 +197,33 @@ def test_a_markdown_write_that_fails_leaves_the_old_json_and_markdown_pair(
 
     monkeypatch.setattr(Path, "write_bytes", disk_fills_at_the_markdown)
     with pytest.raises(OSError) as info:
-        write_efficiency(tiny_rows, json_path, markdown_path)
+        write_efficiency(tiny_rows, json_path, markdown_path, tmp_path / "efficiency.png")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(markdown_path)
     assert json_path.read_text() == "old json" and markdown_path.read_text() == "old table"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["efficiency.json", "efficiency.md"]
+
+
+def test_the_efficiency_chart_draws_each_timed_setting_under_its_model_and_precision(
+    tiny_rows: list[dict],
+) -> None:
+    figure = efficiency_figure(tiny_rows)
+    latency, throughput = figure.axes
+    expected: dict[str, list[tuple[int, float, float]]] = {}
+    for row in tiny_rows:
+        if row["skipped"] is None:
+            point = (row["batch"], row["median_ms"], row["images_per_s"])
+            expected.setdefault(f"{row['model']}, {row['precision']}", []).append(point)
+    assert len(expected) == 3  # fp32 of the student and both teachers
+    for axis, column in ((latency, 1), (throughput, 2)):
+        drawn = {line.get_label(): line.get_data() for line in axis.get_lines()}
+        assert set(drawn) == set(expected)  # skipped settings (bf16 on CPU) draw nothing
+        for label, points in expected.items():
+            xs, ys = drawn[label]
+            assert list(xs) == sorted(point[0] for point in points)
+            assert list(ys) == pytest.approx([point[column] for point in sorted(points)])
+    assert latency.get_ylabel() == "ms per batch (log scale)"
+    assert throughput.get_ylabel() == "images/s (log scale)"
+    assert f"Speed on {tiny_rows[0]['device']} (LR input 64x64)" == figure._suptitle.get_text()
 
 
 def test_the_benchmark_bar_counts_settings_timed(

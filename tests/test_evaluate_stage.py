@@ -6,6 +6,7 @@ import csv
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,11 +17,13 @@ from typer.testing import CliRunner
 from dtkd_pipeline.atomic import OutputFolderError
 from dtkd_pipeline.cli import app
 from dtkd_pipeline.config import ConfigError, Params, section_dict
+from dtkd_pipeline.evaluate.efficiency import write_efficiency
 from dtkd_pipeline.evaluate.figures import curve_figure, curve_panels, training_curves
 from dtkd_pipeline.evaluate.metrics import MetricWeightsError
 from dtkd_pipeline.evaluate.testsets import TestSetError
 from dtkd_pipeline.images import ImageReadError, read_image, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4
+from dtkd_pipeline.stage_files import EFFICIENCY_JSON, EFFICIENCY_MD, EFFICIENCY_PNG
 from dtkd_pipeline.student import StudentWeightsError, build_student
 from dtkd_pipeline.teacher import TeacherCheckpointError, build_teacher_networks
 from dtkd_pipeline.weights import WeightsError
@@ -518,3 +521,39 @@ def test_only_half_precisions_on_cpu_are_refused_instead_of_timing_nothing(
     with pytest.raises(ConfigError, match=r"precisions \['bf16'\].*add fp32 or run on a GPU"):
         evaluate.run_efficiency(half_only, torch.device("cpu"), tmp_path / "efficiency")
     assert not (tmp_path / "efficiency").exists()
+
+
+def _timed_row(model: str, batch: int, median_ms: float) -> dict[str, Any]:
+    """An efficiency row as `benchmark_models` writes it, with made-up timings."""
+    return {
+        "model": model,
+        "params": 1_000_000,
+        "flops_per_image": 2e9,
+        "input_size": "64x64",
+        "precision": "fp32",
+        "batch": batch,
+        "best_batch": 2,
+        "median_ms": median_ms,
+        "p90_ms": median_ms * 1.1,
+        "images_per_s": 1000 * batch / median_ms,
+        "skipped": None,
+        "device": "a test CPU",
+        "device_type": "cpu",
+        "torch": torch.__version__,
+        "random_weights": True,
+    }
+
+
+def test_report_shows_the_efficiency_chart_under_its_table(params: Params, tmp_path: Path) -> None:
+    out = params.evaluate.out_dir
+    rows = [_timed_row("DTKD", 1, 5.0), _timed_row("DTKD", 2, 8.0)]
+    write_efficiency(rows, out / EFFICIENCY_JSON, out / EFFICIENCY_MD, out / EFFICIENCY_PNG)
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    lines = report._efficiency_lines(params, figures)
+    assert lines[0] == (out / EFFICIENCY_MD).read_text().strip()
+    assert lines[-1] == "![latency and throughput against batch size](figures/efficiency.png)"
+    assert (figures / EFFICIENCY_PNG).read_bytes() == (out / EFFICIENCY_PNG).read_bytes()
+    # A table from before the chart existed is shown alone, with no broken picture link.
+    (out / EFFICIENCY_PNG).unlink()
+    assert report._efficiency_lines(params, tmp_path / "elsewhere") == [lines[0]]

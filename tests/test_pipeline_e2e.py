@@ -68,6 +68,7 @@ def test_dvc_repro_runs_chain_then_skips_then_reruns_from_distill(tmp_path: Path
     assert (project / "data/plots/bands.png").is_file()
     efficiency = json.loads((project / "data/evaluation/efficiency.json").read_text())
     assert "DTKD" in {row["model"] for row in efficiency}
+    assert (project / "data/evaluation/efficiency.png").is_file()
 
     report = (project / "data/report/README.md").read_text()
     for heading in ("## Metrics", "## Efficiency", "## Training curves", "## Comparisons"):

@@ -6,7 +6,8 @@ element-wise ops are not counted, as in the SR papers' tables). Latency is wall 
 a whole batch: CUDA events around each call on CUDA, `time.perf_counter` on CPU.
 
 A model enters the tables as an `EfficiencyTarget` (see `student_target` and `teacher_target`);
-`benchmark_models` measures a list of them and `write_efficiency` writes JSON and markdown.
+`benchmark_models` measures a list of them and `write_efficiency` writes JSON, markdown
+and a chart.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from dtkd_pipeline import atomic
 from dtkd_pipeline.compiled import CompileMode, check_compile_mode, compile_static, run_compiled
+from dtkd_pipeline.evaluate.figures import efficiency_figure, png_bytes
 from dtkd_pipeline.student import available_students, build_student
 from dtkd_pipeline.teacher.factory import ConfigLike, random_teacher
 from dtkd_pipeline.teacher.sampler import Teacher
@@ -494,13 +496,17 @@ def _skipped_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_efficiency(
-    rows: Sequence[dict[str, Any]], json_path: str | Path, markdown_path: str | Path
+    rows: Sequence[dict[str, Any]],
+    json_path: str | Path,
+    markdown_path: str | Path,
+    chart_path: str | Path,
 ) -> None:
-    """Write the rows as a JSON list and as a markdown table; the two land together, so a
-    failure (a full disk) never leaves a new table beside an old one."""
-    atomic.write_together(
-        {
-            Path(json_path): atomic.json_text(list(rows)).encode("utf-8"),
-            Path(markdown_path): efficiency_markdown(rows).encode("utf-8"),
-        }
-    )
+    """Write the rows as a JSON list, a markdown table and a latency/throughput chart (PNG);
+    the three land together, so a failure (a full disk) never leaves a new table beside an old
+    one."""
+    files = {
+        Path(json_path): atomic.json_text(list(rows)).encode("utf-8"),
+        Path(markdown_path): efficiency_markdown(rows).encode("utf-8"),
+        Path(chart_path): png_bytes(efficiency_figure(rows)),
+    }
+    atomic.write_together(files)

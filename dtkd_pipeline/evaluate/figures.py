@@ -195,9 +195,14 @@ def _subband_groups(names: list[str], levels: int) -> dict[str, str]:
 
 def _save_atomic(figure: Any, path: Path) -> Path:
     """Render `figure` as PNG in memory, then write it atomically (temporary file + rename)."""
+    return atomic.write_bytes(path, png_bytes(figure))
+
+
+def png_bytes(figure: Any) -> bytes:
+    """`figure` rendered as PNG, in memory (for callers that write several files together)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI)
-    return atomic.write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------- comparison images
@@ -385,3 +390,67 @@ def _curve_order(name: str) -> tuple[int, str]:
         len(_CURVE_GROUPS),
     )
     return rank, name
+
+
+# ---------------------------------------------------------------------- efficiency chart
+
+
+def efficiency_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """Latency and throughput against batch size, one line per model and precision.
+
+    `rows` are `benchmark_models` rows. Left: median time of one batch (ms); right: images/s.
+    Both axes are log-scaled, since batch sizes double and the teacher is orders of magnitude
+    slower than a student. Settings that were skipped (e.g. out of memory) have no point.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10.0, 4.2))
+    FigureCanvasAgg(figure)
+    latency, throughput = figure.subplots(1, 2)
+    lines = _efficiency_lines(rows)
+    batches = sorted({batch for points in lines.values() for batch, _, _ in points})
+    for label, points in lines.items():
+        xs = [batch for batch, _, _ in points]
+        latency.plot(xs, [ms for _, ms, _ in points], marker="o", label=label)
+        throughput.plot(xs, [per_s for _, _, per_s in points], marker="o", label=label)
+    _speed_axis(latency, "latency of one batch (median)", "ms per batch", batches)
+    _speed_axis(throughput, "throughput", "images/s", batches)
+    devices = ", ".join(sorted({str(row["device"]) for row in rows}))
+    sizes = ", ".join(sorted({str(row["input_size"]) for row in rows}))
+    figure.suptitle(f"Speed on {devices} (LR input {sizes})")
+    figure.tight_layout()
+    return figure
+
+
+def _speed_axis(axis: Any, title: str, unit: str, batches: list[int]) -> None:
+    """Title and log-log axes labelled with the batch sizes timed; a note where none was."""
+    axis.set_title(title, fontsize=10)
+    axis.set_xlabel("batch size")
+    axis.grid(alpha=0.3, which="both")
+    if not batches:
+        axis.set_xticks([])
+        axis.set_yticks([])
+        note = "no setting was timed\n(efficiency.md says why)"
+        axis.text(0.5, 0.5, note, ha="center", transform=axis.transAxes)
+        return
+    axis.set_ylabel(f"{unit} (log scale)")
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(batches, [str(batch) for batch in batches])  # not 2^n
+    axis.minorticks_off()
+    axis.set_yscale("log")
+    axis.legend(fontsize=8)
+
+
+def _efficiency_lines(
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[str, list[tuple[int, float, float]]]:
+    """Label "model, precision" -> (batch, median ms, images/s) of each timed setting, by batch."""
+    lines: dict[str, list[tuple[int, float, float]]] = {}
+    for row in rows:
+        if row["skipped"] is None and row["median_ms"] is not None:
+            label = f"{row['model']}, {row['precision']}"
+            lines.setdefault(label, []).append(
+                (int(row["batch"]), float(row["median_ms"]), float(row["images_per_s"]))
+            )
+    return {label: sorted(points) for label, points in lines.items()}
