@@ -21,7 +21,12 @@ from dtkd_pipeline.images import read_image, write_image
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.teacher import build_teacher_networks
 from stages import cache_teacher
-from tests.pipeline_helpers import REPO_ROOT, image_write_killed_midway, pretend_read_only
+from tests.pipeline_helpers import (
+    REPO_ROOT,
+    bars_made,
+    image_write_killed_midway,
+    pretend_read_only,
+)
 
 TINY_TEACHER = REPO_ROOT / "tests" / "data" / "resshift_tiny_t2.yaml"
 runner = CliRunner()
@@ -285,6 +290,23 @@ def test_teacher_sr_skip_existing_runs_only_the_missing_images_and_counts_the_re
     assert result.exit_code == 0, result.output
     assert calls == ["a.png", "c.png"] and totals == [2]
     assert f"2 image(s) -> {out}; 1 skipped, already present" in result.output
+
+
+@pytest.mark.parametrize("images", [1, 2])
+def test_teacher_sr_shows_an_image_bar_only_for_several_images(
+    images: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtkd_pipeline.teacher import folder
+
+    inputs = tmp_path / "in"
+    for index in range(images):
+        write_image(inputs / f"{index}.png", np.zeros((40, 40, 3)))
+    monkeypatch.setattr(folder, "_super_resolve_file", lambda *args, **kwargs: args[2])
+    bars = bars_made(monkeypatch, folder)
+    args = [str(inputs), str(tmp_path / "out"), *_tiny_teacher_options(tmp_path)]
+    assert runner.invoke(app, ["teacher-sr", *args]).exit_code == 0
+    (bar,) = [bar for bar in bars if bar.desc == "teacher-sr"]
+    assert bar.total == images and bar.shown == (images >= 2)
 
 
 def test_teacher_sr_skip_existing_with_every_output_there_resolves_no_weights(

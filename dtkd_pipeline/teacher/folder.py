@@ -24,6 +24,7 @@ from dtkd_pipeline.output_plan import (
     plan_outputs,
     remove_killed_writes,
 )
+from dtkd_pipeline.progress import hidden_unless
 from dtkd_pipeline.teacher.config import (
     AUTOENCODER_WEIGHTS,
     VERSION_WEIGHTS,
@@ -84,7 +85,9 @@ def super_resolve_paths(
     )
     written: list[Path] = []
     try:
-        for path, output in tqdm(todo, desc="teacher-sr", unit="img"):
+        # One image has only its step bar (as upscale shows only its tile bar).
+        images = tqdm(todo, desc="teacher-sr", unit="img", **hidden_unless(len(todo) >= 2))
+        for path, output in images:
             written.append(
                 _super_resolve_file(
                     teacher, path, output, seed=seed, chop_size=chop_size, chop_stride=chop_stride
