@@ -104,6 +104,31 @@ def apply_profile(params_file: Path, overrides: list[str]) -> None:
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def tiny_project_params(root: Path, images: int, overrides: list[str]) -> Path:
+    """A params.yaml in ``root`` for a whole-chain test: ``images`` 256×256 HR images, the tiny
+    profile and teacher, one tile per shard, every output under ``root``, then ``overrides``."""
+    make_hr_images(root / "hr", [(256, 256)] * images)
+    params_file = root / "params.yaml"
+    params_file.write_text((REPO_ROOT / "params.yaml").read_text())
+    apply_profile(
+        params_file,
+        [
+            *profile_overrides(),
+            f"teacher.version={REPO_ROOT / 'tests/data/resshift_tiny_t2.yaml'}",
+            "teacher.batch_size=1",
+            f"data.hr_dir={root / 'hr'}",
+            "data.shard_size=1",
+            "data.workers=1",
+            f"data.prepared_dir={root / 'prepared'}",
+            f"teacher.store={root / 'cache' / 'teacher.zarr'}",
+            f"teacher.preview={root / 'cache' / 'preview.png'}",
+            f"distill.out_dir={root / 'models'}",
+            *overrides,
+        ],
+    )
+    return params_file
+
+
 def tiny_params(tmp_path: Path, hr_dir: Path, overrides: list[str] | None = None) -> Params:
     """The repository params.yaml, re-rooted in tmp_path and shrunk to test size."""
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())

@@ -31,7 +31,7 @@ from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train.checkpoint import save_raising_write_errors
 from dtkd_pipeline.train.curves import truncate_curves
 from stages import cache_teacher, distill, prepare_data
-from tests.pipeline_helpers import REPO_ROOT, apply_profile, make_hr_images, profile_overrides
+from tests.pipeline_helpers import make_hr_images, tiny_project_params
 
 runner = CliRunner()
 NO_SPACE = os.strerror(errno.ENOSPC)
@@ -173,22 +173,10 @@ def test_a_checkpoint_written_to_a_full_disk_raises_the_disk_error_not_torchs(ro
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two training tiles, one validation image, a teacher cache and a student, tiny profile."""
     root = tmp_path_factory.mktemp("disk_full")
-    make_hr_images(root / "hr", [(256, 256)] * 3)
-    params_file = root / "params.yaml"
-    params_file.write_text((REPO_ROOT / "params.yaml").read_text())
-    apply_profile(
-        params_file,
+    params_file = tiny_project_params(
+        root,
+        3,
         [
-            *profile_overrides(),
-            f"teacher.version={REPO_ROOT / 'tests/data/resshift_tiny_t2.yaml'}",
-            "teacher.batch_size=1",
-            f"data.hr_dir={root / 'hr'}",
-            "data.shard_size=1",
-            "data.workers=1",
-            f"data.prepared_dir={root / 'prepared'}",
-            f"teacher.store={root / 'cache' / 'teacher.zarr'}",
-            f"teacher.preview={root / 'cache' / 'preview.png'}",
-            f"distill.out_dir={root / 'models'}",
             "distill.iterations=2",
             "distill.milestones=[1]",
             f"evaluate.sets=[{{name: demo, layout: paired, path: '{root / 'prepared' / 'val'}'}}]",

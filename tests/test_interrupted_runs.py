@@ -28,7 +28,7 @@ from dtkd_pipeline.images import write_image
 from dtkd_pipeline.run_lock import output_lock_path
 from dtkd_pipeline.student import build_student
 from stages import cache_teacher, prepare_data
-from tests.pipeline_helpers import REPO_ROOT, apply_profile, make_hr_images, profile_overrides
+from tests.pipeline_helpers import REPO_ROOT, tiny_project_params
 
 TRAIN_TILES = 5  # one tile per shard: the teacher stores them one at a time
 
@@ -86,24 +86,7 @@ def _interrupt_line(finished: Finished) -> str:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepared tiles and a teacher cache under the tiny profile, and its params.yaml."""
     root = tmp_path_factory.mktemp("interrupted")
-    make_hr_images(root / "hr", [(256, 256)] * (TRAIN_TILES + 1))
-    params_file = root / "params.yaml"
-    params_file.write_text((REPO_ROOT / "params.yaml").read_text())
-    apply_profile(
-        params_file,
-        [
-            *profile_overrides(),
-            f"teacher.version={REPO_ROOT / 'tests/data/resshift_tiny_t2.yaml'}",
-            "teacher.batch_size=1",
-            f"data.hr_dir={root / 'hr'}",
-            "data.shard_size=1",
-            "data.workers=1",
-            f"data.prepared_dir={root / 'prepared'}",
-            f"teacher.store={root / 'cache' / 'teacher.zarr'}",
-            f"teacher.preview={root / 'cache' / 'preview.png'}",
-            f"distill.out_dir={root / 'models'}",
-        ],
-    )
+    params_file = tiny_project_params(root, TRAIN_TILES + 1, [])
     params = load_params(params_file)
     prepare_data.run(params)
     cache_teacher.run(params, device="cpu")
