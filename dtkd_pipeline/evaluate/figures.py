@@ -408,7 +408,7 @@ def efficiency_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
     figure = Figure(figsize=(10.0, 4.2))
     FigureCanvasAgg(figure)
     latency, throughput = figure.subplots(1, 2)
-    lines = _efficiency_lines(rows)
+    lines = _timed_series(rows)
     batches = sorted({batch for points in lines.values() for batch, _, _ in points})
     for label, points in lines.items():
         xs = [batch for batch, _, _ in points]
@@ -442,7 +442,7 @@ def _speed_axis(axis: Any, title: str, unit: str, batches: list[int]) -> None:
     axis.legend(fontsize=8)
 
 
-def _efficiency_lines(
+def _timed_series(
     rows: Sequence[Mapping[str, Any]],
 ) -> dict[str, list[tuple[int, float, float]]]:
     """Label "model, precision" -> (batch, median ms, images/s) of each timed setting, by batch."""
