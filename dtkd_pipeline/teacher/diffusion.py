@@ -42,10 +42,11 @@ def exponential_sqrt_etas(
         raise ValueError(f"the exponential schedule needs at least 2 steps, got {steps}")
     start = min(min_noise_level / kappa, min_noise_level)
     increaser = math.exp(1 / (steps - 1) * math.log(etas_end / start))
-    base = np.ones([steps]) * increaser
-    exponents = np.linspace(0, 1, steps, endpoint=True) ** power
+    # Upstream's np.power rounds differently (by 1 ulp) on CPUs where numpy dispatches to its
+    # AVX-512 kernels; libm's pow, which numpy uses elsewhere, gives the same schedule everywhere.
+    exponents = np.array([x**power for x in np.linspace(0, 1, steps, endpoint=True)])
     exponents *= steps - 1
-    return np.power(base, exponents) * start
+    return np.array([math.pow(increaser, e) for e in exponents]) * start
 
 
 def build_schedule(config: DiffusionConfig) -> EtaSchedule:
@@ -64,7 +65,7 @@ def build_schedule(config: DiffusionConfig) -> EtaSchedule:
         etas=etas,
         posterior_mean_coef1=etas_prev / etas,
         posterior_mean_coef2=alpha / etas,
-        posterior_log_variance_clipped=np.log(clipped),
+        posterior_log_variance_clipped=np.array([math.log(v) for v in clipped]),  # libm, as above
     )
 
 
