@@ -260,7 +260,8 @@ def verify(path: Path, params: Params, repair: bool = False, device: str | None 
 
 
 def _which_stage_builds(path: Path, params: Params) -> str:
-    """For a store that is not there: the stage that writes it, as the command was given either."""
+    """Advice for a verify-cache path that holds no readable store: prepare-data when ``path`` is
+    the prepared store, else the two stores verify-cache checks, with their paths."""
     prepared = params.data.prepared_dir / TRAIN_STORE
     if path.resolve() == prepared.resolve():
         return f"it is the prepared store data.prepared_dir/{TRAIN_STORE}; {RUN_PREPARE_DATA_FIRST}"

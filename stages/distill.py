@@ -189,12 +189,16 @@ def _reconcile_checkpoints(
     return None
 
 
+# Whether the newest checkpoint may be resumed: None (yes, or there is none), the error reading
+# it, or what differs as ``_checkpoint_changes`` lists it.
+_Verdict = CheckpointReadError | tuple[str, str] | None
+
+
 def _checkpoint_verdict(
     params: Params, provenance: dict[str, Any], ctx: DistributedContext
-) -> tuple[StudentCheckpoint | None, Any]:
-    """(rank 0's newest checkpoint, the verdict every rank shares): None to resume, the
-    read error, or ``_checkpoint_changes``' (kind, listing)."""
-    verdict: Any = None
+) -> tuple[StudentCheckpoint | None, _Verdict]:
+    """(rank 0's newest checkpoint, the verdict every rank shares)."""
+    verdict: _Verdict = None
     saved: StudentCheckpoint | None = None
     if ctx.is_main:
         cfg = params.distill
@@ -262,6 +266,8 @@ def _require_own_out_dir(out_dir: Path) -> None:
 
 
 def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
+    """Train the student (resuming its checkpoints) and write ``<out_dir>/student.pt``; returns
+    that path. Everything that can refuse the run is checked before anything is deleted."""
     cfg, scale = params.distill, params.data.scale
     provenance = _teacher_provenance(params)
     with open_params_prepared(params, complete=True) as prepared:

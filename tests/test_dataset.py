@@ -84,7 +84,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "lr": lr, "hr": hr, "teacher": teacher, "bands": bands}
 
 
-def make_dataset(stores: dict[str, Any], dwt: bool = True, **settings: Any) -> ShardStreamDataset:
+def make_dataset(
+    stores: dict[str, Any], dwt: bool | list[str] = True, **settings: Any
+) -> ShardStreamDataset:
     defaults = {"patch_size": PATCH, "batch_size": 4, "shuffle_buffer": 6} | RECIPE
     return ShardStreamDataset(
         stores["root"] / "train.zarr",
@@ -140,6 +142,18 @@ def test_augmentation_is_identical_across_arrays_and_subbands(stores: dict[str, 
                 got = batch["dwt"][name][i].numpy().astype(np.float64)
                 np.testing.assert_allclose(got, band, rtol=1e-3, atol=1e-3, err_msg=name)
     assert codes == set(range(8))
+
+
+def test_augmenting_a_subband_without_its_transpose_partner_is_refused(
+    stores: dict[str, Any],
+) -> None:
+    """A transpose turns LH into HL: loading one without the other cannot be augmented."""
+    with pytest.raises(ValueError, match="augmenting LH2 needs HL2 too"):
+        make_dataset(stores, dwt=["LL2", "LH2"], augment=True)
+    assert make_dataset(stores, dwt=["LL2", "LH2"], augment=False).band_ratios == {
+        "LL2": 1,
+        "LH2": 1,
+    }
 
 
 def test_same_seed_same_sequence_other_seed_differs(stores: dict[str, Any]) -> None:

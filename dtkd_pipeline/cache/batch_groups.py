@@ -25,11 +25,8 @@ def group_tiles(layout: StoreLayout, group: int, batch_size: int) -> tuple[int, 
 
 
 def shard_groups(layout: StoreLayout, shards: Iterable[int], batch_size: int) -> list[list[int]]:
-    """`shards` split by batch group (shards ``[k*g, (k+1)*g)``), in order of first appearance.
-
-    A group is the unit of computation: its tiles are batched from the group's first tile, so a
-    tile's batch depends only on its index and a resumed or repaired shard gets the same bytes.
-    """
+    """`shards` split by batch group (shards ``[k*g, (k+1)*g)``), in order of first appearance:
+    the units of computation (see the module docstring)."""
     g = group_size(layout, batch_size)
     groups: dict[int, list[int]] = {}
     for shard in shards:

@@ -16,7 +16,8 @@ class StoreCreatedMeanwhileError(CacheError):
 
 
 class IncompleteShardError(CacheError):
-    """A read touched a shard whose completion record is absent (never written or invalidated)."""
+    """A read touched a shard that is not complete: its completion record or one of its files is
+    absent (never written, its writer failed, invalidated, or deleted since)."""
 
 
 class ProvenanceMismatchError(CacheError):

@@ -213,21 +213,33 @@ class Teacher:
         if height <= chop and width <= chop:
             result = self._sample_func(y0, noise_for(0), one_step, on_step)
         else:
-            sf = self.scale
-            total = torch.zeros(batch, 3, height * sf, width * sf, device=self.device)
-            count = torch.zeros_like(total)
-            for patch in chop_grid(height, width, chop, stride):
-                rows = slice(patch.top, patch.top + patch.height)
-                cols = slice(patch.left, patch.left + patch.width)
-                out = self._sample_func(
-                    y0[:, :, rows, cols], noise_for(patch.index), one_step, on_step
-                )
-                sr_rows = slice(patch.top * sf, (patch.top + patch.height) * sf)
-                sr_cols = slice(patch.left * sf, (patch.left + patch.width) * sf)
-                total[:, :, sr_rows, sr_cols] += out
-                count[:, :, sr_rows, sr_cols] += 1
-            result = total / count
+            result = self._sample_chopped(y0, chop, stride, noise_for, one_step, on_step)
         return result.clamp(-1.0, 1.0) * 0.5 + 0.5
+
+    def _sample_chopped(
+        self,
+        y0: torch.Tensor,
+        chop: int,
+        stride: int,
+        noise_for: Callable[[int], NoiseSource],
+        one_step: bool,
+        on_step: Callable[[], object] | None,
+    ) -> torch.Tensor:
+        """Upstream's chopping: each chop x chop LR patch sampled on its own, the SR patches
+        averaged uniformly where they overlap (in [-1, 1], before the final clamp)."""
+        batch, _, height, width = y0.shape
+        sf = self.scale
+        total = torch.zeros(batch, 3, height * sf, width * sf, device=self.device)
+        count = torch.zeros_like(total)
+        for patch in chop_grid(height, width, chop, stride):
+            rows = slice(patch.top, patch.top + patch.height)
+            cols = slice(patch.left, patch.left + patch.width)
+            out = self._sample_func(y0[:, :, rows, cols], noise_for(patch.index), one_step, on_step)
+            sr_rows = slice(patch.top * sf, (patch.top + patch.height) * sf)
+            sr_cols = slice(patch.left * sf, (patch.left + patch.width) * sf)
+            total[:, :, sr_rows, sr_cols] += out
+            count[:, :, sr_rows, sr_cols] += 1
+        return total / count
 
     def noise_shapes(
         self,

@@ -165,6 +165,8 @@ class ShardStreamDataset(IterableDataset):
             )
 
     def _band_ratios(self, teacher: TileStore, dwt: bool | Sequence[str]) -> dict[str, int]:
+        """The cached subbands to load (all of them for ``dwt=True``), each with its tile side
+        as a multiple of the LR tile side, refused where integer LR offsets would not map."""
         available = [n.split("/", 1)[1] for n in teacher.names if n.startswith(f"{DWT_GROUP}/")]
         wanted = list(available) if dwt is True else list(dwt or [])
         absent = sorted(set(wanted) - set(available))
@@ -184,18 +186,7 @@ class ShardStreamDataset(IterableDataset):
                 )
             ratios[band] = bh // h
         if self.settings.augment:
-            for band in wanted:
-                match = _BAND_NAME.match(band)
-                if match is None:
-                    raise ValueError(
-                        f"cannot augment subband {band!r}: names must be LL<j>/LH<j>/HL<j>/HH<j> "
-                        "so flips and transposes can be mapped; or set augment=False"
-                    )
-                partner = _TRANSPOSED_FAMILY[match.group(1)] + match.group(2)
-                if partner not in wanted:
-                    raise ValueError(
-                        f"augmenting {band} needs {partner} too (transpose swaps them)"
-                    )
+            _require_augmentable(wanted)
         return ratios
 
     # ------------------------------------------------------------------ position
@@ -522,6 +513,21 @@ def _shuffle_buffer_order(items: np.ndarray, size: int, rng: np.random.Generator
     tail = np.asarray(buffer, dtype=np.int64)
     rng.shuffle(tail)
     return np.concatenate([np.asarray(out, dtype=np.int64), tail])
+
+
+def _require_augmentable(bands: Sequence[str]) -> None:
+    """Refuse subbands a flip or transpose cannot be mapped through: unknown names, or a band
+    whose transpose partner (LH_j <-> HL_j) is not loaded too."""
+    for band in bands:
+        match = _BAND_NAME.match(band)
+        if match is None:
+            raise ValueError(
+                f"cannot augment subband {band!r}: names must be LL<j>/LH<j>/HL<j>/HH<j> "
+                "so flips and transposes can be mapped; or set augment=False"
+            )
+        partner = _TRANSPOSED_FAMILY[match.group(1)] + match.group(2)
+        if partner not in bands:
+            raise ValueError(f"augmenting {band} needs {partner} too (transpose swaps them)")
 
 
 def _round_robin_share(counts: Sequence[int], consumed: int) -> tuple[list[int], int]:

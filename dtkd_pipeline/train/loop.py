@@ -1,7 +1,8 @@
 """The distillation training loop: L1(student, GT) + lambda(t) * L_KD(student, teacher).
 
-Read top to bottom like nanoGPT's train.py: set-up (DDP, model, EMA, optimiser, data), resume from
-the newest checkpoint, then one loop that steps, logs, validates and checkpoints. Every piece of
+`train` reads top to bottom like nanoGPT's train.py: set-up (model, EMA, optimiser, DDP, data),
+resume from the newest checkpoint, then one loop that steps, logs, validates and checkpoints; the
+helpers above it are those steps, named. Every piece of
 state that influences later iterations (weights, EMA, optimiser, LR schedule, every RNG, the data
 position) is checkpointed, so a killed and resumed run ends with exactly the weights of an
 uninterrupted one.
@@ -128,39 +129,30 @@ def check_recipe(cfg: DistillParams, device: torch.device, world_size: int = 1) 
     _kd_loss(cfg)
 
 
-def train(
-    cfg: DistillParams,
-    run: TrainingRun,
-    ctx: DistributedContext,
-    validate: Validator | None = None,
-    log: Logger | None = None,
-    latest: StudentCheckpoint | None = None,
-) -> dict[str, Any]:
-    """Train (or resume) to ``cfg.iterations``; returns the final state (model, EMA, params).
+@dataclass(frozen=True)
+class _Student:
+    """The network being trained and the state that moves with it."""
 
-    ``latest``: the newest checkpoint when the caller has read it already (None: read it here).
-    """
+    model: nn.Module  # the plain module: saved, averaged into the EMA, clipped
+    # What the steps run (compiled, DDP-wrapped); it shares its parameters with `model`.
+    train_model: nn.Module
+    ema: ModelEMA
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+
+
+def _build_student(cfg: DistillParams, ctx: DistributedContext) -> _Student:
     device = ctx.device
-    check_recipe(cfg, device, ctx.world_size)
-    torch.manual_seed(cfg.seed + ctx.rank)
-
-    # -- model, EMA, optimiser, schedule, objective
     model = build_student(cfg.student, drop_path_rate=cfg.drop_path).to(device)
     ema = ModelEMA(model, cfg.ema_decay)
-    fused = device.type == "cuda"
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused
+        model.parameters(),
+        lr=cfg.lr,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+        fused=device.type == "cuda",
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
-    kd = cfg.kd
-    objective = DistillationObjective(
-        _kd_loss(cfg),
-        final_weight=kd.final_weight,
-        total_iterations=cfg.iterations,
-        schedule=kd.schedule,
-    )
-    # The model as trained (compiled, DDP-wrapped); it shares its parameters with `model`, which
-    # is what gets saved, averaged into the EMA and clipped.
     train_model: nn.Module = model
     if cfg.compile:
         train_model = torch.compile(model)
@@ -168,12 +160,23 @@ def train(
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+    return _Student(model, train_model, ema, optimizer, scheduler)
+
+
+def _objective(cfg: DistillParams) -> DistillationObjective:
+    return DistillationObjective(
+        _kd_loss(cfg),
+        final_weight=cfg.kd.final_weight,
+        total_iterations=cfg.iterations,
+        schedule=cfg.kd.schedule,
     )
 
-    # -- data: each rank streams its own shards
-    dataset = ShardStreamDataset(
+
+def _rank_dataset(
+    cfg: DistillParams, run: TrainingRun, ctx: DistributedContext
+) -> ShardStreamDataset:
+    """This rank's stream of its own shards, at its share of the batch."""
+    return ShardStreamDataset(
         run.prepared_store,
         run.teacher_store,
         dwt=run.use_cached_dwt,
@@ -190,42 +193,134 @@ def train(
         ),
     )
 
-    # -- resume
+
+def _resume(
+    state: StudentCheckpoint,
+    student: _Student,
+    dataset: ShardStreamDataset,
+    ctx: DistributedContext,
+) -> tuple[int, float]:
+    """Load a checkpoint into the run's state; returns (iteration, best validation PSNR-Y)."""
+    student.model.load_state_dict(state["model"])
+    student.ema.load_state_dict(state["ema"])
+    student.optimizer.load_state_dict(state["optimizer"])
+    student.scheduler.load_state_dict(state["scheduler"])
+    dataset.load_state_dict(_this_rank(state["data"], ctx, "data position"))
+    restore_rng_states(_this_rank(state["rng"], ctx, "RNG state"))
+    return state["iteration"], state["best_psnr"]
+
+
+def _run_summary(
+    student: _Student, cfg: DistillParams, run: TrainingRun, iteration: int, best_psnr: float
+) -> dict[str, Any]:
+    """What a checkpoint and the final student file both hold: weights, progress, origin."""
+    return {
+        "model": student.model.state_dict(),
+        "ema": student.ema.state_dict(),
+        "iteration": iteration,
+        "best_psnr": best_psnr,
+        "arch": cfg.student,
+        "params": section_dict(cfg),
+        "provenance": dict(run.provenance),
+    }
+
+
+def _gathered_from_ranks(position: Any, rng: Any, ctx: DistributedContext) -> tuple[Any, Any]:
+    """The data position and RNG state of every rank (lists) under DDP, this rank's otherwise.
+
+    Ranks draw different drop-path masks (seed + rank), so each rank's RNG state is saved beside
+    its data position; restoring rank 0's everywhere would break exact resumption.
+    """
+    if ctx.world_size == 1:
+        return position, rng
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, (position, rng))
+    return [g[0] for g in gathered], [g[1] for g in gathered]
+
+
+def _train_curves(
+    parts: dict[str, torch.Tensor], step_lr: float, throughput: Throughput
+) -> dict[str, float]:
+    return {
+        "train/loss": parts["total"].item(),
+        "train/task_l1": parts["task"].item(),
+        "train/kd": parts["kd"].item(),
+        "train/lambda": float(parts["lambda"]),
+        "train/lr": step_lr,
+        **throughput.window(),
+    }
+
+
+def _stop_if_diverged(
+    parts: dict[str, torch.Tensor],
+    iteration: int,
+    model: nn.Module,
+    batch: dict[str, Any],
+    out_dir: Path,
+    checkpoints: CheckpointManager,
+) -> None:
+    """Raise `TrainingDivergedError`, saving the model and the batch, when the loss is NaN/inf.
+
+    A host sync per step, kept so that a divergence is caught at its exact iteration with the
+    batch that caused it; it costs little beside the step.
+    """
+    if torch.isfinite(parts["total"]):
+        return
+    debug = _save_debug_state(out_dir, iteration, model, batch)
+    raise TrainingDivergedError(
+        f"loss is {parts['total'].item()} at iteration {iteration} (task "
+        f"{parts['task'].item():.4g}, kd {parts['kd'].item():.4g}); model and batch saved "
+        f"to {debug}; the last good checkpoint {checkpoints.latest()} is untouched. "
+        "Lower distill.lr, set distill.grad_clip, or use distill.precision=fp32"
+    )
+
+
+def train(
+    cfg: DistillParams,
+    run: TrainingRun,
+    ctx: DistributedContext,
+    validate: Validator | None = None,
+    log: Logger | None = None,
+    latest: StudentCheckpoint | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) to ``cfg.iterations``; returns the final state: model and EMA weights,
+    iteration, best validation PSNR-Y, params, provenance and the throughput totals.
+
+    ``latest``: the newest checkpoint when the caller has read it already (None: read it here).
+    """
+    device = ctx.device
+    check_recipe(cfg, device, ctx.world_size)
+    torch.manual_seed(cfg.seed + ctx.rank)
+    student = _build_student(cfg, ctx)
+    objective = _objective(cfg)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+    )
+    dataset = _rank_dataset(cfg, run, ctx)
+
     checkpoints = CheckpointManager(run.out_dir / CHECKPOINTS_DIR, cfg.keep_last)
     # On the CPU, where RNG states must be restored from.
     state = latest if latest is not None else checkpoints.load_latest()
     iteration, best_psnr = 0, -math.inf
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        dataset.load_state_dict(_this_rank(state["data"], ctx, "data position"))
-        restore_rng_states(_this_rank(state["rng"], ctx, "RNG state"))
-        iteration, best_psnr = state["iteration"], state["best_psnr"]
+        iteration, best_psnr = _resume(state, student, dataset, ctx)
         if ctx.is_main:
             tqdm.write(f"resuming from {checkpoints.latest()} at iteration {iteration}")
 
     def checkpoint_state(data_position: Any, rng: Any) -> StudentCheckpoint:
         return {
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            **_run_summary(student, cfg, run, iteration, best_psnr),
+            "optimizer": student.optimizer.state_dict(),
+            "scheduler": student.scheduler.state_dict(),
             "data": data_position,
             "rng": rng,
-            "iteration": iteration,
-            "best_psnr": best_psnr,
-            "arch": cfg.student,
-            "params": section_dict(cfg),
-            "provenance": dict(run.provenance),
         }
 
     def train_step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Forward, loss, backward, optimiser and EMA on one batch; returns the loss parts."""
         data = batch_to_float(batch, device, non_blocking=True)
         with autocast:
-            sr = train_model(data["lr"])
+            sr = student.train_model(data["lr"])
         parts = objective(
             sr.float(),
             data["hr"],
@@ -233,23 +328,14 @@ def train(
             iteration=iteration,
             teacher_subbands=data.get("dwt"),
         )
-        # A host sync per step, kept so that a divergence is caught at its exact iteration with
-        # the batch that caused it (the debug state below); it costs little beside the step.
-        if not torch.isfinite(parts["total"]):
-            debug = _save_debug_state(run.out_dir, iteration, model, batch)
-            raise TrainingDivergedError(
-                f"loss is {parts['total'].item()} at iteration {iteration} (task "
-                f"{parts['task'].item():.4g}, kd {parts['kd'].item():.4g}); model and batch saved "
-                f"to {debug}; the last good checkpoint {checkpoints.latest()} is untouched. "
-                "Lower distill.lr, set distill.grad_clip, or use distill.precision=fp32"
-            )
-        optimizer.zero_grad(set_to_none=True)
+        _stop_if_diverged(parts, iteration, student.model, batch, run.out_dir, checkpoints)
+        student.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        ema.update(model)
+            torch.nn.utils.clip_grad_norm_(student.model.parameters(), cfg.grad_clip)
+        student.optimizer.step()
+        student.scheduler.step()
+        student.ema.update(student.model)
         return parts
 
     def due(every: int) -> bool:
@@ -258,7 +344,7 @@ def train(
 
     # -- the loop
     batches = epochs_of_batches(dataset, pin_memory=device.type == "cuda")
-    model.train()
+    student.model.train()
     bar = tqdm(
         total=cfg.iterations, initial=iteration, desc="distill", **hidden_unless(ctx.is_main)
     )
@@ -268,31 +354,22 @@ def train(
         waiting_since = time.perf_counter()
         batch, consumed = next(batches)
         throughput.waited(time.perf_counter() - waiting_since)
-        step_lr = scheduler.get_last_lr()[0]  # the rate this step uses (the step moves it on)
+        step_lr = student.scheduler.get_last_lr()[
+            0
+        ]  # the rate this step uses (the step moves it on)
         parts = train_step(batch)
         iteration += 1
         bar.update(1)
         throughput.stepped(cfg.batch_size)
 
         if ctx.is_main and due(cfg.log_every):
-            loss = parts["total"].item()
-            shown["loss"] = f"{loss:.4g}"
+            shown["loss"] = f"{parts['total'].item():.4g}"
             bar.set_postfix(shown)
             if log is not None:
-                log(
-                    iteration,
-                    {
-                        "train/loss": loss,
-                        "train/task_l1": parts["task"].item(),
-                        "train/kd": parts["kd"].item(),
-                        "train/lambda": float(parts["lambda"]),
-                        "train/lr": step_lr,
-                        **throughput.window(),
-                    },
-                )
+                log(iteration, _train_curves(parts, step_lr, throughput))
         is_best = False
         if validate is not None and ctx.is_main and due(cfg.val_every):
-            metrics = validate(ema.module)
+            metrics = validate(student.ema.module)
             is_best = metrics["psnr_y"] > best_psnr
             best_psnr = max(best_psnr, metrics["psnr_y"])
             shown["val_psnr_y"] = f"{metrics['psnr_y']:.2f}"
@@ -304,23 +381,11 @@ def train(
             # resumed from) must not wait for the next checkpoint step.
             checkpoints.save_best(checkpoint_state(dataset.state_dict(consumed), rng_states()))
         if due(cfg.checkpoint_every):
-            position, rng = dataset.state_dict(consumed), rng_states()
-            if ctx.world_size > 1:
-                # Ranks draw different drop-path masks (seed + rank), so each rank's RNG state is
-                # saved beside its data position; restoring rank 0's everywhere breaks exactness.
-                gathered: list[Any] = [None] * ctx.world_size
-                dist.all_gather_object(gathered, (position, rng))
-                position, rng = [g[0] for g in gathered], [g[1] for g in gathered]
+            position, rng = _gathered_from_ranks(dataset.state_dict(consumed), rng_states(), ctx)
             if ctx.is_main:
                 checkpoints.save(checkpoint_state(position, rng), iteration, is_best=is_best)
     bar.close()
     return {
         "throughput": throughput.totals(),
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "arch": cfg.student,
-        "iteration": iteration,
-        "best_psnr": best_psnr,
-        "params": section_dict(cfg),
-        "provenance": dict(run.provenance),
+        **_run_summary(student, cfg, run, iteration, best_psnr),
     }
