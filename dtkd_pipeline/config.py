@@ -139,7 +139,16 @@ class TeacherParams(_Section):
         return value
 
     @model_validator(mode="after")
-    def _weights_of_the_version(self) -> TeacherParams:
+    def _fits_the_version(self) -> TeacherParams:
+        """Weights and step count that do not fit teacher.version, both named at once (changing
+        the version usually needs both changed): refused when params load, not when
+        cache-teacher starts (after prepare-data, under dvc repro)."""
+        problems = [self._weights_problem(), self._steps_problem()]
+        if any(problems):
+            raise ValueError("; ".join(problem for problem in problems if problem))
+        return self
+
+    def _weights_problem(self) -> str | None:
         """A preset with another preset's registered UNet runs silently wrong weights."""
         from dtkd_pipeline.teacher.config import VERSION_WEIGHTS
 
@@ -147,11 +156,30 @@ class TeacherParams(_Section):
         registered = set(VERSION_WEIGHTS.values())
         wrong = self.unet_weights in registered and self.unet_weights != meant
         if meant is not None and wrong and not self.random_weights:
-            raise ValueError(
+            return (
                 f"teacher.unet_weights {self.unet_weights!r} are not the weights of "
                 f"teacher.version {self.version}: set teacher.unet_weights={meant}"
             )
-        return self
+        return None
+
+    def _steps_problem(self) -> str | None:
+        """ResShift checkpoints work only at the step count they were trained for."""
+        from dtkd_pipeline.teacher.config import PRESETS, TeacherConfigError, resolve_config
+
+        try:
+            trained = resolve_config(self.version).diffusion.steps
+        except TeacherConfigError:  # a config file's content is checked when the teacher is built
+            return None
+        if self.steps == trained:
+            return None
+        presets = ", ".join(f"{name}: {resolve_config(name).diffusion.steps}" for name in PRESETS)
+        source = "preset" if self.version in PRESETS else "config (its diffusion.params.steps)"
+        return (
+            f"teacher.steps {self.steps} is not the step count of teacher.version "
+            f"{self.version}: that ResShift {source} was trained for {trained} steps, and its "
+            f"checkpoints work only at that count (presets {presets}); set teacher.steps "
+            f"(cache-teacher --steps) to {trained}"
+        )
 
     @field_validator("preview")
     @classmethod

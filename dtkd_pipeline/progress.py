@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -20,15 +20,18 @@ def hidden_unless(shown: bool) -> dict[str, bool]:
 
 
 class DaskTqdm:
-    """While entered, advance `bar` by one as each of `tasks` (dask.delayed objects) finishes.
+    """While entered, advance `bar` as each of `tasks` (dask.delayed objects) finishes: by one, or
+    by its entry in `sizes` (the tiles or images a task covers, so the bar counts those).
 
     Only the given tasks count, not the intermediate keys of their graphs. The callback runs in
     the scheduling process, also for the "processes" scheduler.
     """
 
-    def __init__(self, bar: tqdm, tasks: Iterable[Any]) -> None:
+    def __init__(self, bar: tqdm, tasks: Sequence[Any], sizes: Sequence[int] | None = None) -> None:
         self._bar = bar
-        self._keys = {task.key for task in tasks}
+        self._sizes = dict(
+            zip((task.key for task in tasks), sizes or [1] * len(tasks), strict=True)
+        )
         self._callback: Any = None
 
     def __enter__(self) -> DaskTqdm:
@@ -50,5 +53,5 @@ class DaskTqdm:
         self._callback = None
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if key in self._keys:
-            self._bar.update(1)
+        if key in self._sizes:
+            self._bar.update(self._sizes[key])

@@ -67,6 +67,7 @@ from dtkd_pipeline.output_plan import (
 from dtkd_pipeline.pairing import abbreviated
 from dtkd_pipeline.progress import hidden_unless
 from dtkd_pipeline.resize import imresize
+from dtkd_pipeline.skipped import SKIPPED_LIST, SkippedImages
 from dtkd_pipeline.student import build_student, load_student_weights, student_config
 from dtkd_pipeline.student.registry import STUDENT_CONFIGS
 from dtkd_pipeline.student.weights import read_checkpoint
@@ -534,26 +535,31 @@ def _check_writable(path: Path, image: ImageHeader) -> None:
         )
 
 
-def _prescan(pairs: list[tuple[Path, Path]], skip_bad: bool) -> list[tuple[Path, Path]]:
+def _prescan(
+    pairs: list[tuple[Path, Path]], skip_bad: bool, skipped: SkippedImages
+) -> list[tuple[Path, Path]]:
     """Read every input's header before the model loads; name all bad files at once, or skip
-    them (``skip_bad``)."""
+    them (``skip_bad``) into ``skipped``."""
     kept, bad = [], []
     for source, target in pairs:
         try:
             _check_writable(target, probe_image(source))
             kept.append((source, target))
         except ImageReadError as error:
-            bad.append(error)
+            bad.append((source, error))
     if bad and not skip_bad:
-        problems = "\n".join(f"  {error}" for error in bad)
+        problems = "\n".join(f"  {error}" for _, error in bad)
         raise ImageReadError(
             f"{len(bad)} input image(s) cannot be read, so nothing was written; "
             f"{unreadable_advice('them', 'rerun with --skip-bad')}:\n{problems}"
         )
-    for error in bad:
-        tqdm.write(f"skipping: {error}")
+    for source, error in bad:
+        skipped.add(source, error)
     if not kept:
-        raise ImageReadError("no readable input images; nothing was written")
+        raise ImageReadError(
+            f"none of the {len(bad)} input image(s) can be read; nothing was written (rerun "
+            "without --skip-bad to have every one named)"
+        )
     return kept
 
 
@@ -589,7 +595,8 @@ def upscale_paths(
     files that do not record one (official releases; default ``"swinir-s-x4"``). Missing
     ``inputs``/model → FileNotFoundError. Every input's header is read before the model loads:
     unreadable files are all named in one ImageReadError and nothing is written, or, with
-    ``skip_bad``, skipped with a note. Pixel data corrupt behind a good header shows only when its
+    ``skip_bad``, skipped: the first few named, every one listed in ``out/skipped_images.txt``
+    (for a folder output). Pixel data corrupt behind a good header shows only when its
     turn comes: an ImageReadError naming it (outputs already written are complete: writes are
     atomic), or a skip. Temporaries that killed writers left in the output folder are removed
     first (see :func:`~dtkd_pipeline.output_plan.remove_killed_writes`). ``skip_existing``:
@@ -604,7 +611,8 @@ def upscale_paths(
     if not todo:
         print(nothing_to_do_note(present, out))
         return []
-    pairs = _prescan(todo, skip_bad)
+    skipped = SkippedImages()
+    pairs = _prescan(todo, skip_bad, skipped)
     try:
         upscaler = load_upscaler(
             model_path,
@@ -621,7 +629,13 @@ def upscale_paths(
     try:
         for source, target in bar:
             bar.set_postfix_str(source.name, refresh=False)
-            image = _read_or_skip(source, skip_bad, written=len(written), total=len(pairs), out=out)
+            image = _read_or_skip(
+                source,
+                skipped if skip_bad else None,
+                written=len(written),
+                total=len(pairs),
+                out=out,
+            )
             if image is None:
                 continue
             rgb, alpha = upscale_image(
@@ -640,18 +654,31 @@ def upscale_paths(
     finally:
         bar.close()
     print(images_summary(len(written), present, out))
+    if skipped:
+        print(skipped.summary(_write_skipped_list(skipped, plan, out)))
     return written
 
 
+def _write_skipped_list(
+    skipped: SkippedImages, plan: list[tuple[Path, Path]], out: Path
+) -> Path | None:
+    """List the skipped images in the output folder; a single output file has no folder of its
+    own to hold a list (and its one input was named when skipped): None."""
+    if plan[0][1] == out:
+        return None
+    return skipped.write_list(out / SKIPPED_LIST)
+
+
 def _read_or_skip(
-    source: Path, skip_bad: bool, *, written: int, total: int, out: Path
+    source: Path, skipped: SkippedImages | None, *, written: int, total: int, out: Path
 ) -> LoadedImage | None:
-    """Decode ``source``; pixel data the header scan could not vouch for is skipped with a note
-    (``skip_bad``: None) or raised saying how many of ``total`` images were already written."""
+    """Decode ``source``; pixel data the header scan could not vouch for is recorded in
+    ``skipped`` (None when not skipping bad images) or raised saying how many of ``total``
+    images were already written."""
     try:
         return read_image(source)
     except ImageReadError as error:
-        if not skip_bad:
+        if skipped is None:
             advice = unreadable_advice("it", "rerun with --skip-bad to go past unreadable images")
             # The images before it are whole; a rerun need not compute them again.
             keep = "; add --skip-existing to the rerun to keep those written" if written else ""
@@ -659,5 +686,5 @@ def _read_or_skip(
                 f"{error}; {written} of {total} image(s) were written to {out} before it; "
                 f"{advice}{keep}"
             ) from error
-        tqdm.write(f"skipping: {error}")
+        skipped.add(source, error)
         return None

@@ -53,22 +53,11 @@ from dtkd_pipeline.cache.teacher_store import (
     teacher_store_layout,
     teacher_store_provenance,
 )
-from dtkd_pipeline.config import Params, TeacherParams
+from dtkd_pipeline.config import Params
 from dtkd_pipeline.devices import resolve_device
 from dtkd_pipeline.run_lock import exclusive_output
 from dtkd_pipeline.stage_files import RUN_PREPARE_DATA_FIRST, TRAIN_STORE
-from dtkd_pipeline.teacher import Teacher, resolve_config
-
-
-def check_steps(teacher: TeacherParams) -> None:
-    """Refuse a step count other than the checkpoint's before any weights are touched."""
-    trained = resolve_config(teacher.version).diffusion.steps
-    if teacher.steps != trained:
-        raise CacheError(
-            f"teacher.steps={teacher.steps} (--steps) does not match ResShift "
-            f"{teacher.version}, which was trained for {trained} steps; its checkpoints only work "
-            f"with their own step count. Use --steps {trained}, or choose another teacher.version"
-        )
+from dtkd_pipeline.teacher import Teacher
 
 
 def _summary(store: TileStore, tiles: int, seconds: float) -> str:
@@ -125,7 +114,6 @@ def run(
 
 def _check_targets(params: Params, overwrite: bool) -> None:
     """Refuse, before any work, settings and output locations the run would fail on later."""
-    check_steps(params.teacher)
     require_file_target(params.teacher.preview, "teacher.preview")  # written after the teacher ran
     require_writable_location(params.teacher.store, "teacher.store")  # resumed or overwritten
     try:

@@ -274,6 +274,8 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
         check_prepared_fits(prepared, params.data)  # the teacher cache holds their tiles too
     ctx = setup_distributed(device)
     check_recipe(cfg, ctx.device, ctx.world_size)  # before --restart-on-change deletes anything
+    if ctx.is_main:
+        _note_unreached_milestones(cfg)
     atomic.require_folder(cfg.out_dir, "distill.out_dir")
     _require_own_out_dir(cfg.out_dir)  # before --restart-on-change deletes anything
     val_set = _open_validation_set(params)
@@ -296,6 +298,21 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     if ctx.is_main:
         _write_student(final, speed, path)
     return path
+
+
+def _note_unreached_milestones(cfg: DistillParams) -> None:
+    """Name the LR milestones this run never reaches. Said, not refused: a quick run keeps the
+    recipe's milestones on purpose, but a long one that drops them by mistake trains at the
+    initial rate throughout."""
+    # A milestone m lowers the rate from iteration m + 1 on, so one at the last iteration is
+    # as unreached as one past it.
+    unreached = [milestone for milestone in cfg.milestones if milestone >= cfg.iterations]
+    if unreached:
+        print(
+            f"note: distill.milestones {unreached} are not below distill.iterations "
+            f"({cfg.iterations}), so the learning rate is never lowered at them; lower them or "
+            "raise distill.iterations if that is not meant"
+        )
 
 
 def _open_validation_set(params: Params) -> TestSet:

@@ -327,11 +327,12 @@ def run_bands(
                 params.teacher.store,
                 checkpoint,
                 max_tiles=cfg.max_tiles or None,  # 0 = every tile
+                name=label,
                 **common,
             )
         else:
             stats[label] = analyze_folder(
-                Path(cfg.source), checkpoint, max_images=cfg.max_tiles or None, **common
+                Path(cfg.source), checkpoint, max_images=cfg.max_tiles or None, name=label, **common
             )
     return write_band_report(stats, out_dir, plots_dir)
 

@@ -58,6 +58,7 @@ from dtkd_pipeline.pairing import PairingError, listing, naming_rule, pair_by_st
 from dtkd_pipeline.progress import DaskTqdm
 from dtkd_pipeline.resize import bicubic_downscale_x4, modcrop
 from dtkd_pipeline.run_lock import exclusive_output
+from dtkd_pipeline.skipped import SKIPPED_LIST, SkippedImages
 from dtkd_pipeline.stage_files import TRAIN_STORE, VAL_DIR
 from dtkd_pipeline.tiles import TilePlan, cut_tiles, pad_bottom_right, plan_tiles
 
@@ -176,7 +177,7 @@ def _check_prepared_dir(folder: Path) -> None:
     only what this stage writes counts as its own too.
     """
     require_replaceable_location(folder, "data.prepared_dir")  # checked out by DVC or not
-    ours = {TRAIN_STORE, VAL_DIR, OUTPUT_MARKER}
+    ours = {TRAIN_STORE, VAL_DIR, SKIPPED_LIST, OUTPUT_MARKER}
     checked_out = (folder / TRAIN_STORE / "zarr.json").is_file()
     if checked_out and {entry.name for entry in folder.iterdir()} <= ours:
         return
@@ -307,6 +308,8 @@ def _prepare(params: Params, skip_bad: bool | None) -> Path:
             plans = [plan for _, plan in kept]
             n_tiles = _write_train_store(staging / TRAIN_STORE, paths, plans, sources, data)
             _write_val(staging / VAL_DIR, val_paths, sources)
+            if usable.skipped:
+                usable.skipped.write_list(staging / SKIPPED_LIST)
     elapsed = time.perf_counter() - started
     print(_summary(n_tiles, usable, elapsed, final / TRAIN_STORE))
     return final
@@ -318,7 +321,7 @@ class UsableImages:
 
     train: list[tuple[Path, TilePlan]]  # each training image with its tile plan
     val_paths: list[Path]
-    bad: dict[Path, ImageReadError]  # unreadable or unpaired (only when skipping them)
+    skipped: SkippedImages  # unreadable, unpaired or too small (only when skipping them)
     too_small: list[str]  # names of training images smaller than a tile (small_images=skip)
 
 
@@ -341,14 +344,14 @@ def _usable_images(
     all_paths = train_paths + val_paths
     probes = _probe_all(all_paths, set(val_paths), sources, data)
     bad = {p: r for p, r in zip(all_paths, probes, strict=True) if isinstance(r, Exception)}
-    _refuse_or_skip_bad(bad, skip_bad)
+    skipped = _refuse_or_skip_bad(bad, skip_bad)
     probed = [(p, r) for p, r in zip(train_paths, probes, strict=False) if p not in bad]
     too_small = [p.name for p, plan in probed if plan is None]
     kept = [(p, plan) for p, plan in probed if plan is not None]
     _note_mostly_padding(kept, data.lr_tile)
     usable_val = [p for p in val_paths if p not in bad]
     _require_tiles_and_validation(kept, usable_val, data)
-    return UsableImages(kept, usable_val, bad, too_small)
+    return UsableImages(kept, usable_val, skipped, too_small)
 
 
 def _probe_all(
@@ -365,7 +368,7 @@ def _probe_all(
         return _compute(tasks, data, bar)
 
 
-def _refuse_or_skip_bad(bad: dict[Path, ImageReadError], skip_bad: bool) -> None:
+def _refuse_or_skip_bad(bad: dict[Path, ImageReadError], skip_bad: bool) -> SkippedImages:
     if bad and not skip_bad:
         problems = "\n".join(f"  {exc}" for exc in bad.values())
         advice = unreadable_advice("them", "rerun with --skip-bad (data.skip_bad: true)")
@@ -373,8 +376,10 @@ def _refuse_or_skip_bad(bad: dict[Path, ImageReadError], skip_bad: bool) -> None
             f"{len(bad)} image(s) could not be read or paired, so nothing was written; "
             f"{advice}:\n{problems}"
         )
-    for exc in bad.values():
-        tqdm.write(f"skipping: {exc}")
+    skipped = SkippedImages()
+    for path, exc in bad.items():
+        skipped.add(path, exc)
+    return skipped
 
 
 def _note_mostly_padding(kept: list[tuple[Path, TilePlan]], tile: int) -> None:
@@ -412,10 +417,11 @@ def _require_tiles_and_validation(
 
 def _summary(n_tiles: int, usable: UsableImages, elapsed: float, store: Path) -> str:
     """The closing line: what was written, and which images were left out."""
-    bad, too_small = usable.bad, usable.too_small
+    skipped, too_small = usable.skipped, usable.too_small
+    listed_in = store.parent / SKIPPED_LIST
     return (
         f"prepared {n_tiles} tiles from {len(usable.train)} images "
         f"(+{len(usable.val_paths)} validation) in {elapsed:.1f}s -> {store}"
-        + (f"; skipped {len(bad)} unreadable" if bad else "")
+        + (f"; {skipped.summary(listed_in)}" if skipped else "")
         + (f"; skipped {len(too_small)} too small: {too_small}" if too_small else "")
     )

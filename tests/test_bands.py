@@ -27,6 +27,7 @@ from dtkd_pipeline.cache import (
     prepared_arrays,
     teacher_arrays,
 )
+from dtkd_pipeline.evaluate import bands
 from dtkd_pipeline.evaluate.bands import (
     GROUPS,
     BandStats,
@@ -39,6 +40,7 @@ from dtkd_pipeline.evaluate.figures import band_chart
 from dtkd_pipeline.images import write_image
 from dtkd_pipeline.losses.wavelet import dwt_subbands, group_weights, subband_names
 from dtkd_pipeline.student import build_student
+from tests.pipeline_helpers import bars_made
 
 N_TILES, SHARD, TILE, SCALE = 10, 4, 16, 4  # 3 shards, the last holding 2 tiles
 FAST = {"progress": False, "batch_size": 3}  # 3 does not divide a shard: partial batches too
@@ -215,6 +217,19 @@ def test_cache_and_folder_give_the_same_numbers(data: dict[str, Any]) -> None:
     assert some.subbands == pytest.approx(expected, rel=1e-6)
 
 
+def test_the_bar_names_the_student_and_counts_tiles_or_images(
+    data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several students are analysed one after another: each bar says whose it is."""
+    bars = bars_made(monkeypatch, bands)
+    model = Bicubic4()
+    analyze_cache(data["prepared"], data["cache"], model, max_tiles=6, batch_size=3, name="DTKD")
+    folder = write_folder(data["root"] / "bar-folder", data["lr"], data["teacher"])
+    analyze_folder(folder, model, images_per_task=4, batch_size=3)  # named by default
+    made = [(bar.desc, bar.total, bar.unit, bar.made.n) for bar in bars]
+    assert made == [("bands of DTKD", 6, "tile", 6), ("bands of Bicubic4", N_TILES, "img", N_TILES)]
+
+
 def test_checkpoint_path_matches_the_module(data: dict[str, Any], tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_student("swinir-tiny-x4")
@@ -230,7 +245,7 @@ def test_checkpoint_path_matches_the_module(data: dict[str, Any], tmp_path: Path
 
 
 def test_band_analysis_on_a_dask_scheduler_equals_the_local_one(
-    data: dict[str, Any], tmp_path: Path
+    data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from distributed import LocalCluster
 
@@ -244,13 +259,16 @@ def test_band_analysis_on_a_dask_scheduler_equals_the_local_one(
     ) as cluster:
         address = cluster.scheduler_address
         by_module = analyze_cache(data["prepared"], data["cache"], model, scheduler=address, **FAST)
+        bars = bars_made(monkeypatch, bands)
         by_path = analyze_folder(  # the worker loads the checkpoint itself
             write_folder(tmp_path / "folder", data["lr"], data["teacher"]),
             path,
             scheduler=address,
             images_per_task=4,
-            **FAST,
+            batch_size=3,
+            name="DTKD",
         )
+    assert [(bar.desc, bar.made.n) for bar in bars] == [("bands of DTKD", N_TILES)]
     assert by_module.subbands == pytest.approx(local.subbands, rel=1e-12)
     assert by_path.subbands == pytest.approx(local.subbands, rel=1e-12)
     assert by_module.n_images == by_path.n_images == N_TILES

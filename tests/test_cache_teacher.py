@@ -504,13 +504,6 @@ def test_prepared_tiles_cut_with_other_data_settings_are_refused_before_the_teac
     assert not params.teacher.store.exists()
 
 
-def test_wrong_step_count_is_refused_before_any_work(prepared_root: Path, tmp_path: Path) -> None:
-    params = params_for(prepared_root, tmp_path, ["teacher.steps=15"])
-    with pytest.raises(CacheError, match="trained for 2 steps"):
-        cache_teacher.run(params, device="cpu")
-    assert not params.teacher.store.exists()
-
-
 def test_output_locations_that_cannot_be_written_are_refused_before_the_teacher_is_built(
     prepared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -215,6 +215,27 @@ def test_a_teacher_version_neither_preset_nor_file_is_refused_when_params_load(
     assert load_params(REPO_PARAMS, [f"teacher.version={config}"]).teacher.version == str(config)
 
 
+def test_a_step_count_the_teacher_was_not_trained_for_is_refused_when_params_load() -> None:
+    """Refused before prepare-data runs under dvc repro, not when cache-teacher starts."""
+    with pytest.raises(ConfigError) as info:
+        load_params(REPO_PARAMS, ["teacher.steps=4"])
+    message = str(info.value)
+    assert message.startswith(f"{REPO_PARAMS}: 1 invalid value(s)")
+    assert "teacher: teacher.steps 4 is not the step count of teacher.version v1" in message
+    assert "trained for 15 steps" in message and "(presets v1: 15, v2: 15, v3: 4)" in message
+    assert message.endswith("set teacher.steps (cache-teacher --steps) to 15")
+    # A new version usually needs both its weights and its step count: named together.
+    with pytest.raises(ConfigError, match=r"unet_weights=resshift-realsr-v3; teacher\.steps 15"):
+        load_params(REPO_PARAMS, ["teacher.version=v3"])
+    v3 = ["teacher.version=v3", "teacher.steps=4", "teacher.unet_weights=resshift-realsr-v3"]
+    assert load_params(REPO_PARAMS, v3).teacher.steps == 4
+    tiny = REPO_PARAMS.parent / "tests" / "data" / "resshift_tiny_t2.yaml"
+    with pytest.raises(
+        ConfigError, match=r"config \(its diffusion\.params\.steps\) was trained for 2"
+    ):
+        load_params(REPO_PARAMS, [f"teacher.version={tiny}"])
+
+
 def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")

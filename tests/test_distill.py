@@ -559,6 +559,20 @@ def test_the_logged_learning_rate_is_the_one_the_step_trained_with(
     assert logged == pytest.approx(expected)
 
 
+def test_milestones_the_run_never_reaches_are_named_at_start_up(
+    params: Params, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """milestones=[4]: a 6-iteration run lowers the rate; a 4-iteration run never does."""
+    distill.run(params, device="cpu")
+    assert "distill.milestones" not in capsys.readouterr().out
+    short = params.distill.model_copy(update={"iterations": 4, "out_dir": tmp_path / "short"})
+    distill.run(params.model_copy(update={"distill": short}), device="cpu")
+    assert (
+        "note: distill.milestones [4] are not below distill.iterations (4), so the learning "
+        "rate is never lowered at them" in capsys.readouterr().out
+    )
+
+
 def test_a_resumed_run_continues_its_curves_without_repeating_steps(params: Params) -> None:
     """A run killed after logging past its last checkpoint logs those steps again on resume."""
     distill.run(params, device="cpu")

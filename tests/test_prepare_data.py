@@ -17,6 +17,7 @@ from dtkd_pipeline.cache import HR, LR, TILE_OFFSET, TILE_SOURCE, TileStore
 from dtkd_pipeline.cli import app
 from dtkd_pipeline.images import ImageReadError, read_image, to_uint8, write_image
 from dtkd_pipeline.resize import bicubic_downscale_x4
+from dtkd_pipeline.skipped import SHOWN_SKIPS, SKIPPED_LIST
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from stages import prepare_data
 from tests.lock_helpers import file_snapshot, output_locked_by_child
@@ -118,6 +119,30 @@ def test_skip_bad_skips_and_continues(tmp_path: Path) -> None:
     prepared = prepare_data.run(tiny_params(tmp_path, hr_dir), skip_bad=True)
     with TileStore.open(prepared / TRAIN_STORE) as store:
         assert store.provenance["sources"] == ["img00.png", "img01.png"]
+
+
+def test_skip_bad_names_the_first_few_counts_the_rest_and_lists_all_beside_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hr_dir = tmp_path / "hr"
+    make_hr_images(hr_dir, [(256, 256), (256, 256)])
+    broken = [hr_dir / f"a_broken{i}.png" for i in range(SHOWN_SKIPS + 2)]
+    for path in broken:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n")
+    params = tiny_params(tmp_path, hr_dir)
+    prepared = prepare_data.run(params, skip_bad=True)
+
+    out = capsys.readouterr().out
+    assert out.count("skipping: ") == SHOWN_SKIPS
+    assert out.count("skipping more bad images: only counted from here on") == 1
+    listed_in = prepared / SKIPPED_LIST
+    assert f"; skipped {len(broken)} bad image(s); full list in {listed_in}" in out
+    lines = listed_in.read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(path) for path in broken]
+    assert all(line.split("\t")[1] for line in lines)  # each with its reason
+    # A DVC checkout (no marker) holding the list is still this stage's own folder to replace.
+    (prepared / OUTPUT_MARKER).unlink()
+    prepare_data.run(params, skip_bad=True)
 
 
 def test_images_too_small_to_tile_or_to_validate_on_are_reported_with_the_bad_ones(

@@ -22,6 +22,7 @@ from dtkd_pipeline import upscale
 from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.images import ImageReadError, read_image, write_image
 from dtkd_pipeline.resize import imresize
+from dtkd_pipeline.skipped import SHOWN_SKIPS, SKIPPED_LIST
 from dtkd_pipeline.student import StudentWeightsError, build_student
 from dtkd_pipeline.upscale import (
     load_upscaler,
@@ -435,7 +436,43 @@ def test_skip_bad_upscales_every_readable_image(checkpoint: Path, tmp_path: Path
         inputs, out, model_path=checkpoint, tile=0, device="cpu", skip_bad=True, progress=False
     )
     assert [p.name for p in written] == ["a.png", "c.png"]
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png", SKIPPED_LIST]
+    listed = (out / SKIPPED_LIST).read_text().splitlines()
+    # The header scan's skip first, then the one found mid-run.
+    assert [line.split("\t")[0] for line in listed] == [
+        str(inputs / "broken.png"),
+        str(inputs / "b_truncated.png"),
+    ]
+
+
+def test_many_skips_name_the_first_few_count_the_rest_and_survive_a_rerun(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_image(inputs / "a.png", _random_rgb(8, 8, seed=14))
+    broken = [inputs / f"broken{i}.png" for i in range(SHOWN_SKIPS + 3)]
+    for path in broken:
+        path.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    common = {"model_path": checkpoint, "tile": 0, "device": "cpu", "progress": False}
+
+    assert [p.name for p in upscale_paths(inputs, out, **common, skip_bad=True)] == ["a.png"]
+    printed = capsys.readouterr().out
+    assert printed.count("skipping: ") == SHOWN_SKIPS
+    assert printed.count("skipping more bad images: only counted from here on") == 1
+    listed_in = out / SKIPPED_LIST
+    assert printed.endswith(
+        f"1 image(s) -> {out}\nskipped {len(broken)} bad image(s); full list in {listed_in}\n"
+    )
+    lines = listed_in.read_text().splitlines()
+    assert [line.split("\t") for line in lines] == [
+        [str(path), "corrupt or truncated image (Truncated File Read)"] for path in broken
+    ]
+    # A resumed run takes the list for no image, writes only the new one and lists anew.
+    write_image(inputs / "c.png", _random_rgb(8, 8, seed=15))
+    resumed = upscale_paths(inputs, out, **common, skip_bad=True, skip_existing=True)
+    assert [path.name for path in resumed] == ["c.png"]
+    assert f"1 skipped, already present\nskipped {len(broken)} bad" in capsys.readouterr().out
+    assert listed_in.read_text().splitlines() == lines
 
 
 def test_skip_existing_upscales_only_the_missing_outputs_and_counts_the_rest(

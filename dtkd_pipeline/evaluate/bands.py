@@ -410,11 +410,23 @@ def _read_uint8(path: str) -> np.ndarray:
 # ---------------------------------------------------------------------- running the graph
 
 
+@dataclass(frozen=True)
+class _Progress:
+    """What the band bar shows: the student analysed, and what it counts (tiles or images)."""
+
+    student: str
+    unit: str
+    sizes: list[int]  # per task, the tiles or images it covers
+
+    def bar(self) -> tqdm:
+        return tqdm(total=sum(self.sizes), desc=f"bands of {self.student}", unit=self.unit)
+
+
 def _run(
     tasks: list[Any],
     scheduler: str,
     num_workers: int | None,
-    progress: bool,
+    progress: _Progress | None,
 ) -> list[Partial]:
     import dask
 
@@ -424,8 +436,8 @@ def _run(
         if local == "threads":
             # Two threads overlap store decoding with the model; more mostly contend for it.
             options["num_workers"] = num_workers or 2
-        if progress:
-            with tqdm(total=len(tasks), desc="bands", unit="task") as bar, DaskTqdm(bar, tasks):
+        if progress is not None:
+            with progress.bar() as bar, DaskTqdm(bar, tasks, progress.sizes):
                 return list(dask.compute(*tasks, **options))
         return list(dask.compute(*tasks, **options))
     if ":" not in scheduler:
@@ -437,10 +449,11 @@ def _run(
 
     with connect(scheduler) as client:
         futures = client.compute(tasks)
-        if progress:
-            with tqdm(total=len(futures), desc="bands", unit="task") as bar:
-                for _ in as_completed(futures):
-                    bar.update(1)
+        if progress is not None:
+            size_of = dict(zip((future.key for future in futures), progress.sizes, strict=True))
+            with progress.bar() as bar:
+                for future in as_completed(futures):
+                    bar.update(size_of[future.key])
         return list(client.gather(futures))
 
 
@@ -450,7 +463,7 @@ def _combined_partial(
     levels: int,
     scheduler: str,
     num_workers: int | None,
-    progress: bool,
+    progress: _Progress | None,
 ) -> Partial:
     """Run the tasks and add up their partial sums; the student's mode is restored either way."""
     try:
@@ -522,6 +535,7 @@ def analyze_cache(
     num_workers: int | None = None,
     arch: str | None = None,
     progress: bool = True,
+    name: str | None = None,
 ) -> BandStats:
     """Band-wise |student − teacher| over the cached training tiles (one dask task per shard).
 
@@ -532,7 +546,8 @@ def analyze_cache(
     `device` and run in eval mode (its train/eval mode is restored afterwards). `max_tiles`
     limits the set to the first tiles. `scheduler`: "threads" (default; `num_workers` threads,
     2 unless given), "sync", or a dask.distributed address such as "tcp://host:8786" (workers
-    then open the stores by path, so the paths must be valid on them).
+    then open the stores by path, so the paths must be valid on them). `progress` shows a bar
+    over the tiles, naming the student `name` (default: the checkpoint path or module class).
     """
     _check_args(levels, wavelet, batch_size)
     prepared_path, teacher_path = Path(prepared_store), Path(teacher_store)
@@ -543,7 +558,7 @@ def analyze_cache(
 
     target = torch.device(device)
     task_student, label, restore = _prepare_student(student, target, arch, scheduler)
-    tasks = _shard_tasks(
+    tasks, sizes = _shard_tasks(
         task_student,
         prepared_path,
         teacher_path,
@@ -554,7 +569,8 @@ def analyze_cache(
         batch_size=batch_size,
         device=str(target),
     )
-    partial = _combined_partial(tasks, restore, levels, scheduler, num_workers, progress)
+    shown = _Progress(name or label, "tile", sizes) if progress else None
+    partial = _combined_partial(tasks, restore, levels, scheduler, num_workers, shown)
     source = f"cache: {prepared_path} + {teacher_path}, first {n_tiles} of {layout.n_tiles} tiles"
     return BandStats.from_partial(
         partial,
@@ -590,17 +606,19 @@ def _shard_tasks(
     wavelet: str,
     batch_size: int,
     device: str,
-) -> list[Any]:
-    """One delayed `_shard_task` per shard holding any of the first `n_tiles` tiles."""
+) -> tuple[list[Any], list[int]]:
+    """One delayed `_shard_task` per shard holding any of the first `n_tiles` tiles, and the
+    number of those tiles each covers."""
     import dask
 
     task = dask.delayed(_shard_task, pure=True)
     run_id = uuid.uuid4().hex[:12]  # unique keys: a shared cluster never reuses another run's
-    tasks = []
+    tasks, sizes = [], []
     for shard in range(layout.n_shards):
         start, stop = layout.shard_range(shard)
         if start >= n_tiles:
             break
+        sizes.append(min(stop, n_tiles) - start)
         tasks.append(
             task(
                 task_student,
@@ -615,7 +633,7 @@ def _shard_tasks(
                 dask_key_name=f"bands-shard-{shard}-{run_id}",
             )
         )
-    return tasks
+    return tasks, sizes
 
 
 def folder_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
@@ -695,6 +713,7 @@ def analyze_folder(
     num_workers: int | None = None,
     arch: str | None = None,
     progress: bool = True,
+    name: str | None = None,
 ) -> BandStats:
     """Band-wise |student − teacher| over `folder/lr` inputs and `folder/teacher` outputs.
 
@@ -718,8 +737,13 @@ def analyze_folder(
         batch_size=batch_size,
         device=str(target),
     )
+    sizes = [
+        len(pairs[start : start + images_per_task])
+        for start in range(0, len(pairs), images_per_task)
+    ]
+    shown = _Progress(name or label, "img", sizes) if progress else None
     return BandStats.from_partial(
-        _combined_partial(tasks, restore, levels, scheduler, num_workers, progress),
+        _combined_partial(tasks, restore, levels, scheduler, num_workers, shown),
         levels=levels,
         wavelet=wavelet,
         source=f"folder: {Path(folder)}, {len(pairs)} of {len(found)} image pairs",
