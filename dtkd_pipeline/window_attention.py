@@ -99,8 +99,16 @@ def fused_kernel_can_run(bias: torch.Tensor) -> bool:
 
 
 def fused_head_dim(head_dim: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Head dim the CUDA memory-efficient kernel accepts (sm80+ GEMM alignment); CPU needs none."""
+    """Head dim the CUDA memory-efficient kernel accepts (sm80+ GEMM alignment); CPU needs none,
+    nor CUDA when only the math kernel may run (e.g. FLOP counting, whose padded matmuls would
+    count as the model's)."""
     if device.type != "cuda":
+        return head_dim
+    # Dynamo cannot trace the backend flags (a graph break per block); compiled graphs are
+    # never FLOP-counted, so they keep the padding.
+    if not torch.compiler.is_compiling() and not (
+        torch.backends.cuda.flash_sdp_enabled() or torch.backends.cuda.mem_efficient_sdp_enabled()
+    ):
         return head_dim
     alignment = 8 if dtype in HALF_DTYPES else 4
     return -(-head_dim // alignment) * alignment
