@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+from _common import device_name
 from PIL import Image
 
 from dtkd_pipeline.cache import (
@@ -135,6 +137,7 @@ def main() -> None:
     if tiles is None:
         tiles, source = synthetic_tiles(args.tiles, args.tile_size, rng), "synthetic smooth+noise"
     raw_mb = tiles.nbytes / 1e6
+    print(f"machine: {device_name(torch.device('cpu'))} (compression and disk I/O only)")
     print(
         f"{args.tiles} tiles of 3x{args.tile_size}x{args.tile_size} uint8 ({source}), "
         f"{raw_mb:.1f} MB raw, shards of {args.shard_size}"

@@ -18,10 +18,43 @@ kernels accept, so that the window×head×N×N logits never go through memory:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+MaskBuilder = Callable[[int, int, int, int, "torch.device | None"], torch.Tensor]
+"""(height, width, window, shift, device) -> the nW×N×N additive shift mask, built on device."""
+
+
+class ShiftMaskCache:
+    """Shifted-window masks keyed by (size, window, shift, device), built by one `MaskBuilder`.
+
+    A mask depends only on the input size, so one tensor serves every forward (and every block
+    that shares the cache); the official models recompute it on the CPU in every block.
+    """
+
+    def __init__(self, build: MaskBuilder) -> None:
+        self._build = build
+        self._masks: dict[tuple[int, int, int, int, torch.device], torch.Tensor] = {}
+
+    def get(
+        self, height: int, width: int, window: int, shift: int, device: torch.device
+    ) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Built inside the graph on the device (folded to a constant), never cached: filling
+            # the cache in a traced call fails the graph's guard on it at the next call (one more
+            # full compilation), a tensor kept from a traced call would be an overwritten
+            # CUDA-graph buffer later, and a CPU-built one would keep CUDA graphs off and make
+            # inductor compile a C++ kernel for it.
+            return self._build(height, width, window, shift, device)
+        key = (height, width, window, shift, device)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = self._build(height, width, window, shift, device)
+        return mask
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -66,8 +99,16 @@ def fused_kernel_can_run(bias: torch.Tensor) -> bool:
 
 
 def fused_head_dim(head_dim: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Head dim the CUDA memory-efficient kernel accepts (sm80+ GEMM alignment); CPU needs none."""
+    """Head dim the CUDA memory-efficient kernel accepts (sm80+ GEMM alignment); CPU needs none,
+    nor CUDA when only the math kernel may run (e.g. FLOP counting, whose padded matmuls would
+    count as the model's)."""
     if device.type != "cuda":
+        return head_dim
+    # Dynamo cannot trace the backend flags (a graph break per block); compiled graphs are
+    # never FLOP-counted, so they keep the padding.
+    if not torch.compiler.is_compiling() and not (
+        torch.backends.cuda.flash_sdp_enabled() or torch.backends.cuda.mem_efficient_sdp_enabled()
+    ):
         return head_dim
     alignment = 8 if dtype in HALF_DTYPES else 4
     return -(-head_dim // alignment) * alignment

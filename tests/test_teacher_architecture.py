@@ -132,6 +132,23 @@ def test_teacher_shift_mask_cache_tells_apart_sizes_that_share_a_height() -> Non
         torch.testing.assert_close(warmed(wide), block(wide), rtol=0, atol=1e-6)
 
 
+def test_compiled_swin_block_is_traced_once() -> None:
+    """Filling the shift-mask cache inside a traced call failed the graph's guard on the cache
+    at the next call: one more full compilation of the teacher's UNet (minutes on a GPU)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    block = SwinTransformerBlock(64, 16, num_heads=2, window=8, shift=4, mlp_ratio=2.0).eval()
+    counter = CompileCounter()
+    compiled = torch.compile(block, backend=counter, dynamic=False)
+    x = torch.randn(1, 64, 16, 16)
+    with torch.no_grad():
+        first = compiled(x)
+        torch.testing.assert_close(compiled(x), first, rtol=0, atol=0)
+        torch.testing.assert_close(first, block(x), rtol=0, atol=1e-6)
+    assert counter.frame_count == 1
+
+
 def test_vq_attention_backends_agree() -> None:
     """The exact bmm path (CPU fp32 parity) and the SDPA path (large tiles, CUDA) agree closely."""
     from dtkd_pipeline.teacher import autoencoder

@@ -83,6 +83,20 @@ def test_fused_head_dim_follows_the_cuda_kernel_alignment() -> None:
     assert fused_head_dim(32, torch.bfloat16, cuda) == 32
 
 
+def test_no_head_dim_padding_where_only_the_math_kernel_runs() -> None:
+    """count_flops forces the math kernel; padded to 16 on CUDA, SwinIR-s's head dim 10 counted
+    60% more attention FLOPs than the model has."""
+    cuda = torch.device("cuda")
+    with sdpa_kernel(SDPBackend.MATH):
+        assert fused_head_dim(10, torch.bfloat16, cuda) == 10
+
+    @torch.compile(backend="eager", fullgraph=True)  # fullgraph: a graph break is an error
+    def compiled(x: torch.Tensor) -> torch.Tensor:
+        return x + fused_head_dim(10, torch.bfloat16, cuda)
+
+    assert compiled(torch.zeros(1)).item() == 16
+
+
 def test_relative_position_index_follows_swin_definition() -> None:
     index = relative_position_index(3)
     # token 0 is (0, 0), token 8 is (2, 2): delta (-2, -2) -> (0)·5 + 0; reversed: (4)·5 + 4

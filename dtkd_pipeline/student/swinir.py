@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dtkd_pipeline.window_attention import (
+    ShiftMaskCache,
     attention_ops,
     attention_sdpa,
     fused_kernel_can_run,
@@ -117,32 +118,6 @@ def shifted_window_mask(
     window_labels = window_partition(labels, window_size).squeeze(-1)  # nW × N
     differs = window_labels[:, None, :] != window_labels[:, :, None]
     return torch.zeros(differs.shape, device=device).masked_fill_(differs, SHIFT_MASK_VALUE)
-
-
-class ShiftMaskCache:
-    """Shifted-window masks keyed by (padded size, window, shift, device); shared by all blocks.
-
-    The mask depends only on the padded input size, so one tensor serves every shifted block of
-    the network. The official model recomputes it on the CPU in every block on every forward.
-    """
-
-    def __init__(self) -> None:
-        self._masks: dict[tuple[int, int, int, int, torch.device], torch.Tensor] = {}
-
-    def get(
-        self, height: int, width: int, window_size: int, shift_size: int, device: torch.device
-    ) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            # Built inside the graph on the device (folded to a constant), never cached: a
-            # tensor kept from a traced call would be an overwritten CUDA-graph buffer later,
-            # and a CPU-built one would make inductor compile a C++ kernel for it.
-            return shifted_window_mask(height, width, window_size, shift_size, device)
-        key = (height, width, window_size, shift_size, device)
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = shifted_window_mask(height, width, window_size, shift_size).to(device)
-            self._masks[key] = mask
-        return mask
 
 
 class DropPath(nn.Module):
@@ -354,7 +329,7 @@ class SwinIR(nn.Module):
         self.img_range = config.img_range
         mean = DIV2K_RGB_MEAN if config.in_chans == 3 else (0.0,) * config.in_chans
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.mask_cache = ShiftMaskCache()
+        self.mask_cache = ShiftMaskCache(shifted_window_mask)
 
         self.conv_first = nn.Conv2d(config.in_chans, dim, 3, 1, 1)
         self.patch_embed = PatchEmbedNorm(dim)

@@ -20,6 +20,7 @@ from torch import nn
 from dtkd_pipeline.teacher.layers import GroupNorm32
 from dtkd_pipeline.window_attention import (
     HALF_DTYPES,
+    ShiftMaskCache,
     attention_ops,
     attention_sdpa,
     relative_position_bias,
@@ -41,7 +42,9 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
     return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, c, h, w)
 
 
-def official_attention_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+def official_attention_mask(
+    h: int, w: int, window: int, shift: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Upstream `calculate_mask` for an H×W map, quirks included; returns nW×N×N (0 or -100).
 
     Upstream labels a (1, 1, H, W) tensor through `[:, h_slice, w_slice, :]`, so the "h" slices hit
@@ -51,7 +54,7 @@ def official_attention_mask(h: int, w: int, window: int, shift: int) -> torch.Te
     The windowed labels are then permuted (0, 2, 3, 1), which transposes the token order inside
     each window. For shift 0 every row gets the same label, so the mask is all zeros.
     """
-    rows = torch.zeros(h, dtype=torch.float32)
+    rows = torch.zeros(h, dtype=torch.float32, device=device)
     if shift > 0:
         # Only the channel slice `slice(-shift, None)` is non-empty, so cnt runs 6, 7, 8 over rows.
         for label, row_slice in enumerate(
@@ -65,7 +68,7 @@ def official_attention_mask(h: int, w: int, window: int, shift: int) -> torch.Te
     # ... then upstream's permute(0, 2, 3, 1) transposes i and j before flattening.
     flat = windows.transpose(1, 2).reshape(-1, window * window)
     diff = flat.unsqueeze(1) - flat.unsqueeze(2)
-    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+    return torch.where(diff != 0, -100.0, 0.0)
 
 
 class WindowAttention(nn.Module):
@@ -144,16 +147,12 @@ class SwinTransformerBlock(nn.Module):
             self.register_buffer("attn_mask", mask)
         else:
             self.attn_mask = None
-        self._mask_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self._mask_cache = ShiftMaskCache(official_attention_mask)
 
     def _runtime_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
         if self.shift == 0:
             return None  # upstream adds an all-zero mask here; adding zeros changes no value
-        key = (h, w, device)
-        if key not in self._mask_cache:
-            mask = official_attention_mask(h, w, self.window, self.shift)
-            self._mask_cache[key] = mask.to(device)
-        return self._mask_cache[key]
+        return self._mask_cache.get(h, w, self.window, self.shift, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
