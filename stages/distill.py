@@ -30,6 +30,7 @@ from dtkd_pipeline.config import ConfigError, DistillParams, Params, section_dic
 from dtkd_pipeline.evaluate.metrics import FullReferenceMetrics, evaluate_pairs
 from dtkd_pipeline.evaluate.testsets import TestSet, TestSetError, open_test_set
 from dtkd_pipeline.pairing import abbreviated
+from dtkd_pipeline.run_lock import exclusive_output
 from dtkd_pipeline.stage_files import (
     CHECKPOINTS_DIR,
     DVCLIVE_DIR,
@@ -268,7 +269,7 @@ def _require_own_out_dir(out_dir: Path) -> None:
 def run(params: Params, device: str | None = None, restart_on_change: bool = False) -> Path:
     """Train the student (resuming its checkpoints) and write ``<out_dir>/student.pt``; returns
     that path. Everything that can refuse the run is checked before anything is deleted."""
-    cfg, scale = params.distill, params.data.scale
+    cfg = params.distill
     provenance = _teacher_provenance(params)
     with open_params_prepared(params, complete=True) as prepared:
         check_prepared_fits(prepared, params.data)  # the teacher cache holds their tiles too
@@ -277,6 +278,22 @@ def run(params: Params, device: str | None = None, restart_on_change: bool = Fal
     if ctx.is_main:
         _note_unreached_milestones(cfg)
     atomic.require_folder(cfg.out_dir, "distill.out_dir")
+    # One run at a time per out_dir (rank 0 holds it for all ranks): a second run, such as the
+    # rerun of a `dvc repro` killed while its distill went on, would train beside the first and
+    # interleave checkpoints; it is refused at once instead.
+    lock = exclusive_output(cfg.out_dir, "distill.out_dir") if ctx.is_main else None
+    with lock or contextlib.nullcontext():
+        return _run_locked(params, provenance, ctx, restart_on_change)
+
+
+def _run_locked(
+    params: Params,
+    provenance: dict[str, Any],
+    ctx: DistributedContext,
+    restart_on_change: bool,
+) -> Path:
+    """`run` once this run holds ``distill.out_dir``."""
+    cfg, scale = params.distill, params.data.scale
     _require_own_out_dir(cfg.out_dir)  # before --restart-on-change deletes anything
     val_set = _open_validation_set(params)
     latest = _reconcile_checkpoints(params, provenance, ctx, restart_on_change)

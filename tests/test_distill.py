@@ -35,6 +35,7 @@ from dtkd_pipeline.devices import DeviceError
 from dtkd_pipeline.evaluate.testsets import TestSetError
 from dtkd_pipeline.images import ImageReadError
 from dtkd_pipeline.losses.wavelet import dwt_subbands, group_weights
+from dtkd_pipeline.run_lock import OutputInUseError
 from dtkd_pipeline.stage_files import TRAIN_STORE
 from dtkd_pipeline.student import build_student
 from dtkd_pipeline.train import loop
@@ -43,6 +44,7 @@ from dtkd_pipeline.train.curves import truncate_curves
 from dtkd_pipeline.train.loop import DistributedContext, TrainingRun, train
 from dtkd_pipeline.weights import file_sha256
 from stages import distill, prepare_data
+from tests.lock_helpers import output_locked_by_child
 from tests.pipeline_helpers import (
     REPO_ROOT,
     TINY_DISTILL,
@@ -295,6 +297,22 @@ def test_an_out_dir_holding_files_no_run_wrote_is_refused_before_anything_is_del
         "notes.txt",
         "student.pt",
     ]
+
+
+def test_a_second_run_on_an_out_dir_another_run_trains_in_is_refused_naming_its_pid(
+    params: Params,
+) -> None:
+    """The rerun of a `dvc repro` killed alone (its distill goes on) must not train beside it."""
+    out = params.distill.out_dir
+    with (
+        output_locked_by_child(out, "distill.out_dir") as holder_pid,
+        pytest.raises(
+            OutputInUseError,
+            match=rf"distill\.out_dir: .* is being written by another run \(PID {holder_pid}",
+        ),
+    ):
+        distill.run(params, device="cpu", restart_on_change=True)
+    assert not out.exists()
 
 
 def test_an_unmarked_out_dir_holding_only_what_distill_writes_is_taken_as_its_own(

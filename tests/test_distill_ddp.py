@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import torch
 from dtkd_pipeline.cache import TileStore
 from dtkd_pipeline.config import Params
 from dtkd_pipeline.stage_files import TRAIN_STORE
+from dtkd_pipeline.train.checkpoint import CheckpointManager
 from stages import distill
 from tests.pipeline_helpers import REPO_ROOT, TINY_DISTILL, make_hr_images, tiny_params
 from tests.test_distill import build_stores
@@ -130,3 +133,57 @@ def test_ddp_two_ranks_trains_checkpoints_and_resumes(
     assert (third.stdout + third.stderr).count("starting over") == 1
     restarted = torch.load(student, weights_only=False)
     assert restarted["params"]["lr"] == 0.001 and restarted["iteration"] == 6
+
+
+def test_ddp_run_with_a_killed_rank_ends_and_its_rerun_resumes_from_the_last_checkpoint(
+    ddp_params: tuple[Params, list[str]],
+) -> None:
+    """SIGKILL one rank mid-training (an OOM kill, a lost GPU): torchrun stops the other rank
+    instead of leaving it waiting in a collective, the checkpoints left are whole, and the same
+    command resumes from the newest."""
+    params, overrides = ddp_params
+    out = params.distill.out_dir
+    longer = [*overrides, "distill.iterations=30", "distill.checkpoint_every=2"]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+        "-m", "dtkd_pipeline.cli", "distill", "-p", str(out.parent / "params.yaml"),
+        *(arg for override in longer for arg in ("-S", override)),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env |= {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    launcher = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        while not list((out / "checkpoints").glob("iter_*.pt")):
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            time.sleep(0.05)
+        os.kill(_rank_pid(launcher.pid, 1), signal.SIGKILL)
+        assert launcher.wait(timeout=120) != 0  # no rank hangs on the dead one
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    saved = CheckpointManager(out / "checkpoints", keep_last=2)
+    newest = saved.load_latest()  # whole: written atomically
+    assert newest is not None and newest["iteration"] < 30
+    assert not out.joinpath(distill.STUDENT_FILE).exists()
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at iteration {newest['iteration']}" in resumed.stdout + resumed.stderr
+    assert torch.load(out / distill.STUDENT_FILE, weights_only=False)["iteration"] == 30
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The PID of the torchrun worker process of ``rank`` (a child of ``launcher``)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):  # a process that ended meanwhile
+            continue
+        if parent == launcher and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
+    raise AssertionError(f"no rank {rank} process under torchrun (PID {launcher})")

@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -216,3 +218,53 @@ def test_upscale_stopped_by_sigterm_says_how_many_images_are_written_and_leaves_
     assert sorted(path.name for path in out.iterdir()) == [
         f"{index:02d}.png" for index in range(40)
     ]
+
+
+def _tasks_running_on(cluster: Any) -> int:
+    """Tasks the cluster's workers are executing, those whose client has gone included."""
+    from distributed import Client
+
+    with Client(cluster) as client:
+        return sum(client.run(lambda dask_worker: len(dask_worker.state.executing)).values())
+
+
+@pytest.mark.slow
+def test_cache_teacher_on_a_dask_scheduler_stopped_by_ctrl_c_leaves_no_task_writing_and_resumes(
+    project: Path, tmp_path: Path
+) -> None:
+    """dask cannot stop a running task and a task outlives its client: the coordinator must not
+    release the store while its tasks still write, or they would write beside its rerun."""
+    from distributed import LocalCluster
+
+    store = tmp_path / "teacher.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        args = [
+            "cache-teacher", "-p", str(project / "params.yaml"),
+            "--scheduler", cluster.scheduler_address, "-S", f"teacher.store={store}",
+            "-S", f"teacher.preview={tmp_path / 'preview.png'}",
+        ]  # fmt: skip
+
+        def a_shard_is_stored() -> bool:
+            return any((store / "_done").glob("*.json"))
+
+        stopped = interrupt_cli(args, tmp_path, a_shard_is_stored, signal.SIGINT)
+        assert stopped.returncode == 130, stopped.stderr[-2000:]
+        found = re.search(r"interrupted \(Ctrl-C\): (\d) of 5 shards are stored", stopped.stderr)
+        assert found, stopped.stderr[-2000:]
+        assert _tasks_running_on(cluster) == 0
+        stored = sorted(path.name for path in (store / "_done").iterdir())
+        assert len(stored) == int(found[1]) < TRAIN_TILES  # the note counts what is there
+        assert not output_lock_path(store).exists()
+
+        resumed = run_cli(args, tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert f"computed {TRAIN_TILES - len(stored)} tiles" in resumed.stdout
+        straight = tmp_path / "straight.zarr"
+        whole = run_cli([*args, "-S", f"teacher.store={straight}"], tmp_path)
+        assert whole.returncode == 0, whole.stderr[-2000:]
+    with TileStore.open(store) as finished, TileStore.open(straight) as reference:
+        assert finished.verify().ok
+        for shard in range(TRAIN_TILES):  # same workers, same batches: the same bytes
+            expected = reference.read_shard(shard)
+            for name, tiles in finished.read_shard(shard).items():
+                assert np.array_equal(tiles, expected[name]), (shard, name)

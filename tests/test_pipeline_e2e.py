@@ -9,7 +9,13 @@ Slow (a few minutes on 2 cores): `pytest -m slow`.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,3 +89,69 @@ def test_dvc_repro_runs_chain_then_skips_then_reruns_from_distill(tmp_path: Path
 
     apply_profile(project / "params.yaml", ["teacher.seed=7"])
     assert _ran(run_command(["dvc", "repro"], project)) == set(STAGES) - {"prepare"}
+
+
+def _dvc_until(project: Path, reached: Callable[[], bool], log: Path) -> subprocess.Popen:
+    """`dvc repro distill` in its own process group (as a shell runs it), output to ``log`` (a
+    pipe would stay open while a stage it started runs on), returned once ``reached()``."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    with log.open("w") as output:
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "distill"], cwd=project, env=env, start_new_session=True,
+            stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    while not reached():
+        assert dvc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    return dvc
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_dvc_repro_stopped_in_cache_teacher_and_in_distill_resumes_both(tmp_path: Path) -> None:
+    """Ctrl-C in cache_teacher, then a SIGTERM to dvc alone in distill (its stage runs on): the
+    persisted store and checkpoints are kept, a rerun beside the orphaned stage is refused, and
+    once it is stopped `dvc repro` resumes each stage where it stopped and ends up to date."""
+    project = tmp_path / "project"
+    project.mkdir()
+    copy_project(project)
+    longer = ["distill.iterations=40", "distill.checkpoint_every=2", "distill.val_every=20"]
+    apply_profile(project / "params.yaml", [*profile_overrides(), *longer])
+    init_git(project)
+    store, checkpoints = project / "data/cache/teacher.zarr", project / "data/models/checkpoints"
+
+    logs = tmp_path / "dvc.log"
+    dvc = _dvc_until(project, lambda: any((store / "_done").glob("*.json")), logs)
+    os.killpg(dvc.pid, signal.SIGINT)
+    dvc.wait(timeout=120)
+    log = logs.read_text()
+    found = re.search(r"interrupted \(Ctrl-C\): (\d) of 4 shards are stored", log)
+    assert dvc.returncode != 0 and found, log[-3000:]
+    assert not list(project.rglob("*.dtkd-lock"))
+
+    dvc = _dvc_until(project, lambda: any(checkpoints.glob("iter_*.pt")), logs)
+    os.kill(dvc.pid, signal.SIGTERM)  # dvc alone: the distill it started trains on
+    dvc.wait(timeout=120)
+    log = logs.read_text()
+    assert f"computed {16 - 4 * int(found[1])} tiles" in log, log[-3000:]
+    lock = project / "data/.models.dtkd-lock"
+    orphan = int(lock.read_text())
+    refused = subprocess.run(
+        ["dvc", "repro", "distill"], cwd=project, capture_output=True, text=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert f"is being written by another run (PID {orphan}" in refused.stdout + refused.stderr
+    os.kill(orphan, signal.SIGTERM)  # what README's troubleshooting says to do
+    while not _gone(orphan):
+        time.sleep(0.1)
+
+    resumed = run_command(["dvc", "repro"], project)
+    assert _ran(resumed) == {"distill", "evaluate", "report"}
+    assert re.search(r"resuming from \S+iter_\d+\.pt at iteration \d+", resumed), resumed
+    assert torch.load(project / "data/models/student.pt", weights_only=False)["iteration"] == 40
+    assert "up to date" in run_command(["dvc", "status"], project)
+    assert not list(project.rglob("*.dtkd-lock"))

@@ -3,10 +3,19 @@
 Each task computes its group's missing shards on its worker's device and writes them itself (the
 shards' sole writer). The task function lives at module level here so that workers import it by
 name; they need this package, the same filesystem, and the checkpoint files.
+
+dask cannot stop a task that is running, and a task outlives its client: a coordinator that ended
+(Ctrl-C, SIGTERM, a failed task) and released the store's lock while tasks ran would leave them
+writing shards beside its rerun. So the coordinator first sets the run's stop event, which every
+task checks before it computes and before it writes each shard, and waits for its tasks to end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +34,8 @@ from dtkd_pipeline.scheduler import connect
 from dtkd_pipeline.teacher import Teacher
 
 _WORKER_TEACHERS: dict[str, Teacher] = {}
+# How often a stopping coordinator checks that workers are left to wait for.
+_STOP_POLL_S = 1.0
 
 
 def _worker_device(name: object) -> torch.device:
@@ -39,10 +50,15 @@ def worker_device_type(dask_worker: Any) -> str:
     return _worker_device(dask_worker.name).type
 
 
-def shard_task(params_json: str, store_path: str, shards: list[int]) -> list[int]:
+def shard_task(params_json: str, store_path: str, shards: list[int], stop: str) -> list[int]:
     """One dask task: compute a run of shards on this worker's device and write them (their
-    sole writer)."""
-    from distributed import get_worker
+    sole writer); returns the shards it wrote. Once the dask Event named ``stop`` is set (the
+    coordinator is ending), it writes no more."""
+    from distributed import Event, get_worker
+
+    stopped = Event(stop).is_set
+    if stopped():
+        return []
 
     params = Params.model_validate_json(params_json)
     if params_json not in _WORKER_TEACHERS:  # load the teacher once per worker process
@@ -57,9 +73,13 @@ def shard_task(params_json: str, store_path: str, shards: list[int]) -> list[int
                 f"dask worker {get_worker().name} would fill {store_path} with another teacher "
                 f"({mismatch}); give every worker the same checkpoint files and device kind"
             )
+        written = []
         for shard, arrays in compute_shards(teacher, prepared, shards, params):
+            if stopped():
+                break
             store.write_shard(shard, arrays)
-    return shards
+            written.append(shard)
+    return written
 
 
 def params_for_workers(params: Params) -> str:
@@ -107,7 +127,7 @@ def fill_with_dask(store: TileStore, params: Params, shards: list[int], address:
     """Compute and write `shards` of `store` on the workers of the scheduler at `address`."""
     from distributed import as_completed
 
-    with connect(address) as client:
+    with connect(address) as client, _stopped_on_exit(client) as stop:
         resources = {"GPU": 1} if _gpu_workers(client) else None
         futures = [
             client.submit(
@@ -115,6 +135,7 @@ def fill_with_dask(store: TileStore, params: Params, shards: list[int], address:
                 params_for_workers(params),
                 str(store.path.absolute()),
                 group,
+                stop,
                 key=f"teacher-shards-{group[0]}-{group[-1]}",
                 resources=resources,
                 pure=False,
@@ -122,8 +143,44 @@ def fill_with_dask(store: TileStore, params: Params, shards: list[int], address:
             for group in shard_groups(store.layout, shards, params.teacher.batch_size)
         ]
         with tqdm(total=store.layout.tiles_in(shards), desc="teacher", unit="tile") as bar:
-            for future in as_completed(futures):
-                bar.update(store.layout.tiles_in(future.result()))
+            try:
+                for future in as_completed(futures):
+                    bar.update(store.layout.tiles_in(future.result()))
+            except BaseException:
+                _stop_tasks(client, stop, futures)
+                raise
+
+
+@contextlib.contextmanager
+def _stopped_on_exit(client: Any) -> Iterator[str]:
+    """The name of a fresh dask Event that tells this run's tasks to stop writing."""
+    from distributed import Event
+
+    name = f"teacher-stop-{uuid.uuid4().hex}"
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):  # a lost scheduler has forgotten it anyway
+            Event(name, client=client).clear()  # the scheduler keeps an event until cleared
+
+
+def _stop_tasks(client: Any, stop: str, futures: list[Any]) -> None:
+    """Tell the tasks to write no more, and wait until none runs: the store's lock is released
+    next, and a rerun must not meet a writer. A task in a shard finishes computing it first.
+    Workers that died meanwhile (a Ctrl-C reaches a local cluster's workers too) write nothing,
+    so the wait ends when no worker is left."""
+    from distributed import Event, wait
+
+    Event(stop, client=client).set()
+    print(
+        "stopping: waiting for the dask tasks computing a shard to end (they write nothing more)",
+        file=sys.stderr,
+        flush=True,
+    )
+    while client.scheduler_info()["workers"]:
+        with contextlib.suppress(TimeoutError):
+            wait(futures, timeout=_STOP_POLL_S)
+            return
 
 
 def fill_on_local_gpus(store: TileStore, params: Params, shards: list[int], gpus: int) -> None:
