@@ -321,7 +321,7 @@ class UsableImages:
 
     train: list[tuple[Path, TilePlan]]  # each training image with its tile plan
     val_paths: list[Path]
-    skipped: SkippedImages  # unreadable, unpaired or too small (only when skipping them)
+    skipped: SkippedImages  # unreadable or unpaired (only when skipping them)
     too_small: list[str]  # names of training images smaller than a tile (small_images=skip)
 
 

@@ -728,7 +728,7 @@ def analyze_folder(
 
     target = torch.device(device)
     task_student, label, restore = _prepare_student(student, target, arch, scheduler)
-    tasks = _file_tasks(
+    tasks, sizes = _file_tasks(
         task_student,
         pairs,
         images_per_task,
@@ -737,10 +737,6 @@ def analyze_folder(
         batch_size=batch_size,
         device=str(target),
     )
-    sizes = [
-        len(pairs[start : start + images_per_task])
-        for start in range(0, len(pairs), images_per_task)
-    ]
     shown = _Progress(name or label, "img", sizes) if progress else None
     return BandStats.from_partial(
         _combined_partial(tasks, restore, levels, scheduler, num_workers, shown),
@@ -760,24 +756,29 @@ def _file_tasks(
     wavelet: str,
     batch_size: int,
     device: str,
-) -> list[Any]:
-    """One delayed `_files_task` per `images_per_task` consecutive pairs."""
+) -> tuple[list[Any], list[int]]:
+    """One delayed `_files_task` per `images_per_task` consecutive pairs, and the number of
+    pairs each covers."""
     import dask
 
     task = dask.delayed(_files_task, pure=True)
     run_id = uuid.uuid4().hex[:12]  # unique keys: a shared cluster never reuses another run's
-    return [
+    groups = [
+        pairs[start : start + images_per_task] for start in range(0, len(pairs), images_per_task)
+    ]
+    tasks = [
         task(
             task_student,
-            [(str(lr), str(sr)) for lr, sr in pairs[start : start + images_per_task]],
+            [(str(lr), str(sr)) for lr, sr in group],
             levels=levels,
             wavelet=wavelet,
             batch_size=batch_size,
             device=device,
-            dask_key_name=f"bands-files-{start}-{run_id}",
+            dask_key_name=f"bands-files-{index * images_per_task}-{run_id}",
         )
-        for start in range(0, len(pairs), images_per_task)
+        for index, group in enumerate(groups)
     ]
+    return tasks, [len(group) for group in groups]
 
 
 def write_band_report(

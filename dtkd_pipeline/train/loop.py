@@ -354,9 +354,8 @@ def train(
         waiting_since = time.perf_counter()
         batch, consumed = next(batches)
         throughput.waited(time.perf_counter() - waiting_since)
-        step_lr = student.scheduler.get_last_lr()[
-            0
-        ]  # the rate this step uses (the step moves it on)
+        # The rate this step uses (the step moves it on).
+        step_lr = student.scheduler.get_last_lr()[0]
         parts = train_step(batch)
         iteration += 1
         bar.update(1)
